@@ -9,6 +9,6 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-import jax  # noqa: E402
+import jax
 
 assert jax.device_count() == 8, f"expected 8 fake CPU devices, got {jax.device_count()} (was JAX imported earlier?)"

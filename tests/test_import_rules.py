@@ -46,7 +46,11 @@ def test_no_pickle_or_eval() -> None:
         for node in ast.walk(tree):
             if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in {"eval", "exec"}:
                 offenders.append(f"{path.relative_to(ROOT)}:{node.lineno} calls {node.func.id}()")
-            if isinstance(node, ast.Attribute) and node.attr in {"load", "loads"}:
-                if isinstance(node.value, ast.Name) and node.value.id in {"pickle", "cPickle", "dill"}:
-                    offenders.append(f"{path.relative_to(ROOT)}:{node.lineno} uses {node.value.id}.{node.attr}")
+            if (
+                isinstance(node, ast.Attribute)
+                and node.attr in {"load", "loads"}
+                and isinstance(node.value, ast.Name)
+                and node.value.id in {"pickle", "cPickle", "dill"}
+            ):
+                offenders.append(f"{path.relative_to(ROOT)}:{node.lineno} uses {node.value.id}.{node.attr}")
     assert not offenders, "\n".join(offenders)
