@@ -137,6 +137,13 @@ def test_failure_midway_leaves_no_dataset(tmp_path, monkeypatch):
     assert os.listdir(tmp_path) == [], "a crashed run must leave nothing behind, not even a .partial directory"
 
 
+def test_fewer_episodes_than_shards(tmp_path):
+    cfg = writer.GenerationConfig(episodes=2, val_episodes=1, num_shards=4, max_steps=10, embodiments=("human",))
+    writer.write_datasets(str(tmp_path), cfg, progress=False)
+    builder = tfds.builder_from_directory(str(tmp_path / "demo_human" / writer.VERSION))
+    assert builder.info.splits["val"].num_examples == 1
+
+
 def test_existing_dataset_needs_overwrite(demo_dir):
     out, _ = demo_dir
     with pytest.raises(FileExistsError, match="pass --overwrite"):

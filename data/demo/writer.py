@@ -198,6 +198,8 @@ def write_datasets(out: str, cfg: GenerationConfig, overwrite: bool = False, pro
         if os.path.exists(final) and not overwrite:
             raise FileExistsError(f"{final} already exists: pass --overwrite to replace it")
     summaries = []
+    # TFDS uses one shard count for every split and refuses more shards than examples
+    num_shards = min(cfg.num_shards, cfg.episodes, cfg.val_episodes or cfg.episodes)
     for e in cfg.embodiments:
         name, start = DATASET_NAMES[e], time.time()
         partial = tempfile.mkdtemp(prefix=f".partial-{name}-", dir=out)
@@ -214,7 +216,7 @@ def write_datasets(out: str, cfg: GenerationConfig, overwrite: bool = False, pro
             tfds.dataset_builders.store_as_tfds_dataset(
                 name=name, version=VERSION, features=features(cfg.resolution, e == "robot"), split_datasets=splits,
                 data_dir=partial, description=f"latent-vla demo world, {e} embodiment, {FPS} fps",
-                download_config=tfds.download.DownloadConfig(num_shards=cfg.num_shards), disable_shuffling=True)
+                download_config=tfds.download.DownloadConfig(num_shards=num_shards), disable_shuffling=True)
             built = os.path.join(partial, name, VERSION)
             summary = {"dataset": f"{name}/{VERSION}", **stats,
                        "success_rate": stats["successes"] / max(stats["episodes"], 1),

@@ -1,0 +1,219 @@
+"""Weighted mixtures -> one tf.data pipeline per host (read → standardize → normalize → window → mix → shuffle
+(encoded) → decode/resize/augment → batch).
+
+RAM (per host) ≈ shuffle_buffer × (encoded images per sample × JPEG size + ~0.5 KB low-dim)
+               + prefetch(2) × decoded batch + Σ_d read_parallelism_d × TFRecord read buffers.
+E.g. 64 px demo JPEGs average 2.5 KB: the ViPRA window (3 images, ~8 KB/sample) with a 10k buffer ≈ 80 MB, LAM
+clips of 8 frames (~20 KB/sample) ≈ 200 MB. Measured (scripts/benchmark.py data, B=64): the whole pipeline adds
+~250 MiB (ViPRA) / ~460 MiB (LAM) to the ~650 MiB of an idle TF process. The shuffle buffer dominates at OXE scale:
+256² JPEGs of ~15 KB, 3 images, 250k buffer ≈ 11 GB per host.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from data import normalization, oxe, rlds, tf_setup
+from data.augment import AugmentConfig, augment_frames, decode_frames
+from data.windows import WindowSpec, make_windows
+
+tf = tf_setup.tf
+_plain = tf.autograph.experimental.do_not_convert  # our map fns use tf ops only; skip autograph
+
+
+@dataclasses.dataclass(frozen=True)
+class MixtureEntry:
+    """One dataset of a mixture; version None -> the registry default; root None -> the pipeline's data_root."""
+
+    name: str
+    weight: float = 1.0
+    version: str | None = None
+    split: str | None = None
+    root: str | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Mixture:
+    """Named weighted mixture. balance_by_size multiplies weights by each dataset's transition count (octo-style)."""
+
+    name: str
+    entries: tuple[MixtureEntry, ...]
+    balance_by_size: bool = False
+
+    def __post_init__(self) -> None:
+        if not self.entries or any(e.weight <= 0 for e in self.entries):
+            raise ValueError(f"mixture {self.name!r}: needs at least one entry and positive weights")
+
+
+@dataclasses.dataclass(frozen=True)
+class PipelineConfig:
+    """Everything that determines the batch stream (its hash is stored in the iterator state).
+
+    deterministic=True: seeded everything + in-order parallel ops (exact resume needs it; costs some throughput).
+    global_batch_size is split evenly over processes; shuffle_buffer counts frames (still encoded);
+    read_parallelism / decode_parallelism bound the threads (reads are shared among datasets by weight, >= 1 each).
+    segment_batches: the stream is re-seeded every this many batches, bounding the resume cost (see loader.py).
+    """
+
+    data_root: str
+    window: WindowSpec = dataclasses.field(default_factory=WindowSpec)
+    global_batch_size: int = 32
+    resolution: int = 64
+    wrist_resolution: int = 64
+    split: str = "train"
+    seed: int = 0
+    deterministic: bool = True
+    shuffle_buffer: int = 10_000
+    augment: AugmentConfig | None = None
+    normalization: str = "normal"
+    stats_dir: str | None = None
+    read_parallelism: int = 4
+    decode_parallelism: int = 2
+    interleave_episodes: int = 4
+    segment_batches: int = 2_000
+    prefetch: int = 2
+    ram_budget_gb: int = 4
+
+
+@dataclasses.dataclass
+class DatasetHandle:
+    """An opened, validated mixture member with its stats."""
+
+    entry: MixtureEntry
+    spec: oxe.DatasetSpec
+    opened: rlds.OpenedDataset
+    split: str
+    stats: dict[str, Any]
+
+
+def _seed(*parts: int) -> int:
+    return int(np.random.SeedSequence([int(p) % (2**32) for p in parts]).generate_state(1)[0] % (2**31 - 1))
+
+
+def standardized(handle: DatasetHandle, split: str, *, seed: int | None, shuffle_files: bool,
+                 read_parallelism: int = 1) -> Any:
+    """Episodes of one dataset as standard trajectories (+ episode_id int64), filtered, zero-length dropped."""
+    ds = rlds.read_episodes(handle.opened, split, seed=seed, shuffle_files=shuffle_files,
+                            read_parallelism=read_parallelism)
+    keep = oxe.keep_fn(handle.spec, handle.opened)
+    if keep is not None:
+        ds = ds.filter(_plain(keep))
+    std = oxe.standardize_fn(handle.spec, handle.opened)
+
+    def fn(ep: dict) -> dict:
+        out = std(ep)
+        out["episode_id"] = tf.strings.to_hash_bucket_fast(ep["tfds_id"], 2**62)
+        return out
+
+    ds = ds.map(_plain(fn), num_parallel_calls=read_parallelism)
+    return ds.filter(_plain(lambda tr: tf.shape(tr["action"])[0] > 0))
+
+
+def open_mixture(mixture: Mixture, cfg: PipelineConfig) -> list[DatasetHandle]:
+    """Opens and validates every member (clear errors up front) and loads/computes its normalization stats."""
+    handles = []
+    for entry in mixture.entries:
+        spec = oxe.get_spec(entry.name)
+        opened = rlds.open_dataset(entry.root or cfg.data_root, entry.name, entry.version or spec.default_version)
+        spec.select_layout(opened)  # raises on mismatched features
+        split = rlds.resolve_split(opened, entry.split or cfg.split)
+        handle = DatasetHandle(entry, spec, opened, split, {})
+        handle.stats = normalization.load_or_compute(
+            opened, spec, split, lambda h=handle, s=split: standardized(h, s, seed=None, shuffle_files=False),
+            cfg.stats_dir)
+        handles.append(handle)
+    return handles
+
+
+def mixture_weights(mixture: Mixture, handles: Sequence[DatasetHandle]) -> np.ndarray:
+    """Sampling probabilities per dataset (frame level)."""
+    w = np.array([h.entry.weight for h in handles], np.float64)
+    if mixture.balance_by_size:
+        w = w * np.array([h.stats["num_transitions"] for h in handles], np.float64)
+    return w / w.sum()
+
+
+def allocate(total: int, weights: np.ndarray) -> list[int]:
+    """Splits `total` threads by weight, at least 1 each."""
+    return [max(1, round(total * float(w))) for w in weights]
+
+
+def frame_dataset(handle: DatasetHandle, index: int, cfg: PipelineConfig, *, seed: int, process_index: int,
+                  process_count: int, read_parallelism: int) -> Any:
+    """Infinite stream of encoded per-step windows for one dataset, this host's part of its split."""
+    split, _disjoint = rlds.host_split(handle.opened, handle.split, process_index, process_count)
+    ds = standardized(handle, split, seed=seed, shuffle_files=True, read_parallelism=read_parallelism)
+    ds = ds.repeat()
+    stride = cfg.window.frame_stride(handle.spec.name, handle.spec.fps)
+
+    def window(tr: dict) -> dict:
+        tr = normalization.normalize_trajectory(tr, handle.stats, cfg.normalization)
+        tr["dataset_index"] = tf.constant(index, tf.int32)
+        return make_windows(tr, cfg.window, stride)
+
+    ds = ds.map(_plain(window), num_parallel_calls=read_parallelism)
+    return ds.interleave(tf.data.Dataset.from_tensor_slices, cycle_length=max(1, cfg.interleave_episodes),
+                         block_length=1, num_parallel_calls=read_parallelism, deterministic=cfg.deterministic)
+
+
+def decode_fn(cfg: PipelineConfig, aug_seed: int) -> Any:
+    """(index, encoded sample) -> decoded sample; augmentation seeded by (aug_seed, index), same for all frames."""
+    kind = cfg.window.kind
+    res = cfg.resolution
+
+    def fn(index: Any, x: dict) -> dict:
+        out = dict(x)
+        seed = tf.stack([tf.constant(aug_seed, tf.int64), tf.cast(index, tf.int64)])
+        if kind == "lam":
+            frames = decode_frames(x["clip"], res)
+        else:
+            frames = decode_frames(x["history"], res)
+            if kind == "vla":
+                frames = tf.concat([frames, decode_frames(x["future"][None], res)], 0)
+        if cfg.augment is not None:
+            frames = augment_frames(frames, seed, cfg.augment)
+        if kind == "lam":
+            out["clip"] = frames
+        elif kind == "vla":
+            out["history"], out["future"] = frames[:-1], frames[-1]
+        else:
+            out["history"] = frames
+            out["wrist"] = decode_frames(x["wrist"][None], cfg.wrist_resolution)[0]
+        return out
+
+    return fn
+
+
+def build(mixture: Mixture, cfg: PipelineConfig, handles: Sequence[DatasetHandle], *, segment: int = 0,
+          skip_samples: int = 0, process_index: int = 0, process_count: int = 1) -> Any:
+    """The batched tf.data pipeline of one segment for this host (dict of numpy-able tensors, local batch)."""
+    if cfg.global_batch_size % process_count:
+        raise ValueError(f"global_batch_size {cfg.global_batch_size} is not divisible by {process_count} processes")
+    local_batch = cfg.global_batch_size // process_count
+    weights = mixture_weights(mixture, handles)
+    reads = allocate(cfg.read_parallelism, weights)
+    streams = [frame_dataset(h, i, cfg, seed=_seed(cfg.seed, segment, process_index, i), process_index=process_index,
+                             process_count=process_count, read_parallelism=reads[i]) for i, h in enumerate(handles)]
+    if len(streams) == 1:
+        ds = streams[0]
+    else:
+        ds = tf.data.Dataset.sample_from_datasets(streams, weights=weights.tolist(),
+                                                  seed=_seed(cfg.seed, segment, process_index, 10_001))
+    ds = ds.shuffle(cfg.shuffle_buffer, seed=_seed(cfg.seed, segment, process_index, 10_002),
+                    reshuffle_each_iteration=False)
+    ds = tf.data.Dataset.zip(tf.data.Dataset.counter(), ds)
+    if skip_samples:
+        ds = ds.skip(skip_samples)  # cheap: before decoding
+    ds = ds.map(_plain(decode_fn(cfg, _seed(cfg.seed, segment, process_index, 10_003))),
+                num_parallel_calls=cfg.decode_parallelism, deterministic=cfg.deterministic)
+    ds = ds.batch(local_batch, drop_remainder=True)
+    options = tf.data.Options()
+    options.deterministic = cfg.deterministic
+    options.autotune.ram_budget = int(cfg.ram_budget_gb) * 2**30
+    options.experimental_optimization.map_parallelization = not cfg.deterministic
+    ds = ds.with_options(options)
+    return ds.prefetch(cfg.prefetch)
