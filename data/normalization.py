@@ -100,7 +100,12 @@ def load_or_compute(opened: OpenedDataset, spec: DatasetSpec, split: str, trajec
     return stats
 
 
-def _arrays(stats: Mapping[str, Any], key: str) -> dict[str, np.ndarray]:
+def _arrays(stats: Mapping[str, Any], key: str, mode: str) -> dict[str, np.ndarray]:
+    """Stats of ``key`` as float32 arrays plus its mask; validates ``mode``."""
+    if mode not in MODES:
+        raise DataError(f"unknown normalization mode {mode!r}; expected one of {MODES}")
+    if mode == "none":
+        return {}
     s = {k: np.asarray(v, np.float32) for k, v in stats[key].items()}
     s["mask"] = np.asarray(stats[f"{key}_mask"], bool)
     return s
@@ -108,11 +113,9 @@ def _arrays(stats: Mapping[str, Any], key: str) -> dict[str, np.ndarray]:
 
 def normalize(x: Any, stats: Mapping[str, Any], key: str, mode: str) -> Any:
     """x[..., D] -> normalized (tf or numpy). 'normal': (x-mean)/(std+eps); 'bounds': q01/q99 -> [-1, 1] clipped."""
-    if mode not in MODES:
-        raise DataError(f"unknown normalization mode {mode!r}; expected one of {MODES}")
+    s = _arrays(stats, key, mode)
     if mode == "none":
         return x
-    s = _arrays(stats, key)
     xp = tf if isinstance(x, tf.Tensor) else np
     if mode == "normal":
         y = (x - s["mean"]) / (s["std"] + _EPS)
@@ -126,11 +129,9 @@ def normalize(x: Any, stats: Mapping[str, Any], key: str, mode: str) -> Any:
 
 def unnormalize(y: Any, stats: Mapping[str, Any], key: str, mode: str) -> Any:
     """Inverse of `normalize` (exact for 'normal'; for 'bounds' exact inside [q01, q99])."""
-    if mode not in MODES:
-        raise DataError(f"unknown normalization mode {mode!r}; expected one of {MODES}")
+    s = _arrays(stats, key, mode)
     if mode == "none":
         return y
-    s = _arrays(stats, key)
     xp = tf if isinstance(y, tf.Tensor) else np
     if mode == "normal":
         x = y * (s["std"] + _EPS) + s["mean"]
