@@ -1,0 +1,233 @@
+"""The generic training loop every stage trainer (LAM, VQGAN, VideoLLaMA, fine-tuning) calls.
+
+    result = loop.run(
+        config=config,                      # loop.default_config() merged into the stage's config (see below)
+        workdir="runs/x", resume=False, overwrite=False,
+        init_fn=lambda rng: model.init(rng, dummy_batch),
+        loss_fn=loss_fn,                    # (params, batch, rng) -> (loss, {"term": value, ...}); see step.py
+        data=iterator,                      # yields this process's slice of the batch (numpy) or global jax.Arrays;
+                                            # optional get_state() / set_state(s) for exact resume
+        assets={"norm_stats.json": stats},  # extra checkpoint assets (config.json is added)
+        items_per_step=global_batch * seq_len, item_name="tokens", flops_per_step=6 * n_params * tokens,
+        hooks=[eval_hook],                  # hook(step, state, host_metrics, logger) after every step
+    )
+
+Step numbering: a step is named by the number of updates done, i.e. `state.step` after the update. The update that
+consumes batch i (0-based) is step i + 1; metrics, log lines, NaN messages and checkpoints use that number (the
+checkpoint "100" has seen 100 batches).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import signal
+import threading
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any
+
+import jax
+import ml_collections
+from jax.sharding import Mesh, Sharding
+
+from latent_pretraining.training import checkpoint as ckpt_lib
+from latent_pretraining.training import distributed, optim
+from latent_pretraining.training import mesh as mesh_lib
+from latent_pretraining.training import sharding as sharding_lib
+from latent_pretraining.training import state as state_lib
+from latent_pretraining.training import step as step_lib
+from latent_pretraining.training.metrics import MetricLogger
+
+PyTree = Any
+Hook = Callable[[int, state_lib.TrainState, Mapping[str, Any], MetricLogger], None]
+
+
+def default_config() -> ml_collections.ConfigDict:
+    """Training-loop config: embed as-is in each stage's config (`config.train = loop.default_config()`)."""
+    c = ml_collections.ConfigDict()
+    c.seed = 0
+    c.total_steps = 1000
+    c.skip_nonfinite = False  # True: a NaN/inf step leaves the state unchanged instead of stopping the run
+    c.mesh = ml_collections.ConfigDict({"dp": 1, "fsdp": -1, "tp": 1, "sp": 1})
+    c.optimizer = optim.default_config()
+    c.checkpoint = ml_collections.ConfigDict(
+        {"every": 1000, "keep": 3, "milestone_every": 0, "async_save": True}
+    )
+    c.log = ml_collections.ConfigDict(
+        {"every": 10, "tensorboard": True, "wandb_project": "", "progress": "auto", "peak_flops_per_device": 0.0,
+         "main_metrics": ("loss",)}
+    )
+    c.distributed = distributed.default_config()
+    return c
+
+
+def define_flags() -> None:
+    """absl flags shared by the stage scripts: --workdir, --resume, --overwrite (--config comes from config_flags)."""
+    from absl import flags
+
+    flags.DEFINE_string("workdir", None, "Run directory (checkpoints/, tensorboard/).", required=True)
+    flags.DEFINE_bool("resume", False, "Continue from the latest complete checkpoint in --workdir.")
+    flags.DEFINE_bool("overwrite", False, "Delete --workdir and start fresh.")
+
+
+@dataclasses.dataclass
+class RunResult:
+    state: state_lib.TrainState
+    step: int
+    metrics: dict[str, float]  # the last step's host metrics
+    interrupted: bool  # stopped by SIGTERM/SIGINT (after saving a checkpoint)
+
+
+class _StopSignal:
+    """SIGTERM/SIGINT set a flag; the loop saves a checkpoint and returns. A second SIGINT interrupts at once."""
+
+    def __init__(self):
+        self.flag = False
+        self._old: dict[int, Any] = {}
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        logging.warning("received %s: saving a checkpoint after the current step", signal.Signals(signum).name)
+        self.flag = True
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+    def __exit__(self, *exc):
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+
+
+def _config_json(config: ml_collections.ConfigDict) -> str:
+    return config.to_json_best_effort(indent=2, sort_keys=True)
+
+
+def run(
+    *,
+    config: ml_collections.ConfigDict,
+    workdir: str,
+    init_fn: state_lib.InitFn,
+    loss_fn: step_lib.LossFn,
+    data: Iterator[PyTree],
+    resume: bool = False,
+    overwrite: bool = False,
+    assets: Mapping[str, Any] | None = None,
+    items_per_step: float = 0.0,
+    item_name: str = "samples",
+    flops_per_step: float = 0.0,
+    hooks: Sequence[Hook] = (),
+    mesh: Mesh | None = None,
+    batch_sharding: Sharding | PyTree | None = None,
+    batch_fn: Callable[[PyTree], PyTree] | None = None,
+    loaded_params: PyTree | None = None,
+    full_config: ml_collections.ConfigDict | None = None,
+) -> RunResult:
+    """Trains until `config.total_steps` (or a stop signal); checkpoints every `config.checkpoint.every` and at the end.
+
+    Args:
+      config: `default_config()`-shaped (the stage may hold it as `config.train`).
+      workdir: run directory (checkpoints/, tensorboard/). Existing and non-empty: needs `resume` or `overwrite`.
+      init_fn, loss_fn: model init and loss (see state.py / step.py).
+      data: batches; with `get_state`/`set_state` its position is checkpointed, otherwise a resumed run
+        fast-forwards it by the number of steps done (exact for deterministic iterators, slow for long runs).
+      assets: extra checkpoint files; `config.json` (of `full_config`, default `config`) is always included.
+      items_per_step, item_name, flops_per_step: throughput / MFU logging (global per step).
+      hooks: called after every step on every process with (step, state, host metrics, logger).
+      mesh: default `mesh.make_mesh(config.mesh)`; batch_sharding: default batch over (dp, fsdp).
+      batch_fn: host-side transform of each batch before it goes to devices (e.g. tokenize / drop text fields).
+      loaded_params: partial weights for a fresh start (ignored when resuming from a checkpoint).
+    """
+    ckpt_lib.prepare_workdir(workdir, resume=resume, overwrite=overwrite)
+    mesh = mesh if mesh is not None else mesh_lib.make_mesh(dict(config.mesh))
+    batch_sharding = batch_sharding if batch_sharding is not None else mesh_lib.batch_sharding(mesh, 1)
+    with jax.set_mesh(mesh):  # activation constraints (sharding.with_logical_constraint) need the mesh set
+        rng = jax.random.PRNGKey(config.seed)
+
+        abstract_params = sharding_lib.unbox(jax.eval_shape(init_fn, rng)["params"])
+        tx, schedule = optim.make_optimizer(config.optimizer, config.total_steps, abstract_params)
+        ema = config.optimizer.ema_decay > 0
+        ckpt = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"), keep=config.checkpoint.keep,
+                                     milestone_every=config.checkpoint.milestone_every,
+                                     async_save=config.checkpoint.async_save)
+        latest = ckpt.latest_step()
+        if latest is not None:
+            abstract, shardings = state_lib.abstract_train_state(init_fn, tx, mesh, rng, ema=ema)
+            state, data_state = ckpt.restore(abstract, latest)
+            logging.info("resumed from %s/checkpoints/%d", workdir, latest)
+            if hasattr(data, "set_state") and data_state is not None:
+                data.set_state(data_state)
+            else:
+                logging.warning("data iterator has no saved state: fast-forwarding %d batches", latest)
+                for _ in range(latest):
+                    next(data)
+        else:
+            if resume:
+                logging.info("--resume: no checkpoint in %s, starting fresh", workdir)
+            state, shardings, report = state_lib.create_train_state(
+                init_fn, tx, mesh, rng, ema=ema, loaded_params=loaded_params
+            )
+            if report is not None:
+                assets = {**(assets or {}), "partial_load.json": dataclasses.asdict(report)}
+        all_assets = {"config.json": _config_json(full_config or config), **(assets or {})}
+
+        trainable = optim.trainable_mask(abstract_params, config.optimizer) if config.optimizer.frozen else None
+        train_step = step_lib.jit_train_step(
+            step_lib.make_train_step(
+                loss_fn, tx, schedule=schedule, trainable=trainable,
+                grad_accum_steps=config.optimizer.grad_accum_steps, ema_decay=config.optimizer.ema_decay,
+                skip_nonfinite=config.skip_nonfinite,
+            ),
+            shardings,
+            batch_sharding,
+        )
+        step = int(jax.device_get(state.step))
+        progress = {"auto": None, "on": True, "off": False}[config.log.progress]
+        logger = MetricLogger(
+            workdir, total_steps=config.total_steps, start_step=step, log_every=config.log.every,
+            items_per_step=items_per_step, item_name=item_name, flops_per_step=flops_per_step,
+            peak_flops_per_device=config.log.peak_flops_per_device, tensorboard=config.log.tensorboard,
+            wandb_project=config.log.wandb_project, config=(full_config or config).to_dict(), progress=progress,
+            main_metrics=tuple(config.log.main_metrics),
+        )
+
+        def save() -> None:
+            data_state = data.get_state() if hasattr(data, "get_state") else None
+            ckpt.save(state, data_state=data_state, assets=all_assets)
+
+        host_metrics: dict[str, Any] = {}
+        interrupted = False
+        try:
+            with _StopSignal() as stop:
+                while step < config.total_steps:
+                    try:
+                        batch = next(data)
+                    except StopIteration:
+                        raise RuntimeError(f"the data iterator ended after {step} steps (total_steps="
+                                           f"{config.total_steps}); make it repeat or lower total_steps") from None
+                    if batch_fn is not None:
+                        batch = batch_fn(batch)
+                    batch = distributed.to_global(batch, batch_sharding)
+                    state, metrics = train_step(state, batch)
+                    step += 1
+                    host_metrics = jax.device_get(metrics)
+                    if not step_lib.check_finite(host_metrics, step, skip=config.skip_nonfinite):
+                        logging.warning("step %d: non-finite loss or grads, update skipped", step)
+                    logger.update(step, host_metrics)
+                    for hook in hooks:
+                        hook(step, state, host_metrics, logger)
+                    interrupted = distributed.any_process(stop.flag)
+                    if interrupted or step % config.checkpoint.every == 0 or step == config.total_steps:
+                        save()
+                    if interrupted:
+                        logging.warning("stopped by signal at step %d; checkpoint saved", step)
+                        break
+                logger.flush(step)
+        finally:
+            ckpt.close()
+            logger.close()
+        return RunResult(state=state, step=step, metrics={k: float(v) for k, v in host_metrics.items()},
+                         interrupted=interrupted)
