@@ -1,0 +1,31 @@
+"""Benchmarks, one subcommand each: ``python scripts/benchmark.py <subcommand> [args]`` (``--help`` per subcommand).
+
+Each subcommand maps to ``"module:function"``; the function takes the remaining argv and returns an exit code. The
+module is imported only when its subcommand runs, so one benchmark's dependencies never slow down another.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+SUBCOMMANDS: dict[str, str] = {
+    "train-step": "latent_pretraining.benchmark:train_step_main",
+    "data": "configs.mixtures:benchmark_main",
+    "lam": "lam.benchmark:main",
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help") or argv[0] not in SUBCOMMANDS:
+        if argv and argv[0] not in ("-h", "--help"):
+            print(f"unknown benchmark {argv[0]!r}", file=sys.stderr)
+        print(__doc__ + "\nsubcommands: " + ", ".join(sorted(SUBCOMMANDS)), file=sys.stderr)
+        return 0 if argv[:1] in (["-h"], ["--help"]) else 2
+    module_name, func_name = SUBCOMMANDS[argv[0]].split(":")
+    return int(getattr(importlib.import_module(module_name), func_name)(argv[1:]) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
