@@ -135,3 +135,10 @@ def test_distributed_config_validation(monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(ValueError, match="num_processes"):
         distributed.initialize(c)
     assert distributed.process_batch_size(16) == 16
+
+
+def test_relative_workdir(tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Orbax needs absolute paths; a relative --workdir must still checkpoint (async) and resume."""
+    monkeypatch.chdir(tmp_path)
+    _run(pathlib.Path("rel"), config(total_steps=4, every=2), Data())
+    assert checkpoint.Checkpointer("rel/checkpoints").all_steps() == [2, 4]

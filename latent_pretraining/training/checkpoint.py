@@ -144,7 +144,7 @@ class Checkpointer:
             cleanup_tmp_directories=True,
             create=True,
         )
-        self.directory = os.fspath(directory)
+        self.directory = os.path.abspath(os.fspath(directory))  # orbax requires absolute paths
         self.manager = ocp.CheckpointManager(self.directory, options=options, item_names=ITEMS)
 
     def latest_step(self) -> int | None:
@@ -203,7 +203,7 @@ class Checkpointer:
 
 def read_assets(directory: str, step: int | None = None) -> dict[str, bytes]:
     """The asset files of a checkpoint (default: latest) as name -> bytes."""
-    with ocp.CheckpointManager(os.fspath(directory), item_names=ITEMS,
+    with ocp.CheckpointManager(os.path.abspath(os.fspath(directory)), item_names=ITEMS,
                                options=ocp.CheckpointManagerOptions(read_only=True)) as m:
         step = m.latest_step() if step is None else step
         return m.restore(step, args=ocp.args.Composite(assets=AssetsRestore()))["assets"]
@@ -214,7 +214,7 @@ def load_params(directory: str, step: int | None = None, *, target: PyTree | Non
 
     `target` (a tree of arrays / ShapeDtypeStructs with shardings) places them; None restores as saved.
     """
-    with ocp.CheckpointManager(os.fspath(directory), item_names=ITEMS,
+    with ocp.CheckpointManager(os.path.abspath(os.fspath(directory)), item_names=ITEMS,
                                options=ocp.CheckpointManagerOptions(read_only=True)) as m:
         step = m.latest_step() if step is None else step
         if step is None:
