@@ -1,0 +1,215 @@
+"""Safe import of LWM's released VQGAN weights (a pickle of the Flax params tree) into our formats.
+
+One-time conversion (no network; LWM's file is e.g. the `vqgan` file of the LWM / LAPA JAX checkpoints):
+
+    python scripts/convert_vqgan.py --input /path/to/lwm/vqgan --output checkpoints/vqgan_lwm.safetensors
+    # optional: --orbax checkpoints/vqgan_lwm_orbax   (an orbax PyTree checkpoint of the same params)
+
+then `cfg, params = latent_pretraining.model.vqgan.load_tokenizer("checkpoints/vqgan_lwm.safetensors")`.
+The params tree maps 1:1 (identity) onto `latent_pretraining.model.vqgan.VQGAN` (table in that module); the
+converter validates every name and shape against the `lwm` preset before writing anything.
+
+Safety: the file is read with `RestrictedUnpickler`, whose `find_class` resolves only the globals needed to rebuild
+plain containers and numpy arrays (table `ALLOWED`); any other global (os.system, builtins.eval, subprocess, ...) is
+refused with `UnsafePickleError` naming it, *before* anything is called. Object-dtype arrays are refused too (their
+payload would be arbitrary pickled objects). Two globals that a Flax/JAX-era pickle may contain are not imported but
+replaced by local stand-ins that only build numpy/dict values: `jax._src.array._reconstruct_array` (a pickled
+jax.Array → its numpy value) and `flax.core.frozen_dict.FrozenDict` (→ dict).
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import pickle
+import re
+from collections.abc import Mapping
+from typing import Any, BinaryIO
+
+import numpy as np
+
+PyTree = Any
+
+
+class UnsafePickleError(pickle.UnpicklingError):
+    """The pickle references a global outside the allow-list (nothing was executed)."""
+
+
+_DTYPE_RE = re.compile(r"^[<>|=]?(b1|bool|[iuf][1248]|f2|c8|c16)$")
+
+
+class _DType:
+    """Stand-in for `numpy.dtype(...)` while unpickling: numeric kinds only; BUILD may only set the byte order."""
+
+    def __init__(self, obj: Any, align: bool = False, copy: bool = False):
+        if not isinstance(obj, str) or not _DTYPE_RE.match(obj):
+            raise UnsafePickleError(f"refused numpy dtype {obj!r}: only bool/int/uint/float/complex arrays allowed")
+        self.dtype = np.dtype(obj)
+
+    def __setstate__(self, state: Any) -> None:
+        ok = isinstance(state, tuple) and len(state) >= 8 and state[1] in "<>|=" and state[2:5] == (None,) * 3
+        if not ok or state[-1] not in (0, self.dtype.flags):
+            raise UnsafePickleError(f"refused numpy dtype state {state!r}")
+        if state[1] in "<>":
+            self.dtype = self.dtype.newbyteorder(state[1])
+
+
+def _as_dtype(d: Any) -> np.dtype:
+    if isinstance(d, _DType):
+        return d.dtype
+    return _DType(d).dtype
+
+
+class _Array:
+    """Stand-in for an ndarray being rebuilt (`_reconstruct` + BUILD); `value` is filled by `np.frombuffer`."""
+
+    value: np.ndarray | None = None
+
+    def __setstate__(self, state: Any) -> None:
+        if not (isinstance(state, tuple) and len(state) == 5 and isinstance(state[4], (bytes, bytearray))):
+            raise UnsafePickleError("refused ndarray state (expected (version, shape, dtype, fortran, bytes))")
+        _, shape, dtype, fortran, raw = state
+        self.value = _from_bytes(raw, _as_dtype(dtype), shape, "F" if fortran else "C")
+
+
+def _from_bytes(raw: Any, dtype: np.dtype, shape: Any, order: str) -> np.ndarray:
+    if not (isinstance(shape, tuple) and all(isinstance(n, int) and n >= 0 for n in shape)):
+        raise UnsafePickleError(f"refused ndarray shape {shape!r}")
+    arr = np.frombuffer(bytes(raw), dtype=dtype)
+    if arr.size != int(np.prod(shape)):
+        raise UnsafePickleError(f"ndarray payload has {arr.size} elements, shape {shape} needs {int(np.prod(shape))}")
+    return arr.reshape(shape, order=order).copy()
+
+
+def _reconstruct(subtype: Any, shape: Any, dtype: Any) -> _Array:
+    if subtype is not np.ndarray:
+        raise UnsafePickleError(f"refused array reconstruction of {subtype!r} (only numpy.ndarray is allowed)")
+    return _Array()
+
+
+def _scalar(dtype: Any, data: Any = None) -> Any:
+    if not isinstance(data, (bytes, bytearray)):
+        raise UnsafePickleError("refused numpy scalar without a bytes payload")
+    return _from_bytes(data, _as_dtype(dtype), (), "C")[()]
+
+
+def _frombuffer(buf: Any, dtype: Any, shape: Any, order: str) -> np.ndarray:
+    if not isinstance(buf, (bytes, bytearray)):
+        raise UnsafePickleError("refused out-of-band buffer in a weights pickle")
+    return _from_bytes(buf, _as_dtype(dtype), tuple(shape), "F" if order == "F" else "C")
+
+
+def _latin1_encode(text: Any, encoding: str = "latin1") -> bytes:
+    # Protocol-2 pickles store bytes as `_codecs.encode(str, 'latin1')`.
+    if encoding not in ("latin1", "latin-1") or not isinstance(text, str):
+        raise UnsafePickleError(f"refused _codecs.encode with encoding {encoding!r}")
+    return text.encode("latin1")
+
+
+def _jax_array(fun: Any, args: Any, arr_state: Any, aval_state: Any = None) -> _Array:
+    if fun is not _reconstruct:
+        raise UnsafePickleError(f"refused jax array payload built by {fun!r}")
+    arr = fun(*args)
+    arr.__setstate__(arr_state)
+    return arr
+
+
+def _frozendict(*args: Any) -> dict:
+    if len(args) > 1 or (args and not isinstance(args[0], dict)):
+        raise UnsafePickleError("refused FrozenDict payload that is not a dict")
+    return dict(*args)
+
+
+# (module, name) -> the local callable the pickle gets instead; nothing from the pickle is ever imported.
+ALLOWED: dict[tuple[str, str], Any] = {("numpy", "ndarray"): np.ndarray, ("numpy", "dtype"): _DType,
+                                       ("_codecs", "encode"): _latin1_encode,
+                                       ("jax._src.array", "_reconstruct_array"): _jax_array,
+                                       ("flax.core.frozen_dict", "FrozenDict"): _frozendict}
+for _mod in ("numpy.core", "numpy._core"):
+    ALLOWED[(f"{_mod}.multiarray", "_reconstruct")] = _reconstruct
+    ALLOWED[(f"{_mod}.multiarray", "scalar")] = _scalar
+    ALLOWED[(f"{_mod}.numeric", "_frombuffer")] = _frombuffer
+
+
+class RestrictedUnpickler(pickle.Unpickler):
+    """`pickle.Unpickler` that resolves only the globals in `ALLOWED` (containers and numpy arrays)."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        target = ALLOWED.get((module, name))
+        if target is None:
+            raise UnsafePickleError(f"refused to load global '{module}.{name}': only plain containers and numpy "
+                                    "arrays may appear in a weights pickle")
+        return target
+
+    def persistent_load(self, pid: Any) -> Any:
+        raise UnsafePickleError(f"refused persistent id {pid!r} in a weights pickle")
+
+
+def _check_tree(tree: Any, path: str = "") -> None:
+    if isinstance(tree, Mapping):
+        for k, v in tree.items():
+            if not isinstance(k, str):
+                raise UnsafePickleError(f"params tree key {k!r} at {path or '/'} is not a string")
+            _check_tree(v, f"{path}/{k}")
+    elif isinstance(tree, (list, tuple)):
+        for i, v in enumerate(tree):
+            _check_tree(v, f"{path}/{i}")
+    elif isinstance(tree, np.ndarray):  # built by _frombuffer from a checked numeric dtype
+        if tree.dtype.hasobject:
+            raise UnsafePickleError(f"object array at {path}")
+    elif isinstance(tree, _Array):
+        if tree.value is None:
+            raise UnsafePickleError(f"array at {path} was never filled")
+    elif not isinstance(tree, (int, float, bool, str, bytes, np.generic, type(None))):
+        raise UnsafePickleError(f"unexpected {type(tree).__name__} at {path} in a weights pickle")
+
+
+def load_pickled_params(source: str | bytes | BinaryIO) -> PyTree:
+    """Reads a params pickle (path, bytes or file) safely; returns nested dicts of numpy arrays.
+
+    A top-level {"params": tree} wrapper is removed.
+    """
+    if isinstance(source, bytes):
+        tree = RestrictedUnpickler(io.BytesIO(source)).load()
+    elif isinstance(source, (str, os.PathLike)):
+        if not os.path.isfile(source):
+            raise FileNotFoundError(f"VQGAN weights pickle {os.fspath(source)!r} does not exist")
+        with open(source, "rb") as f:
+            tree = RestrictedUnpickler(f).load()
+    else:
+        tree = RestrictedUnpickler(source).load()
+    _check_tree(tree)
+    if not isinstance(tree, Mapping):
+        raise ValueError(f"expected a params dict in the pickle, got {type(tree).__name__}")
+    if set(tree) == {"params"}:
+        tree = tree["params"]
+    return _to_plain(tree)
+
+
+def _to_plain(tree: Any) -> Any:
+    if isinstance(tree, Mapping):
+        return {k: _to_plain(v) for k, v in tree.items()}
+    return tree.value if isinstance(tree, _Array) else np.asarray(tree)
+
+
+def convert(source: str | bytes | BinaryIO, output: str | None = None, *, orbax_dir: str | None = None,
+            config: Any = None) -> tuple[Any, PyTree]:
+    """Pickle → validated (config, params); writes a tokenizer safetensors file and/or an orbax checkpoint.
+
+    `config` defaults to the LWM architecture (`VQGANConfig()`). Nothing is written unless validation passes.
+    """
+    from latent_pretraining.model import vqgan
+
+    config = config or vqgan.VQGANConfig()
+    params = load_pickled_params(source)
+    vqgan.check_params(params, config, source=source if isinstance(source, str) else "pickle")
+    params = {k: v for k, v in params.items()}
+    if output:
+        vqgan.save_tokenizer(output, params, config, extra={"source": str(source) if isinstance(source, str)
+                                                           else "<pickle>", "converter": __name__})
+    if orbax_dir:
+        import orbax.checkpoint as ocp
+
+        with ocp.StandardCheckpointer() as ckptr:
+            ckptr.save(os.path.abspath(orbax_dir), params)
+    return config, params

@@ -1,0 +1,141 @@
+"""Frames for the VQGAN: RLDS episodes → uint8 frame arrays, a seeded resumable batch sampler, token caching.
+
+TensorFlow is used only here, on the host (reading + JPEG decoding); everything jitted sees numpy / jax arrays.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import numpy as np
+
+IMAGE_KEY = ("observation", "image")
+
+
+def _open(root: str, name: str) -> Any:
+    from data import rlds
+
+    name, _, version = name.partition(":")
+    return rlds.open_dataset(root, name, version or "1.0.0")
+
+
+def iter_episodes(root: str, name: str, split: str, resolution: int,
+                  image_key: Sequence[str] = IMAGE_KEY) -> Iterator[tuple[str, np.ndarray]]:
+    """(episode_id, uint8[T, R, R, 3]) in file order for `<root>/<name>[:version]` (default version 1.0.0)."""
+    from data import rlds
+    from data.augment import decode_frames
+
+    opened = _open(root, name)
+    ds = rlds.read_episodes(opened, rlds.resolve_split(opened, split), seed=None, shuffle_files=False)
+    for i, ep in enumerate(ds):
+        node = ep["steps"]
+        for k in image_key:
+            if k not in node:
+                raise KeyError(f"dataset {name!r}: steps have no key {'/'.join(image_key)!r} (at {k!r}: "
+                               f"{sorted(node)})")
+            node = node[k]
+        meta = ep.get("episode_metadata", {})
+        eid = meta["episode_id"].numpy().decode() if "episode_id" in meta else f"{split}/{i}"
+        yield eid, decode_frames(node, resolution).numpy()
+
+
+def load_frames(root: str, names: Sequence[str], split: str, resolution: int, *, stride: int = 1,
+                max_frames: int = 0) -> np.ndarray:
+    """All frames (every `stride`-th step) of the datasets' split, uint8[N, R, R, 3]; `max_frames` > 0 caps N."""
+    chunks, total = [], 0
+    for name in names:
+        for _, frames in iter_episodes(root, name, split, resolution):
+            chunks.append(frames[::stride])
+            total += len(chunks[-1])
+            if max_frames and total >= max_frames:
+                break
+        if max_frames and total >= max_frames:
+            break
+    if not chunks:
+        raise ValueError(f"no frames found in {list(names)} split {split!r} under {root}")
+    out = np.concatenate(chunks)
+    out = out[:max_frames] if max_frames else out
+    logging.info("loaded %d frames (%s, split %s, %dpx, %.0f MB)", len(out), ",".join(names), split, resolution,
+                 out.nbytes / 2**20)
+    return out
+
+
+class FrameSampler:
+    """Infinite iterator of {"frames": uint8[b, R, R, 3]}: batch i draws indices from PRNG (seed, i, process).
+
+    State is the number of batches drawn, so `set_state` resumes bit-for-bit; frames are sampled with replacement
+    across batches and without replacement within one.
+    """
+
+    def __init__(self, frames: np.ndarray, batch_size: int, seed: int, process_index: int = 0,
+                 flip: bool = False):
+        if len(frames) < batch_size:
+            raise ValueError(f"need at least {batch_size} frames for a batch, have {len(frames)}")
+        self.frames, self.batch_size, self.seed = frames, batch_size, seed
+        self.process_index, self.flip, self.count = process_index, flip, 0
+
+    def __iter__(self) -> FrameSampler:
+        return self
+
+    def __next__(self) -> dict[str, np.ndarray]:
+        rng = np.random.default_rng([self.seed, self.count, self.process_index])
+        self.count += 1
+        batch = self.frames[rng.choice(len(self.frames), self.batch_size, replace=False)]
+        if self.flip:
+            mask = rng.random(self.batch_size) < 0.5
+            batch = np.where(mask[:, None, None, None], batch[:, :, ::-1], batch)
+        return {"frames": batch}
+
+    def get_state(self) -> dict[str, int]:
+        return {"count": self.count}
+
+    def set_state(self, state: dict[str, int]) -> None:
+        self.count = int(state["count"])
+
+
+def cache_image_tokens(encode: Any, root: str, names: Sequence[str], split: str, resolution: int, output: str,
+                       batch_size: int = 64) -> dict[str, Any]:
+    """Encodes every frame of the datasets' split and writes an .npz keyed by episode/step.
+
+    `encode`: uint8[b, R, R, 3] → int[b, h, w] (e.g. `vqgan.make_encode_fn(cfg, mesh)` bound to params; b is
+    padded to `batch_size` so it compiles once). File arrays: `ids` int32[N, h, w], `episode` int32[N] (index into
+    `episode_id`), `step` int32[N], `dataset` int32[N] (index into `dataset_name`), `episode_id` str[E],
+    `dataset_name` str[D]. Load with `np.load(path)` (no pickle needed).
+    """
+    ids, ep_idx, steps, ds_idx, ep_names = [], [], [], [], []
+    buf: list[np.ndarray] = []
+
+    def flush() -> None:
+        if not buf:
+            return
+        x = np.concatenate(buf)
+        n = len(x)
+        pad = np.zeros((batch_size - n, *x.shape[1:]), x.dtype)
+        ids.append(np.asarray(encode(np.concatenate([x, pad])))[:n].astype(np.int32))
+        buf.clear()
+
+    for d, name in enumerate(names):
+        for eid, frames in iter_episodes(root, name, split, resolution):
+            e = len(ep_names)
+            ep_names.append(eid)
+            for start in range(0, len(frames), batch_size):
+                chunk = frames[start:start + batch_size]
+                pending = sum(len(b) for b in buf)
+                if pending + len(chunk) > batch_size:
+                    flush()
+                buf.append(chunk)
+            ep_idx.append(np.full(len(frames), e, np.int32))
+            steps.append(np.arange(len(frames), dtype=np.int32))
+            ds_idx.append(np.full(len(frames), d, np.int32))
+    flush()
+    out = {"ids": np.concatenate(ids), "episode": np.concatenate(ep_idx), "step": np.concatenate(steps),
+           "dataset": np.concatenate(ds_idx), "episode_id": np.asarray(ep_names, dtype=str),
+           "dataset_name": np.asarray(list(names), dtype=str)}
+    os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
+    tmp = output + ".tmp.npz"
+    np.savez(tmp, **out)
+    os.replace(tmp, output)
+    return {"frames": len(out["ids"]), "episodes": len(ep_names), "grid": tuple(out["ids"].shape[1:])}
