@@ -12,7 +12,7 @@ import sys
 SUBCOMMANDS: dict[str, str] = {
     "train-step": "latent_pretraining.benchmark:train_step_main",
     "data": "configs.mixtures:benchmark_main",
-    "lam": "lam.benchmark:main",
+    "lam": "configs.lam:benchmark_main",
 }
 
 

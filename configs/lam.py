@@ -1,0 +1,148 @@
+"""Latent action model presets: `lapa`, `vipra` (full size, as in the lineage) and `lapa_demo`, `vipra_demo` (sized for
+the demo world on a 2-core CPU), plus `lapa_tiny` / `vipra_tiny` for tests.
+
+Launch (demo, ~10 min on a CPU):
+    python -m lam.train --config=configs/lam.py:lapa_demo --workdir=runs/lam_demo/lapa
+    python -m lam.evaluate --config=configs/lam.py:lapa_demo --workdir=runs/lam_demo/lapa
+Full size:
+    python -m lam.train --config=configs/lam.py:lapa --workdir=runs/lam_lapa --config.data.root=/data/oxe
+    python -m lam.train --config=configs/lam.py:vipra --workdir=runs/lam_vipra --config.data.root=/data/oxe
+Override anything: --config.train.total_steps=2000 --config.loss.flow_weight=0.1
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+from lam.quantizer import LAPA_SCHEDULE, VIPRA_SCHEDULE
+from latent_pretraining.training import loop
+
+PRESETS = ("lapa", "vipra", "lapa_demo", "vipra_demo", "lapa_tiny", "vipra_tiny")
+
+
+def _model_lapa() -> ml_collections.ConfigDict:
+    """LAPA laq: 256 px, patch 32 (8×8 grid), dim 1024, 8+8 encoder layers, 8 decoder layers, 4 codes of 8."""
+    return ml_collections.ConfigDict({
+        "image_size": 256, "patch_size": 32, "dim": 1024, "heads": 16, "dim_head": 64, "cosine": True,
+        "cpb_hidden": 1024, "ff_mult": 4.0, "quant_dim": 32, "codebook_size": 8, "code_grid": 2,
+        "encode_deltas": True, "code_time_kernel": 1, "flow_head": False, "flow_scale": 1.0, "quant_warmup_steps": 0,
+        "encoder": {"kind": "patch", "layout": "factorized", "spatial_depth": 8, "temporal_depth": 8, "depth": 0},
+        "decoder": {"kind": "cross_attention", "depth": 8, "residual": False, "detach_queries": True, "peg": False},
+        "dino": _dino(),
+    })
+
+
+def _model_vipra() -> ml_collections.ConfigDict:
+    """ViPRA laq: 224 px, patch 14 (16×16), dim 768, 6 ST encoder layers (on DINOv2-reg features), 8 causal FiLM
+    decoder layers, 16 codes (4×4) per transition from a codebook of 8."""
+    return ml_collections.ConfigDict({
+        "image_size": 224, "patch_size": 14, "dim": 768, "heads": 16, "dim_head": 64, "cosine": True,
+        "cpb_hidden": 768, "ff_mult": 4.0, "quant_dim": 32, "codebook_size": 8, "code_grid": 4,
+        "encode_deltas": False, "code_time_kernel": 3, "flow_head": False, "flow_scale": 1.0, "quant_warmup_steps": 0,
+        "encoder": {"kind": "dino", "layout": "interleaved", "spatial_depth": 0, "temporal_depth": 0, "depth": 6},
+        "decoder": {"kind": "film", "depth": 8, "residual": False, "detach_queries": False, "peg": True},
+        "dino": _dino(),
+    })
+
+
+def _dino() -> ml_collections.ConfigDict:
+    """DINOv2 ViT-B/14 with 4 registers (HF Dinov2WithRegistersModel layout); `weights` = safetensors path."""
+    return ml_collections.ConfigDict({"hidden_size": 768, "num_layers": 12, "num_heads": 12, "mlp_ratio": 4.0,
+                                      "patch_size": 14, "image_size": 518, "num_register_tokens": 4,
+                                      "layer_norm_eps": 1e-6, "layerscale_value": 1.0, "weights": "",
+                                      "lr_mult": 0.1})
+
+
+def _data(offset: int, clip_len: int) -> ml_collections.ConfigDict:
+    return ml_collections.ConfigDict({
+        "source": "memory",  # 'memory': lam/data.py (small RLDS with ground truth); 'pipeline': data/loader.py
+        "root": "runs/demo/data", "datasets": ("demo_robot", "demo_human"), "weights": (1.0, 1.0),
+        "train_split": "train", "eval_split": "val", "clip_len": clip_len, "offset": offset, "batch_size": 32,
+        "cache_dir": "", "max_episodes": 0, "shuffle_buffer": 10_000,
+    })
+
+
+def get_config(preset: str = "lapa_demo") -> ml_collections.ConfigDict:
+    """The preset named `preset` (see PRESETS)."""
+    if preset not in PRESETS:
+        import difflib
+
+        close = difflib.get_close_matches(preset, PRESETS, n=1, cutoff=0.0)
+        raise KeyError(f"unknown LAM preset {preset!r}; did you mean {close[0]!r}? (known: {', '.join(PRESETS)})")
+    family = preset.split("_")[0]
+    c = ml_collections.ConfigDict()
+    c.preset = preset
+    c.model = _model_lapa() if family == "lapa" else _model_vipra()
+    c.quantizer = ml_collections.ConfigDict({
+        "schedule": LAPA_SCHEDULE if family == "lapa" else VIPRA_SCHEDULE,
+        "threshold": 0.1 / 64 * 8 if family == "lapa" else 0.015,  # LAPA: count/B < 0.1 over 10 steps of 64×4
+        "source": "codes", "noise": 1e-3,
+    })
+    c.loss = ml_collections.ConfigDict({"pixel": "mse" if family == "lapa" else "l1", "pixel_weight": 1.0,
+                                        "motion_weight": 0.0,
+                                        "perceptual": "", "perceptual_weight": 0.0,
+                                        "flow_weight": 0.0, "flow_start": 0, "flow_warmup": 0})
+    c.data = _data(offset=30 if family == "lapa" else 1, clip_len=2 if family == "lapa" else 8)
+    c.train = loop.default_config()
+    t = c.train
+    t.total_steps = 100_000 if family == "lapa" else 300_000
+    t.optimizer.lr = 1e-4
+    t.optimizer.schedule = "constant"
+    t.optimizer.b2 = 0.99
+    t.optimizer.clip_grad_norm = 0.5 if family == "lapa" else 6.0
+    t.checkpoint.every = 5000
+    t.log.main_metrics = ("loss", "rec", "psnr", "perplexity")
+    c.eval = ml_collections.ConfigDict({"batches": 40, "batch_size": 64, "direction_bins": 8, "min_motion": 1.0,
+                                        "position_bins": 8, "transfer_episodes": 4, "transfer_steps": 6,
+                                        "checkpoint_step": -1})
+    if preset.endswith("_demo") or preset.endswith("_tiny"):
+        _shrink(c, family, tiny=preset.endswith("_tiny"))
+    return c
+
+
+def _shrink(c: ml_collections.ConfigDict, family: str, tiny: bool) -> None:
+    """Demo world sizes (64 px frames, 8×8 patch grid). Deviations from the lineage, for a 10-minute CPU run:
+    residual decoder output (pred = first frame + Δ), flow head + ground-truth flow loss on, batch-vector restarts of
+    dead codes, a faster replacement schedule and a larger learning rate."""
+    m = c.model
+    m.image_size, m.patch_size = 64, 8
+    m.dim, m.heads, m.dim_head, m.cpb_hidden, m.ff_mult = (32, 2, 16, 16, 2.0) if tiny else (64, 2, 32, 32, 3.0)
+    m.quant_dim = 16 if tiny else 32
+    m.flow_head, m.flow_scale = True, 4.0
+    m.decoder.residual = True
+    m.quant_warmup_steps = 0 if tiny else 600
+    m.decoder.peg = True
+    c.loss.motion_weight = 10.0
+    c.loss.pixel = "mse"  # L1's sign gradients on JPEG noise drown the small moving regions at this budget
+    if family == "lapa":
+        m.encoder.spatial_depth, m.encoder.temporal_depth = 1, 1
+        m.decoder.depth = 1 if tiny else 2
+    else:
+        m.encoder.kind = "patch"
+        m.encoder.depth = 1
+        m.decoder.depth = 1 if tiny else 2
+        m.code_grid = 4
+    c.quantizer.schedule = ((620, 800, 20), (900, 2000, 100))
+    c.quantizer.threshold = 0.02
+    c.quantizer.source = "batch"
+    c.loss.flow_weight = 0.5
+    c.data.offset = 3 if family == "lapa" else 1
+    c.data.clip_len = 2 if family == "lapa" else 4
+    c.data.batch_size = 16
+    c.data.cache_dir = "runs/lam_demo/cache"
+    c.train.total_steps = 20 if tiny else 1500
+    c.train.optimizer.lr = 1e-3
+    c.train.optimizer.schedule = "warmup_cosine"
+    c.train.optimizer.warmup_steps = 0 if tiny else 50
+    c.train.optimizer.end_lr = 5e-5
+    c.train.optimizer.clip_grad_norm = 1.0
+    c.train.checkpoint.every = 500
+    c.train.log.every = 25
+    c.eval.batches = 8 if tiny else 40
+
+
+def benchmark_main(argv: list[str] | None = None) -> int:
+    """`scripts/benchmark.py lam ...` entry: lam.benchmark.main with presets resolved here."""
+    from lam import benchmark
+
+    return benchmark.main(argv, get_config=get_config)

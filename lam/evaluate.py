@@ -1,0 +1,189 @@
+"""LAM evaluation: `python -m lam.evaluate --workdir=runs/lam_demo/lapa [--step=N]`.
+
+Writes <workdir>/eval/{metrics.json, *.png, tensorboard/}:
+  codebook usage (histogram per code position on held-out clips) and perplexity over training (codebook_usage.jsonl);
+  reconstruction PSNR next to the copy-last-frame baseline;
+  probes (softmax regression on one-hot code ids, trained on train-split clips, tested on held-out val episodes):
+  8-way direction of the true effector displacement over the transition vs 8-way absolute effector position (4×2
+  quantile bins), with normalized mutual information between the joint code and each label;
+  latent transfer: episode A's codes applied to episode B's first frame, decoded autoregressively (rollout grid).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from lam import data as lam_data
+from lam.label import Labeler, load_lam
+from lam.quantizer import perplexity
+
+PIXELS_PER_UNIT = 64 * (1 - 2 * 0.04)  # demo world: the table spans the image minus a 4% border on each side
+
+
+def direction_bins(disp: np.ndarray, bins: int = 8) -> np.ndarray:
+    """8-way (or `bins`-way) direction of displacements float[N, 2] (x right, y down): 0 = +x, counter-clockwise."""
+    ang = np.arctan2(-disp[:, 1], disp[:, 0])
+    return np.mod(np.rint(ang / (2 * np.pi / bins)), bins).astype(np.int64)
+
+
+def position_bins(pos: np.ndarray, edges: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+    """8 classes of absolute position float[N, 2]: 4 quantile bins in x × 2 in y (edges from the training set)."""
+    return np.digitize(pos[:, 0], edges[0]) * 2 + np.digitize(pos[:, 1], edges[1])
+
+
+def one_hot_codes(ids: np.ndarray, k: int) -> np.ndarray:
+    """ids int[N, C] → float32[N, C·k]."""
+    return np.eye(k, dtype=np.float32)[ids].reshape(len(ids), -1)
+
+
+def fit_probe(x: np.ndarray, y: np.ndarray, classes: int, steps: int = 400, l2: float = 1e-3) -> Any:
+    """Full-batch softmax regression; returns predict(x) -> labels."""
+    w0 = {"w": jnp.zeros((x.shape[1], classes)), "b": jnp.zeros(classes)}
+    opt = optax.adam(0.1)
+    xj, yj = jnp.asarray(x), jnp.asarray(y)
+
+    def loss(p):
+        logits = xj @ p["w"] + p["b"]
+        return optax.softmax_cross_entropy_with_integer_labels(logits, yj).mean() + l2 * jnp.sum(p["w"] ** 2)
+
+    @jax.jit
+    def run(p):
+        def body(carry, _):
+            p, s = carry
+            g = jax.grad(loss)(p)
+            u, s = opt.update(g, s, p)
+            return (optax.apply_updates(p, u), s), None
+
+        return jax.lax.scan(body, (p, opt.init(p)), None, length=steps)[0][0]
+
+    p = run(w0)
+    return lambda xs: np.asarray(jnp.argmax(jnp.asarray(xs) @ p["w"] + p["b"], -1))
+
+
+def nmi(a: np.ndarray, b: np.ndarray) -> float:
+    """Normalized mutual information (arithmetic mean of entropies) between two label arrays int[N]."""
+    _, ai = np.unique(a, return_inverse=True)
+    _, bi = np.unique(b, return_inverse=True)
+    joint = np.zeros((ai.max() + 1, bi.max() + 1))
+    np.add.at(joint, (ai, bi), 1)
+    p = joint / joint.sum()
+    pa, pb = p.sum(1), p.sum(0)
+    h = lambda q: -np.sum(q[q > 0] * np.log(q[q > 0]))
+    mi = np.sum(p[p > 0] * np.log(p[p > 0] / (pa[:, None] * pb[None, :])[p > 0]))
+    denom = 0.5 * (h(pa) + h(pb))
+    return float(mi / denom) if denom > 0 else 0.0
+
+
+def collect(labeler: Labeler, table: lam_data.Table, cfg: ml_collections.ConfigDict, n_batches: int, seed: int,
+            recon: bool) -> dict[str, np.ndarray]:
+    """Codes, true displacement / position per transition, and PSNR of the model and of copying the last frame."""
+    d = cfg.data
+    bs = int(cfg.eval.batch_size)
+    sampler = lam_data.ClipSampler(table, batch_size=bs, clip_len=d.clip_len, offset=d.offset, seed=seed,
+                                   weights=d.weights)
+    dec = labeler.decode() if recon else None
+    out: dict[str, list] = {k: [] for k in ("ids", "disp", "pos", "psnr", "psnr_copy", "dataset")}
+    for _ in range(n_batches):
+        b = next(sampler)
+        ids = np.asarray(labeler(b["clip"]))  # [B, T-1, C]
+        eff = b["effector"]
+        n = ids.shape[1]
+        out["ids"].append(ids.reshape(-1, ids.shape[-1]))
+        out["disp"].append((eff[:, 1:] - eff[:, :-1]).reshape(-1, 2) * PIXELS_PER_UNIT)
+        out["pos"].append(eff[:, :-1].reshape(-1, 2))
+        out["dataset"].append(np.repeat(b["dataset"], n))
+        if recon:
+            x = b["clip"].astype(np.float32) / 255.0
+            pred = np.clip(np.asarray(dec(jnp.asarray(x[:, :-1]), jnp.asarray(ids))), 0, 1)
+            mse = lambda a, c: np.mean((a - c) ** 2, axis=(2, 3, 4)).reshape(-1)
+            out["psnr"].append(-10 * np.log10(np.maximum(mse(pred, x[:, 1:]), 1e-10)))
+            out["psnr_copy"].append(-10 * np.log10(np.maximum(mse(x[:, :-1], x[:, 1:]), 1e-10)))
+    return {k: np.concatenate(v) for k, v in out.items() if v}
+
+
+def probes(train: dict, test: dict, cfg: ml_collections.ConfigDict) -> dict[str, float]:
+    """Direction vs absolute-position probe accuracies (+ chance / majority baselines) and NMIs on held-out clips."""
+    k, e = int(cfg.model.codebook_size), cfg.eval
+    moving_tr = np.linalg.norm(train["disp"], axis=1) >= e.min_motion
+    moving_te = np.linalg.norm(test["disp"], axis=1) >= e.min_motion
+    xtr, xte = one_hot_codes(train["ids"], k), one_hot_codes(test["ids"], k)
+    ytr, yte = direction_bins(train["disp"], e.direction_bins), direction_bins(test["disp"], e.direction_bins)
+    pdir = fit_probe(xtr[moving_tr], ytr[moving_tr], e.direction_bins)
+    edges = (np.quantile(train["pos"][:, 0], [0.25, 0.5, 0.75]), np.quantile(train["pos"][:, 1], [0.5]))
+    ptr, pte = position_bins(train["pos"], edges), position_bins(test["pos"], edges)
+    ppos = fit_probe(xtr, ptr, 8)
+    joint = lambda ids: np.ravel_multi_index(ids.T, (k,) * ids.shape[1]) if ids.shape[1] <= 8 else \
+        np.unique(ids, axis=0, return_inverse=True)[1].ravel()
+    jte = joint(test["ids"])
+    dir_acc = float(np.mean(pdir(xte[moving_te]) == yte[moving_te]))
+    pos_acc = float(np.mean(ppos(xte) == pte))
+    res = {
+        "probe/direction_acc": dir_acc,
+        "probe/direction_majority": float(np.max(np.bincount(yte[moving_te], minlength=8)) / max(moving_te.sum(), 1)),
+        "probe/direction_nmi": nmi(jte[moving_te], yte[moving_te]),
+        "probe/position_acc": pos_acc,
+        "probe/position_majority": float(np.max(np.bincount(pte, minlength=8)) / len(pte)),
+        "probe/position_nmi": nmi(jte, pte),
+        "probe/test_clips": len(pte), "probe/test_moving_clips": int(moving_te.sum()),
+    }
+    for di in np.unique(test["dataset"]):
+        m = moving_te & (test["dataset"] == di)
+        if m.any():
+            res[f"probe/direction_acc_dataset{int(di)}"] = float(np.mean(pdir(xte[m]) == yte[m]))
+    return res
+
+
+def evaluate(workdir: str, step: int | None = None, out_dir: str | None = None) -> dict[str, Any]:
+    """Runs every evaluation of the module docstring; returns the metrics dict (also written as JSON)."""
+    from lam import plots
+
+    cfg, variables = load_lam(workdir, step)
+    out_dir = out_dir or os.path.join(workdir, "eval")
+    os.makedirs(out_dir, exist_ok=True)
+    labeler = Labeler(cfg, variables)
+    d = cfg.data
+    tr = lam_data.load_table(d.root, d.datasets, d.train_split, with_flow=False, cache_dir=d.cache_dir)
+    te = lam_data.load_table(d.root, d.datasets, d.eval_split, with_flow=False, cache_dir=d.cache_dir)
+    nb = int(cfg.eval.batches)
+    train_c = collect(labeler, tr, cfg, nb, seed=1, recon=False)
+    test_c = collect(labeler, te, cfg, nb, seed=2, recon=True)
+    k = int(cfg.model.codebook_size)
+    counts = np.bincount(test_c["ids"].ravel(), minlength=k)
+    metrics: dict[str, Any] = {
+        "checkpoint_step": int(cfg.checkpoint_step), "preset": cfg.preset,
+        "codebook/perplexity": float(perplexity(jnp.asarray(counts, jnp.float32))),
+        "codebook/codes_used": int(np.sum(counts > 0)), "codebook/size": k,
+        "codebook/usage": (counts / counts.sum()).tolist(),
+        "recon/psnr": float(np.mean(test_c["psnr"])), "recon/psnr_copy_last": float(np.mean(test_c["psnr_copy"])),
+    }
+    metrics.update(probes(train_c, test_c, cfg))
+    metrics["plots"] = plots.write_all(out_dir, workdir, cfg, labeler, te, test_c, metrics)
+    with open(os.path.join(out_dir, "metrics.json"), "w") as f:
+        json.dump(metrics, f, indent=2)
+    plots.tensorboard(os.path.join(out_dir, "tensorboard"), metrics, int(cfg.checkpoint_step))
+    return metrics
+
+
+def main(argv: list[str]) -> None:
+    from absl import flags
+
+    del argv
+    f = flags.FLAGS
+    m = evaluate(f.workdir, None if f.step < 0 else f.step)
+    print(json.dumps({k: v for k, v in m.items() if k not in ("codebook/usage", "plots")}, indent=2))
+
+
+if __name__ == "__main__":
+    from absl import app, flags
+
+    flags.DEFINE_string("workdir", None, "LAM run directory (reads checkpoints/, writes eval/).", required=True)
+    flags.DEFINE_integer("step", -1, "Checkpoint step (-1: latest).")
+    app.run(main)

@@ -1,0 +1,70 @@
+"""LAM losses: pixel L1/MSE, optional perceptual term (pluggable frozen feature network), optional optical-flow term.
+
+All take predictions and targets float[B, N, H, W, C] (N transitions) and an optional mask bool[B, N]; results are
+f32 scalars averaged over valid transitions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+
+Array = jax.Array
+FeatureFn = Callable[[Array], list[Array]]  # images float[B, H, W, 3] in [0, 1] -> feature maps [B, h, w, C]
+
+
+def _masked_mean(per_item: Array, mask: Array | None) -> Array:
+    """per_item float[B, N] → mean over mask."""
+    if mask is None:
+        return jnp.mean(per_item)
+    m = mask.astype(jnp.float32)
+    return jnp.sum(per_item * m) / jnp.maximum(jnp.sum(m), 1.0)
+
+
+def pixel_loss(pred: Array, target: Array, kind: str = "l1", mask: Array | None = None, *,
+               previous: Array | None = None, motion_weight: float = 0.0) -> Array:
+    """Mean |pred − target| ('l1') or squared error ('mse').
+
+    motion_weight > 0: pixels are weighted by 1 + motion_weight·|target − previous| (mean over channels), so the few
+    pixels that change between frames (a moving effector) are not drowned by the static background."""
+    diff = pred.astype(jnp.float32) - target.astype(jnp.float32)
+    if motion_weight > 0 and previous is not None:
+        w = 1.0 + motion_weight * jnp.mean(jnp.abs(target - previous), axis=-1, keepdims=True)
+        diff = diff * (jnp.sqrt(w) if kind == "mse" else w)
+    if kind == "l1":
+        per = jnp.abs(diff)
+    elif kind == "mse":
+        per = jnp.square(diff)
+    else:
+        raise ValueError(f"loss.pixel must be 'l1' or 'mse', got {kind!r}")
+    return _masked_mean(jnp.mean(per, axis=(2, 3, 4)), mask)
+
+
+def psnr(pred: Array, target: Array) -> Array:
+    """Per-frame PSNR in dB for images in [0, 1]: float[B, N]."""
+    mse = jnp.mean(jnp.square(jnp.clip(pred, 0, 1) - target), axis=(-3, -2, -1))
+    return -10.0 * jnp.log10(jnp.maximum(mse, 1e-10))
+
+
+def perceptual_loss(features: FeatureFn, pred: Array, target: Array, mask: Array | None = None) -> Array:
+    """Mean L1 between unit-normalised feature maps of a frozen network (LPIPS-like without learned weights)."""
+    b, n = pred.shape[:2]
+    flat = lambda x: x.reshape(b * n, *x.shape[2:])
+    fp, ft = features(flat(pred)), features(jax.lax.stop_gradient(flat(target)))
+    unit = lambda f: f * jax.lax.rsqrt(jnp.sum(f * f, axis=-1, keepdims=True) + 1e-10)
+    per = sum(jnp.mean(jnp.abs(unit(a) - unit(c)).reshape(b, n, -1), axis=-1) for a, c in zip(fp, ft, strict=True))
+    return _masked_mean(per / len(fp), mask)
+
+
+def flow_loss(pred: Array, target: Array, mask: Array | None = None) -> Array:
+    """Mean end-point L1 error (pixels) between predicted and target flow float[B, N, H, W, 2]."""
+    per = jnp.mean(jnp.abs(pred.astype(jnp.float32) - target.astype(jnp.float32)), axis=(2, 3, 4))
+    return _masked_mean(per, mask)
+
+
+def flow_weight(step: Array, weight: float, start: int, warmup: int) -> Array:
+    """ViPRA's schedule: 0 before `start`, then a linear ramp to `weight` over `warmup` steps."""
+    ramp = jnp.clip((step - start) / max(warmup, 1), 0.0, 1.0) if warmup > 0 else (step >= start).astype(jnp.float32)
+    return weight * ramp

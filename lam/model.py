@@ -1,0 +1,175 @@
+"""The latent action model: encoder → NSVQ → decoder, one module whose variants (LAPA, ViPRA) are config values.
+
+    clip float[B, T, H, W, 3] in [0, 1]  (LAPA: T = 2, frames t and t+offset; ViPRA: T frames)
+    encode:  patches → spatial/temporal transformer → per-transition code vectors z float[B, T-1, g, g, Dq]
+             (LAPA: z = conv(enc(frame t+1)) − conv(enc(frame t)); ViPRA: conv3d over the features of frames 1..T-1)
+    quantize: NSVQ → q float[B, T-1, g, g, Dq], ids int32[B, T-1, g, g]   (g×g codes per transition)
+    decode:  frames 0..T-2 + codes → frames 1..T-1 (float[B, T-1, H, W, 3]) and optionally flow (float[..., 2], px)
+             'cross_attention' (LAPA): first-frame patches attend to the code tokens, per transition;
+             'film' (ViPRA): a causal spatio-temporal transformer, FiLM on the codes, the codes as an extra token.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import ml_collections
+
+from lam import layers
+from lam.quantizer import NSVQ
+
+Array = jax.Array
+
+
+class PatchEmbed(nn.Module):
+    """float[B, T, H, W, 3] → tokens float[B, T, H/p, W/p, D] (LayerNorm → Linear → LayerNorm)."""
+
+    patch: int
+    dim: int
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        x = layers.patchify(x, self.patch)
+        return nn.LayerNorm()(nn.Dense(self.dim)(nn.LayerNorm()(x)))
+
+
+def _blocks(cfg: ml_collections.ConfigDict, depth: int, prefix: str, **kw: Any) -> list[layers.STBlock]:
+    return [layers.STBlock(cfg.heads, cfg.dim_head, cosine=cfg.cosine, cpb_hidden=cfg.cpb_hidden, ff_mult=cfg.ff_mult,
+                           name=f"{prefix}_{i}", **kw) for i in range(depth)]
+
+
+class CodeEncoder(nn.Module):
+    """Per-frame features float[B, T, h, w, D] → code vectors float[B, T-1, g, g, Dq] (two convs, h → g)."""
+
+    quant_dim: int
+    grid: int
+    deltas: bool
+    time_kernel: int = 1
+
+    @nn.compact
+    def __call__(self, feats: Array) -> Array:
+        x = nn.Dense(self.quant_dim, name="project_in")(feats)
+        if not self.deltas:
+            x = x[:, 1:]  # ViPRA: the code for t→t+1 is read at frame t+1 (the encoder is non-causal)
+        h = size = x.shape[2]
+        kt = 1 if self.deltas else self.time_kernel
+        for i in range(2):
+            stride = 2 if size // 2 >= self.grid else 1
+            x = nn.Conv(self.quant_dim, (kt, 3, 3), strides=(1, stride, stride),
+                        padding=((kt // 2, kt // 2), (1, 1), (1, 1)), name=f"conv{i}")(x)
+            size = x.shape[2]
+            if i == 0:
+                x = nn.leaky_relu(x, 0.1) if kt > 1 else nn.relu(x)
+        if size != self.grid:
+            raise ValueError(f"code grid came out {size}x{size}, expected {self.grid}x{self.grid} from a {h}x{h} patch "
+                             "grid; choose image_size / patch_size / code_grid so that h/4 <= code_grid <= h")
+        return x[:, 1:] - x[:, :-1] if self.deltas else x
+
+
+class LatentActionModel(nn.Module):
+    """See the module docstring. `config` is the `model` block of configs/lam.py."""
+
+    config: ml_collections.ConfigDict
+
+    def setup(self) -> None:
+        c = self.config
+        if c.encoder.kind == "dino":
+            from lam.dino import Dinov2
+
+            self.spatial_encoder = Dinov2(c.dino, name="dino")
+            self.dino_proj = nn.Dense(c.dim, name="dino_proj")
+        else:
+            self.patch_embed = PatchEmbed(c.patch_size, c.dim, name="patch_embed")
+        if c.encoder.layout == "factorized":  # LAPA: all spatial layers, then all temporal layers
+            self.enc_blocks = (_blocks(c, c.encoder.spatial_depth, "enc_spatial", temporal=False, peg=True)
+                               + _blocks(c, c.encoder.temporal_depth, "enc_temporal", spatial=False, peg=True))
+        else:  # ViPRA: interleaved spatio-temporal layers
+            self.enc_blocks = _blocks(c, c.encoder.depth, "enc_st")
+        self.enc_norm = layers.layer_norm("enc_norm")
+        self.code_encoder = CodeEncoder(c.quant_dim, c.code_grid, c.encode_deltas, c.code_time_kernel,
+                                        name="code_encoder")
+        self.quantizer = NSVQ(c.codebook_size, c.quant_dim, c.get("quant_warmup_steps", 0), name="quantizer")
+        d = c.decoder
+        if d.kind == "cross_attention":
+            self.project_out = nn.Dense(c.dim, name="project_out")
+            self.dec_blocks = _blocks(c, d.depth, "dec", temporal=False, peg=d.get("peg", False), cross=True)
+        elif d.kind == "film":
+            self.dec_patch_embed = PatchEmbed(c.patch_size, c.dim, name="dec_patch_embed")
+            self.cond_in = nn.Dense(c.dim, name="cond_in")
+            self.cond_ff = layers.GEGLU(c.ff_mult, name="cond_ff")
+            self.dec_blocks = _blocks(c, d.depth, "dec", causal=True, film=True)
+        else:
+            raise ValueError(f"model.decoder.kind must be 'cross_attention' or 'film', got {d.kind!r}")
+        self.dec_norm = layers.layer_norm("dec_norm")
+        # residual decoders start as the copy-last-frame predictor (zero-initialised output layers)
+        init = nn.initializers.zeros if c.decoder.residual else nn.initializers.lecun_normal()
+        self.to_pixels = nn.Dense(c.patch_size**2 * 3, kernel_init=init, name="to_pixels")
+        if c.flow_head:
+            self.to_flow = nn.Dense(c.patch_size**2 * 2, kernel_init=nn.initializers.zeros, name="to_flow")
+
+    def embed(self, clip: Array) -> Array:
+        """clip float[B, T, H, W, 3] → patch tokens float[B, T, h, w, D]."""
+        if self.config.encoder.kind == "dino":
+            b, t = clip.shape[:2]
+            tok = self.spatial_encoder.patch_tokens(clip.reshape(b * t, *clip.shape[2:]))
+            g = round(tok.shape[1] ** 0.5)
+            return self.dino_proj(tok).reshape(b, t, g, g, -1)
+        return self.patch_embed(clip)
+
+    def encode(self, clip: Array) -> Array:
+        """clip float[B, T, H, W, 3] → pre-quantization code vectors z float[B, T-1, g, g, Dq]."""
+        x, _ = layers.stack(self.enc_blocks, self.embed(clip))
+        return self.code_encoder(self.enc_norm(x))
+
+    def quantize(self, z: Array, *, train: bool) -> tuple[Array, Array]:
+        """z float[..., Dq] → (codes float[..., Dq], ids int32[...])."""
+        return self.quantizer(z, train=train)
+
+    def codes_from_ids(self, ids: Array) -> Array:
+        """ids int32[B, T-1, g, g] → hard code vectors (effective codebook)."""
+        cb = self.quantizer.variables["params"]["codebook"]
+        shift = self.quantizer.get_variable("nsvq", "shift")
+        return (cb + shift)[ids]
+
+    def decode(self, frames: Array, codes: Array) -> tuple[Array, Array | None]:
+        """frames float[B, T-1, H, W, 3] (frames 0..T-2) + codes float[B, T-1, g, g, Dq] → predicted frames 1..T-1
+        float[B, T-1, H, W, 3] and flow float[B, T-1, H, W, 2] (pixels, None without the flow head)."""
+        c = self.config
+        b, n = codes.shape[:2]
+        if c.decoder.kind == "cross_attention":
+            # queries: the (detached) patch embedding of each transition's first frame; keys: its g·g code tokens
+            q = jax.lax.stop_gradient(self.embed(frames)) if c.decoder.detach_queries else self.embed(frames)
+            ctx = self.project_out(codes.reshape(b, n, -1, codes.shape[-1]))
+            x = q.reshape(b * n, 1, *q.shape[2:])
+            x, _ = layers.stack(self.dec_blocks, x, context=ctx.reshape(b * n, 1, *ctx.shape[2:]))
+            x = x.reshape(b, n, *x.shape[2:])
+        else:
+            x = self.dec_patch_embed(frames)
+            cond = self.cond_ff(self.cond_in(codes.reshape(b, n, -1)))
+            x, _ = layers.stack(self.dec_blocks, x, cond[:, :, None], cond=cond)
+        x = self.dec_norm(x)
+        pix = layers.unpatchify(self.to_pixels(x), c.patch_size, 3)
+        if c.decoder.residual:
+            pix = pix + frames
+        flow = layers.unpatchify(self.to_flow(x), c.patch_size, 2) * c.flow_scale if c.flow_head else None
+        return pix, flow
+
+    def __call__(self, clip: Array, *, train: bool = False) -> dict[str, Array]:
+        """clip float[B, T, H, W, 3] → {'pred', 'flow' (if head), 'ids', 'z'}."""
+        z = self.encode(clip)
+        q, ids = self.quantize(z, train=train)
+        pred, flow = self.decode(clip[:, :-1], q)
+        out = {"pred": pred, "ids": ids, "z": z}
+        if flow is not None:
+            out["flow"] = flow
+        return out
+
+    def label(self, clip: Array) -> Array:
+        """clip float[B, T, H, W, 3] → hard code ids int32[B, T-1, g, g] (no decoder run)."""
+        return self.quantize(self.encode(clip), train=False)[1]
+
+
+def count_params(params: Any) -> int:
+    return int(sum(x.size for x in jax.tree.leaves(params)))

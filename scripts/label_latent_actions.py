@@ -1,0 +1,37 @@
+"""Write latent-action ids for every step of RLDS datasets (format: lam/label.py docstring).
+
+    python scripts/label_latent_actions.py --lam=runs/lam_demo/lapa --data-root=runs/demo/data \
+        --datasets=demo_robot,demo_human --splits=train,val --out=runs/lam_demo/labels
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--lam", required=True, help="LAM training run directory (with checkpoints/)")
+    ap.add_argument("--step", type=int, default=None, help="checkpoint step (default latest)")
+    ap.add_argument("--data-root", required=True, help="directory holding <dataset>/<version>/")
+    ap.add_argument("--datasets", required=True, help="comma-separated dataset names")
+    ap.add_argument("--splits", default="train", help="comma-separated splits")
+    ap.add_argument("--out", required=True, help="output directory of the id cache")
+    ap.add_argument("--batch-size", type=int, default=64)
+    args = ap.parse_args(argv)
+
+    from lam.label import Labeler, load_lam, write_cache
+
+    config, variables = load_lam(args.lam, args.step)
+    labeler = Labeler(config, variables)
+    for name in args.datasets.split(","):
+        for split in args.splits.split(","):
+            path = write_cache(labeler, args.data_root, name, split, args.out, batch_size=args.batch_size,
+                               checkpoint=args.lam)
+            print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,163 @@
+"""LAM: quantizer gradients, dead-code replacement identical on all devices, causal decoder, labels, flow head."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from configs import lam as lam_configs
+from lam import data as lam_data
+from lam import losses, train
+from lam.label import Labeler, fold_shift
+from lam.model import LatentActionModel
+from lam.quantizer import NSVQ, replace_dead_codes
+
+
+def _cfg(preset: str):
+    c = lam_configs.get_config(preset)
+    c.data.cache_dir = ""
+    return c
+
+
+def _clip(cfg, b: int = 2, seed: int = 0) -> np.ndarray:
+    r = cfg.model.image_size
+    return np.random.default_rng(seed).integers(0, 256, (b, cfg.data.clip_len, r, r, 3), dtype=np.uint8)
+
+
+def test_nsvq_gradients_reach_encoder_and_codebook() -> None:
+    q = NSVQ(num_codes=4, dim=3)
+    z = jax.random.normal(jax.random.PRNGKey(0), (10, 3))
+    v = q.init({"params": jax.random.PRNGKey(1), "nsvq": jax.random.PRNGKey(2)}, z, train=True)
+
+    def f(params, z):
+        out, _ = q.apply({"params": params, "nsvq": v["nsvq"]}, z, train=True, rngs={"nsvq": jax.random.PRNGKey(3)},
+                         mutable=["nsvq"])[0]
+        return jnp.sum(out**2)
+
+    gp, gz = jax.grad(f, argnums=(0, 1))(v["params"], z)
+    assert float(jnp.abs(gz).sum()) > 0 and float(jnp.abs(gp["codebook"]).sum()) > 0
+    hard, ids = q.apply(v, z, train=False)  # inference emits the codes themselves
+    np.testing.assert_allclose(hard, v["params"]["codebook"][ids], rtol=0, atol=0)
+
+
+def test_gradients_flow_through_quantizer_and_flow_head_shapes() -> None:
+    cfg = _cfg("lapa_tiny")
+    variables = jax.jit(train.make_init_fn(cfg))(jax.random.PRNGKey(0))
+    params, ms = variables["params"], {k: v for k, v in variables.items() if k != "params"}
+    # the residual decoder's zero-initialised output layers would block every upstream gradient at step 0
+    params = {**params, "to_pixels": {**params["to_pixels"], "kernel": 0.1 + params["to_pixels"]["kernel"]},
+              "to_flow": {**params["to_flow"], "kernel": 0.1 + params["to_flow"]["kernel"]}}
+    clip = _clip(cfg)
+    r, n = cfg.model.image_size, cfg.data.clip_len - 1
+    batch = {"clip": jnp.asarray(clip), "flow": jnp.ones((2, n, r, r, 2))}
+    loss_fn = train.make_loss_fn(cfg)
+    (loss, (metrics, new_ms)), g = jax.jit(jax.value_and_grad(loss_fn, has_aux=True))(
+        params, batch, jax.random.PRNGKey(1), ms)
+    assert np.isfinite(float(loss)) and float(metrics["flow_l1"]) > 0
+    # the encoder sits before the quantizer: non-zero grads there prove the path through NSVQ
+    for path in (("code_encoder", "project_in", "kernel"), ("quantizer", "codebook"), ("patch_embed",)):
+        node = g
+        for k in path:
+            node = node[k]
+        assert sum(float(jnp.abs(x).sum()) for x in jax.tree.leaves(node)) > 0, path
+    assert int(new_ms["nsvq"]["quantizer"]["calls"]) == 1
+    assert float(new_ms["nsvq"]["quantizer"]["counts"].sum()) == 2 * n * cfg.model.code_grid**2
+    out = jax.eval_shape(LatentActionModel(cfg.model).apply, {"params": params, **ms}, jnp.zeros((3, n + 1, r, r, 3)))
+    assert out["flow"].shape == (3, n, r, r, 2) and out["pred"].shape == (3, n, r, r, 3)
+    assert out["ids"].shape == (3, n, cfg.model.code_grid, cfg.model.code_grid)
+
+
+def test_replacement_moves_dead_codes_only() -> None:
+    cb = jnp.arange(8 * 2, dtype=jnp.float32).reshape(8, 2)
+    state = {"shift": jnp.zeros((8, 2)), "counts": jnp.array([50.0, 50, 0, 0, 0, 0, 0, 0]), "calls": jnp.array(10)}
+    vecs = jax.random.normal(jax.random.PRNGKey(0), (32, 2))
+    new, m = replace_dead_codes(cb, state, vecs, jax.random.PRNGKey(1), schedule=((10, 10, 1),), threshold=0.1)
+    eff = cb + new["shift"]
+    np.testing.assert_array_equal(eff[:2], cb[:2])
+    assert not np.allclose(eff[2:], cb[2:]) and float(m["codebook/replaced"]) == 6 and float(new["counts"].sum()) == 0
+    off, _ = replace_dead_codes(cb, {**state, "calls": jnp.array(11)}, vecs, jax.random.PRNGKey(1),
+                                schedule=((10, 10, 1),), threshold=0.1)
+    np.testing.assert_array_equal(off["shift"], state["shift"])  # off schedule: nothing changes
+
+
+def test_dead_code_replacement_identical_on_all_devices() -> None:
+    """Quantize a batch sharded over 8 devices and replace codes inside one jit: every replica's codebook is equal."""
+    assert jax.device_count() == 8
+    mesh = jax.sharding.Mesh(np.array(jax.devices()), ("dp",))
+    rep = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    shard = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("dp"))
+    q = NSVQ(num_codes=8, dim=4)
+    z = jax.device_put(jax.random.normal(jax.random.PRNGKey(0), (64, 4)) + 3.0, shard)  # far from the N(0,1) codes
+    v = jax.jit(lambda r: q.init({"params": r, "nsvq": r}, z, train=True), out_shardings=rep)(jax.random.PRNGKey(1))
+
+    @jax.jit
+    def step(v, z, rng):
+        (_, _), new = q.apply(v, z, train=True, rngs={"nsvq": rng}, mutable=["nsvq"])
+        state, m = replace_dead_codes(v["params"]["codebook"], new["nsvq"], z, jax.random.fold_in(rng, 1),
+                                      schedule=((1, 10, 1),), threshold=0.1)
+        return {"params": v["params"], "nsvq": state}, m
+
+    v2, m = step(v, z, jax.random.PRNGKey(2))
+    assert float(m["codebook/replaced"]) > 0
+    eff = v2["params"]["codebook"] + v2["nsvq"]["shift"]
+    assert float(jnp.abs(v2["nsvq"]["shift"]).sum()) > 0
+    for arr in (eff, v2["nsvq"]["shift"], v2["nsvq"]["counts"]):
+        shards = [np.asarray(s.data) for s in arr.addressable_shards]
+        assert len(shards) == 8 and all(s.shape == arr.shape for s in shards)  # replicated, whole on every device
+        for s in shards[1:]:
+            np.testing.assert_array_equal(s, shards[0])
+
+
+def test_causal_decoder_does_not_look_ahead() -> None:
+    cfg = _cfg("vipra_tiny")
+    model = LatentActionModel(cfg.model)
+    v = jax.jit(train.make_init_fn(cfg))(jax.random.PRNGKey(0))
+    # make the zero-initialised FiLM / output layers non-trivial
+    v = {**v, "params": jax.tree.map(lambda x: x + 0.05 * jax.random.normal(jax.random.PRNGKey(3), x.shape),
+                                     v["params"])}
+    x = jnp.asarray(_clip(cfg), jnp.float32) / 255.0
+    n = cfg.data.clip_len - 1
+    codes = jax.random.normal(jax.random.PRNGKey(1), (2, n, cfg.model.code_grid, cfg.model.code_grid,
+                                                       cfg.model.quant_dim))
+    dec = jax.jit(lambda f, c: model.apply(v, f, c, method=LatentActionModel.decode))
+    pred, flow = dec(x[:, :-1], codes)
+    k = 1  # change the future: frame k.. and codes k..
+    x2 = x.at[:, k:].set(jax.random.uniform(jax.random.PRNGKey(2), x[:, k:].shape))
+    pred2, flow2 = dec(x2[:, :-1], codes.at[:, k:].add(1.0))
+    np.testing.assert_allclose(pred2[:, :k], pred[:, :k], atol=1e-5)
+    np.testing.assert_allclose(flow2[:, :k], flow[:, :k], atol=1e-5)
+    assert float(jnp.abs(pred2[:, k:] - pred[:, k:]).max()) > 1e-3
+
+
+def test_labels_deterministic() -> None:
+    cfg = _cfg("vipra_tiny")
+    v = jax.jit(train.make_init_fn(cfg))(jax.random.PRNGKey(0))
+    v = {**v, "nsvq": {"quantizer": {**v["nsvq"]["quantizer"], "shift": jnp.ones_like(
+        v["nsvq"]["quantizer"]["shift"])}}}
+    clip = _clip(cfg, b=3)
+    a = np.asarray(Labeler(cfg, v)(clip))
+    b = np.asarray(Labeler(cfg, v)(clip))
+    folded = np.asarray(Labeler(cfg, fold_shift(v))(clip))
+    c = cfg.model.code_grid**2
+    assert a.shape == (3, cfg.data.clip_len - 1, c) and a.dtype == np.int32
+    assert a.min() >= 0 and a.max() < cfg.model.codebook_size
+    np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(a, folded)  # folding the replacement shift into the codebook keeps the labels
+
+
+def test_compose_flow_chains_steps() -> None:
+    r = 8
+    flow = np.zeros((4, r, r, 2), np.float16)
+    flow[..., 0] = 1.0  # everything moves one pixel right per step
+    out = lam_data.compose_flow(flow, np.array([0, 1]), np.array([3, 2]))
+    np.testing.assert_allclose(out[0, ..., 0], 3.0)
+    np.testing.assert_allclose(out[1, ..., 0], 2.0)
+    assert float(losses.flow_weight(jnp.array(5), 0.1, 10, 10)) == 0.0
+    assert abs(float(losses.flow_weight(jnp.array(15), 0.1, 10, 10)) - 0.05) < 1e-7
+
+
+def test_unknown_preset_suggests() -> None:
+    with pytest.raises(KeyError, match="did you mean 'lapa_demo'"):
+        lam_configs.get_config("lapa_dmo")
