@@ -1,9 +1,9 @@
 """Latent action model presets: `lapa`, `vipra` (full size, as in the lineage) and `lapa_demo`, `vipra_demo` (sized for
 the demo world on a 2-core CPU), plus `lapa_tiny` / `vipra_tiny` for tests.
 
-Launch (demo, ~10 min on a CPU):
-    python -m lam.train --config=configs/lam.py:lapa_demo --workdir=runs/lam_demo/lapa
-    python -m lam.evaluate --config=configs/lam.py:lapa_demo --workdir=runs/lam_demo/lapa
+Launch (demo, ~5-8 min on a 2-core CPU; the evaluation reads the config stored with the checkpoint):
+    python -m lam.train --config=configs/lam.py:lapa_demo --workdir=runs/lam_demo/lapa --overwrite
+    python -m lam.evaluate --workdir=runs/lam_demo/lapa
 Full size:
     python -m lam.train --config=configs/lam.py:lapa --workdir=runs/lam_lapa --config.data.root=/data/oxe
     python -m lam.train --config=configs/lam.py:vipra --workdir=runs/lam_vipra --config.data.root=/data/oxe
@@ -103,7 +103,15 @@ def get_config(preset: str = "lapa_demo") -> ml_collections.ConfigDict:
 def _shrink(c: ml_collections.ConfigDict, family: str, tiny: bool) -> None:
     """Demo world sizes (64 px frames, 8×8 patch grid). Deviations from the lineage, for a 10-minute CPU run:
     residual decoder output (pred = first frame + Δ), flow head + ground-truth flow loss on, batch-vector restarts of
-    dead codes, a faster replacement schedule and a larger learning rate."""
+    dead codes, a faster replacement schedule and a larger learning rate.
+
+    Measured (lapa_demo, 1500 steps, 5.4 min on 2 CPU cores; runs/lam_demo/lapa/eval/metrics.json): perplexity 7.09 of 8
+    (8 codes used), reconstruction PSNR 31.5 dB vs copy-last-frame 32.75 dB, direction probe 0.15 (majority 0.20),
+    position probe 0.11 (majority 0.16). This does NOT meet issue 6's acceptance: the codes do not encode motion (a
+    probe on the continuous pre-quantization vectors is at the majority rate too, 0.22 vs 0.21). The probe itself is
+    sound (one-hot of the true direction → 1.0, the true displacement → 0.85, random codes → 0.15). Tried without
+    success: offset 4 + flow_weight 20 (loss flat for 500 steps, stopped), offset 5 + motion_weight 50
+    (runs/lam_demo/try_b: direction 0.14 vs majority 0.20, PSNR 26.9 vs copy 31.7 dB)."""
     m = c.model
     m.image_size, m.patch_size = 64, 8
     m.dim, m.heads, m.dim_head, m.cpb_hidden, m.ff_mult = (32, 2, 16, 16, 2.0) if tiny else (64, 2, 32, 32, 3.0)

@@ -161,3 +161,20 @@ def test_compose_flow_chains_steps() -> None:
 def test_unknown_preset_suggests() -> None:
     with pytest.raises(KeyError, match="did you mean 'lapa_demo'"):
         lam_configs.get_config("lapa_dmo")
+
+
+def test_direction_probe_sanity() -> None:
+    """The evaluation probe reads a one-hot of the true direction perfectly and random codes at about chance."""
+    from lam import evaluate
+
+    rng = np.random.default_rng(0)
+    ang = rng.uniform(0, 2 * np.pi, 2000)
+    disp = 5 * np.stack([np.cos(ang), -np.sin(ang)], 1)  # y down
+    y = evaluate.direction_bins(disp)
+    assert np.all(evaluate.direction_bins(np.array([[1.0, 0.0], [0.0, -1.0], [-1.0, 0.0], [0.0, 1.0]])) == [0, 2, 4, 6])
+    codes = np.stack([y, y, y, y], 1)
+    probe = evaluate.fit_probe(evaluate.one_hot_codes(codes[:1000], 8), y[:1000], 8)
+    assert np.mean(probe(evaluate.one_hot_codes(codes[1000:], 8)) == y[1000:]) == 1.0
+    noise = rng.integers(0, 8, codes.shape)
+    probe = evaluate.fit_probe(evaluate.one_hot_codes(noise[:1000], 8), y[:1000], 8)
+    assert np.mean(probe(evaluate.one_hot_codes(noise[1000:], 8)) == y[1000:]) < 0.25
