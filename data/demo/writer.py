@@ -10,7 +10,9 @@ interrupted or failed run never leaves anything that looks like a finished datas
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import io
 import json
 import os
 import shutil
@@ -189,9 +191,7 @@ def existing_summaries(out: str, cfg: GenerationConfig) -> list[dict] | None:
 def write_datasets(out: str, cfg: GenerationConfig, overwrite: bool = False, progress: bool = True) -> list[dict]:
     """Write one RLDS dataset per embodiment under ``out``; returns a summary dict per dataset."""
     import tensorflow_datasets as tfds
-    from absl import logging as absl_logging
 
-    absl_logging.set_verbosity(absl_logging.WARNING)  # TFDS would announce the hidden .partial path
     check_output_dir(out)
     for e in cfg.embodiments:
         final = os.path.join(out, DATASET_NAMES[e], VERSION)
@@ -213,10 +213,11 @@ def write_datasets(out: str, cfg: GenerationConfig, overwrite: bool = False, pro
 
                 splits = {k: tqdm(v, total=cfg.episodes if k == "train" else cfg.val_episodes,
                                   desc=f"{name} {k}", unit="ep", leave=False) for k, v in splits.items()}
-            tfds.dataset_builders.store_as_tfds_dataset(
-                name=name, version=VERSION, features=features(cfg.resolution, e == "robot"), split_datasets=splits,
-                data_dir=partial, description=f"latent-vla demo world, {e} embodiment, {FPS} fps",
-                download_config=tfds.download.DownloadConfig(num_shards=num_shards), disable_shuffling=True)
+            with contextlib.redirect_stdout(io.StringIO()):  # TFDS prints the hidden .partial path as if final
+                tfds.dataset_builders.store_as_tfds_dataset(
+                    name=name, version=VERSION, features=features(cfg.resolution, e == "robot"),
+                    split_datasets=splits, data_dir=partial, description=f"latent-vla demo world, {e} embodiment",
+                    download_config=tfds.download.DownloadConfig(num_shards=num_shards), disable_shuffling=True)
             built = os.path.join(partial, name, VERSION)
             summary = {"dataset": f"{name}/{VERSION}", **stats,
                        "success_rate": stats["successes"] / max(stats["episodes"], 1),
