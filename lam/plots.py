@@ -100,7 +100,6 @@ def psnr_plot(path: str, m: dict[str, Any]) -> None:
 
 def transfer_grid(path: str, cfg: ml_collections.ConfigDict, labeler: Any, table: lam_data.Table) -> np.ndarray:
     """Latent transfer: rows per pair = A's frames, B's frames, B's first frame rolled out with A's codes."""
-    plt = _plt()
     off, n_steps, pairs = int(cfg.data.offset), int(cfg.eval.transfer_steps), int(cfg.eval.transfer_episodes)
     rng = np.random.default_rng(0)
     long_eps = np.flatnonzero(table.episode_len > off * n_steps + 1)
@@ -118,30 +117,29 @@ def transfer_grid(path: str, cfg: ml_collections.ConfigDict, labeler: Any, table
             cur = np.clip(np.asarray(dec(jnp.asarray(cur), jnp.asarray(ids_a[t][None, None]))), 0, 1)
             roll.append(cur[0, 0])
         rows += [fa.astype(np.float32) / 255.0, fb.astype(np.float32) / 255.0, np.stack(roll)]
-    grid = np.concatenate([np.concatenate(list(r), axis=1) for r in rows], axis=0)
-    fig, ax = plt.subplots(figsize=(1.2 * (n_steps + 1), 1.2 * len(rows)))
-    ax.imshow(grid)
-    ax.set_axis_off()
-    ax.set_title("per pair: A (source of codes) / B / B rolled out with A's codes", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return grid
+    return _save_grid(path, rows, (1.2 * (n_steps + 1), 1.2 * len(rows)),
+                      "per pair: A (source of codes) / B / B rolled out with A's codes")
 
 
 def recon_grid(path: str, cfg: ml_collections.ConfigDict, labeler: Any, table: lam_data.Table) -> np.ndarray:
     """Rows: first frame, true next frame, reconstruction (8 random held-out clips)."""
-    plt = _plt()
     s = lam_data.ClipSampler(table, batch_size=8, clip_len=cfg.data.clip_len, offset=cfg.data.offset, seed=3)
     b = next(s)
     x = b["clip"].astype(np.float32) / 255.0
     ids = np.asarray(labeler(b["clip"]))
     pred = np.clip(np.asarray(labeler.decode()(jnp.asarray(x[:, :-1]), jnp.asarray(ids))), 0, 1)
-    grid = np.concatenate([np.concatenate(list(r), axis=1) for r in (x[:, 0], x[:, 1], pred[:, 0])], axis=0)
-    fig, ax = plt.subplots(figsize=(10, 4))
+    return _save_grid(path, [x[:, 0], x[:, 1], pred[:, 0]], (10, 4),
+                      "first frame / true next frame / reconstruction from first frame + codes")
+
+
+def _save_grid(path: str, rows: list, figsize: tuple[float, float], title: str) -> np.ndarray:
+    """Tile ``rows`` (each a sequence of [H, W, 3] images in [0, 1]) into one grid, save it as a PNG, return it."""
+    plt = _plt()
+    grid = np.concatenate([np.concatenate(list(r), axis=1) for r in rows], axis=0)
+    fig, ax = plt.subplots(figsize=figsize)
     ax.imshow(grid)
     ax.set_axis_off()
-    ax.set_title("first frame / true next frame / reconstruction from first frame + codes", fontsize=8)
+    ax.set_title(title, fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

@@ -81,6 +81,11 @@ def _box_overlap(p: np.ndarray, q: np.ndarray) -> np.ndarray:
     return out
 
 
+def _far_near(i: int, j: int, blocks: np.ndarray, eff: np.ndarray) -> tuple[int, int]:
+    """(far, near): of two touching blocks, the one farther from the effector (L∞) is the one that yields."""
+    return (j, i) if np.abs(blocks[j] - eff).max() >= np.abs(blocks[i] - eff).max() else (i, j)
+
+
 def resolve_contacts(eff: np.ndarray, blocks: np.ndarray, present: np.ndarray) -> np.ndarray:
     """Resolve contacts after the effector moved to ``eff``; updates ``blocks`` in place, returns the effector.
 
@@ -101,7 +106,7 @@ def resolve_contacts(eff: np.ndarray, blocks: np.ndarray, present: np.ndarray) -
             for j in idx:
                 if i >= j:
                     continue
-                far, near = (j, i) if np.abs(blocks[j] - eff).max() >= np.abs(blocks[i] - eff).max() else (i, j)
+                far, near = _far_near(i, j, blocks, eff)
                 d = _box_overlap(blocks[near], blocks[far])
                 if d.any():
                     blocks[far] += d
@@ -113,7 +118,7 @@ def resolve_contacts(eff: np.ndarray, blocks: np.ndarray, present: np.ndarray) -
         for i in idx:
             for j in idx:
                 if i < j:
-                    far, near = (j, i) if np.abs(blocks[j] - eff).max() >= np.abs(blocks[i] - eff).max() else (i, j)
+                    far, near = _far_near(i, j, blocks, eff)
                     blocks[near] += _box_overlap(blocks[far], blocks[near])
         blocks[idx] = np.clip(blocks[idx], PLAY_MIN, PLAY_MAX)
         for i in idx:
