@@ -27,24 +27,27 @@ class _Batch:
     step: Array
 
     RANK: ClassVar[dict[str, int]] = {}
+    OPTIONAL: ClassVar[tuple[str, ...]] = ()  # fields that may be absent (None)
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> Any:
         names = [f.name for f in dataclasses.fields(cls)]
-        missing = [n for n in names if n not in d]
+        missing = [n for n in names if n not in d and n not in cls.OPTIONAL]
         if missing:
             raise ValueError(f"{cls.__name__}: batch dict lacks {missing} (has {sorted(d)})")
-        return cls(**{n: d[n] for n in names})
+        return cls(**{n: d[n] for n in names if n in d})
 
     def __post_init__(self) -> None:
         b = np.shape(self.language)[0]
         for name, rank in self.RANK.items():
+            if name in self.OPTIONAL and getattr(self, name) is None:
+                continue
             shape = np.shape(getattr(self, name))
             if len(shape) != rank or shape[0] != b:
                 raise ValueError(f"{type(self).__name__}.{name}: expected rank {rank} with batch {b}, got {shape}")
 
     def to_dict(self) -> dict[str, Any]:
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        return {f.name: v for f in dataclasses.fields(self) if (v := getattr(self, f.name)) is not None}
 
     @property
     def batch_size(self) -> int:
@@ -83,6 +86,8 @@ class VLABatch(_Batch):
     action_pad_mask bool[B, H]           True where the action is real (all False for action-free video)
     action_valid   bool[B]               the action at t is real
     proprio        float32[B, P]         normalized proprio at t (zeros where the dataset has none)
+    clip           uint8[B, L, R, R, 3]  optional (WindowSpec.vla_clip): LAM clip t, t+c, ..., t+(L-1)c
+    clip_valid     bool[B, L]            optional: False for frames past the episode end
     """
 
     history: Array = None
@@ -93,8 +98,12 @@ class VLABatch(_Batch):
     action_pad_mask: Array = None
     action_valid: Array = None
     proprio: Array = None
+    clip: Array = None
+    clip_valid: Array = None
     RANK: ClassVar[dict[str, int]] = {"history": 5, "history_valid": 2, "future": 4, "future_valid": 1, "actions": 3,
-                                      "action_pad_mask": 2, "action_valid": 1, "proprio": 2}
+                                      "action_pad_mask": 2, "action_valid": 1, "proprio": 2, "clip": 5,
+                                      "clip_valid": 2}
+    OPTIONAL: ClassVar[tuple[str, ...]] = ("clip", "clip_valid")
 
 
 @dataclasses.dataclass(frozen=True)

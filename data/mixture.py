@@ -174,12 +174,17 @@ def decode_fn(cfg: PipelineConfig, aug_seed: int) -> Any:
             frames = decode_frames(x["history"], res)
             if kind == "vla":
                 frames = tf.concat([frames, decode_frames(x["future"][None], res)], 0)
+                if "clip" in x:  # same augmentation for every frame of the sample
+                    frames = tf.concat([frames, decode_frames(x["clip"], res)], 0)
         if cfg.augment is not None:
             frames = augment_frames(frames, seed, cfg.augment)
         if kind == "lam":
             out["clip"] = frames
         elif kind == "vla":
-            out["history"], out["future"] = frames[:-1], frames[-1]
+            w = len(cfg.window.history_offsets)
+            out["history"], out["future"] = frames[:w], frames[w]
+            if "clip" in x:
+                out["clip"] = frames[w + 1:]
         else:
             out["history"] = frames
             out["wrist"] = decode_frames(x["wrist"][None], cfg.wrist_resolution)[0]

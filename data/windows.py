@@ -5,7 +5,8 @@ For every step t of a T-step episode (frame stride s = `WindowSpec.frame_stride(
   future    frame  t + H*s (the ViPRA "latent state"); invalid past T-1
   actions   action chunk t..t+H-1 at the native rate; pad mask False past T-1 or on invalid actions; padded
             entries are zero motion with the gripper of the last valid action (open if none)
-  clip      LAM clip frames t, t+c, ..., t+(L-1)c with c = clip_stride*s; invalid past T-1
+  clip      LAM clip frames t, t+c, ..., t+(L-1)c with c = clip_stride*s; invalid past T-1 (kind 'lam', and kind
+            'vla' with `vla_clip`: the frames a frozen LAM labels inside the VideoLLaMA train step)
 Indices are clamped, so encoded bytes are always real frames; masks say which are padding.
 """
 
@@ -36,6 +37,7 @@ class WindowSpec:
     reference_fps: float | None = None
     strides: tuple[tuple[str, int], ...] = ()
     drop_last_step: bool = False
+    vla_clip: bool = False
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -57,7 +59,8 @@ class WindowSpec:
         """Decoded frames per sample (for throughput figures)."""
         if self.kind == "lam":
             return self.clip_len
-        return len(self.history_offsets) + 1  # + future frame (vla) or wrist frame (policy)
+        clip = self.clip_len if self.kind == "vla" and self.vla_clip else 0
+        return len(self.history_offsets) + 1 + clip  # + future frame (vla) or wrist frame (policy)
 
 
 def vipra_window(**kw: Any) -> WindowSpec:
@@ -115,9 +118,10 @@ def make_windows(traj: dict, spec: WindowSpec, stride: int) -> dict:
     if spec.kind == "policy":
         out["wrist"] = traj["image_wrist"]
         out["wrist_valid"] = tf.strings.length(traj["image_wrist"]) > 0
-    if spec.kind == "lam":
+    if spec.kind == "lam" or (spec.kind == "vla" and spec.vla_clip):
         idx = t[:, None] + tf.range(spec.clip_len)[None] * (spec.clip_stride * stride)
         out["clip"], out["clip_valid"] = _gather_clamped(traj["image_primary"], idx, n)
+    if spec.kind == "lam":
         acts, in_range = _gather_clamped(traj["action"], idx[:, :-1], n)
         ok, _ = _gather_clamped(traj["action_valid"], idx[:, :-1], n)
         # a transition is real when both its frames are and the action at its start is

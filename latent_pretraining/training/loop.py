@@ -124,6 +124,7 @@ def run(
     batch_sharding: Sharding | PyTree | None = None,
     batch_fn: Callable[[PyTree], PyTree] | None = None,
     loaded_params: PyTree | None = None,
+    loaded_model_state: PyTree | None = None,
     full_config: ml_collections.ConfigDict | None = None,
 ) -> RunResult:
     """Trains until `config.total_steps` (or a stop signal); checkpoints every `config.checkpoint.every` and at the end.
@@ -140,6 +141,7 @@ def run(
       mesh: default `mesh.make_mesh(config.mesh)`; batch_sharding: default batch over (dp, fsdp).
       batch_fn: host-side transform of each batch before it goes to devices (e.g. tokenize / drop text fields).
       loaded_params: partial weights for a fresh start (ignored when resuming from a checkpoint).
+      loaded_model_state: values of the non-trained collections for a fresh start (e.g. frozen tokenizers).
     """
     ckpt_lib.prepare_workdir(workdir, resume=resume, overwrite=overwrite)
     mesh = mesh if mesh is not None else mesh_lib.make_mesh(dict(config.mesh))
@@ -168,7 +170,7 @@ def run(
             if resume:
                 logging.info("--resume: no checkpoint in %s, starting fresh", workdir)
             state, shardings, report = state_lib.create_train_state(
-                init_fn, tx, mesh, rng, ema=ema, loaded_params=loaded_params
+                init_fn, tx, mesh, rng, ema=ema, loaded_params=loaded_params, loaded_model_state=loaded_model_state
             )
             if report is not None:
                 assets = {**(assets or {}), "partial_load.json": dataclasses.asdict(report)}

@@ -123,7 +123,7 @@ def _opt_state_shardings(abstract_opt: PyTree, abstract_params: PyTree, param_sh
     return jax.tree_util.tree_map_with_path(one, abstract_opt)
 
 
-def _plan(init_fn, tx, mesh, rng, ema, loaded_params, allow_unexpected, rules):
+def _plan(init_fn, tx, mesh, rng, ema, loaded_params, allow_unexpected, rules, loaded_model_state=None):
     init_rng, state_rng = jax.random.split(rng)
     abstract_boxed, _ = _split_variables(jax.eval_shape(init_fn, init_rng))
     param_shard = sharding_lib.param_shardings(abstract_boxed, mesh, rules)
@@ -137,8 +137,10 @@ def _plan(init_fn, tx, mesh, rng, ema, loaded_params, allow_unexpected, rules):
     flat_shard = flatten(param_shard)
     loaded_shard = {k: flat_shard[k] for k in loaded_flat}
 
-    def init(rng_init, rng_state, loaded):
+    def init(rng_init, rng_state, loaded, loaded_ms):
         params, model_state = _split_variables(init_fn(rng_init))
+        if loaded_ms is not None:  # e.g. frozen tokenizer weights: jit arguments, not constants baked into the HLO
+            model_state = jax.tree.map(lambda a, x: a.astype(x.dtype), loaded_ms, sharding_lib.unbox(model_state))
         params = jax.tree_util.tree_map_with_path(
             lambda p, x: loaded[path_str(p)].astype(flat_abstract[path_str(p)].dtype) if path_str(p) in loaded else x,
             sharding_lib.unbox(params),
@@ -152,7 +154,7 @@ def _plan(init_fn, tx, mesh, rng, ema, loaded_params, allow_unexpected, rules):
             model_state=sharding_lib.unbox(model_state) if model_state is not None else None,
         )
 
-    abstract_state = jax.eval_shape(init, init_rng, state_rng, loaded_flat)
+    abstract_state = jax.eval_shape(init, init_rng, state_rng, loaded_flat, loaded_model_state)
     rep = replicated(mesh)
     shardings = TrainState(
         step=rep,
@@ -166,8 +168,9 @@ def _plan(init_fn, tx, mesh, rng, ema, loaded_params, allow_unexpected, rules):
             else None
         ),
     )
-    jitted = jax.jit(init, in_shardings=(rep, rep, loaded_shard), out_shardings=shardings)
-    return jitted, (init_rng, state_rng, loaded_flat), abstract_state, shardings, report
+    ms_shard = shardings.model_state if loaded_model_state is not None else None
+    jitted = jax.jit(init, in_shardings=(rep, rep, loaded_shard, ms_shard), out_shardings=shardings)
+    return jitted, (init_rng, state_rng, loaded_flat, loaded_model_state), abstract_state, shardings, report
 
 
 def create_train_state(
@@ -180,6 +183,7 @@ def create_train_state(
     loaded_params: PyTree | None = None,
     allow_unexpected: bool = False,
     rules: Any = None,
+    loaded_model_state: PyTree | None = None,
 ) -> tuple[TrainState, TrainState, LoadReport | None]:
     """Builds the sharded state on device. Returns (state, state_shardings, load report or None).
 
@@ -193,10 +197,12 @@ def create_train_state(
       loaded_params: optional partial weights (see module docstring).
       allow_unexpected: ignore loaded entries the model does not have (else an error).
       rules: logical-axis rules (default: `sharding.current_rules()`).
+      loaded_model_state: optional values for the whole `model_state` (same tree as init_fn's non-param
+        collections), e.g. frozen tokenizer weights; passed as arguments of the jitted init, not as constants.
     """
     with jax.set_mesh(mesh):
         jitted, args, _, shardings, report = _plan(init_fn, tx, mesh, rng, ema, loaded_params, allow_unexpected,
-                                                   rules)
+                                                   rules, loaded_model_state)
         return jitted(*args), shardings, report
 
 
