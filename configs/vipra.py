@@ -1,0 +1,66 @@
+"""ViPRA recipe: dynamics pretraining (frames t-2, t -> future frame t+H "latent state" + H × (16 codes + eola)),
+co-trained with a flow-matching action chunk on the rows that have actions.
+
+Presets: `debug` (tests), `demo` (minutes on a 2-core CPU on the demo world), `7b` (the published setup).
+    python -m latent_pretraining.train --config=configs/vipra.py:demo --workdir=runs/vla_demo/vipra --overwrite
+    python -m latent_pretraining.train --config=configs/vipra.py:7b --workdir=runs/vipra_7b \
+        --config.init.checkpoint=ckpt/lwm_chat_1m --config.text.tokenizer=ckpt/tokenizer.model \
+        --config.vision.tokenizer=ckpt/vqgan.safetensors --config.latent.lam_workdir=runs/lam_vipra \
+        --config.data.root=/data/oxe
+Layout (sequence.py): video rows = prompt + f(t-2)+eof + f(t)+eof + f(t+H)+eov + "</vision> <dynamics>" +
+H × (C codes + eola) + "</dynamics>" + EOS, loss 0.48 latent + 0.48 vision + 0.02 text (reference/vipra.md §4);
+action rows (probability `cotrain_fraction` among rows with actions) = prompt + f(t-2)+eof + f(t)+eov +
+"</vision> <action>" + H slots + "</action>" + EOS with flow matching (weight loss.flow). The published pretraining
+had no action rows (cotrain_fraction 0); its fine-tuning used the action layout alone.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+from configs.vla_common import base, debug_model, demo_model, latent_labeler  # noqa: F401  (hook for train.py)
+
+PRESETS = ("debug", "demo", "7b")
+
+
+def get_config(preset: str = "demo") -> ml_collections.ConfigDict:
+    if preset not in PRESETS:
+        import difflib
+
+        close = difflib.get_close_matches(preset, PRESETS, n=1, cutoff=0.0)
+        raise KeyError(f"unknown ViPRA preset {preset!r}; did you mean {close[0]!r}? (known: {', '.join(PRESETS)})")
+    c = base()
+    c.recipe, c.preset = "vipra", preset
+    c.layout.update({"future_frame": True, "latent_separator": True, "video_open": " </vision> <dynamics>",
+                     "video_close": " </dynamics>"})
+    c.data.history_offsets = (-2, 0)
+    c.loss.update({"text": 0.02, "vision": 0.48, "latent": 0.48, "flow": 1.0})
+    c.model.action_vocab_size = 0
+    if preset == "7b":
+        c.model.size = "7b"
+        c.model.llama.rope_theta = 5e7
+        c.model.llama.dtype = "bfloat16"
+        c.model.llama.remat = "nothing_saveable"
+        c.model.vision_vocab_size = 8448
+        c.layout.update({"prompt_len": 128, "latent_steps": 14, "action_slots": 14})
+        c.data.horizon = 14
+        c.data.resolution = 256
+        c.data.datasets = ("fractal20220817_data", "bridge_dataset", "kuka", "ssv2")
+        c.data.weights = (1.0, 1.0, 1.0, 1.0)
+        c.data.batch_size = 320
+        c.latent.lam_workdir = "runs/lam_vipra"
+        c.cotrain_fraction = 0.0
+        c.train.optimizer.lr = 4e-5
+        c.train.total_steps = 50_000
+        c.train.mesh.update({"dp": 1, "fsdp": -1, "tp": 1, "sp": 1})
+        c.train.checkpoint.every = 500
+    else:
+        demo_model(c) if preset == "demo" else debug_model(c)
+        c.latent.lam_workdir = "runs/lam_demo/vipra"
+        c.layout.update({"prompt_len": 40, "latent_steps": 6, "action_slots": 6})
+        c.data.horizon = 6
+        c.cotrain_fraction = 0.5
+        if preset == "demo":
+            c.data.batch_size = 8
+            c.train.total_steps = 600
+    return c

@@ -1,0 +1,108 @@
+"""Shared pieces of the VideoLLaMA recipe configs (configs/lapa.py, configs/vipra.py).
+
+`base()` is the full config tree with neutral values; each recipe file fills it per preset. `latent_labeler(config)`
+is the hook `latent_pretraining.train` calls to get the frozen LAM (latent_pretraining never imports `lam`; the
+config layer may).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import ml_collections
+
+from latent_pretraining.training import loop
+
+
+def base() -> ml_collections.ConfigDict:
+    """Every field a VideoLLaMA run reads (values are overridden by the presets)."""
+    c = ml_collections.ConfigDict()
+    c.recipe = ""  # a label for logs and summaries; behaviour comes from the fields below only
+    c.preset = ""
+    c.model = ml_collections.ConfigDict({
+        "size": "debug",  # LLaMA preset (llama_config.PRESETS)
+        "llama": ml_collections.ConfigDict({"hidden_size": 0, "intermediate_size": 0, "num_layers": 0,
+                                             "num_heads": 0, "rope_theta": 1e4, "dtype": "float32",
+                                             "param_dtype": "float32", "remat": "none", "scan_layers": True,
+                                             "max_seq_len": 2048}),  # 0 = keep the size preset's value
+        "vision_vocab_size": 0,  # 0 = VQGAN codebook + 2 (eof, eov); the lineage uses 8192 + 256 = 8448
+        "latent_vocab_size": 0,  # 0 = LAM codebook (+ 1 separator when layout.latent_separator)
+        "action_vocab_size": 256,  # action-bin head (LAPA fine-tuning); 0 = none
+        "action_dim": 7,  # continuous action encoder / velocity head; 0 = none
+    })
+    c.layout = ml_collections.ConfigDict({
+        "prompt_len": 64, "template": "", "future_frame": False, "latent_steps": 1, "latent_separator": False,
+        "action_slots": 0, "bidirectional_actions": False,
+        "video_open": " </vision> <delta>", "video_close": " </delta>",
+        "action_open": " </vision> <action>", "action_close": " </action>",
+    })
+    c.text = ml_collections.ConfigDict({"tokenizer": "", "train_demo_if_missing": False, "demo_vocab_size": 512})
+    c.vision = ml_collections.ConfigDict({"tokenizer": ""})  # VQGAN safetensors (scripts/convert_vqgan.py / vqgan)
+    c.latent = ml_collections.ConfigDict({"lam_workdir": "", "step": -1})
+    c.data = ml_collections.ConfigDict({
+        "root": "runs/demo/data", "datasets": ("demo_robot", "demo_human"), "weights": (1.0, 1.0),
+        "history_offsets": (0,), "horizon": 1, "clip_stride": 0,  # 0 = the LAM's own frame offset
+        "resolution": 64, "batch_size": 8, "shuffle_buffer": 10_000, "train_split": "train", "eval_split": "val",
+        "eval_batches": 20, "reference_fps": 0.0,
+    })
+    c.loss = ml_collections.ConfigDict({"text": 0.01, "vision": 0.0, "latent": 0.99, "flow": 1.0})
+    c.flow = ml_collections.ConfigDict({"sigma_min": 0.001, "time_dist": "beta", "beta_a": 1.5, "beta_b": 1.0,
+                                        "t_max": 0.999, "steps": 10, "integrator": "euler"})
+    c.cotrain_fraction = 0.0  # probability that a row WITH actions takes the action suffix (flow matching)
+    c.init = ml_collections.ConfigDict({"checkpoint": "", "lineage_names": True})
+    c.train = loop.default_config()
+    c.train.optimizer.lr = 2e-5
+    c.train.optimizer.schedule = "constant"
+    c.train.optimizer.b2 = 0.95
+    c.train.optimizer.clip_grad_norm = 1.0
+    c.train.log.main_metrics = ("loss", "loss_latent", "acc_latent", "loss_flow")
+    return c
+
+
+def demo_model(c: ml_collections.ConfigDict) -> None:
+    """A ~2M-parameter backbone that trains in minutes on 2 CPU cores."""
+    c.model.size = "debug"
+    ll = c.model.llama
+    ll.hidden_size, ll.intermediate_size, ll.num_layers, ll.num_heads = 192, 512, 3, 4
+    c.text.tokenizer = "runs/demo/text_tokenizer/tokenizer.model"
+    c.text.train_demo_if_missing = True
+    c.vision.tokenizer = "runs/vqgan_demo/tokenizer.safetensors"
+    c.layout.prompt_len = 48
+    c.train.optimizer.lr = 1e-3
+    c.train.optimizer.schedule = "warmup_cosine"
+    c.train.optimizer.warmup_steps = 30
+    c.train.optimizer.end_lr = 1e-4
+    c.train.optimizer.weight_decay = 0.0
+    c.train.checkpoint.every = 200
+    c.train.log.every = 20
+
+
+def debug_model(c: ml_collections.ConfigDict) -> None:
+    """Tests: a few thousand parameters, a handful of steps."""
+    demo_model(c)
+    ll = c.model.llama
+    ll.hidden_size, ll.intermediate_size, ll.num_layers, ll.num_heads = 32, 64, 2, 2
+    c.data.batch_size = 4
+    c.data.eval_batches = 2
+    c.train.total_steps = 3
+    c.train.checkpoint.every = 3
+    c.train.log.every = 1
+    c.train.optimizer.warmup_steps = 0
+
+
+def latent_labeler(config: ml_collections.ConfigDict) -> tuple[Any, Any, dict[str, Any]] | None:
+    """(latent_fn, variables, info) of the frozen LAM at config.latent.lam_workdir, or None when unset.
+
+    latent_fn(variables, clip u8[B, T, R, R, 3]) -> int32[B, T-1, C]; info: codebook_size, codes_per_step,
+    clip_len (T), offset (frames between consecutive clip frames during LAM training), workdir, step."""
+    if not config.latent.lam_workdir:
+        return None
+    from lam.label import Labeler, load_lam
+
+    step = None if config.latent.step < 0 else int(config.latent.step)
+    lam_config, variables = load_lam(config.latent.lam_workdir, step)
+    labeler = Labeler(lam_config, variables)
+    info = {"codebook_size": int(lam_config.model.codebook_size), "codes_per_step": labeler.codes,
+            "clip_len": int(lam_config.data.clip_len), "offset": int(lam_config.data.offset),
+            "workdir": config.latent.lam_workdir, "preset": lam_config.preset}
+    return labeler.fn, variables, info

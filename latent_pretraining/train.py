@@ -1,0 +1,297 @@
+"""VideoLLaMA latent pretraining and co-training (LAPA and ViPRA recipes) on RLDS data.
+
+    python -m latent_pretraining.train --config=configs/vipra.py:demo --workdir=runs/vla_demo/vipra --overwrite
+    python -m latent_pretraining.train --config=configs/lapa.py:demo --workdir=runs/vla_demo/lapa --overwrite
+
+The config file's module provides `latent_labeler(config)` (the frozen LAM; this package never imports `lam`). The
+run writes checkpoints (assets: config.json, tokenizer.model, layout.json, vqgan/lam metadata), TensorBoard events,
+`curves.json` / `curves.png` (per-head losses over steps) and `summary.json` (held-out evaluation: latent-action
+accuracy next to chance and the majority-code rate, vision accuracy, flow loss).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from latent_pretraining import flow, objective
+from latent_pretraining.model import vqgan
+from latent_pretraining.model.llama_config import preset as llama_preset
+from latent_pretraining.model.text_tokenizer import TextTokenizer, format_prompt, train_demo_tokenizer
+from latent_pretraining.model.video_llama import VideoLlama, VideoLlamaConfig, from_lineage
+from latent_pretraining.model.video_llama import init_params as vla_init_params
+from latent_pretraining.sequence import LayoutSpec
+
+PyTree = Any
+LatentLabeler = tuple[Callable, PyTree, dict]  # (latent_fn, variables, info) from the config layer
+BATCH_KEYS = ("history", "future", "clip", "clip_valid", "actions", "action_pad_mask", "action_valid")
+
+
+@dataclasses.dataclass
+class Setup:
+    """Everything built from a config before training: model, layout, frozen tokenizers, text tokenizer, window."""
+
+    config: ml_collections.ConfigDict
+    model_config: VideoLlamaConfig
+    spec: LayoutSpec
+    frozen: objective.Frozen
+    frozen_weights: dict[str, PyTree]
+    tokenizer: TextTokenizer
+    window: Any
+    flow: flow.FlowConfig
+    assets: dict[str, Any]
+
+    @property
+    def model(self) -> VideoLlama:
+        return VideoLlama(self.model_config)
+
+
+def load_text_tokenizer(config: ml_collections.ConfigDict) -> TextTokenizer:
+    path = config.text.tokenizer
+    if not path:
+        raise ValueError("config.text.tokenizer is empty: give a SentencePiece tokenizer.model (LLaMA's for LWM)")
+    if not os.path.exists(path):
+        if not config.text.train_demo_if_missing:
+            raise FileNotFoundError(f"text tokenizer {path!r} does not exist")
+        logging.info("training the demo-world SentencePiece tokenizer -> %s", path)
+        train_demo_tokenizer(path, vocab_size=config.text.demo_vocab_size)
+    return TextTokenizer.from_file(path)
+
+
+def _llama_config(config: ml_collections.ConfigDict, vocab: int) -> Any:
+    over = {k: v for k, v in config.model.llama.to_dict().items() if not (isinstance(v, int) and v == 0)}
+    return llama_preset(config.model.size, vocab_size=vocab, **over)
+
+
+def build(config: ml_collections.ConfigDict, latent: LatentLabeler | None) -> Setup:
+    """Resolves tokenizers and derived sizes (vocabularies, tokens per frame, codes per step) into a Setup."""
+    from data.windows import WindowSpec
+
+    tok = load_text_tokenizer(config)
+    if not config.vision.tokenizer:
+        raise ValueError("config.vision.tokenizer is empty: give a VQGAN .safetensors (python -m "
+                         "latent_pretraining.vqgan_train ... or scripts/convert_vqgan.py)")
+    vq_cfg, vq_params = vqgan.load_tokenizer(config.vision.tokenizer)
+    gh, gw = vq_cfg.token_grid(config.data.resolution)
+    lay = config.layout
+    if lay.latent_steps and latent is None:
+        raise ValueError("this recipe predicts latent actions: set config.latent.lam_workdir to a trained LAM run")
+    lam_info = latent[2] if latent is not None else {"codebook_size": 0, "codes_per_step": 0, "clip_len": 2,
+                                                     "offset": 1}
+    enc = lambda s: tuple(tok.encode(s)) if s else ()
+    spec = LayoutSpec(
+        prompt_len=lay.prompt_len, num_frames=len(config.data.history_offsets), tokens_per_frame=gh * gw,
+        vision_codebook=vq_cfg.num_embeddings, future_frame=lay.future_frame, latent_steps=lay.latent_steps,
+        codes_per_step=lam_info["codes_per_step"], latent_codebook=lam_info["codebook_size"],
+        latent_separator=lay.latent_separator, action_slots=lay.action_slots, bos_id=tok.bos_id,
+        eos_id=tok.eos_id, pad_id=tok.pad_id, video_open=enc(lay.video_open), video_close=enc(lay.video_close),
+        action_open=enc(lay.action_open), action_close=enc(lay.action_close),
+        bidirectional_actions=lay.bidirectional_actions)
+    if lay.action_slots and lay.action_slots != config.data.horizon:
+        raise ValueError(f"layout.action_slots {lay.action_slots} must equal data.horizon {config.data.horizon}")
+    m = config.model
+    mcfg = VideoLlamaConfig(
+        llama=_llama_config(config, tok.vocab_size),
+        vision_vocab_size=m.vision_vocab_size or vq_cfg.num_embeddings + 2,
+        latent_vocab_size=(m.latent_vocab_size or lam_info["codebook_size"] + int(lay.latent_separator))
+        if lay.latent_steps else 0,
+        action_vocab_size=m.action_vocab_size, action_dim=m.action_dim if lay.action_slots or m.action_dim else 0)
+    if mcfg.vision_vocab_size < vq_cfg.num_embeddings + 2:
+        raise ValueError(f"model.vision_vocab_size {mcfg.vision_vocab_size} < VQGAN codebook + 2 specials")
+    if spec.length > mcfg.llama.max_seq_len:
+        raise ValueError(f"sequence length {spec.length} exceeds model.llama.max_seq_len {mcfg.llama.max_seq_len}")
+    stride = config.data.clip_stride or lam_info["offset"]
+    clip_len = lay.latent_steps + 1 if lay.latent_steps else 2
+    window = WindowSpec(kind="vla", history_offsets=tuple(config.data.history_offsets), horizon=config.data.horizon,
+                        clip_len=clip_len, clip_stride=stride, vla_clip=bool(lay.latent_steps),
+                        reference_fps=config.data.reference_fps or None)
+    frozen = objective.Frozen(vision=vq_cfg, latent_fn=latent[0] if latent else None,
+                              latent_clip_len=lam_info["clip_len"])
+    weights = {"vqgan": vq_params, **({"lam": latent[1]} if latent else {})}
+    fcfg = flow.FlowConfig(**config.flow.to_dict())
+    assets = {"tokenizer.model": tok.model_bytes, "video_llama.json": mcfg.to_dict(),
+              "layout.json": dataclasses.asdict(spec),
+              "frozen.json": {"vqgan": {"path": config.vision.tokenizer, **vq_cfg.to_dict()},
+                              "lam": {k: v for k, v in lam_info.items()}}}
+    return Setup(config, mcfg, spec, frozen, weights, tok, window, fcfg, assets)
+
+
+def make_data(setup: Setup, split: str, seed: int) -> Iterator:
+    from data.loader import make_iterator
+    from data.mixture import Mixture, MixtureEntry, PipelineConfig
+
+    d = setup.config.data
+    mixture = Mixture(setup.config.recipe or "vla",
+                      tuple(MixtureEntry(n, float(w)) for n, w in zip(d.datasets, d.weights, strict=True)))
+    cfg = PipelineConfig(data_root=d.root, window=setup.window, global_batch_size=d.batch_size,
+                         resolution=d.resolution, split=split, seed=seed, shuffle_buffer=d.shuffle_buffer)
+    return make_iterator(mixture, cfg)
+
+
+def host_batch_fn(setup: Setup) -> Callable[[Any], dict]:
+    """VLABatch -> dict of arrays for the device: prompts tokenized (left-padded), text and ids dropped."""
+    template = setup.config.layout.template or None
+
+    def fn(batch: Any) -> dict:
+        d = batch.to_dict() if hasattr(batch, "to_dict") else dict(batch)
+        tasks = [x.decode() if isinstance(x, bytes) else str(x) for x in np.asarray(d["language"]).tolist()]
+        prompts = [format_prompt(t, template) if template else format_prompt(t) for t in tasks]
+        ids, mask = setup.tokenizer.encode_batch(prompts, setup.spec.prompt_len, bos=True, left_pad=True)
+        return {**{k: d[k] for k in BATCH_KEYS if k in d}, "prompt_ids": ids, "prompt_mask": mask}
+
+    return fn
+
+
+def make_init_fn(setup: Setup) -> Callable[[jax.Array], PyTree]:
+    shapes = jax.tree.map(lambda x: (np.shape(x), np.asarray(x).dtype), setup.frozen_weights)
+
+    def init_fn(rng: jax.Array) -> PyTree:
+        params = vla_init_params(setup.model_config, rng, boxed=True)["params"]
+        frozen = jax.tree.map(lambda s: jnp.zeros(*s), shapes, is_leaf=lambda x: isinstance(x, tuple))
+        return {"params": params, "frozen": frozen}
+
+    return init_fn
+
+
+def load_init_checkpoint(config: ml_collections.ConfigDict) -> PyTree | None:
+    """Params of config.init.checkpoint (our format, e.g. written by `convert_checkpoint.py from-lwm`), with LAPA /
+    ViPRA names mapped to ours. Tables and heads it lacks keep their fresh normal(0.02) init (see video_llama)."""
+    if not config.init.checkpoint:
+        return None
+    from latent_pretraining.convert.checkpoint import load_checkpoint, set_scan_layout_np
+
+    params, _ = load_checkpoint(config.init.checkpoint)
+    params = set_scan_layout_np(params, bool(config.model.llama.scan_layers))
+    return from_lineage(params) if config.init.lineage_names else params
+
+
+def evaluate(setup: Setup, params: PyTree, model_state: PyTree, *, split: str, batches: int, seed: int = 1234
+             ) -> dict[str, float]:
+    """Held-out metrics averaged over `batches` batches (weighted by target counts), with chance levels."""
+    c = setup.config
+    fn = objective.make_eval_fn(setup.model, setup.spec, setup.frozen, dict(c.loss), setup.flow, c.cotrain_fraction)
+    it, prep = make_data(setup, split, seed), host_batch_fn(setup)
+    sums: dict[str, float] = {}
+    counts = np.zeros(max(setup.spec.latent_codebook, 1), np.int64)
+    for i in range(batches):
+        m = jax.device_get(fn(params, model_state, prep(next(it)), jax.random.PRNGKey(seed + i)))
+        if "latent_counts" in m:
+            counts += np.asarray(m.pop("latent_counts"))
+        for k, v in m.items():
+            if k.startswith(("loss_", "acc_")):
+                head = k.split("_", 1)[1]
+                w = float(m.get(f"n_{head}", 1.0))
+                sums[k] = sums.get(k, 0.0) + float(v) * w
+                sums[f"_w_{k}"] = sums.get(f"_w_{k}", 0.0) + w
+    out = {k: sums[k] / max(sums[f"_w_{k}"], 1e-9) for k in sums if not k.startswith("_w_")}
+    if counts.sum():
+        out["latent_chance"] = 1.0 / setup.spec.latent_codebook
+        out["latent_majority"] = float(counts.max() / counts.sum())
+        out["latent_targets"] = int(counts.sum())
+    out["split"], out["batches"] = split, batches
+    return out
+
+
+class CurveHook:
+    """Keeps the per-step losses/accuracies; `write` saves curves.json and a PNG."""
+
+    def __init__(self) -> None:
+        self.rows: list[dict[str, float]] = []
+
+    def __call__(self, step: int, state: Any, metrics: dict, logger: Any) -> None:
+        self.rows.append({"step": step, **{k: float(v) for k, v in metrics.items()
+                                           if k.startswith(("loss", "acc_")) or k == "lr"}})
+
+    def write(self, workdir: str) -> dict[str, Any]:
+        with open(os.path.join(workdir, "curves.json"), "w") as f:
+            json.dump(self.rows, f)
+        summary = {}
+        n = max(1, len(self.rows) // 10)
+        for key in sorted({k for r in self.rows for k in r if k != "step"}):
+            vals = [r[key] for r in self.rows if key in r]
+            if len(vals) >= 2:
+                summary[key] = {"first_10pct": float(np.mean(vals[:n])), "last_10pct": float(np.mean(vals[-n:]))}
+        try:
+            from latent_pretraining.plots import plot_curves
+
+            plot_curves(self.rows, os.path.join(workdir, "curves.png"))
+        except ImportError:  # matplotlib missing: the JSON is enough
+            pass
+        return summary
+
+
+def train(config: ml_collections.ConfigDict, workdir: str, *, resume: bool = False, overwrite: bool = False,
+          latent: LatentLabeler | None = None) -> dict[str, Any]:
+    """Trains, evaluates on the held-out split and writes summary.json; returns the summary."""
+    from latent_pretraining.training import loop
+
+    workdir = os.path.abspath(workdir)
+    setup = build(config, latent)
+    spec = setup.spec
+    n_params = setup.model_config.llama.num_params()
+    logging.info("%s/%s: sequence length %d, %d history frames x %d tokens, %.2fM backbone params", config.recipe,
+                 config.preset, spec.length, spec.num_frames, spec.tokens_per_frame, n_params / 1e6)
+    tokens = config.data.batch_size * spec.length
+    curves = CurveHook()
+    loss_fn = objective.make_loss_fn(setup.model, spec, setup.frozen, dict(config.loss), setup.flow,
+                                     config.cotrain_fraction)
+    res = loop.run(config=config.train, workdir=workdir, resume=resume, overwrite=overwrite,
+                   init_fn=make_init_fn(setup), loss_fn=loss_fn,
+                   data=make_data(setup, config.data.train_split, config.train.seed), assets=setup.assets,
+                   items_per_step=tokens, item_name="tokens",
+                   flops_per_step=setup.model_config.llama.flops_per_token(spec.length) * tokens,
+                   hooks=[curves], batch_fn=host_batch_fn(setup), loaded_params=load_init_checkpoint(config),
+                   loaded_model_state={"frozen": setup.frozen_weights}, full_config=config)
+    summary: dict[str, Any] = {"recipe": config.recipe, "preset": config.preset, "steps": res.step,
+                               "sequence_length": spec.length, "train": curves.write(workdir)}
+    if config.data.eval_batches > 0 and jax.process_index() == 0:
+        summary["eval"] = evaluate(setup, res.state.params, res.state.model_state, split=config.data.eval_split,
+                                   batches=config.data.eval_batches)
+    with open(os.path.join(workdir, "summary.json"), "w") as f:
+        json.dump(summary, f, indent=2)
+    return summary
+
+
+def _config_module(flag: Any) -> Any:
+    """The Python module of the --config file (for its `latent_labeler` hook)."""
+    import importlib.util
+
+    from ml_collections import config_flags
+
+    path = config_flags.get_config_filename(flag).split(":")[0]
+    spec = importlib.util.spec_from_file_location("_vla_config_module", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def main(argv: list[str]) -> None:
+    from absl import flags
+
+    del argv
+    f = flags.FLAGS
+    logging.getLogger().setLevel(logging.INFO)
+    hook = getattr(_config_module(f["config"]), "latent_labeler", None)
+    latent = hook(f.config) if hook is not None else None
+    summary = train(f.config, f.workdir, resume=f.resume, overwrite=f.overwrite, latent=latent)
+    print(json.dumps(summary, indent=2))
+
+
+if __name__ == "__main__":
+    from absl import app
+    from ml_collections import config_flags
+
+    from latent_pretraining.training import loop as _loop
+
+    config_flags.DEFINE_config_file("config", None, "e.g. configs/vipra.py:demo", lock_config=True)
+    _loop.define_flags()
+    app.run(main)
