@@ -82,7 +82,7 @@ def debug_model(c: ml_collections.ConfigDict) -> None:
     demo_model(c)
     ll = c.model.llama
     ll.hidden_size, ll.intermediate_size, ll.num_layers, ll.num_heads = 32, 64, 2, 2
-    c.data.batch_size = 4
+    c.data.batch_size = 8  # divisible by the 8 fake test devices
     c.data.eval_batches = 2
     c.train.total_steps = 3
     c.train.checkpoint.every = 3
