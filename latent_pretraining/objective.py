@@ -50,7 +50,13 @@ class Frozen:
 def tokenize(frozen: Frozen, weights: Mapping[str, PyTree], batch: Mapping[str, jax.Array], spec: LayoutSpec
              ) -> dict[str, jax.Array]:
     """Image and latent-action ids of a batch: {"frames" i32[B, W, g²], "future" i32[B, g²], "latent" i32[B, S, C],
-    "latent_valid" bool[B, S]} (the last three only when the layout needs them)."""
+    "latent_valid" bool[B, S]} (the last three only when the layout needs them). A batch that already carries
+    `frame_ids` (+ `future_ids`, `latent_ids`, `latent_valid`) skips the frozen tokenizers."""
+    if "frame_ids" in batch:  # token-cache path: ids were computed offline (scripts/cache_image_tokens.py, labels)
+        out = {"frames": batch["frame_ids"]}
+        out.update({k: batch[f"{k}_ids" if k != "latent_valid" else k] for k in ("future", "latent", "latent_valid")
+                    if (f"{k}_ids" if k != "latent_valid" else k) in batch})
+        return out
     b = batch["history"].shape[0]
     enc = lambda x: vqgan.encode_fn(weights["vqgan"], x, config=frozen.vision)
     out = {"frames": enc(batch["history"]).reshape(b, spec.num_frames, -1)}
@@ -93,7 +99,7 @@ def forward(model: VideoLlama, spec: LayoutSpec, frozen: Frozen, flow_cfg: flow.
             ) -> tuple[Sequence, Any, dict[str, jax.Array]]:
     """Tokenize, assemble and run the model: (sequence, model output, {"v_target", "latent"...})."""
     tok = tokenize(frozen, weights, batch, spec)
-    b = batch["history"].shape[0]
+    b = batch["prompt_ids"].shape[0]
     r_row, r_flow = jax.random.split(rng)
     action_row = None
     if spec.has_action_rows and spec.has_video_rows:

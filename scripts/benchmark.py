@@ -13,6 +13,7 @@ SUBCOMMANDS: dict[str, str] = {
     "train-step": "latent_pretraining.benchmark:train_step_main",
     "data": "configs.mixtures:benchmark_main",
     "lam": "configs.lam:benchmark_main",
+    "vla": "latent_pretraining.vla_benchmark:main",
 }
 
 
