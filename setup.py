@@ -40,7 +40,7 @@ INSTALL_REQUIRES = [
 ]
 
 HF = ["torch==2.13.0", "transformers>=5.0"]
-SERVE = ["fastapi>=0.110", "uvicorn>=0.29", "httpx>=0.27"]
+SERVE = ["fastapi>=0.110", "uvicorn>=0.29", "httpx>=0.27", "python-multipart>=0.0.13"]
 TEST = ["pytest>=8.0", "pytest-timeout>=2.3", "ruff>=0.6", *HF, *SERVE]
 
 setup(

@@ -1,0 +1,534 @@
+"""Closed-loop evaluation on the demo world: success rate with a 95% Wilson interval over seeded episodes.
+
+A policy is anything with this protocol (``policy.policy.Policy`` is one; ``ExpertPolicy`` and ``RandomPolicy`` below
+are the baselines that give the harness its sanity figures)::
+
+    metadata() -> dict   # "image_size" R, "history_offsets" (e.g. [-2, 0]), "action_dim" A, "chunk" H;
+                         # optional: "frame_stride" (default 1), "execute_steps", "name", "recipe", "num_demos"
+    reset() -> None      # called once at the start of every episode (after the world was reset)
+    act(images uint8[W, R, R, 3] oldest first, instruction, *, seed) -> f32[H, A] de-normalized actions
+    bind(env) -> None    # OPTIONAL: called once per ``evaluate`` with the DemoWorld, before the first episode;
+                         # privileged baselines (the scripted expert) read the world state through it
+
+Per episode ``i`` (world seed ``seed + i``; the task is whatever the world samples for that seed) the harness keeps
+every frame, queries the policy with frames ``t + o * frame_stride`` for ``o`` in ``history_offsets``, clamped at the
+episode start exactly like ``data/windows.py`` does for training (an index before the first frame is the first frame),
+converts each 7-D action back to the world's native (dx, dy) (the inverse of the ``demo_robot`` registry padding
+``[dx, dy, 0, 0, 0, 0, 1]`` in ``data/oxe.py``), executes ``execute_steps`` actions of the chunk, and re-queries.
+Each query gets its own seed (a function of the episode seed and the query index), so a run is deterministic.
+
+    python -m policy.evaluate --checkpoint RUN_DIR [--step N] [--episodes 50] [--seed 0] [--execute-steps K]
+        [--gif-dir DIR] [--out results.json]
+    python -m policy.evaluate --policy expert|random --episodes 200     # the harness's sanity figures
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import io
+import json
+import math
+import os
+import re
+import struct
+import sys
+import time
+import zlib
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+import numpy as np
+
+from data.demo import tasks as tasks_lib
+from data.demo.expert import ScriptedExpert
+from data.demo.world import MAX_STEP, DemoWorld, WorldConfig
+from data.demo.writer import DATASET_NAMES, EXPERT_NOISE, VERSION, GenerationConfig
+
+# The demo_robot registry entry (data/oxe.py `_demo_robot`) stores the native (dx, dy) as [dx, dy, 0, 0, 0, 0, 1]:
+# dims 0-1 carry the motion, dims 2-5 are zero and dim 6 is the gripper (1 = open). Kept literal here so that
+# importing the evaluator does not import TensorFlow; tests/test_evaluate.py checks it against the registry.
+ACTION_DIM = 7
+NATIVE_DIMS = (0, 1)
+PAD_VALUES = np.array([0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0], np.float32)
+
+
+class PolicyLike(Protocol):
+    def metadata(self) -> dict: ...
+
+    def reset(self) -> None: ...
+
+    def act(self, images: np.ndarray, instruction: str, *, seed: int = 0) -> np.ndarray: ...
+
+
+# ------------------------------------------------------------------------------------------------------ statistics
+def wilson_interval(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """Wilson score interval for k successes in n trials (95% for z = 1.96); (0, 1) when n = 0."""
+    if n < 0 or k < 0 or k > n:
+        raise ValueError(f"need 0 <= k <= n, got k={k}, n={n}")
+    if n == 0:
+        return 0.0, 1.0
+    p = k / n
+    denom = 1.0 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    lo, hi = max(0.0, centre - half), min(1.0, centre + half)
+    if k == 0:
+        lo = 0.0
+    if k == n:
+        hi = 1.0
+    return lo, hi
+
+
+# -------------------------------------------------------------------------------------------- action conversion
+def native_to_padded(action: np.ndarray) -> np.ndarray:
+    """World actions f[..., 2] -> the registry's 7-D layout f32[..., 7] ([dx, dy, 0, 0, 0, 0, 1])."""
+    a = np.asarray(action, np.float32)
+    if a.shape[-1] != len(NATIVE_DIMS):
+        raise ValueError(f"native demo-world actions have {len(NATIVE_DIMS)} dims, got shape {a.shape}")
+    out = np.broadcast_to(PAD_VALUES, (*a.shape[:-1], ACTION_DIM)).copy()
+    out[..., list(NATIVE_DIMS)] = a
+    return out
+
+
+def padded_to_native(action: np.ndarray) -> np.ndarray:
+    """The inverse of ``native_to_padded``: f[..., 7] -> f32[..., 2] (dims 2-6 are dropped); 2-D input passes."""
+    a = np.asarray(action, np.float32)
+    if a.shape[-1] == len(NATIVE_DIMS):
+        return a.copy()
+    if a.shape[-1] != ACTION_DIM:
+        raise ValueError(f"expected actions with {ACTION_DIM} (or {len(NATIVE_DIMS)}) dims, got shape {a.shape}")
+    return a[..., list(NATIVE_DIMS)].copy()
+
+
+# --------------------------------------------------------------------------------------------------- history
+def history_indices(t: int, offsets: Sequence[int], stride: int = 1) -> list[int]:
+    """Frame indices for step ``t``: t + o * stride clamped to [0, t] (data/windows.py `_gather_clamped`)."""
+    return [min(max(t + int(o) * stride, 0), t) for o in offsets]
+
+
+def world_config_from_dataset(path: str) -> WorldConfig:
+    """The robot WorldConfig a demo dataset was rendered with (its ``generation.json``); ``path`` is the dataset
+    version dir (``.../demo_robot/1.0.0``), the dataset dir, or the root ``make_demo_data --out`` wrote."""
+    for cand in (path, os.path.join(path, VERSION), os.path.join(path, DATASET_NAMES["robot"], VERSION)):
+        f = os.path.join(cand, "generation.json")
+        if os.path.isfile(f):
+            with open(f) as fh:
+                g = json.load(fh)
+            fields = {k.name for k in dataclasses.fields(GenerationConfig)}
+            cfg = GenerationConfig(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in g.items()
+                                      if k in fields})
+            return cfg.world("robot")
+    raise FileNotFoundError(f"no generation.json under {path!r} (expected a demo dataset written by make_demo_data)")
+
+
+def default_world_config() -> WorldConfig:
+    """What the default demo_robot dataset is rendered with: 64 px, robot embodiment, all tasks, 120 steps."""
+    return GenerationConfig().world("robot")
+
+
+# --------------------------------------------------------------------------------------------------- adapters
+class ExpertPolicy:
+    """The privileged scripted expert (data/demo/expert.py) behind the policy protocol.
+
+    It reads the world state, so it needs ``bind(env)`` (``evaluate`` calls it). Each query returns one action
+    (chunk 1) in the 7-D layout; the expert's noise is re-seeded from the first query's seed of every episode.
+    """
+
+    def __init__(self, noise: float = EXPERT_NOISE["robot"], image_size: int = 64,
+                 history_offsets: Sequence[int] = (0,)) -> None:
+        self.expert = ScriptedExpert(noise=noise)
+        self.env: DemoWorld | None = None
+        self._image_size, self._offsets = image_size, tuple(history_offsets)
+        self._fresh = True
+
+    def metadata(self) -> dict:
+        return {"name": "expert", "image_size": self._image_size, "history_offsets": list(self._offsets),
+                "action_dim": ACTION_DIM, "chunk": 1}
+
+    def bind(self, env: DemoWorld) -> None:
+        self.env = env
+
+    def reset(self) -> None:
+        self._fresh = True
+
+    def act(self, images: np.ndarray, instruction: str, *, seed: int = 0) -> np.ndarray:
+        if self.env is None:
+            raise RuntimeError("ExpertPolicy needs the world: call bind(env) first (evaluate() does)")
+        if self._fresh:  # the world was reset since the last episode: plan for the new task
+            self.expert.reset(self.env, seed=seed)
+            self._fresh = False
+        return native_to_padded(self.expert.act(self.env))[None]
+
+
+class RandomPolicy:
+    """Uniform random planar actions in [-MAX_STEP, MAX_STEP]² (the world's clip), 7-D padded, ``chunk`` per query."""
+
+    def __init__(self, chunk: int = 1, image_size: int = 64, history_offsets: Sequence[int] = (0,)) -> None:
+        self.chunk, self._image_size, self._offsets = chunk, image_size, tuple(history_offsets)
+
+    def metadata(self) -> dict:
+        return {"name": "random", "image_size": self._image_size, "history_offsets": list(self._offsets),
+                "action_dim": ACTION_DIM, "chunk": self.chunk}
+
+    def reset(self) -> None:
+        pass
+
+    def act(self, images: np.ndarray, instruction: str, *, seed: int = 0) -> np.ndarray:
+        rng = np.random.default_rng(seed)
+        return native_to_padded(rng.uniform(-MAX_STEP, MAX_STEP, (self.chunk, 2)))
+
+
+# ----------------------------------------------------------------------------------------------------- images
+def _resize(img: np.ndarray, size: int) -> np.ndarray:
+    """Bilinear (antialiased when shrinking), like data/augment.py decode_frames."""
+    if img.shape[0] == size and img.shape[1] == size:
+        return img
+    from PIL import Image
+
+    return np.asarray(Image.fromarray(img).resize((size, size), Image.BILINEAR))
+
+
+def _jpeg_roundtrip(img: np.ndarray, quality: int) -> np.ndarray:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(img).save(buf, format="JPEG", quality=quality)
+    return np.asarray(Image.open(io.BytesIO(buf.getvalue())).convert("RGB"))
+
+
+def _slug(text: str, limit: int = 60) -> str:
+    return re.sub(r"[^a-z0-9]+", "_", text.lower()).strip("_")[:limit]
+
+
+def write_png(path: str, rgb: np.ndarray) -> None:
+    """Minimal dependency-free PNG writer for uint8[H, W, 3]."""
+    rgb = np.ascontiguousarray(rgb, np.uint8)
+    h, w, _ = rgb.shape
+    raw = b"".join(b"\x00" + rgb[i].tobytes() for i in range(h))
+
+    def chunk(tag: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data) & 0xFFFFFFFF)
+
+    with open(path, "wb") as f:
+        f.write(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0))
+                + chunk(b"IDAT", zlib.compress(raw, 6)) + chunk(b"IEND", b""))
+
+
+def _have_pil() -> bool:
+    try:
+        import PIL.Image  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def write_rollout(frames: Sequence[np.ndarray], path_stem: str, fmt: str = "auto", fps: int = 10,
+                  min_size: int = 128) -> str:
+    """Writes an episode as an animated GIF (PIL) or, with fmt='png' or without PIL, a PNG filmstrip of at most 16
+    frames. Frames are upscaled (nearest) to at least ``min_size`` px. Returns the path written."""
+    scale = max(1, math.ceil(min_size / frames[0].shape[0]))
+    big = [np.repeat(np.repeat(f, scale, 0), scale, 1) for f in frames]
+    if fmt == "auto":
+        fmt = "gif" if _have_pil() else "png"
+    if fmt == "gif":
+        from PIL import Image
+
+        path = path_stem + ".gif"
+        images = [Image.fromarray(f) for f in big]
+        images[0].save(path, save_all=True, append_images=images[1:], duration=int(1000 / fps), loop=0)
+        return path
+    if fmt != "png":
+        raise ValueError(f"unknown rollout format {fmt!r}: expected 'auto', 'gif' or 'png'")
+    pick = np.unique(np.linspace(0, len(big) - 1, min(16, len(big))).round().astype(int))
+    gap = np.full((big[0].shape[0], 2, 3), 255, np.uint8)
+    strip = np.concatenate([x for i in pick for x in (big[i], gap)][:-1], axis=1)
+    path = path_stem + ".png"
+    write_png(path, strip)
+    return path
+
+
+# ------------------------------------------------------------------------------------------------- evaluation
+def _query_seed(episode_seed: int, query: int) -> int:
+    return int(np.random.SeedSequence([episode_seed & 0xFFFFFFFF, query]).generate_state(1, np.uint32)[0] >> 1)
+
+
+def _int_or(meta: dict, key: str, default: Any) -> Any:
+    v = meta.get(key)
+    return default if v is None else v
+
+
+def evaluate(policy: PolicyLike, *, episodes: int = 50, seed: int = 0, world_config: WorldConfig | None = None,
+             execute_steps: int | None = None, max_steps: int | None = None, gif_dir: str | None = None,
+             gif_episodes: int = 4, gif_format: str = "auto", jpeg_quality: int | None = None,
+             name: str | None = None, progress: bool = True) -> dict:
+    """Run ``episodes`` seeded closed-loop episodes (episode i: world seed ``seed + i``) and return the figures.
+
+    world_config: default ``default_world_config()`` (the demo_robot generation config; ``world_config_from_dataset``
+        reads another dataset's). max_steps overrides its episode step limit.
+    execute_steps: actions of each chunk executed before re-querying; default ``metadata()["execute_steps"]`` or the
+        whole chunk H.
+    jpeg_quality: if set, every frame is JPEG round-tripped at that quality before the policy sees it (the training
+        frames were stored as JPEG); None passes the rendered frames.
+    gif_dir: rollouts of the first ``gif_episodes`` episodes are written there (GIF, or PNG filmstrips).
+
+    Returns a JSON-serializable dict: success_rate, ci95, successes, episodes, per_family {family: {rate, ci95, n,
+    successes}}, mean_episode_length, seconds_per_episode, queries_per_second (policy.act calls per second spent in
+    act), per-episode records, and the settings used.
+    """
+    if episodes < 1:
+        raise ValueError(f"episodes must be >= 1, got {episodes}")
+    meta = dict(policy.metadata())
+    cfg = world_config or default_world_config()
+    if max_steps is not None:
+        cfg = dataclasses.replace(cfg, max_steps=int(max_steps))
+    if not cfg.images:
+        cfg = dataclasses.replace(cfg, images=True)
+    image_size = int(_int_or(meta, "image_size", cfg.resolution))
+    offsets = [int(o) for o in _int_or(meta, "history_offsets", [0])]
+    if not offsets or any(o > 0 for o in offsets):
+        raise ValueError(f"history_offsets must be non-empty and <= 0 (past frames only), got {offsets}")
+    stride = int(_int_or(meta, "frame_stride", 1))
+    chunk = int(_int_or(meta, "chunk", 1))
+    k_exec = int(execute_steps or _int_or(meta, "execute_steps", chunk))
+    if k_exec < 1:
+        raise ValueError(f"execute_steps must be >= 1, got {k_exec}")
+    label = name or meta.get("name") or type(policy).__name__
+
+    env = DemoWorld(cfg)
+    if hasattr(policy, "bind"):
+        policy.bind(env)
+    if gif_dir:
+        os.makedirs(gif_dir, exist_ok=True)
+
+    records, gifs = [], []
+    queries, act_seconds, nonfinite = 0, 0.0, 0
+    bar = range(episodes)
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(bar, desc=f"eval {label}", unit="ep", dynamic_ncols=True)
+    start = time.perf_counter()
+    for i in bar:
+        ep_seed = seed + i
+        obs, info = env.reset(seed=ep_seed)
+        policy.reset()
+        instruction, family = info["instruction"], info["task"]
+        raw = [obs["image"]]
+        seen = [_resize(raw[0] if jpeg_quality is None else _jpeg_roundtrip(raw[0], jpeg_quality), image_size)]
+        ep_queries, done = 0, False
+        t0 = time.perf_counter()
+        while not done:
+            t = len(seen) - 1
+            images = np.stack([seen[j] for j in history_indices(t, offsets, stride)])
+            q0 = time.perf_counter()
+            out = np.asarray(policy.act(images, instruction, seed=_query_seed(ep_seed, ep_queries)), np.float32)
+            act_seconds += time.perf_counter() - q0
+            queries += 1
+            ep_queries += 1
+            if out.ndim == 1:
+                out = out[None]
+            if out.ndim != 2 or out.shape[0] < 1:
+                raise ValueError(f"policy.act must return f32[H, A] with H >= 1, got shape {out.shape}")
+            actions = padded_to_native(out[:k_exec])
+            for a in actions:
+                if not np.all(np.isfinite(a)):
+                    nonfinite += 1
+                    a = np.zeros(2, np.float32)  # counted; the episode goes on with a no-op instead of crashing
+                obs, _, terminated, truncated, _ = env.step(a)
+                raw.append(obs["image"])
+                img = obs["image"] if jpeg_quality is None else _jpeg_roundtrip(obs["image"], jpeg_quality)
+                seen.append(_resize(img, image_size))
+                if terminated or truncated:
+                    done = True
+                    break
+        success = bool(env.success)
+        rec = {"index": i, "seed": ep_seed, "family": family, "instruction": instruction, "success": success,
+               "steps": int(env.steps), "queries": ep_queries, "seconds": time.perf_counter() - t0}
+        records.append(rec)
+        if gif_dir and i < gif_episodes:
+            stem = os.path.join(gif_dir, f"{i:03d}_seed{ep_seed}_{'success' if success else 'failure'}_"
+                                         f"{_slug(instruction)}")
+            gifs.append(write_rollout(raw, stem, gif_format, fps=10))
+        if progress:
+            k = sum(r["success"] for r in records)
+            bar.set_postfix(success=f"{k}/{len(records)}")
+    total = time.perf_counter() - start
+
+    k = sum(r["success"] for r in records)
+    per_family = {}
+    for fam in tasks_lib.TASK_FAMILIES:
+        rs = [r for r in records if r["family"] == fam]
+        if rs:
+            kf = sum(r["success"] for r in rs)
+            per_family[fam] = {"rate": kf / len(rs), "ci95": list(wilson_interval(kf, len(rs))), "n": len(rs),
+                               "successes": kf}
+    lengths = [r["steps"] for r in records]
+    ok_lengths = [r["steps"] for r in records if r["success"]]
+    return {
+        "name": label,
+        "recipe": meta.get("recipe"),
+        "demos": meta.get("num_demos") or meta.get("demos") or None,  # 0 (= all demos) -> None: unknown count
+        "episodes": episodes,
+        "successes": k,
+        "success_rate": k / episodes,
+        "ci95": list(wilson_interval(k, episodes)),
+        "per_family": per_family,
+        "mean_episode_length": float(np.mean(lengths)),
+        "mean_success_length": float(np.mean(ok_lengths)) if ok_lengths else None,
+        "seconds_per_episode": total / episodes,
+        "queries": queries,
+        "queries_per_second": queries / act_seconds if act_seconds > 0 else None,
+        "nonfinite_actions": nonfinite,
+        "settings": {"seed": seed, "execute_steps": k_exec, "chunk": chunk, "history_offsets": offsets,
+                     "frame_stride": stride, "image_size": image_size, "jpeg_quality": jpeg_quality,
+                     "world_config": {**dataclasses.asdict(cfg), "tasks": list(cfg.tasks)}},
+        "metadata": _jsonable(meta),
+        "gifs": gifs,
+        "records": records,
+    }
+
+
+def _jsonable(x: Any) -> Any:
+    if isinstance(x, dict):
+        return {str(k): _jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_jsonable(v) for v in x]
+    if isinstance(x, np.ndarray):
+        return x.tolist()
+    if isinstance(x, np.generic):
+        return x.item()
+    if x is None or isinstance(x, (bool, int, float, str)):
+        return x
+    return str(x)
+
+
+# ------------------------------------------------------------------------------------------------ reporting
+def _pct(x: float) -> str:
+    return f"{100 * x:.1f}"
+
+
+def format_table(results: list[dict]) -> str:
+    """Markdown table: name, demos, success %, 95% CI, one column per task family (rate % and n)."""
+    families = [f for f in tasks_lib.TASK_FAMILIES if any(f in r.get("per_family", {}) for r in results)]
+    head = ["name", "demos", "success %", "95% CI", *families]
+    lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] + ["---:"] * (len(head) - 1)) + "|"]
+    for r in results:
+        lo, hi = r["ci95"]
+        demos = r.get("demos")
+        row = [str(r.get("name", "?")), "—" if demos is None else str(demos),
+               f"{_pct(r['success_rate'])} ({r['successes']}/{r['episodes']})", f"[{_pct(lo)}, {_pct(hi)}]"]
+        for f in families:
+            fam = r.get("per_family", {}).get(f)
+            row.append("—" if fam is None else f"{_pct(fam['rate'])} (n={fam['n']})")
+        lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines)
+
+
+def plot_success_vs_demos(results: list[dict], path: str, title: str = "Closed-loop success vs. labelled demos") -> str:
+    """Success rate (with 95% Wilson error bars) vs. number of demos, one line per recipe (``recipe`` or ``name``).
+    Results without ``demos`` are skipped. Writes ``path`` (format from its extension) with matplotlib Agg."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    groups: dict[str, list[dict]] = {}
+    for r in results:
+        if r.get("demos") is not None:
+            groups.setdefault(str(r.get("recipe") or r.get("name")), []).append(r)
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    xs_all = [float(r["demos"]) for rs in groups.values() for r in rs]
+    log = bool(xs_all) and min(xs_all) > 0 and max(xs_all) / min(xs_all) >= 4
+    span = (max(xs_all) - min(xs_all)) if xs_all else 0.0
+    for g, (label, rs) in enumerate(groups.items()):
+        rs = sorted(rs, key=lambda r: float(r["demos"]))
+        x = np.array([float(r["demos"]) for r in rs])
+        dodge = 0.02 * (g - (len(groups) - 1) / 2)  # side by side, so overlapping error bars stay readable
+        x = x * (1 + dodge) if log else x + dodge * (span or 1.0)
+        y = np.array([r["success_rate"] for r in rs])
+        err = np.array([[max(0.0, yi - r["ci95"][0]) for yi, r in zip(y, rs, strict=True)],
+                        [max(0.0, r["ci95"][1] - yi) for yi, r in zip(y, rs, strict=True)]])
+        ax.errorbar(x, y, yerr=err, marker="o", capsize=3, label=label)
+    if log:
+        ax.set_xscale("log")
+        ax.minorticks_off()
+    if xs_all:
+        ticks = sorted(set(xs_all))
+        ax.set_xticks(ticks)
+        ax.set_xticklabels([f"{t:g}" for t in ticks])
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_xlabel("labelled demos")
+    ax.set_ylabel("success rate (95% CI)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    if groups:
+        ax.legend()
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+# ------------------------------------------------------------------------------------------------------- CLI
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m policy.evaluate", description=__doc__.split("\n\n")[0])
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--checkpoint", help="fine-tuning run dir (policy.policy.Policy.from_checkpoint)")
+    src.add_argument("--policy", choices=("expert", "random"), help="a baseline instead of a checkpoint")
+    p.add_argument("--step", type=int, default=None, help="checkpoint step (default: the latest)")
+    p.add_argument("--episodes", type=int, default=50)
+    p.add_argument("--seed", type=int, default=0, help="episode i uses world seed SEED + i")
+    p.add_argument("--execute-steps", type=int, default=None, help="actions executed per chunk (default: all H)")
+    p.add_argument("--max-steps", type=int, default=None, help="episode step limit (default: the world config's)")
+    p.add_argument("--data", default=None, help="demo dataset dir whose generation.json sets the world config "
+                                                "(default: the standard demo_robot config, 64 px)")
+    p.add_argument("--jpeg-quality", type=int, default=None, help="JPEG round-trip frames at this quality")
+    p.add_argument("--gif-dir", default=None)
+    p.add_argument("--gif-episodes", type=int, default=4)
+    p.add_argument("--name", default=None, help="label in the table (default: the policy's metadata name)")
+    p.add_argument("--out", default=None, help="write the results JSON here")
+    p.add_argument("--no-progress", action="store_true")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> dict:
+    args = _parser().parse_args(argv)
+    for flag in ("episodes", "execute_steps", "max_steps", "gif_episodes"):
+        v = getattr(args, flag)
+        if v is not None and v < (0 if flag == "gif_episodes" else 1):
+            raise SystemExit(f"--{flag.replace('_', '-')} must be positive, got {v}")
+    if args.jpeg_quality is not None and not 1 <= args.jpeg_quality <= 100:
+        raise SystemExit(f"--jpeg-quality must be in [1, 100], got {args.jpeg_quality}")
+    if args.policy == "expert":
+        policy: Any = ExpertPolicy()
+    elif args.policy == "random":
+        policy = RandomPolicy()
+    else:
+        from policy.policy import Policy  # lazy: JAX/model code only when a checkpoint is evaluated
+
+        policy = Policy.from_checkpoint(args.checkpoint, args.step)  # step None: the latest (as policy.serve)
+    cfg = world_config_from_dataset(args.data) if args.data else None
+    res = evaluate(policy, episodes=args.episodes, seed=args.seed, world_config=cfg, execute_steps=args.execute_steps,
+                   max_steps=args.max_steps, gif_dir=args.gif_dir, gif_episodes=args.gif_episodes,
+                   jpeg_quality=args.jpeg_quality, name=args.name, progress=not args.no_progress)
+    if args.checkpoint:
+        res["checkpoint"] = {"run_dir": os.path.abspath(args.checkpoint), "step": args.step}
+    if args.out:
+        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+        with open(args.out, "w") as f:
+            json.dump(res, f, indent=1)
+    print(format_table([res]))
+    qps = res["queries_per_second"]
+    print(f"mean episode length {res['mean_episode_length']:.1f} steps, {res['seconds_per_episode']:.2f} s/episode, "
+          f"{'n/a' if qps is None else f'{qps:.1f}'} policy queries/s"
+          + (f", {res['nonfinite_actions']} non-finite actions replaced by no-ops" if res["nonfinite_actions"] else "")
+          + (f"; results in {args.out}" if args.out else ""))
+    for g in res["gifs"]:
+        print("rollout:", g)
+    return res
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
