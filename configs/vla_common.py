@@ -32,7 +32,7 @@ def base() -> ml_collections.ConfigDict:
     })
     c.layout = ml_collections.ConfigDict({
         "prompt_len": 64, "template": "", "future_frame": False, "latent_steps": 1, "latent_separator": False,
-        "action_slots": 0, "bidirectional_actions": False,
+        "action_slots": 0, "action_tokens": 0, "bidirectional_actions": False,
         "video_open": " </vision> <delta>", "video_close": " </delta>",
         "action_open": " </vision> <action>", "action_close": " </action>",
     })
@@ -45,7 +45,11 @@ def base() -> ml_collections.ConfigDict:
         "resolution": 64, "batch_size": 8, "shuffle_buffer": 10_000, "train_split": "train", "eval_split": "val",
         "eval_batches": 20, "reference_fps": 0.0,
     })
-    c.loss = ml_collections.ConfigDict({"text": 0.01, "vision": 0.0, "latent": 0.99, "flow": 1.0})
+    # offline token caches (latent_pretraining/token_cache.py); "" = tokenize inside the step. image: .npz path with
+    # {split} (scripts/cache_image_tokens.py --split S, one file per split); latent: label dir (scripts/
+    # label_latent_actions.py: <dir>/<dataset>/<split>.npz, from the same LAM as latent.lam_workdir)
+    c.cache = ml_collections.ConfigDict({"image": "", "latent": ""})
+    c.loss = ml_collections.ConfigDict({"text": 0.01, "vision": 0.0, "latent": 0.99, "action_bins": 0.0, "flow": 1.0})
     c.flow = ml_collections.ConfigDict({"sigma_min": 0.001, "time_dist": "beta", "beta_a": 1.5, "beta_b": 1.0,
                                         "t_max": 0.999, "steps": 10, "integrator": "euler"})
     c.cotrain_fraction = 0.0  # probability that a row WITH actions takes the action suffix (flow matching)

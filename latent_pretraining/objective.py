@@ -11,6 +11,10 @@ gradient. The batch is a dict of device arrays:
     actions f32[B, H, A]        action_pad_mask bool[B, H]   action_valid bool[B]
     prompt_ids i32[B, P]        prompt_mask bool[B, P]       (tokenized on the host)
 
+With token caches (config.cache, latent_pretraining/token_cache.py) the host replaces history/future by `frame_ids`
+i32[B, W, g²] / `future_ids` i32[B, g²] and clip/clip_valid by `latent_ids` i32[B, S, C] / `latent_valid` bool[B, S];
+`tokenize` takes each part from the batch when present, else from the frozen model.
+
 Losses: each discrete head's cross-entropy is a per-row mean over its valid targets, then a mean over the rows that
 have any (the lineage averaged over all rows, counting empty rows as 0, which silently shrinks a head's weight when
 row kinds are mixed); flow matching is a mean over all valid action slots of the batch (as in ViPRA).
@@ -50,21 +54,24 @@ class Frozen:
 def tokenize(frozen: Frozen, weights: Mapping[str, PyTree], batch: Mapping[str, jax.Array], spec: LayoutSpec
              ) -> dict[str, jax.Array]:
     """Image and latent-action ids of a batch: {"frames" i32[B, W, g²], "future" i32[B, g²], "latent" i32[B, S, C],
-    "latent_valid" bool[B, S]} (the last three only when the layout needs them). A batch that already carries
-    `frame_ids` (+ `future_ids`, `latent_ids`, `latent_valid`) skips the frozen tokenizers."""
-    if "frame_ids" in batch:  # token-cache path: ids were computed offline (scripts/cache_image_tokens.py, labels)
-        out = {"frames": batch["frame_ids"]}
-        out.update({k: batch[f"{k}_ids" if k != "latent_valid" else k] for k in ("future", "latent", "latent_valid")
-                    if (f"{k}_ids" if k != "latent_valid" else k) in batch})
-        return out
-    b = batch["history"].shape[0]
+    "latent_valid" bool[B, S]} (the last three only when the layout needs them). Each part independently comes from
+    the batch when the host joined it from an offline cache (`frame_ids`, `future_ids`, `latent_ids` + `latent_valid`;
+    latent_pretraining/token_cache.py), else from the frozen VQGAN / LAM."""
     enc = lambda x: vqgan.encode_fn(weights["vqgan"], x, config=frozen.vision)
-    out = {"frames": enc(batch["history"]).reshape(b, spec.num_frames, -1)}
+    out = {}
+    if "frame_ids" in batch:
+        out["frames"] = batch["frame_ids"]
+    else:
+        out["frames"] = enc(batch["history"]).reshape(batch["history"].shape[0], spec.num_frames, -1)
+    b = out["frames"].shape[0]
     if spec.future_frame:
-        out["future"] = enc(batch["future"]).reshape(b, -1)
-    if spec.latent_steps:
+        out["future"] = batch["future_ids"] if "future_ids" in batch else enc(batch["future"]).reshape(b, -1)
+    if spec.latent_steps and "latent_ids" in batch:
+        out["latent"], out["latent_valid"] = batch["latent_ids"], batch["latent_valid"]
+    elif spec.latent_steps:
         if frozen.latent_fn is None or "clip" not in batch:
-            raise ValueError("this layout has latent actions: it needs a LAM (frozen.latent_fn) and batch['clip']")
+            raise ValueError("this layout has latent actions: it needs a LAM (frozen.latent_fn) and batch['clip'] "
+                             "(or latent_ids from a token cache)")
         clip, step = batch["clip"], frozen.latent_clip_len - 1
         if clip.shape[1] != spec.latent_steps + 1 or spec.latent_steps % step:
             raise ValueError(f"clip of {clip.shape[1]} frames cannot give {spec.latent_steps} transitions with a LAM "
@@ -104,12 +111,17 @@ def forward(model: VideoLlama, spec: LayoutSpec, frozen: Frozen, flow_cfg: flow.
     action_row = None
     if spec.has_action_rows and spec.has_video_rows:
         action_row = batch["action_valid"].astype(bool) & (jax.random.uniform(r_row, (b,)) < cotrain_fraction)
+    bins = batch.get("action_bins")  # int32[B, H·A] (LAPA fine-tuning, tokenized on the host)
+    bins_valid = None
+    if bins is not None and "action_pad_mask" in batch:
+        pad = batch["action_pad_mask"].astype(bool)
+        bins_valid = jnp.repeat(pad, bins.shape[1] // pad.shape[1], axis=1)
     seq = assemble(spec, batch["prompt_ids"], batch["prompt_mask"], tok["frames"], future_ids=tok.get("future"),
                    latent_ids=tok.get("latent"), latent_valid=tok.get("latent_valid"), action_row=action_row,
-                   action_mask=batch.get("action_pad_mask"))
+                   action_mask=batch.get("action_pad_mask"), action_token_ids=bins, action_token_valid=bins_valid)
     kw: dict[str, Any] = {}
     extra = dict(tok)
-    if spec.has_action_rows:
+    if spec.action_slots:
         actions = batch["actions"].astype(jnp.float32)
         x_t, t, v_target = flow.training_example(r_flow, actions, flow_cfg)
         kw = {"actions": x_t, "time": t, "action_positions": spec.action_positions}
@@ -122,7 +134,8 @@ def forward(model: VideoLlama, spec: LayoutSpec, frozen: Frozen, flow_cfg: flow.
 
 def losses(spec: LayoutSpec, seq: Sequence, out: Any, extra: Mapping[str, jax.Array], loss_weights: Mapping[str, float]
            ) -> tuple[jax.Array, dict[str, jax.Array]]:
-    """Weighted total and per-head metrics (loss_*, acc_*; latent accuracy counts codes, not separators)."""
+    """Weighted total and per-head metrics (loss_*, acc_*; latent accuracy counts codes, not separators). Heads:
+    text, vision, latent, action_bins (weights from `loss_weights` by these names) and flow."""
     total = jnp.zeros((), jnp.float32)
     metrics: dict[str, jax.Array] = {}
     for head, pos in spec.head_positions().items():
@@ -131,7 +144,7 @@ def losses(spec: LayoutSpec, seq: Sequence, out: Any, extra: Mapping[str, jax.Ar
         loss, acc, n = cross_entropy(out.logits[head], tgt, w, acc_w)
         metrics[f"loss_{head}"], metrics[f"acc_{head}"], metrics[f"n_{head}"] = loss, acc, n
         total = total + float(loss_weights.get(head, 0.0)) * loss
-    if spec.has_action_rows and out.velocity is not None:
+    if spec.action_slots and out.velocity is not None:
         fl, n = flow.flow_loss(out.velocity, extra["v_target"], action_weights(seq, spec))
         metrics["loss_flow"], metrics["n_flow"] = fl, n
         total = total + float(loss_weights.get("flow", 0.0)) * fl

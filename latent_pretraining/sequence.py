@@ -10,9 +10,10 @@ Every row of a batch has the same length L and the same prefix; the suffix is on
       open marker  e.g. "</vision> <dynamics>"        text loss
       S × (C latent ids [+ separator])               latent-action loss (masked where the LAM clip ran off the end)
       close marker e.g. "</dynamics>", EOS           text loss
-    action suffix (rows with a real action chunk, trained by flow matching)
+    action suffix (rows with a real action chunk)
       "</vision> <action>"                           text loss
-      H action slots                                 flow matching at the SAME position (no shift)
+      H action slots                                 flow matching at the SAME position (no shift), or
+      N discrete action tokens                       LAPA fine-tuning: per-dimension bins (action-bin CE, shifted)
       "</action>", EOS                               text loss
     right padding up to L (attention_mask 0, no loss)
 
@@ -36,9 +37,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
-from latent_pretraining.model.video_llama import ACTION, LATENT, TEXT, VISION
+from latent_pretraining.model.video_llama import ACTION, ACTION_BIN, LATENT, TEXT, VISION
 
-HEAD_FAMILIES = {"text": TEXT, "vision": VISION, "latent": LATENT}
+HEAD_FAMILIES = {"text": TEXT, "vision": VISION, "latent": LATENT, "action_bins": ACTION_BIN}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,7 +55,7 @@ class LayoutSpec:
     codes_per_step: int  # C codes per transition
     latent_codebook: int  # LAM codebook size: the separator id equals it
     latent_separator: bool
-    action_slots: int  # H (0: no action rows)
+    action_slots: int  # H continuous slots (flow matching)
     bos_id: int
     eos_id: int
     pad_id: int
@@ -63,8 +64,11 @@ class LayoutSpec:
     action_open: tuple[int, ...] = ()
     action_close: tuple[int, ...] = ()
     bidirectional_actions: bool = False
+    action_tokens: int = 0  # discrete action-bin tokens in the action suffix (LAPA fine-tuning: 7 per step)
 
     def __post_init__(self) -> None:
+        if self.action_slots and self.action_tokens:
+            raise ValueError("LayoutSpec: the action suffix holds continuous slots or discrete tokens, not both")
         if self.prompt_len < 2 or self.num_frames < 1 or self.tokens_per_frame < 1:
             raise ValueError(f"LayoutSpec: prompt_len {self.prompt_len} (>= 2), num_frames {self.num_frames} (>= 1) "
                              f"and tokens_per_frame {self.tokens_per_frame} (>= 1) are required")
@@ -90,7 +94,7 @@ class LayoutSpec:
 
     @property
     def has_action_rows(self) -> bool:
-        return self.action_slots > 0
+        return self.action_slots > 0 or self.action_tokens > 0
 
     @property
     def step_len(self) -> int:
@@ -111,7 +115,7 @@ class LayoutSpec:
     def action_suffix_len(self) -> int:
         if not self.has_action_rows:
             return 0
-        return len(self.action_open) + self.action_slots + len(self.action_close) + 1
+        return len(self.action_open) + self.action_slots + self.action_tokens + len(self.action_close) + 1
 
     @property
     def length(self) -> int:
@@ -136,8 +140,9 @@ class LayoutSpec:
         loss += [False] * (self.num_frames * (self.tokens_per_frame + 1))
         if action_row:
             n_open, n_close = len(self.action_open), len(self.action_close)
-            fam += [TEXT] * n_open + [ACTION] * self.action_slots + [TEXT] * (n_close + 1)
-            loss += [True] * (n_open + self.action_slots + n_close + 1)
+            fam += [TEXT] * n_open + [ACTION] * self.action_slots + [ACTION_BIN] * self.action_tokens
+            fam += [TEXT] * (n_close + 1)
+            loss += [True] * (n_open + self.action_slots + self.action_tokens + n_close + 1)
         else:
             if self.future_frame:
                 fam += [VISION] * (self.tokens_per_frame + 1)
@@ -207,6 +212,8 @@ def assemble(
     latent_valid: jax.Array | None = None,
     action_row: jax.Array | None = None,
     action_mask: jax.Array | None = None,
+    action_token_ids: jax.Array | None = None,
+    action_token_valid: jax.Array | None = None,
 ) -> Sequence:
     """Builds the rows on device from fixed-length pieces.
 
@@ -217,6 +224,8 @@ def assemble(
       latent_ids int32[B, S, C], latent_valid bool[B, S]: LAM codes per transition (required with latent_steps).
       action_row bool[B]: rows that take the action suffix (default: none, or all when there is no video suffix).
       action_mask bool[B, H]: real actions per slot (default all True).
+      action_token_ids int32[B, N], action_token_valid bool[B, N]: discrete action tokens (layouts with
+        action_tokens; ids local to the action-bin table).
     """
     b = prompt_ids.shape[0]
     g, w = spec.tokens_per_frame, spec.num_frames
@@ -261,10 +270,17 @@ def assemble(
                 valid_vid = jax.lax.dynamic_update_slice(valid_vid, tok_valid, (0, start))
         pieces_vid += [_const(spec.video_close, b), _const([spec.eos_id], b)]
     if spec.has_action_rows:
-        pieces_act = [_const(spec.action_open, b), jnp.zeros((b, spec.action_slots), jnp.int32),
-                      _const(spec.action_close, b), _const([spec.eos_id], b)]
-        if action_mask is not None:
-            valid_act = jax.lax.dynamic_update_slice(valid_act, action_mask.astype(bool), (0, len(spec.action_open)))
+        if spec.action_tokens:
+            if action_token_ids is None or action_token_ids.shape[1:] != (spec.action_tokens,):
+                got = None if action_token_ids is None else action_token_ids.shape
+                raise ValueError(f"action_token_ids must be int32[B, {spec.action_tokens}], got {got}")
+            body = action_token_ids.astype(jnp.int32)
+            body_valid = action_token_valid
+        else:
+            body, body_valid = jnp.zeros((b, spec.action_slots), jnp.int32), action_mask
+        pieces_act = [_const(spec.action_open, b), body, _const(spec.action_close, b), _const([spec.eos_id], b)]
+        if body_valid is not None:
+            valid_act = jax.lax.dynamic_update_slice(valid_act, body_valid.astype(bool), (0, len(spec.action_open)))
     vid = _pad_to(jnp.concatenate(pieces_vid, 1), suffix_len, spec.pad_id) if pieces_vid else None
     act = _pad_to(jnp.concatenate(pieces_act, 1), suffix_len, spec.pad_id) if pieces_act else None
     if vid is None:
@@ -311,8 +327,8 @@ def describe(spec: LayoutSpec, action_row: bool = False) -> list[str]:
         last = i == spec.num_frames - 1 and (action_row or not spec.future_frame)
         out.append(f"frame{i}[{g}]+{'eov' if last else 'eof'}")
     if action_row:
-        out += [f"text{list(spec.action_open)}", f"action_slots[{spec.action_slots}]",
-                f"text{list(spec.action_close)}", "eos"]
+        body = f"action_tokens[{spec.action_tokens}]" if spec.action_tokens else f"action_slots[{spec.action_slots}]"
+        out += [f"text{list(spec.action_open)}", body, f"text{list(spec.action_close)}", "eos"]
     else:
         if spec.future_frame:
             out.append(f"future[{g}]+eov")

@@ -7,6 +7,10 @@ The config file's module provides `latent_labeler(config)` (the frozen LAM; this
 run writes checkpoints (assets: config.json, tokenizer.model, layout.json, vqgan/lam metadata), TensorBoard events,
 `curves.json` / `curves.png` (per-head losses over steps) and `summary.json` (held-out evaluation: latent-action
 accuracy next to chance and the majority-code rate, vision accuracy, flow loss).
+
+Token caches (optional): `--config.cache.image=runs/tokens/{split}.npz` (scripts/cache_image_tokens.py, one file per
+split) and/or `--config.cache.latent=runs/lam_labels` (scripts/label_latent_actions.py) make the host join cached ids
+onto each batch (latent_pretraining/token_cache.py); the step then skips the VQGAN / LAM for those parts.
 """
 
 from __future__ import annotations
@@ -33,7 +37,8 @@ from latent_pretraining.sequence import LayoutSpec
 
 PyTree = Any
 LatentLabeler = tuple[Callable, PyTree, dict]  # (latent_fn, variables, info) from the config layer
-BATCH_KEYS = ("history", "future", "clip", "clip_valid", "actions", "action_pad_mask", "action_valid")
+BATCH_KEYS = ("history", "future", "clip", "clip_valid", "actions", "action_pad_mask", "action_valid",
+              "frame_ids", "future_ids", "latent_ids", "latent_valid")  # the *_ids: token caches (config.cache)
 
 
 @dataclasses.dataclass
@@ -49,6 +54,7 @@ class Setup:
     window: Any
     flow: flow.FlowConfig
     assets: dict[str, Any]
+    batch_transform: Callable[[dict], dict] | None = None  # extra host step (e.g. policy/ action bins)
 
     @property
     def model(self) -> VideoLlama:
@@ -72,15 +78,19 @@ def _llama_config(config: ml_collections.ConfigDict, vocab: int) -> Any:
     return llama_preset(config.model.size, vocab_size=vocab, **over)
 
 
-def build(config: ml_collections.ConfigDict, latent: LatentLabeler | None) -> Setup:
-    """Resolves tokenizers and derived sizes (vocabularies, tokens per frame, codes per step) into a Setup."""
+def build(config: ml_collections.ConfigDict, latent: LatentLabeler | None, *, tokenizer: Any = None,
+          vision: tuple[vqgan.VQGANConfig, PyTree] | None = None) -> Setup:
+    """Resolves tokenizers and derived sizes (vocabularies, tokens per frame, codes per step) into a Setup.
+
+    `tokenizer` / `vision` (VQGAN config, params) replace the files named by the config (e.g. abstract stand-ins for
+    the ahead-of-time compile check, latent_pretraining/compile_check.py)."""
     from data.windows import WindowSpec
 
-    tok = load_text_tokenizer(config)
-    if not config.vision.tokenizer:
+    tok = tokenizer if tokenizer is not None else load_text_tokenizer(config)
+    if vision is None and not config.vision.tokenizer:
         raise ValueError("config.vision.tokenizer is empty: give a VQGAN .safetensors (python -m "
                          "latent_pretraining.vqgan_train ... or scripts/convert_vqgan.py)")
-    vq_cfg, vq_params = vqgan.load_tokenizer(config.vision.tokenizer)
+    vq_cfg, vq_params = vision if vision is not None else vqgan.load_tokenizer(config.vision.tokenizer)
     gh, gw = vq_cfg.token_grid(config.data.resolution)
     lay = config.layout
     if lay.latent_steps and latent is None:
@@ -95,7 +105,7 @@ def build(config: ml_collections.ConfigDict, latent: LatentLabeler | None) -> Se
         latent_separator=lay.latent_separator, action_slots=lay.action_slots, bos_id=tok.bos_id,
         eos_id=tok.eos_id, pad_id=tok.pad_id, video_open=enc(lay.video_open), video_close=enc(lay.video_close),
         action_open=enc(lay.action_open), action_close=enc(lay.action_close),
-        bidirectional_actions=lay.bidirectional_actions)
+        bidirectional_actions=lay.bidirectional_actions, action_tokens=lay.get("action_tokens", 0))
     if lay.action_slots and lay.action_slots != config.data.horizon:
         raise ValueError(f"layout.action_slots {lay.action_slots} must equal data.horizon {config.data.horizon}")
     m = config.model
@@ -137,41 +147,69 @@ def make_data(setup: Setup, split: str, seed: int) -> Iterator:
     return make_iterator(mixture, cfg)
 
 
-def host_batch_fn(setup: Setup) -> Callable[[Any], dict]:
-    """VLABatch -> dict of arrays for the device: prompts tokenized (left-padded), text and ids dropped."""
+def host_batch_fn(setup: Setup, split: str | None = None) -> Callable[[Any], dict]:
+    """VLABatch -> dict of arrays for the device: prompts tokenized (left-padded), text and ids dropped; with
+    config.cache set, cached token ids of `split` (default data.train_split) replace the frames they encode."""
+    from latent_pretraining import token_cache
+
     template = setup.config.layout.template or None
+    join = token_cache.from_config(setup.config, setup.window, setup.spec, split or setup.config.data.train_split)
 
     def fn(batch: Any) -> dict:
         d = batch.to_dict() if hasattr(batch, "to_dict") else dict(batch)
+        d = join(d) if join is not None else d
         tasks = [x.decode() if isinstance(x, bytes) else str(x) for x in np.asarray(d["language"]).tolist()]
         prompts = [format_prompt(t, template) if template else format_prompt(t) for t in tasks]
         ids, mask = setup.tokenizer.encode_batch(prompts, setup.spec.prompt_len, bos=True, left_pad=True)
-        return {**{k: d[k] for k in BATCH_KEYS if k in d}, "prompt_ids": ids, "prompt_mask": mask}
+        out = {**{k: d[k] for k in BATCH_KEYS if k in d}, "prompt_ids": ids, "prompt_mask": mask}
+        return setup.batch_transform(out) if setup.batch_transform is not None else out
 
     return fn
 
 
 def make_init_fn(setup: Setup) -> Callable[[jax.Array], PyTree]:
-    shapes = jax.tree.map(lambda x: (np.shape(x), np.asarray(x).dtype), setup.frozen_weights)
+    shapes = jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), x.dtype), setup.frozen_weights)
 
     def init_fn(rng: jax.Array) -> PyTree:
         params = vla_init_params(setup.model_config, rng, boxed=True)["params"]
-        frozen = jax.tree.map(lambda s: jnp.zeros(*s), shapes, is_leaf=lambda x: isinstance(x, tuple))
+        frozen = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
         return {"params": params, "frozen": frozen}
 
     return init_fn
 
 
 def load_init_checkpoint(config: ml_collections.ConfigDict) -> PyTree | None:
-    """Params of config.init.checkpoint (our format, e.g. written by `convert_checkpoint.py from-lwm`), with LAPA /
-    ViPRA names mapped to ours. Tables and heads it lacks keep their fresh normal(0.02) init (see video_llama)."""
+    """Params of config.init.checkpoint: our converted format (`convert_checkpoint.py from-lwm` / `from-hf`) or a
+    training run directory (e.g. a VideoLLaMA pretraining run, latest checkpoint), with LAPA / ViPRA names mapped to
+    ours. Tables and heads it lacks keep their fresh normal(0.02) init (see video_llama)."""
     if not config.init.checkpoint:
         return None
     from latent_pretraining.convert.checkpoint import load_checkpoint, set_scan_layout_np
 
+    run_dir = os.path.join(config.init.checkpoint, "checkpoints")
+    if os.path.isdir(run_dir):
+        from latent_pretraining.training.checkpoint import load_params
+
+        return jax.tree.map(np.asarray, load_params(os.path.abspath(run_dir)))
     params, _ = load_checkpoint(config.init.checkpoint)
     params = set_scan_layout_np(params, bool(config.model.llama.scan_layers))
     return from_lineage(params) if config.init.lineage_names else params
+
+
+def _matching(loaded: PyTree | None, init_fn: Callable) -> PyTree | None:
+    """`loaded` without the entries the model does not have (e.g. pretraining-only tables when fine-tuning), logged."""
+    if loaded is None:
+        return None
+    from latent_pretraining.convert.checkpoint import flatten, unflatten
+    from latent_pretraining.training import sharding as sharding_lib
+
+    want = flatten(sharding_lib.unbox(jax.eval_shape(init_fn, jax.random.PRNGKey(0))["params"]))
+    have = flatten(loaded)
+    dropped = sorted("/".join(k) for k in have if k not in want)
+    if dropped:
+        logging.info("init checkpoint: %d entries the model does not use are dropped: %s", len(dropped),
+                     ", ".join(dropped[:8]))
+    return unflatten({k: v for k, v in have.items() if k in want})
 
 
 def evaluate(setup: Setup, params: PyTree, model_state: PyTree, *, split: str, batches: int, seed: int = 1234
@@ -179,7 +217,7 @@ def evaluate(setup: Setup, params: PyTree, model_state: PyTree, *, split: str, b
     """Held-out metrics averaged over `batches` batches (weighted by target counts), with chance levels."""
     c = setup.config
     fn = objective.make_eval_fn(setup.model, setup.spec, setup.frozen, dict(c.loss), setup.flow, c.cotrain_fraction)
-    it, prep = make_data(setup, split, seed), host_batch_fn(setup)
+    it, prep = make_data(setup, split, seed), host_batch_fn(setup, split)
     sums: dict[str, float] = {}
     counts = np.zeros(max(setup.spec.latent_codebook, 1), np.int64)
     for i in range(batches):
@@ -230,12 +268,13 @@ class CurveHook:
 
 
 def train(config: ml_collections.ConfigDict, workdir: str, *, resume: bool = False, overwrite: bool = False,
-          latent: LatentLabeler | None = None) -> dict[str, Any]:
-    """Trains, evaluates on the held-out split and writes summary.json; returns the summary."""
+          latent: LatentLabeler | None = None, setup: Setup | None = None) -> dict[str, Any]:
+    """Trains, evaluates on the held-out split and writes summary.json; returns the summary. `setup` (default
+    `build(config, latent)`) lets a caller add assets or a host batch transform (policy fine-tuning does)."""
     from latent_pretraining.training import loop
 
     workdir = os.path.abspath(workdir)
-    setup = build(config, latent)
+    setup = setup or build(config, latent)
     spec = setup.spec
     n_params = setup.model_config.llama.num_params()
     logging.info("%s/%s: sequence length %d, %d history frames x %d tokens, %.2fM backbone params", config.recipe,
@@ -244,12 +283,15 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, resume: bool = Fal
     curves = CurveHook()
     loss_fn = objective.make_loss_fn(setup.model, spec, setup.frozen, dict(config.loss), setup.flow,
                                      config.cotrain_fraction)
+    data = make_data(setup, config.data.train_split, config.train.seed)
+    # normalization stats travel with the checkpoint so a policy can de-normalize its actions
+    assets = {**setup.assets, "norm_stats.json": {"mode": "normal", "datasets": data.statistics}}
     res = loop.run(config=config.train, workdir=workdir, resume=resume, overwrite=overwrite,
-                   init_fn=make_init_fn(setup), loss_fn=loss_fn,
-                   data=make_data(setup, config.data.train_split, config.train.seed), assets=setup.assets,
+                   init_fn=make_init_fn(setup), loss_fn=loss_fn, data=data, assets=assets,
                    items_per_step=tokens, item_name="tokens",
                    flops_per_step=setup.model_config.llama.flops_per_token(spec.length) * tokens,
-                   hooks=[curves], batch_fn=host_batch_fn(setup), loaded_params=load_init_checkpoint(config),
+                   hooks=[curves], batch_fn=host_batch_fn(setup, config.data.train_split),
+                   loaded_params=_matching(load_init_checkpoint(config), make_init_fn(setup)),
                    loaded_model_state={"frozen": setup.frozen_weights}, full_config=config)
     summary: dict[str, Any] = {"recipe": config.recipe, "preset": config.preset, "steps": res.step,
                                "sequence_length": spec.length, "train": curves.write(workdir)}

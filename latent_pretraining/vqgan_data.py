@@ -22,9 +22,11 @@ def _open(root: str, name: str) -> Any:
     return rlds.open_dataset(root, name, version or "1.0.0")
 
 
-def iter_episodes(root: str, name: str, split: str, resolution: int,
-                  image_key: Sequence[str] = IMAGE_KEY) -> Iterator[tuple[str, np.ndarray]]:
-    """(episode_id, uint8[T, R, R, 3]) in file order for `<root>/<name>[:version]` (default version 1.0.0)."""
+def iter_episodes(root: str, name: str, split: str, resolution: int, image_key: Sequence[str] = IMAGE_KEY, *,
+                  with_tfds_id: bool = False) -> Iterator[tuple[Any, ...]]:
+    """(episode_id, uint8[T, R, R, 3]) in file order for `<root>/<name>[:version]` (default version 1.0.0);
+    with_tfds_id: (episode_id, tfds_id, frames), tfds_id being the record id the data pipeline hashes into its
+    episode_id (data/mixture.py: to_hash_bucket_fast(tfds_id, 2**62))."""
     from data import rlds
     from data.augment import decode_frames
 
@@ -39,7 +41,8 @@ def iter_episodes(root: str, name: str, split: str, resolution: int,
             node = node[k]
         meta = ep.get("episode_metadata", {})
         eid = meta["episode_id"].numpy().decode() if "episode_id" in meta else f"{split}/{i}"
-        yield eid, decode_frames(node, resolution).numpy()
+        frames = decode_frames(node, resolution).numpy()
+        yield (eid, ep["tfds_id"].numpy().decode(), frames) if with_tfds_id else (eid, frames)
 
 
 def load_frames(root: str, names: Sequence[str], split: str, resolution: int, *, stride: int = 1,
@@ -102,10 +105,12 @@ def cache_image_tokens(encode: Any, root: str, names: Sequence[str], split: str,
 
     `encode`: uint8[b, R, R, 3] → int[b, h, w] (e.g. `vqgan.make_encode_fn(cfg, mesh)` bound to params; b is
     padded to `batch_size` so it compiles once). File arrays: `ids` int32[N, h, w], `episode` int32[N] (index into
-    `episode_id`), `step` int32[N], `dataset` int32[N] (index into `dataset_name`), `episode_id` str[E],
-    `dataset_name` str[D]. Load with `np.load(path)` (no pickle needed).
+    `episode_id`), `step` int32[N], `dataset` int32[N] (index into `dataset_name`), `episode_id` str[E]
+    (episode_metadata's id, else "split/i"), `tfds_id` str[E] (the record id: the data pipeline's episode_id is
+    to_hash_bucket_fast(tfds_id, 2**62), which latent_pretraining/token_cache.py joins on), `dataset_name` str[D].
+    Load with `np.load(path)` (no pickle needed).
     """
-    ids, ep_idx, steps, ds_idx, ep_names = [], [], [], [], []
+    ids, ep_idx, steps, ds_idx, ep_names, tfds_ids = [], [], [], [], [], []
     buf: list[np.ndarray] = []
 
     def flush() -> None:
@@ -118,9 +123,10 @@ def cache_image_tokens(encode: Any, root: str, names: Sequence[str], split: str,
         buf.clear()
 
     for d, name in enumerate(names):
-        for eid, frames in iter_episodes(root, name, split, resolution):
+        for eid, tid, frames in iter_episodes(root, name, split, resolution, with_tfds_id=True):
             e = len(ep_names)
             ep_names.append(eid)
+            tfds_ids.append(tid)
             for start in range(0, len(frames), batch_size):
                 chunk = frames[start:start + batch_size]
                 pending = sum(len(b) for b in buf)
@@ -133,6 +139,7 @@ def cache_image_tokens(encode: Any, root: str, names: Sequence[str], split: str,
     flush()
     out = {"ids": np.concatenate(ids), "episode": np.concatenate(ep_idx), "step": np.concatenate(steps),
            "dataset": np.concatenate(ds_idx), "episode_id": np.asarray(ep_names, dtype=str),
+           "tfds_id": np.asarray(tfds_ids, dtype=str),
            "dataset_name": np.asarray(list(names), dtype=str)}
     os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
     tmp = output + ".tmp.npz"

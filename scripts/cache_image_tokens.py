@@ -3,7 +3,13 @@
     python scripts/cache_image_tokens.py --tokenizer runs/vqgan_demo/tokenizer.safetensors \
         --root runs/demo/data --datasets demo_robot,demo_human --split train --output runs/tokens/demo_train.npz
 
-Arrays: ids int32[N,h,w], episode int32[N] (→ episode_id), step int32[N], dataset int32[N] (→ dataset_name).
+Arrays: ids int32[N,h,w], episode int32[N] (→ episode_id, tfds_id), step int32[N], dataset int32[N]
+(→ dataset_name). tfds_id str[E] is the record id the data pipeline hashes into its episode_id; the VideoLLaMA trainer
+joins on it (latent_pretraining/token_cache.py). One file per split, named by a {split} pattern, e.g.
+    for s in train val; do python scripts/cache_image_tokens.py --tokenizer T --split $s --output tok/$s.npz; done
+    python -m latent_pretraining.train ... --config.cache.image='tok/{split}.npz'
+Use the trainer's VQGAN, --resolution = its data.resolution and --datasets = its data.datasets; frames are read from
+steps/observation/image (the pipeline reads each dataset's registry image key: the same key for the demo datasets).
 The encode function is the same jitted `vqgan.encode_fn` used inside train steps, with the batch sharded over all
 devices (see latent_pretraining/vqgan_data.py).
 """
