@@ -5,6 +5,8 @@
   3. latent action models, LAPA and ViPRA presets (configs/lam.py:*_demo)      OUT/lam/{lapa,vipra}
   4. VideoLLaMA latent pretraining (LAPA) and dynamics pretraining +
      flow-matching co-training (ViPRA) (configs/{lapa,vipra}.py:demo)          OUT/vla/{lapa,vipra}
+  5. policies fine-tuned on the same labelled demos (scratch, LAPA, ViPRA;
+     configs/policy.py) and evaluated closed loop (scripts/compare.py)          OUT/compare
 and prints the figures of every stage. A stage whose outputs exist (same command) is reused; --redo NAME reruns
 one. Full logs: OUT/logs/<stage>.log.
 
@@ -12,50 +14,16 @@ one. Full logs: OUT/logs/<stage>.log.
 """
 
 import argparse
-import json
 import os
-import re
-import subprocess
 import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+from _stages import load_json, run_stage
+
 from data.demo import report, writer
-
-NOISE = re.compile(r"^[IWD]\d{4} |^WARNING: All log|^I0000|oneDNN|Instructions for updating|CounterV2|ordered dataset")
-
-
-def run_stage(name: str, cmd: list[str], out: str, done: str, redo: set[str]) -> bool:
-    """Runs `cmd` unless `done` exists and was made by the same command (returns whether it ran); echoes the
-    non-noise lines of its output."""
-    stamp = os.path.join(out, "logs", f"{name}.cmd.json")
-    if name not in redo and os.path.exists(done) and os.path.exists(stamp):
-        with open(stamp) as f:
-            if json.load(f) == cmd:
-                print(f"  reusing {name} ({done})", flush=True)
-                return False
-    os.makedirs(os.path.join(out, "logs"), exist_ok=True)
-    print(f"  $ {' '.join(cmd[1:])}", flush=True)
-    t0 = time.time()
-    with open(os.path.join(out, "logs", f"{name}.log"), "w") as log:
-        p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
-        for line in p.stdout:
-            log.write(line)
-            if not NOISE.search(line) and line.strip():
-                print("    " + line.rstrip()[:160], flush=True)
-        if p.wait():
-            raise SystemExit(f"stage {name} failed (exit {p.returncode}); see {log.name}")
-    with open(stamp, "w") as f:
-        json.dump(cmd, f)
-    print(f"  {name} done in {time.time() - t0:.0f} s", flush=True)
-    return True
-
-
-def _load(path: str) -> dict:
-    with open(path) as f:
-        return json.load(f)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -64,6 +32,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--episodes", type=int, default=writer.GenerationConfig.episodes)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--vqgan-steps", type=int, default=800)
+    p.add_argument("--compare-demos", default="50", help="labelled demos for stage 5 (comma-separated)")
+    p.add_argument("--compare-episodes", type=int, default=30, help="closed-loop episodes per policy in stage 5")
     p.add_argument("--data-only", action="store_true", help="stop after generating the datasets")
     p.add_argument("--redo", action="append", default=[], help="rerun a stage: vqgan, lam_lapa, lam_vipra, "
                    "vla_lapa, vla_vipra")
@@ -73,21 +43,21 @@ def main(argv: list[str] | None = None) -> int:
     cfg = writer.GenerationConfig(episodes=a.episodes, seed=a.seed)
     reused = writer.existing_summaries(data_dir, cfg)
     if reused is None:
-        print(f"[1/4] generating demo datasets in {data_dir} ...", flush=True)
+        print(f"[1/5] generating demo datasets in {data_dir} ...", flush=True)
         summaries = writer.write_datasets(data_dir, cfg, overwrite=True)
     else:
-        print(f"[1/4] reusing demo datasets in {data_dir} (same generation config)", flush=True)
+        print(f"[1/5] reusing demo datasets in {data_dir} (same generation config)", flush=True)
         summaries = reused
     print(report.format_summaries(summaries))
     if a.data_only:
         return 0
     vq = os.path.join(out, "vqgan")
-    print("[2/4] VQGAN image tokenizer", flush=True)
+    print("[2/5] VQGAN image tokenizer", flush=True)
     if run_stage("vqgan", [py, "-m", "latent_pretraining.vqgan_train", "--config=configs/vqgan.py:demo",
                         f"--workdir={vq}", "--overwrite", f"--config.data.root={data_dir}",
                         f"--config.train.total_steps={a.vqgan_steps}"], out, os.path.join(vq, "eval.json"), redo):
         redo |= {"vla_lapa", "vla_vipra"}  # downstream stages depend on the tokenizer
-    print("[3/4] latent action models", flush=True)
+    print("[3/5] latent action models", flush=True)
     for fam in ("lapa", "vipra"):
         wd = os.path.join(out, "lam", fam)
         ran = run_stage(f"lam_{fam}", [py, "-m", "lam.train", f"--config=configs/lam.py:{fam}_demo", f"--workdir={wd}",
@@ -98,32 +68,39 @@ def main(argv: list[str] | None = None) -> int:
                   os.path.join(wd, "eval", "metrics.json"), redo | ({f"lam_{fam}_eval"} if ran else set()))
         if ran:
             redo.add(f"vla_{fam}")
-    print("[4/4] VideoLLaMA pretraining / co-training", flush=True)
+    print("[4/5] VideoLLaMA pretraining / co-training", flush=True)
+    upstream = False
     for recipe in ("lapa", "vipra"):
         wd = os.path.join(out, "vla", recipe)
-        run_stage(f"vla_{recipe}", [py, "-m", "latent_pretraining.train", f"--config=configs/{recipe}.py:demo",
-                                    f"--workdir={wd}", "--overwrite", f"--config.data.root={data_dir}",
-                                    f"--config.vision.tokenizer={os.path.join(vq, 'tokenizer.safetensors')}",
-                                    f"--config.latent.lam_workdir={os.path.join(out, 'lam', recipe)}",
-                                    f"--config.text.tokenizer={os.path.join(out, 'text_tokenizer.model')}"],
-                  out, os.path.join(wd, "summary.json"), redo)
+        cmd = [py, "-m", "latent_pretraining.train", f"--config=configs/{recipe}.py:demo", f"--workdir={wd}",
+               "--overwrite", f"--config.data.root={data_dir}",
+               f"--config.vision.tokenizer={os.path.join(vq, 'tokenizer.safetensors')}",
+               f"--config.latent.lam_workdir={os.path.join(out, 'lam', recipe)}",
+               f"--config.text.tokenizer={os.path.join(out, 'text_tokenizer.model')}"]
+        upstream |= run_stage(f"vla_{recipe}", cmd, out, os.path.join(wd, "summary.json"), redo)
     print_figures(out)
+    print("[5/5] policies: scratch vs LAPA vs ViPRA on the same labelled demos", flush=True)
+    import compare
+
+    compare.main(["--out", os.path.join(out, "compare"), "--vla", os.path.join(out, "vla"), "--data-root", data_dir,
+                  "--demos", a.compare_demos, "--episodes", str(a.compare_episodes)]
+                 + (["--redo-all"] if upstream else []))
     print(f"demo finished in {time.time() - start:.0f} s")
     return 0
 
 
 def print_figures(out: str) -> None:
-    vq = _load(os.path.join(out, "vqgan", "eval.json"))
+    vq = load_json(os.path.join(out, "vqgan", "eval.json"))
     print(f"\nVQGAN: PSNR {vq['psnr']:.2f} dB (same-bit-budget baseline {vq['baseline_psnr']:.2f} dB), "
           f"{100 * vq['codebook_used_frac']:.0f}% of codes used")
     for fam in ("lapa", "vipra"):
-        m = _load(os.path.join(out, "lam", fam, "eval", "metrics.json"))
+        m = load_json(os.path.join(out, "lam", fam, "eval", "metrics.json"))
         print(f"LAM {fam}: perplexity {m['codebook/perplexity']:.2f} of {m['codebook/size']}, motion-direction probe "
               f"{m['probe/direction_acc']:.3f} (majority {m['probe/direction_majority']:.3f}), position probe "
               f"{m['probe/position_acc']:.3f} (majority {m['probe/position_majority']:.3f}), PSNR "
               f"{m['recon/psnr']:.2f} dB vs copy-last {m['recon/psnr_copy_last']:.2f} dB")
     for recipe in ("lapa", "vipra"):
-        s = _load(os.path.join(out, "vla", recipe, "summary.json"))
+        s = load_json(os.path.join(out, "vla", recipe, "summary.json"))
         e, t = s["eval"], s["train"]
         line = (f"VideoLLaMA {recipe}: held-out latent-action accuracy {e['acc_latent']:.3f} (chance "
                 f"{e['latent_chance']:.3f}, majority code {e['latent_majority']:.3f})")

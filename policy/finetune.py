@@ -1,0 +1,131 @@
+"""Policy fine-tuning on labelled demonstrations: the LAPA recipe (discrete action bins) and the ViPRA recipe (flow
+matching over an H-step chunk), from a pretrained VideoLLaMA run or from scratch, then a closed-loop evaluation.
+
+    python -m policy.finetune --config=configs/policy.py:vipra_demo --workdir=runs/policy/vipra \
+        --config.policy.pretrained=runs/demo/vla/vipra --config.policy.num_demos=50
+
+It is the VideoLLaMA trainer (latent_pretraining/train.py) with a fine-tuning layout (configs/policy.py): the
+pretrained run's text tokenizer and VQGAN are reused, its weights initialise every matching parameter (new heads
+start fresh; pretraining-only tables are dropped, both logged), `policy.num_demos` limits the training split to the
+first N episodes (TFDS split slicing), and for the LAPA recipe per-dimension quantile bins are fitted on the
+training actions and stored as the checkpoint asset `action_bins.json`. After training, `closed_loop.json` holds the
+demo-world success rate (policy/evaluate.py) when `policy.eval_episodes` > 0.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from typing import Any
+
+import ml_collections
+import numpy as np
+
+from latent_pretraining import train as vla_train
+from latent_pretraining.training.checkpoint import read_assets
+from policy.action_tokenizer import ActionTokenizer
+
+MODEL_FIELDS = ("hidden_size", "intermediate_size", "num_layers", "num_heads", "vocab_size")
+
+
+def use_pretrained(config: ml_collections.ConfigDict) -> None:
+    """Points the config at the pretrained run: its text tokenizer, VQGAN and weights."""
+    src = config.policy.pretrained
+    assets = read_assets(os.path.join(os.path.abspath(src), "checkpoints"))
+    for name in ("tokenizer.model", "frozen.json", "video_llama.json"):
+        if name not in assets:
+            raise FileNotFoundError(f"{src}: checkpoint assets lack {name!r}: is it a latent_pretraining.train run?")
+    import tempfile
+
+    fd, tok_path = tempfile.mkstemp(suffix="_tokenizer.model")  # the run stores it again as its own asset
+    with os.fdopen(fd, "wb") as f:
+        f.write(assets["tokenizer.model"])
+    config.text.tokenizer = tok_path
+    config.vision.tokenizer = json.loads(assets["frozen.json"])["vqgan"]["path"]
+    config.init.checkpoint = src
+    pre = json.loads(assets["video_llama.json"])["llama"]
+    ours = vla_train._llama_config(config, pre["vocab_size"]).to_dict()
+    bad = {k: (ours[k], pre[k]) for k in MODEL_FIELDS if ours[k] != pre[k]}
+    if bad:
+        raise ValueError(f"config.model does not match the pretrained run {src} (field: (config, pretrained)): {bad}")
+
+
+def fit_action_bins(setup: vla_train.Setup, num_bins: int, batches: int) -> ActionTokenizer:
+    """Quantile bins from `batches` training batches of normalized actions (padding excluded)."""
+    it = vla_train.make_data(setup, setup.config.data.train_split, seed=setup.config.train.seed + 17)
+    rows = []
+    for _ in range(batches):
+        b = next(it)
+        rows.append(np.asarray(b.actions)[np.asarray(b.action_pad_mask)])
+    actions = np.concatenate(rows)
+    logging.info("action bins: %d per dimension from %d actions", num_bins, len(actions))
+    return ActionTokenizer.fit(actions, num_bins)
+
+
+def bins_transform(tok: ActionTokenizer):
+    """Host batch step: actions f32[B, H, A] -> action_bins int32[B, H·A]."""
+
+    def fn(batch: dict) -> dict:
+        a = np.asarray(batch["actions"])
+        return {**batch, "action_bins": tok.encode(a).reshape(a.shape[0], -1)}
+
+    return fn
+
+
+def finetune(config: ml_collections.ConfigDict, workdir: str, *, resume: bool = False, overwrite: bool = False
+             ) -> dict[str, Any]:
+    """Fine-tunes, evaluates held-out losses and (optionally) closed-loop success; returns the summary."""
+    workdir = os.path.abspath(workdir)
+    p = config.policy
+    if p.pretrained:
+        use_pretrained(config)
+    if p.num_demos:
+        config.data.train_split = f"{config.data.train_split.split('[')[0]}[:{int(p.num_demos)}]"
+    setup = vla_train.build(config, latent=None)
+    if setup.spec.action_tokens:
+        if setup.spec.action_tokens != config.data.horizon * 7:
+            raise ValueError(f"layout.action_tokens {setup.spec.action_tokens} must be data.horizon x 7 actions")
+        tok = fit_action_bins(setup, p.num_bins, p.bin_fit_batches)
+        if tok.num_bins > setup.model_config.action_vocab_size:
+            raise ValueError(f"policy.num_bins {tok.num_bins} > model.action_vocab_size "
+                             f"{setup.model_config.action_vocab_size}")
+        setup.assets["action_bins.json"] = tok.to_json()
+        setup.batch_transform = bins_transform(tok)
+    setup.assets["policy.json"] = {"recipe": config.recipe, "pretrained": p.pretrained, "num_demos": p.num_demos,
+                                   "execute_steps": p.execute_steps}
+    summary = vla_train.train(config, workdir, resume=resume, overwrite=overwrite, setup=setup)
+    if p.eval_episodes > 0:
+        from policy.evaluate import evaluate
+        from policy.policy import Policy
+
+        policy = Policy.from_checkpoint(workdir)
+        res = evaluate(policy, episodes=p.eval_episodes, seed=p.eval_seed,
+                       execute_steps=p.execute_steps or None, progress=False)
+        summary["closed_loop"] = res
+        with open(os.path.join(workdir, "closed_loop.json"), "w") as f:
+            json.dump(res, f, indent=2)
+        with open(os.path.join(workdir, "summary.json"), "w") as f:
+            json.dump(summary, f, indent=2)
+    return summary
+
+
+def main(argv: list[str]) -> None:
+    from absl import flags
+
+    del argv
+    f = flags.FLAGS
+    logging.getLogger().setLevel(logging.INFO)
+    summary = finetune(f.config, f.workdir, resume=f.resume, overwrite=f.overwrite)
+    print(json.dumps({k: v for k, v in summary.items() if k != "train"}, indent=2, default=str))
+
+
+if __name__ == "__main__":
+    from absl import app
+    from ml_collections import config_flags
+
+    from latent_pretraining.training import loop as _loop
+
+    config_flags.DEFINE_config_file("config", None, "e.g. configs/policy.py:vipra_demo", lock_config=True)
+    _loop.define_flags()
+    app.run(main)
