@@ -14,6 +14,8 @@ SUBCOMMANDS: dict[str, str] = {
     "data": "configs.mixtures:benchmark_main",
     "lam": "configs.lam:benchmark_main",
     "vla": "latent_pretraining.vla_benchmark:main",
+    "compile": "configs.compile_check:main",
+    "sampler": "policy.sampler_benchmark:main",
 }
 
 

@@ -1,0 +1,410 @@
+"""A trained VideoLLaMA checkpoint as a policy: raw history frames + instruction -> de-normalized action chunk.
+
+    policy = Policy.from_checkpoint("runs/vla_demo/vipra")          # workdir (or its checkpoints/ folder)
+    policy.warmup()                                                # compiles once (batch 1)
+    meta = policy.metadata()                                       # resolution, history_offsets, H, A, ...
+    chunk = policy.act(frames_u8, "push the red block to the left", seed=0)    # f32[H, A]
+
+Everything the transforms need comes from the checkpoint: params (`params` item), the frozen VQGAN weights
+(`train_state` item, `model_state["frozen"]["vqgan"]`, restored alone), and the assets written by
+`latent_pretraining.train`: config.json, video_llama.json, layout.json, tokenizer.model, frozen.json,
+norm_stats.json and, for the LAPA fine-tuning recipe, action_bins.json.
+
+What `act` does, exactly as training (latent_pretraining/train.py host_batch_fn + objective.forward):
+1. frames uint8[W, R, R, 3] (the history frames at metadata()["history_offsets"], oldest first) are squashed to the
+   training resolution (bilinear, antialiased, rounded, like data/augment.decode_frames) when their size differs;
+2. the instruction is formatted with the run's template (text_tokenizer.format_prompt) and tokenized left-padded to
+   `spec.prompt_len` with BOS;
+3. the VQGAN encodes the frames (jitted with the rest) and `sequence.assemble(..., action_row=True)` builds the
+   action-suffix layout;
+4. continuous slots (`spec.action_slots`): `sampler.flow_sample_cached` from noise N(0, I) drawn from `seed`
+   (deterministic, unlike LAPA); discrete tokens (`spec.action_tokens`, LAPA fine-tuning): `sampler.greedy_decode`
+   of H·A action-bin ids, then the bin centres of action_bins.json;
+5. de-normalization with `data.normalization.unnormalize(y, stats, "action", mode)` using the stats of
+   metadata()["dataset"] (default: the first dataset of config.data.datasets whose stats have
+   num_action_transitions > 0). A checkpoint without norm_stats.json returns the model's (normalized) output and
+   says so in metadata()["normalization"].
+
+Thread safety: the object holds no per-call mutable state; compiled functions are created under a lock and are
+themselves safe to call concurrently. `reset()` exists for the server's `/reset` and clears nothing (the policy is
+stateless: the caller sends the whole history every call).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import orbax.checkpoint as ocp
+
+from latent_pretraining import flow
+from latent_pretraining.model import vqgan
+from latent_pretraining.model.text_tokenizer import PROMPT_TEMPLATE, TextTokenizer, format_prompt
+from latent_pretraining.model.video_llama import ACTION_BIN, LATENT, VISION, VideoLlama, VideoLlamaConfig
+from latent_pretraining.sequence import LayoutSpec, assemble
+from latent_pretraining.training.checkpoint import ITEMS, read_assets
+from policy import sampler
+
+__all__ = ["Policy", "bin_centers", "checkpoint_dir", "decode_bins", "layout_from_dict"]
+
+PyTree = Any
+
+
+# ------------------------------------------------------------------------------------------------------ helpers
+def checkpoint_dir(workdir: str) -> str:
+    """`<workdir>/checkpoints` when it exists (a training workdir), else `workdir` itself."""
+    sub = os.path.join(workdir, "checkpoints")
+    return os.path.abspath(sub if os.path.isdir(sub) else workdir)
+
+
+def _latest_step(directory: str) -> int:
+    with ocp.CheckpointManager(directory, item_names=ITEMS, options=ocp.CheckpointManagerOptions(read_only=True)) as m:
+        step = m.latest_step()
+    if step is None:
+        raise FileNotFoundError(f"no complete checkpoint in {directory}")
+    return int(step)
+
+
+def _restore_single_device(item_dir: str, select: Any = None) -> PyTree:
+    """Restores an Orbax PyTree item onto the first local device (whatever the mesh it was saved from).
+
+    `select(tree_metadata) -> subtree` picks a part (restored alone: `partial_restore`); None = everything."""
+    ck = ocp.PyTreeCheckpointer()
+    md = ck.metadata(item_dir)
+    md = getattr(md, "item_metadata", md)
+    tree = md.tree if hasattr(md, "tree") else md
+    sharding = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    item = tree if select is None else select(tree)
+    target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=sharding), item)
+    restore_args = jax.tree.map(lambda _: ocp.ArrayRestoreArgs(sharding=sharding), target)
+    return ck.restore(item_dir, args=ocp.args.PyTreeRestore(item=target, restore_args=restore_args,
+                                                            partial_restore=select is not None))
+
+
+def layout_from_dict(d: Mapping[str, Any]) -> LayoutSpec:
+    """LayoutSpec from layout.json (lists back to tuples; fields this version of LayoutSpec lacks are rejected)."""
+    import dataclasses
+
+    names = {f.name for f in dataclasses.fields(LayoutSpec)}
+    unknown = set(d) - names
+    if unknown:
+        raise ValueError(f"layout.json has fields this LayoutSpec does not know: {sorted(unknown)}")
+    return LayoutSpec(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
+
+
+def bin_centers(bins: Mapping[str, Any] | Sequence[Any]) -> list[np.ndarray]:
+    """Per-dimension bin centres from action_bins.json: {"edges": [[...] per dim], ...} (policy/action_tokenizer.py
+    "action-bins-v1", LAPA: centre of bin k = (e[k] + e[k+1]) / 2), {"centers": [[...] per dim]}, or a bare list
+    of edge lists. Edges are over NORMALIZED actions unless the file says {"normalized": false}."""
+    if isinstance(bins, Mapping) and "centers" in bins:
+        return [np.asarray(c, np.float32) for c in bins["centers"]]
+    edges = bins["edges"] if isinstance(bins, Mapping) else bins
+    out = []
+    for e in edges:
+        e = np.asarray([x for x in e if x is not None and x != ""], np.float64)
+        if e.size < 2:
+            raise ValueError(f"action_bins.json: a dimension has {e.size} edges (need >= 2)")
+        out.append(((e[:-1] + e[1:]) / 2).astype(np.float32))
+    return out
+
+
+def decode_bins(ids: np.ndarray, centers: Sequence[np.ndarray]) -> np.ndarray:
+    """int[..., H·A] bin ids (H-major, A = len(centers)) -> f32[..., H, A] bin centres (ids clipped into range,
+    unlike LAPA's `return 1` on an out-of-range id)."""
+    a = len(centers)
+    ids = np.asarray(ids)
+    if ids.shape[-1] % a:
+        raise ValueError(f"{ids.shape[-1]} action tokens are not a multiple of {a} action dimensions")
+    ids = ids.reshape(*ids.shape[:-1], ids.shape[-1] // a, a)
+    out = np.empty(ids.shape, np.float32)
+    for d, c in enumerate(centers):
+        out[..., d] = c[np.clip(ids[..., d], 0, len(c) - 1)]
+    return out
+
+
+def _json(assets: Mapping[str, bytes], name: str) -> Any:
+    return json.loads(assets[name].decode()) if name in assets else None
+
+
+# ------------------------------------------------------------------------------------------------------- policy
+class Policy:
+    """See the module docstring. Build with `Policy.from_checkpoint`; the constructor takes loaded pieces."""
+
+    def __init__(self, *, config: ml_collections.ConfigDict, model_config: VideoLlamaConfig, spec: LayoutSpec,
+                 params: PyTree, vqgan_config: vqgan.VQGANConfig, vqgan_params: PyTree, tokenizer: TextTokenizer,
+                 norm_stats: Mapping[str, Any] | None = None, action_bins: Any = None, step: int | None = None,
+                 dataset: str | None = None, steps: int | None = None, integrator: str | None = None,
+                 source: str = "") -> None:
+        self.config = config
+        self.model_config = model_config
+        self.model = VideoLlama(model_config)
+        self.spec = spec
+        self.params = params
+        self.vqgan_config = vqgan_config
+        self.vqgan_params = vqgan_params
+        self.tokenizer = tokenizer
+        self.step = step
+        self.source = source
+        self.flow_cfg = flow.FlowConfig(**config.flow.to_dict()) if "flow" in config else flow.FlowConfig()
+        self.steps = int(steps or self.flow_cfg.steps)
+        self.integrator = integrator or self.flow_cfg.integrator
+        self.template = (config.layout.get("template", "") or None) if "layout" in config else None
+        self.resolution = int(config.data.resolution)
+        self.history_offsets = tuple(int(x) for x in config.data.history_offsets)
+        if len(self.history_offsets) != spec.num_frames:
+            raise ValueError(f"config.data.history_offsets {self.history_offsets} vs {spec.num_frames} frames")
+        self.action_tokens = int(getattr(spec, "action_tokens", 0) or 0)
+        if self.action_tokens:
+            if action_bins is None:
+                raise ValueError("this layout decodes discrete action tokens but the checkpoint has no "
+                                 "action_bins.json asset")
+            self.centers = bin_centers(action_bins)
+            self.action_dim = len(self.centers)
+            if self.action_tokens % self.action_dim:
+                raise ValueError(f"layout.action_tokens {self.action_tokens} is not a multiple of the "
+                                 f"{self.action_dim} dimensions of action_bins.json")
+            self.horizon = self.action_tokens // self.action_dim
+            normalized = action_bins.get("normalized", True) if isinstance(action_bins, Mapping) else True
+            self.bins_normalized = bool(normalized)
+        elif spec.action_slots:
+            self.centers = None
+            self.action_dim = model_config.action_dim
+            self.horizon = spec.action_slots
+            self.bins_normalized = True
+        else:  # a pretraining-only layout (e.g. LAPA latent pretraining): latent_actions() works, act() does not
+            self.centers = None
+            self.action_dim = model_config.action_dim
+            self.horizon = 0
+            self.bins_normalized = True
+        self.norm_mode = "none"
+        self.stats = None
+        self.dataset = dataset
+        if norm_stats:
+            self.norm_mode = norm_stats.get("mode", "normal")
+            per = norm_stats.get("datasets", {})
+            if dataset is None:
+                names = [n for n in config.data.datasets if n in per] + [n for n in per if n not in
+                                                                           config.data.datasets]
+                with_actions = [n for n in names if per[n].get("num_action_transitions", 0) > 0]
+                self.dataset = with_actions[0] if with_actions else None
+            if self.dataset is not None:
+                if self.dataset not in per:
+                    raise KeyError(f"no normalization stats for dataset {self.dataset!r}; have {sorted(per)}")
+                self.stats = per[self.dataset]
+        self._lock = threading.Lock()
+        self._fns: dict[Any, Any] = {}
+
+    # ---------------------------------------------------------------------------------------------- loading
+    @classmethod
+    def from_checkpoint(cls, workdir: str, step: int | None = None, *, dataset: str | None = None,
+                        steps: int | None = None, integrator: str | None = None) -> Policy:
+        """Loads a training workdir (or its checkpoints/ folder) at `step` (default: the latest complete one).
+
+        dataset: whose normalization stats de-normalize (default: see the module docstring); steps / integrator:
+        override the run's config.flow for sampling."""
+        directory = checkpoint_dir(workdir)
+        step = _latest_step(directory) if step is None else int(step)
+        assets = read_assets(directory, step)
+        missing = [n for n in ("config.json", "video_llama.json", "layout.json", "tokenizer.model", "frozen.json")
+                   if n not in assets]
+        if missing:
+            raise FileNotFoundError(f"checkpoint {directory}/{step} lacks the assets {missing}")
+        config = ml_collections.ConfigDict(_json(assets, "config.json"))
+        mcfg = VideoLlamaConfig.from_dict(_json(assets, "video_llama.json"))
+        spec = layout_from_dict(_json(assets, "layout.json"))
+        frozen = _json(assets, "frozen.json")
+        vq_cfg = vqgan.VQGANConfig.from_dict({k: v for k, v in frozen["vqgan"].items() if k != "path"})
+        root = os.path.join(directory, str(step))
+        params = _restore_single_device(os.path.join(root, "params"))
+        pick = lambda t: {"model_state": {"frozen": {"vqgan": t["model_state"]["frozen"]["vqgan"]}}}
+        vq = _restore_single_device(os.path.join(root, "train_state"), pick)
+        vq_params = vq["model_state"]["frozen"]["vqgan"]
+        return cls(config=config, model_config=mcfg, spec=spec, params=params, vqgan_config=vq_cfg,
+                   vqgan_params=vq_params, tokenizer=TextTokenizer.from_bytes(assets["tokenizer.model"]),
+                   norm_stats=_json(assets, "norm_stats.json"), action_bins=_json(assets, "action_bins.json"),
+                   step=step, dataset=dataset, steps=steps, integrator=integrator, source=directory)
+
+    # ------------------------------------------------------------------------------------------------- info
+    def metadata(self) -> dict[str, Any]:
+        """JSON-able description of the observation / action contract (served at /metadata)."""
+        return {
+            "recipe": str(self.config.get("recipe", "")),
+            "preset": str(self.config.get("preset", "")),
+            "checkpoint": self.source,
+            "step": self.step,
+            "image_resolution": self.resolution,
+            "num_frames": self.spec.num_frames,
+            "history_offsets": list(self.history_offsets),
+            "action_dim": self.action_dim,
+            "chunk_length": self.horizon,
+            "action_kind": "bins" if self.action_tokens else ("flow" if self.horizon else "none"),
+            "latent_actions": ([self.spec.latent_steps, self.spec.codes_per_step] if self.spec.latent_steps else None),
+            "instruction_template": self.template or PROMPT_TEMPLATE,
+            "prompt_len": self.spec.prompt_len,
+            "sampler": ({"kind": "greedy", "tokens": self.action_tokens} if self.action_tokens else
+                        {"kind": "flow", "steps": self.steps, "integrator": self.integrator,
+                         "bidirectional": self.spec.bidirectional_actions} if self.horizon else {"kind": "none"}),
+            "dataset": self.dataset,
+            "normalization": (self.norm_mode if self.stats is not None
+                              else "none (no norm_stats.json: raw model output)"),
+        }
+
+    def reset(self) -> None:
+        """Nothing to clear: the policy keeps no episode state (the caller sends the frame history each call)."""
+
+    # ---------------------------------------------------------------------------------------------- compute
+    def _normalized_fn(self, batch: int) -> Any:
+        """jitted (params, vq_params, frames u8[B, W, R, R, 3], prompt ids/mask, key) -> f32[B, H, A] (normalized;
+        for bins: int32[B, H·A] ids)."""
+        with self._lock:
+            if batch in self._fns:
+                return self._fns[batch]
+            spec, model, vq_cfg = self.spec, self.model, self.vqgan_config
+            n_tok, fcfg, steps, integrator = self.action_tokens, self.flow_cfg, self.steps, self.integrator
+            h, a = self.horizon, self.action_dim
+            n_bins = max(len(c) for c in self.centers) if self.centers else None  # only ids that have a bin
+
+            def run(params, vq_params, frames, prompt_ids, prompt_mask, key):
+                b = frames.shape[0]
+                ids = vqgan.encode_fn(vq_params, frames, config=vq_cfg).reshape(b, spec.num_frames, -1)
+                kw = {"action_token_ids": jnp.zeros((b, n_tok), jnp.int32)} if n_tok else {}
+                if spec.future_frame:
+                    kw["future_ids"] = jnp.zeros((b, spec.tokens_per_frame), jnp.int32)
+                if spec.latent_steps:
+                    kw["latent_ids"] = jnp.zeros((b, spec.latent_steps, spec.codes_per_step), jnp.int32)
+                seq = assemble(spec, prompt_ids, prompt_mask, ids, action_row=jnp.ones((b,), bool), **kw)
+                if n_tok:
+                    start = spec.prefix_len + len(spec.action_open)
+                    return sampler.greedy_decode(model, params, seq, spec, start, n_tok, ACTION_BIN, "action_bins",
+                                                 vocab=n_bins)
+                # row i draws from fold_in(key, i): a row's chunk does not depend on the batch size
+                noise = jax.vmap(lambda i: jax.random.normal(jax.random.fold_in(key, i), (h, a), jnp.float32))(
+                    jnp.arange(b))
+                return sampler.flow_sample_cached(model, params, seq, spec, noise, fcfg, steps, integrator)
+
+            fn = jax.jit(run)
+            self._fns[batch] = fn
+            return fn
+
+    def _latent_fn(self, batch: int) -> Any:
+        """jitted (params, vq_params, frames, prompt ids/mask) -> int32[B, S, C] greedy latent-action codes (video
+        suffix; with a future-frame layout (ViPRA) the future frame's g² ids are greedily decoded first)."""
+        key = ("latent", batch)
+        with self._lock:
+            if key in self._fns:
+                return self._fns[key]
+            spec, model, vq_cfg = self.spec, self.model, self.vqgan_config
+            g, s, c = spec.tokens_per_frame, spec.latent_steps, spec.codes_per_step
+
+            def run(params, vq_params, frames, prompt_ids, prompt_mask):
+                b = frames.shape[0]
+                ids = vqgan.encode_fn(vq_params, frames, config=vq_cfg).reshape(b, spec.num_frames, -1)
+                kw = {"latent_ids": jnp.zeros((b, s, c), jnp.int32)}
+                if spec.future_frame:
+                    kw["future_ids"] = jnp.zeros((b, g), jnp.int32)
+                if getattr(spec, "action_tokens", 0):
+                    kw["action_token_ids"] = jnp.zeros((b, spec.action_tokens), jnp.int32)
+                seq = assemble(spec, prompt_ids, prompt_mask, ids, action_row=jnp.zeros((b,), bool), **kw)
+                if spec.future_frame:
+                    fut = sampler.greedy_decode(model, params, seq, spec, spec.prefix_len, g, VISION, "vision",
+                                                vocab=spec.vision_codebook)
+                    seq = seq.replace(ids=seq.ids.at[:, spec.prefix_len:spec.prefix_len + g].set(fut))
+                force = None
+                if spec.latent_separator:  # codes < codebook, the separator where training puts it
+                    force = tuple(([-1] * c + [spec.separator]) * s)
+                lat = sampler.greedy_decode(model, params, seq, spec, spec.latent_start, s * spec.step_len, LATENT,
+                                            "latent", vocab=spec.latent_codebook, force=force)
+                return lat.reshape(b, s, spec.step_len)[..., :c]
+
+            fn = jax.jit(run)
+            self._fns[key] = fn
+            return fn
+
+    def latent_actions(self, images: Any, instruction: str | Sequence[str]) -> np.ndarray:
+        """Greedy latent-action codes int32[S, C] (or [B, S, C]) for layouts with a video suffix (LAPA / ViPRA
+        latent pretraining; LAPA's DeltaSampler, without its EOS-id-2 quirk)."""
+        if not self.spec.latent_steps:
+            raise ValueError("this layout has no latent actions")
+        frames, single = self._frames(images)
+        ids, mask = self.prompt(self._texts(instruction, frames.shape[0]))
+        out = np.asarray(self._latent_fn(frames.shape[0])(self.params, self.vqgan_params, frames, ids, mask))
+        return out[0] if single else out
+
+    @staticmethod
+    def _texts(instruction: str | Sequence[str], b: int) -> list[str]:
+        texts = [instruction] * b if isinstance(instruction, str) else list(instruction)
+        if len(texts) != b or not all(isinstance(t, str) for t in texts):
+            raise ValueError(f"instruction must be a str or a list of {b} str")
+        return texts
+
+    def _frames(self, images: Any) -> tuple[np.ndarray, bool]:
+        x = np.asarray(images)
+        single = x.ndim == 4
+        if single:
+            x = x[None]
+        w = self.spec.num_frames
+        if x.ndim != 5 or x.shape[1] != w or x.shape[-1] != 3:
+            raise ValueError(f"images must be uint8[{w}, R, R, 3] or [B, {w}, R, R, 3] (the frames at history "
+                             f"offsets {list(self.history_offsets)}, oldest first), got shape {x.shape}")
+        if x.dtype != np.uint8:
+            raise ValueError(f"images must be uint8, got {x.dtype}")
+        if x.shape[0] < 1 or x.shape[2] < 1 or x.shape[3] < 1:
+            raise ValueError(f"empty images {x.shape}")
+        r = self.resolution
+        if x.shape[2:4] != (r, r):
+            b = x.shape[0]
+            y = jax.image.resize(jnp.asarray(x, jnp.float32), (b, w, r, r, 3), "linear", antialias=True)
+            x = np.asarray(jnp.clip(jnp.round(y), 0, 255)).astype(np.uint8)
+        return x, single
+
+    def prompt(self, instructions: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """(ids int32[B, P], mask bool[B, P]) exactly as training tokenizes prompts (left-padded, BOS first)."""
+        texts = [format_prompt(t, self.template) if self.template else format_prompt(t) for t in instructions]
+        return self.tokenizer.encode_batch(texts, self.spec.prompt_len, bos=True, left_pad=True)
+
+    def act_normalized(self, images: Any, instruction: str | Sequence[str], *, seed: int = 0) -> np.ndarray:
+        """The model's action chunk before de-normalization, f32[H, A] or [B, H, A] (bins: their centres)."""
+        if not self.horizon:
+            raise ValueError("this checkpoint's layout has no action suffix (neither action_slots nor action_tokens):"
+                             " it is a pretraining-only layout; use latent_actions()")
+        frames, single = self._frames(images)
+        b = frames.shape[0]
+        ids, mask = self.prompt(self._texts(instruction, b))
+        key = jax.random.PRNGKey(int(seed))
+        out = np.asarray(self._normalized_fn(b)(self.params, self.vqgan_params, frames, ids, mask, key))
+        if self.action_tokens:
+            out = decode_bins(out, self.centers)
+        out = out.astype(np.float32)
+        return out[0] if single else out
+
+    def denormalize(self, y: np.ndarray) -> np.ndarray:
+        """Inverse of the data pipeline's action normalization for metadata()["dataset"] (identity without stats,
+        or for action bins fitted on raw actions: action_bins.json {"normalized": false})."""
+        if self.stats is None or not self.bins_normalized:
+            return np.asarray(y, np.float32)
+        from data.normalization import unnormalize
+
+        a = np.asarray(y, np.float32)
+        width = len(self.stats["action"]["mean"])
+        if a.shape[-1] != width:
+            raise ValueError(f"actions have {a.shape[-1]} dims but the stats of {self.dataset!r} have {width}")
+        return np.asarray(unnormalize(a, self.stats, "action", self.norm_mode), np.float32)
+
+    def act(self, images: Any, instruction: str | Sequence[str], *, seed: int = 0) -> np.ndarray:
+        """De-normalized action chunk f32[H, A] (images uint8[W, R, R, 3]) or f32[B, H, A] ([B, W, R, R, 3]).
+
+        Deterministic: the flow noise comes from `seed` (the same seed gives the same chunk)."""
+        return self.denormalize(self.act_normalized(images, instruction, seed=seed))
+
+    def warmup(self, batch_sizes: Sequence[int] = (1,)) -> None:
+        """Compiles (and runs once) the act function for each batch size."""
+        r, w = self.resolution, self.spec.num_frames
+        for b in batch_sizes:
+            self.act(np.zeros((b, w, r, r, 3), np.uint8), ["warm up"] * b)

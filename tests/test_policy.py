@@ -1,0 +1,131 @@
+"""policy.Policy: loads tiny checkpoints (ViPRA flow layout, LAPA action-bin layout) written by the training
+Checkpointer with the assets `latent_pretraining.train` writes; returns finite de-normalized [H, 7] chunks,
+deterministic per seed."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from configs import vipra as vipra_configs
+from latent_pretraining import train as vla_train
+from latent_pretraining.model import vqgan
+from latent_pretraining.model.text_tokenizer import demo_corpus, train_sentencepiece
+from latent_pretraining.model.video_llama import init_params
+from latent_pretraining.sequence import LayoutSpec
+from latent_pretraining.training.checkpoint import Checkpointer
+from latent_pretraining.training.loop import _config_json
+from latent_pretraining.training.state import TrainState
+from policy.policy import Policy, bin_centers, decode_bins
+
+H = 6
+BINS = 16
+STATS = {"format": 1, "dataset": "demo_robot", "num_trajectories": 3, "num_transitions": 100,
+         "num_action_transitions": 100,
+         "action": {"mean": [0.5, -1.0, 2.0, 0.0, 0.0, 0.0, 0.0], "std": [2.0, 0.5, 3.0, 1.0, 1.0, 1.0, 1.0],
+                    "min": [-5.0] * 7, "max": [5.0] * 7, "q01": [-4.0] * 7, "q99": [4.0] * 7},
+         "action_mask": [True, True, True, True, True, True, False]}
+HUMAN = {**STATS, "dataset": "demo_human", "num_action_transitions": 0}
+
+
+def _write_checkpoint(root, discrete: bool) -> str:
+    """A checkpoint as `latent_pretraining.train` writes it (assets from `build`), with random params. `discrete`:
+    the LAPA fine-tuning layout (7·H action-bin tokens in the action suffix) and an action_bins.json asset."""
+    tok = root / "tokenizer.model"
+    tok.write_bytes(train_sentencepiece(demo_corpus(), vocab_size=512))
+    vq_cfg = vqgan.VQGANConfig(resolution=64, hidden_channels=8, channel_mult=(1, 1, 1, 1, 1), num_res_blocks=1,
+                               z_channels=8, num_embeddings=32, embed_dim=8, num_groups=4)
+    vq_path = str(root / "vqgan.safetensors")
+    vqgan.save_tokenizer(vq_path, vqgan.init_params(vq_cfg), vq_cfg)
+    c = vipra_configs.get_config("debug")
+    c.text.tokenizer, c.vision.tokenizer = str(tok), vq_path
+    c.layout.update({"latent_steps": 2, "action_slots": H, "prompt_len": 32})
+    c.data.horizon = H
+    c.flow.steps = 4
+    if discrete:
+        c.model.action_vocab_size = BINS
+    lam_info = {"codebook_size": 8, "codes_per_step": 4, "clip_len": 2, "offset": 1}
+    setup = vla_train.build(c, (None, {"w": np.zeros(1, np.float32)}, lam_info))
+    params = init_params(setup.model_config, jax.random.PRNGKey(0))["params"]
+    params = jax.tree.map(lambda x: x * 10.0 if x.ndim == 2 else x, params)  # actions far from 0
+    state = TrainState(step=jnp.asarray(7, jnp.int32), params=params, opt_state={}, rng=jax.random.PRNGKey(1),
+                       ema_params=None, model_state={"frozen": setup.frozen_weights})
+    assets = {**setup.assets, "config.json": _config_json(c),
+              "norm_stats.json": {"mode": "normal", "datasets": {"demo_human": HUMAN, "demo_robot": STATS}}}
+    if discrete:
+        assets["layout.json"] = {**assets["layout.json"], "action_slots": 0, "action_tokens": 7 * H}
+        edges = [np.linspace(-2.0, 2.0, BINS + 1).tolist() for _ in range(6)] + [[-0.5, 0.5, 1.5]]
+        assets["action_bins.json"] = {"edges": edges, "normalized": True}
+    ck = Checkpointer(str(root / "run" / "checkpoints"), async_save=False)
+    ck.save(state, data_state={"x": 1}, assets=assets)
+    ck.close()
+    return str(root / "run")
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory) -> str:
+    return _write_checkpoint(tmp_path_factory.mktemp("policy"), discrete=False)
+
+
+@pytest.mark.slow
+def test_policy_acts_deterministically_and_denormalizes(workdir: str) -> None:
+    pol = Policy.from_checkpoint(workdir)
+    meta = pol.metadata()
+    assert meta["step"] == 7 and meta["chunk_length"] == H and meta["action_dim"] == 7
+    assert meta["history_offsets"] == [-2, 0] and meta["image_resolution"] == 64 and meta["recipe"] == "vipra"
+    assert meta["dataset"] == "demo_robot" and meta["action_kind"] == "flow" and meta["sampler"]["steps"] == 4
+    json.dumps(meta)
+    rng = np.random.default_rng(0)
+    frames = rng.integers(0, 256, (2, 64, 64, 3), dtype=np.uint8)
+    instr = "push the red block to the top left corner"
+    pol.warmup()
+    a = pol.act(frames, instr, seed=3)
+    assert a.shape == (H, 7) and a.dtype == np.float32 and np.all(np.isfinite(a))
+    np.testing.assert_array_equal(a, pol.act(frames, instr, seed=3))  # same seed, same chunk
+    assert np.abs(a - pol.act(frames, instr, seed=4)).max() > 1e-4
+    y = pol.act_normalized(frames, instr, seed=3)
+    mean, std = np.asarray(STATS["action"]["mean"]), np.asarray(STATS["action"]["std"])
+    expect = np.where(STATS["action_mask"], y * (std + 1e-8) + mean, y)
+    np.testing.assert_allclose(a, expect, rtol=1e-5, atol=1e-5)
+    assert np.abs(a - y).max() > 0.1  # de-normalization was applied
+    # a batch gives the rows' chunks (row 0 equals the single call), and other resolutions are resized
+    batch = pol.act(np.stack([frames, frames[::-1]]), [instr, "move the blue block next to the green one"], seed=3)
+    assert batch.shape == (2, H, 7)
+    np.testing.assert_allclose(batch[0], a, atol=1e-5)
+    big = pol.act(rng.integers(0, 256, (2, 96, 96, 3), dtype=np.uint8), instr)
+    assert big.shape == (H, 7) and np.all(np.isfinite(big))
+    codes = pol.latent_actions(frames, instr)
+    assert codes.shape == (2, 4) and codes.min() >= 0 and codes.max() < 8
+    for bad in (frames[:1], frames.astype(np.float32), frames[..., :2]):
+        with pytest.raises(ValueError):
+            pol.act(bad, instr)
+
+
+def test_bin_decoding() -> None:
+    centers = bin_centers({"edges": [[-1.0, 0.0, 1.0], [-0.5, 0.5, 1.5]]})
+    np.testing.assert_allclose(centers[0], [-0.5, 0.5])
+    np.testing.assert_allclose(centers[1], [0.0, 1.0])
+    out = decode_bins(np.asarray([[0, 1, 1, 0, 9, -3]]), centers)
+    np.testing.assert_allclose(out, [[[-0.5, 1.0], [0.5, 0.0], [0.5, 0.0]]])
+
+
+@pytest.mark.slow
+@pytest.mark.skipif("action_tokens" not in {f.name for f in dataclasses.fields(LayoutSpec)},
+                    reason="sequence.LayoutSpec has no action_tokens yet")
+def test_policy_decodes_action_bins(tmp_path) -> None:
+    pol = Policy.from_checkpoint(_write_checkpoint(tmp_path, discrete=True))
+    meta = pol.metadata()
+    assert meta["action_kind"] == "bins" and meta["chunk_length"] == H and meta["action_dim"] == 7
+    frames = np.random.default_rng(1).integers(0, 256, (2, 64, 64, 3), dtype=np.uint8)
+    y = pol.act_normalized(frames, "push the red block to the left")
+    assert y.shape == (H, 7)
+    centers = bin_centers({"edges": [np.linspace(-2.0, 2.0, BINS + 1).tolist()]})[0]
+    assert np.isin(np.round(y[:, :6], 5), np.round(centers, 5)).all() and np.isin(y[:, 6], [0.0, 1.0]).all()
+    a = pol.act(frames, "push the red block to the left", seed=123)  # greedy: the seed does not matter
+    mean, std = np.asarray(STATS["action"]["mean"]), np.asarray(STATS["action"]["std"])
+    np.testing.assert_allclose(a, np.where(STATS["action_mask"], y * (std + 1e-8) + mean, y), rtol=1e-5, atol=1e-5)
