@@ -37,6 +37,8 @@ def get_config(preset: str = "demo") -> ml_collections.ConfigDict:
         c.model.llama.rope_theta = 5e7
         c.model.llama.dtype = "bfloat16"
         c.model.llama.remat = "nothing_saveable"
+        # "auto" = XLA attention (portable); on GPUs pass --config.model.llama.attention_impl=cudnn (flash attention)
+        c.model.llama.attention_impl = "auto"
         c.model.vision_vocab_size = 8448  # LWM: 8192 codes + 256 specials
         c.layout.prompt_len = 64
         c.data.resolution = 256

@@ -41,6 +41,8 @@ def get_config(preset: str = "demo") -> ml_collections.ConfigDict:
         c.model.llama.rope_theta = 5e7
         c.model.llama.dtype = "bfloat16"
         c.model.llama.remat = "nothing_saveable"
+        # "auto" = XLA attention (portable); on GPUs pass --config.model.llama.attention_impl=cudnn (flash attention)
+        c.model.llama.attention_impl = "auto"
         c.model.vision_vocab_size = 8448
         c.layout.update({"prompt_len": 128, "latent_steps": 14, "action_slots": 14})
         c.data.horizon = 14
@@ -51,6 +53,9 @@ def get_config(preset: str = "demo") -> ml_collections.ConfigDict:
         c.latent.lam_workdir = "runs/lam_vipra"
         c.cotrain_fraction = 0.0
         c.train.optimizer.lr = 4e-5
+        # 2 micro-batches of 160: the step compiles to 57 GiB per device on 8 devices (fsdp=8) instead of 103 GiB
+        # (python scripts/benchmark.py compile --config configs/vipra.py:7b --mesh fsdp=8; README "Scaling")
+        c.train.optimizer.grad_accum_steps = 2
         c.train.total_steps = 50_000
         c.train.mesh.update({"dp": 1, "fsdp": -1, "tp": 1, "sp": 1})
         c.train.checkpoint.every = 500

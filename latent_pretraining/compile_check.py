@@ -1,0 +1,208 @@
+"""Ahead-of-time compile check of the VideoLLaMA train step: lower and compile the REAL step (frozen VQGAN + LAM inside,
+objective loss, AdamW, `step.make_train_step` exactly as `loop.run` builds it) for a mesh, from abstract shapes only
+(`jax.ShapeDtypeStruct` with shardings; no weights in memory), and report per-device memory, FLOPs and shardings.
+
+    setup = train.build(config, latent, tokenizer=MarkerTokenizer(), vision=(vq_cfg, vqgan.param_shapes(vq_cfg)))
+    report = compile_train_step(setup, mesh)            # frozen weights may be ShapeDtypeStructs
+    print(report.format(budget_bytes)); report.fits(budget_bytes)
+
+The command-line entry (`python scripts/benchmark.py compile ...`) lives in configs/compile_check.py, which builds the
+abstract LAM (this package never imports `lam`). Figures are XLA's buffer assignment for the backend that compiles
+(fake CPU devices on a laptop): the CPU compiler fuses and schedules differently from the GPU/TPU ones, so treat the
+result as an estimate with a margin, not a guarantee.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+import time
+import zlib
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from jax.sharding import Mesh, NamedSharding
+
+from latent_pretraining import objective
+from latent_pretraining.train import Setup, make_init_fn
+from latent_pretraining.training import mesh as mesh_lib
+from latent_pretraining.training import optim
+from latent_pretraining.training import sharding as sharding_lib
+from latent_pretraining.training import state as state_lib
+from latent_pretraining.training import step as step_lib
+
+PyTree = Any
+GiB = 2**30
+
+
+class MarkerTokenizer:
+    """Stand-in for the text tokenizer (no model file): vocab `vocab_size`, BOS 1 / EOS 2 / PAD 0, and markers split
+    roughly as LLaMA's SentencePiece does (" </vision> <delta>" -> "</", "vision", ">", "<", "delta", ">"), so
+    layouts get their real lengths. Ids are stable hashes; only the shapes matter here."""
+
+    bos_id, eos_id, pad_id = 1, 2, 0
+    model_bytes = b""
+
+    def __init__(self, vocab_size: int = 32000):
+        self.vocab_size = vocab_size
+
+    def encode(self, text: str) -> list[int]:
+        pieces = re.findall(r"</|<|>|\w+|[^\w\s]", text)
+        return [3 + zlib.crc32(p.encode()) % (self.vocab_size - 3) for p in pieces]
+
+
+def abstract_batch(setup: Setup, mesh: Mesh) -> dict[str, jax.ShapeDtypeStruct]:
+    """The device batch of `train.host_batch_fn` as ShapeDtypeStructs, batch dim sharded over (dp, fsdp)."""
+    c, spec, w = setup.config, setup.spec, setup.window
+    b, r, h = c.data.batch_size, c.data.resolution, c.data.horizon
+    sh = mesh_lib.batch_sharding(mesh, 1)
+    img = (r, r, 3)
+    shapes: dict[str, tuple[tuple[int, ...], Any]] = {
+        "history": ((b, spec.num_frames, *img), jnp.uint8), "future": ((b, *img), jnp.uint8),
+        "actions": ((b, h, 7), jnp.float32), "action_pad_mask": ((b, h), jnp.bool_), "action_valid": ((b,), jnp.bool_),
+        "prompt_ids": ((b, spec.prompt_len), jnp.int32), "prompt_mask": ((b, spec.prompt_len), jnp.bool_)}
+    if w.vla_clip:
+        shapes.update(clip=((b, w.clip_len, *img), jnp.uint8), clip_valid=((b, w.clip_len), jnp.bool_))
+    return {k: jax.ShapeDtypeStruct(s, d, sharding=sh) for k, (s, d) in shapes.items()}
+
+
+@dataclasses.dataclass
+class CompileReport:
+    """Per-device memory (bytes) of the compiled step, FLOPs and the chosen shardings."""
+
+    name: str
+    mesh: dict[str, int]
+    batch: int
+    length: int
+    grad_accum: int
+    remat: str
+    dtype: str
+    argument_bytes: int
+    output_bytes: int
+    alias_bytes: int
+    temp_bytes: int
+    code_bytes: int
+    xla_flops: float  # per device, from compiled.cost_analysis() (while-loop bodies counted once: see format)
+    model_flops: float  # global per step: train.py's 3 x (2 x matmul params + attention) x tokens
+    num_layers: int
+    params: int
+    table: list[tuple[str, tuple[int, ...], str, tuple[int, ...]]]  # path, global shape, spec, per-device shape
+    compile_seconds: float
+
+    @property
+    def devices(self) -> int:
+        return math.prod(self.mesh.values())
+
+    @property
+    def total_bytes(self) -> int:
+        """Arguments + outputs - donated (aliased) + temporaries + generated code: the device footprint of a step."""
+        return self.argument_bytes + self.output_bytes - self.alias_bytes + self.temp_bytes + self.code_bytes
+
+    def fits(self, budget_bytes: float) -> bool:
+        return self.total_bytes <= budget_bytes
+
+    def mesh_str(self) -> str:
+        return ",".join(f"{k}={v}" for k, v in self.mesh.items())
+
+    def memory_str(self) -> str:
+        g = lambda x: f"{x / GiB:.2f}"
+        return (f"total {g(self.total_bytes)} GiB = arguments {g(self.argument_bytes)} + outputs "
+                f"{g(self.output_bytes)} - aliased {g(self.alias_bytes)} + temps {g(self.temp_bytes)} + code "
+                f"{g(self.code_bytes)}")
+
+    def format(self, budget_bytes: float) -> str:
+        lines = [f"compile check: {self.name} | mesh {self.mesh_str()} ({self.devices} devices) | global batch "
+                 f"{self.batch} x {self.length} tokens | grad_accum {self.grad_accum} | remat {self.remat} | "
+                 f"{self.dtype} | {self.params / 1e9:.2f}B trainable params | compiled in {self.compile_seconds:.0f} s",
+                 f"per-device memory: {self.memory_str()}",
+                 f"FLOPs per step: model {self.model_flops:.3e} (analytic, all {self.num_layers} layers) | XLA "
+                 f"cost_analysis {self.xla_flops:.3e} per device x {self.devices} = {self.xla_flops * self.devices:.3e}"
+                 " (scanned layers / accumulation loops counted once)",
+                 "shardings of the largest parameters (optimizer moments follow their parameter):",
+                 f"  {'path':58s} {'global shape':>22s}  {'PartitionSpec':34s} per-device"]
+        lines += [f"  {p:58s} {s!s:>22s}  {spec:34s} {d}" for p, s, spec, d in self.table]
+        verdict = "PASS" if self.fits(budget_bytes) else "FAIL"
+        lines.append(f"{verdict}: {self.total_bytes / GiB:.2f} GiB per device "
+                     f"{'<=' if self.fits(budget_bytes) else '>'} budget {budget_bytes / GiB:g} GiB")
+        return "\n".join(lines)
+
+    def failure_message(self, budget_bytes: float) -> str:
+        hints = []
+        if self.batch % (2 * self.grad_accum) == 0:
+            hints.append(f"--set train.optimizer.grad_accum_steps={2 * self.grad_accum} (activations scale with the "
+                         "micro-batch)")
+        if self.remat != "nothing_saveable":
+            hints.append("--set model.llama.remat=nothing_saveable")
+        if self.mesh.get("tp", 1) > 1:
+            hints.append("fold tp into fsdp (the batch, the frozen VQGAN/LAM and the residual stream are not split "
+                         "over tp)")
+        hints.append("more devices on the fsdp axis")
+        return (f"{self.name} does NOT fit on mesh {self.mesh_str()} ({self.devices} devices): {self.memory_str()} "
+                f"per device > budget {budget_bytes / GiB:g} GiB. Try: " + "; ".join(hints) + ".")
+
+
+def _shard_shape(shape: tuple[int, ...], sharding: NamedSharding) -> tuple[int, ...]:
+    return tuple(sharding.shard_shape(shape))
+
+
+def _param_table(abstract: Any, shardings: Any, top: int) -> list[tuple[str, tuple[int, ...], str, tuple[int, ...]]]:
+    flat_a, flat_s = state_lib.flatten(abstract), state_lib.flatten(shardings)
+    rows = sorted(flat_a, key=lambda k: -math.prod(flat_a[k].shape))[:top]
+    return [(k, tuple(flat_a[k].shape), str(flat_s[k].spec), _shard_shape(tuple(flat_a[k].shape), flat_s[k]))
+            for k in sorted(rows)]
+
+
+def compile_train_step(setup: Setup, mesh: Mesh, *, name: str = "", top: int = 12) -> CompileReport:
+    """Lowers and compiles the trainer's jitted step for `mesh` from abstract state and batch; returns the report."""
+    c = setup.config
+    tc = c.train
+    init_fn = make_init_fn(setup)
+    loss_fn = objective.make_loss_fn(setup.model, setup.spec, setup.frozen, dict(c.loss), setup.flow,
+                                     c.cotrain_fraction)
+    t0 = time.perf_counter()
+    with jax.set_mesh(mesh):
+        rng = jax.random.PRNGKey(tc.seed)
+        abstract_params = sharding_lib.unbox(jax.eval_shape(init_fn, rng)["params"])
+        tx, schedule = optim.make_optimizer(tc.optimizer, tc.total_steps, abstract_params)
+        ema = tc.optimizer.ema_decay > 0
+        state, shardings = state_lib.abstract_train_state(init_fn, tx, mesh, rng, ema=ema)
+        # the same construction as loop.run
+        trainable = optim.trainable_mask(abstract_params, tc.optimizer) if tc.optimizer.frozen else None
+        step = step_lib.jit_train_step(
+            step_lib.make_train_step(loss_fn, tx, schedule=schedule, trainable=trainable,
+                                     grad_accum_steps=tc.optimizer.grad_accum_steps,
+                                     ema_decay=tc.optimizer.ema_decay, skip_nonfinite=tc.skip_nonfinite),
+            shardings, mesh_lib.batch_sharding(mesh, 1))
+        lowered = step.lower(state, abstract_batch(setup, mesh))
+        # the check never runs the code: skip LLVM's expensive passes on CPU (buffer assignment, hence the memory
+        # figures, comes from the HLO passes before codegen and does not change)
+        fast = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
+        compiled = lowered.compile(compiler_options=fast if jax.default_backend() == "cpu" else None)
+    seconds = time.perf_counter() - t0
+    mem = compiled.memory_analysis()
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, list | tuple) else cost
+    ll = setup.model_config.llama
+    tokens = c.data.batch_size * setup.spec.length
+    return CompileReport(
+        name=name or f"{c.recipe}:{c.preset}", mesh={k: int(v) for k, v in mesh.shape.items()},
+        batch=int(c.data.batch_size), length=setup.spec.length, grad_accum=int(tc.optimizer.grad_accum_steps),
+        remat=ll.remat, dtype=f"compute {ll.dtype} / params {ll.param_dtype}",
+        argument_bytes=int(mem.argument_size_in_bytes), output_bytes=int(mem.output_size_in_bytes),
+        alias_bytes=int(mem.alias_size_in_bytes), temp_bytes=int(mem.temp_size_in_bytes),
+        code_bytes=int(mem.generated_code_size_in_bytes), xla_flops=float((cost or {}).get("flops", 0.0)),
+        model_flops=ll.flops_per_token(setup.spec.length) * tokens, num_layers=ll.num_layers,
+        params=int(sum(math.prod(x.shape) for x in jax.tree.leaves(abstract_params))),
+        table=_param_table(state.params, shardings.params, top), compile_seconds=seconds)
+
+
+def make_mesh(shape: dict[str, int], num_devices: int) -> Mesh:
+    """`mesh.make_mesh` over the first `num_devices` devices (fake CPU devices for the check)."""
+    devices = jax.devices()
+    if len(devices) < num_devices:
+        raise RuntimeError(f"the mesh needs {num_devices} devices but JAX sees {len(devices)}: set XLA_FLAGS="
+                           f"--xla_force_host_platform_device_count={num_devices} before JAX is imported")
+    return mesh_lib.make_mesh(shape, devices=devices[:num_devices])
+
