@@ -322,6 +322,9 @@ def main(argv: list[str]) -> None:
     del argv
     f = flags.FLAGS
     logging.getLogger().setLevel(logging.INFO)
+    from latent_pretraining.training import distributed
+
+    distributed.initialize(f.config.train.distributed)  # multi-host: before anything touches a device
     hook = getattr(_config_module(f["config"]), "latent_labeler", None)
     latent = hook(f.config) if hook is not None else None
     summary = train(f.config, f.workdir, resume=f.resume, overwrite=f.overwrite, latent=latent)

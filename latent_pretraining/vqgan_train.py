@@ -32,7 +32,7 @@ import numpy as np
 
 from latent_pretraining import vqgan_data
 from latent_pretraining.model import vqgan
-from latent_pretraining.training import loop
+from latent_pretraining.training import distributed, loop
 
 PyTree = Any
 
@@ -288,6 +288,7 @@ def main(argv: list[str]) -> None:
 
     del argv
     config, workdir = flags.FLAGS.config, flags.FLAGS.workdir
+    distributed.initialize(config.train.distributed)  # multi-host: before anything touches a device
     if flags.FLAGS.eval_only:
         mcfg, params = vqgan.load_tokenizer(os.path.join(workdir, config.export))
         metrics, _ = evaluate(params, mcfg, val_frames(config), config.eval.batch_size)

@@ -116,6 +116,9 @@ def main(argv: list[str]) -> None:
     del argv
     f = flags.FLAGS
     logging.getLogger().setLevel(logging.INFO)
+    from latent_pretraining.training import distributed
+
+    distributed.initialize(f.config.train.distributed)  # multi-host: before anything touches a device
     summary = finetune(f.config, f.workdir, resume=f.resume, overwrite=f.overwrite)
     print(json.dumps({k: v for k, v in summary.items() if k != "train"}, indent=2, default=str))
 
