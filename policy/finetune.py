@@ -120,7 +120,10 @@ def main(argv: list[str]) -> None:
 
     distributed.initialize(f.config.train.distributed)  # multi-host: before anything touches a device
     summary = finetune(f.config, f.workdir, resume=f.resume, overwrite=f.overwrite)
-    print(json.dumps({k: v for k, v in summary.items() if k != "train"}, indent=2, default=str))
+    brief = {k: v for k, v in summary.items() if k not in ("train", "closed_loop")}
+    if "closed_loop" in summary:  # per-episode records stay in closed_loop.json
+        brief["closed_loop"] = {k: v for k, v in summary["closed_loop"].items() if k not in ("records", "metadata")}
+    print(json.dumps(brief, indent=2, default=str))
 
 
 if __name__ == "__main__":

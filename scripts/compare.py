@@ -47,7 +47,8 @@ def main(argv: list[str] | None = None) -> int:
                 cmd += [f"--config.text.tokenizer={os.path.join(root, 'text_tokenizer.model')}",
                         f"--config.vision.tokenizer={os.path.join(root, 'vqgan', 'tokenizer.safetensors')}"]
             if a.steps:
-                cmd.append(f"--config.train.total_steps={a.steps}")
+                cmd += [f"--config.train.total_steps={a.steps}",
+                        f"--config.train.optimizer.warmup_steps={min(30, a.steps // 10)}"]
             print(f"[{recipe}, {n} demos]", flush=True)
             redo = {f"{recipe}_{n}"} if a.redo_all else set(a.redo)
             run_stage(f"{recipe}_{n}", cmd, a.out, os.path.join(wd, "closed_loop.json"), redo)

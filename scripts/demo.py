@@ -35,10 +35,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--compare-demos", default="50", help="labelled demos for stage 5 (comma-separated)")
     p.add_argument("--compare-episodes", type=int, default=30, help="closed-loop episodes per policy in stage 5")
     p.add_argument("--data-only", action="store_true", help="stop after generating the datasets")
+    p.add_argument("--smoke", type=int, default=0, metavar="STEPS",
+                   help="wiring check: every training stage runs only STEPS steps (numbers are meaningless)")
     p.add_argument("--redo", action="append", default=[], help="rerun a stage: vqgan, lam_lapa, lam_vipra, "
                    "vla_lapa, vla_vipra")
     a = p.parse_args(argv)
     start, out, py, redo = time.time(), a.out, sys.executable, set(a.redo)
+    short = ([f"--config.train.total_steps={a.smoke}", f"--config.train.optimizer.warmup_steps={a.smoke // 10}"]
+             if a.smoke else [])
+    if a.smoke:
+        a.vqgan_steps, a.compare_demos, a.compare_episodes = a.smoke, "4", 2
     data_dir = os.path.join(out, "data")
     cfg = writer.GenerationConfig(episodes=a.episodes, seed=a.seed)
     reused = writer.existing_summaries(data_dir, cfg)
@@ -55,14 +61,16 @@ def main(argv: list[str] | None = None) -> int:
     print("[2/5] VQGAN image tokenizer", flush=True)
     if run_stage("vqgan", [py, "-m", "latent_pretraining.vqgan_train", "--config=configs/vqgan.py:demo",
                         f"--workdir={vq}", "--overwrite", f"--config.data.root={data_dir}",
-                        f"--config.train.total_steps={a.vqgan_steps}"], out, os.path.join(vq, "eval.json"), redo):
+                        f"--config.train.total_steps={a.vqgan_steps}",
+                        f"--config.train.optimizer.warmup_steps={min(50, a.vqgan_steps // 10)}"],
+                  out, os.path.join(vq, "eval.json"), redo):
         redo |= {"vla_lapa", "vla_vipra"}  # downstream stages depend on the tokenizer
     print("[3/5] latent action models", flush=True)
     for fam in ("lapa", "vipra"):
         wd = os.path.join(out, "lam", fam)
         ran = run_stage(f"lam_{fam}", [py, "-m", "lam.train", f"--config=configs/lam.py:{fam}_demo", f"--workdir={wd}",
                                  "--overwrite", f"--config.data.root={data_dir}",
-                                 f"--config.data.cache_dir={os.path.join(out, 'lam', 'cache')}"],
+                                 f"--config.data.cache_dir={os.path.join(out, 'lam', 'cache')}", *short],
                   out, os.path.join(wd, "checkpoints"), redo)
         run_stage(f"lam_{fam}_eval", [py, "-m", "lam.evaluate", f"--workdir={wd}"], out,
                   os.path.join(wd, "eval", "metrics.json"), redo | ({f"lam_{fam}_eval"} if ran else set()))
@@ -76,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
                "--overwrite", f"--config.data.root={data_dir}",
                f"--config.vision.tokenizer={os.path.join(vq, 'tokenizer.safetensors')}",
                f"--config.latent.lam_workdir={os.path.join(out, 'lam', recipe)}",
-               f"--config.text.tokenizer={os.path.join(out, 'text_tokenizer.model')}"]
+               f"--config.text.tokenizer={os.path.join(out, 'text_tokenizer.model')}", *short]
         upstream |= run_stage(f"vla_{recipe}", cmd, out, os.path.join(wd, "summary.json"), redo)
     print_figures(out)
     print("[5/5] policies: scratch vs LAPA vs ViPRA on the same labelled demos", flush=True)
@@ -84,6 +92,7 @@ def main(argv: list[str] | None = None) -> int:
 
     compare.main(["--out", os.path.join(out, "compare"), "--vla", os.path.join(out, "vla"), "--data-root", data_dir,
                   "--demos", a.compare_demos, "--episodes", str(a.compare_episodes)]
+                 + (["--steps", str(a.smoke)] if a.smoke else [])
                  + (["--redo-all"] if upstream else []))
     print(f"demo finished in {time.time() - start:.0f} s")
     return 0
