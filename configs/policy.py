@@ -33,7 +33,8 @@ def get_config(preset: str = "vipra_demo") -> ml_collections.ConfigDict:
     recipe, size = preset.split("_")
     c = base()
     c.recipe, c.preset = recipe, preset
-    c.policy = ml_collections.ConfigDict({"pretrained": "", "num_demos": 0, "num_bins": 256, "bin_fit_batches": 64,
+    c.policy = ml_collections.ConfigDict({"pretrained": "", "tokenizers_from": "", "num_demos": 0,
+                                          "num_bins": 256, "bin_fit_batches": 64,
                                           "execute_steps": 0, "eval_episodes": 50, "eval_seed": 1000})
     c.layout.update({"future_frame": False, "latent_steps": 0, "latent_separator": False})
     c.data.datasets, c.data.weights = ("demo_robot",), (1.0,)

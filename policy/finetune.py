@@ -29,9 +29,8 @@ from policy.action_tokenizer import ActionTokenizer
 MODEL_FIELDS = ("hidden_size", "intermediate_size", "num_layers", "num_heads", "vocab_size")
 
 
-def use_pretrained(config: ml_collections.ConfigDict) -> None:
-    """Points the config at the pretrained run: its text tokenizer, VQGAN and weights."""
-    src = config.policy.pretrained
+def use_pretrained(config: ml_collections.ConfigDict, src: str, weights: bool = True) -> None:
+    """Points the config at a pretrained run: its text tokenizer, VQGAN and (with `weights`) its parameters."""
     assets = read_assets(os.path.join(os.path.abspath(src), "checkpoints"))
     for name in ("tokenizer.model", "frozen.json", "video_llama.json"):
         if name not in assets:
@@ -43,7 +42,8 @@ def use_pretrained(config: ml_collections.ConfigDict) -> None:
         f.write(assets["tokenizer.model"])
     config.text.tokenizer = tok_path
     config.vision.tokenizer = json.loads(assets["frozen.json"])["vqgan"]["path"]
-    config.init.checkpoint = src
+    if weights:
+        config.init.checkpoint = src
     pre = json.loads(assets["video_llama.json"])["llama"]
     ours = vla_train._llama_config(config, pre["vocab_size"]).to_dict()
     bad = {k: (ours[k], pre[k]) for k in MODEL_FIELDS if ours[k] != pre[k]}
@@ -79,7 +79,9 @@ def finetune(config: ml_collections.ConfigDict, workdir: str, *, resume: bool = 
     workdir = os.path.abspath(workdir)
     p = config.policy
     if p.pretrained:
-        use_pretrained(config)
+        use_pretrained(config, p.pretrained)
+    elif p.tokenizers_from:  # e.g. the scratch baseline: same tokenizers as the pretrained recipes, random weights
+        use_pretrained(config, p.tokenizers_from, weights=False)
     if p.num_demos:
         config.data.train_split = f"{config.data.train_split.split('[')[0]}[:{int(p.num_demos)}]"
     setup = vla_train.build(config, latent=None)

@@ -42,10 +42,8 @@ def main(argv: list[str] | None = None) -> int:
                    f"--config.policy.num_demos={n}", f"--config.policy.eval_episodes={a.episodes}"]
             if recipe != "scratch":
                 cmd.append(f"--config.policy.pretrained={os.path.join(a.vla, recipe)}")
-            else:  # the scratch baseline shares the pretrained runs' text and image tokenizers
-                root = os.path.dirname(a.vla)
-                cmd += [f"--config.text.tokenizer={os.path.join(root, 'text_tokenizer.model')}",
-                        f"--config.vision.tokenizer={os.path.join(root, 'vqgan', 'tokenizer.safetensors')}"]
+            else:  # the scratch baseline shares the pretrained runs' text and image tokenizers, not their weights
+                cmd.append(f"--config.policy.tokenizers_from={os.path.join(a.vla, 'vipra')}")
             if a.steps:
                 cmd += [f"--config.train.total_steps={a.steps}",
                         f"--config.train.optimizer.warmup_steps={min(30, a.steps // 10)}"]
