@@ -58,10 +58,26 @@ def perceptual_loss(features: FeatureFn, pred: Array, target: Array, mask: Array
     return _masked_mean(per / len(fp), mask)
 
 
-def flow_loss(pred: Array, target: Array, mask: Array | None = None) -> Array:
-    """Mean end-point L1 error (pixels) between predicted and target flow float[B, N, H, W, 2]."""
-    per = jnp.mean(jnp.abs(pred.astype(jnp.float32) - target.astype(jnp.float32)), axis=(2, 3, 4))
-    return _masked_mean(per, mask)
+def flow_loss(pred: Array, target: Array, mask: Array | None = None, *, kind: str = "l1",
+              moving_weight: float = 0.0, moving_threshold: float = 0.5) -> Array:
+    """Mean flow error (pixels) between predicted and target flow float[B, N, H, W, 2]: per-component L1 ('l1') or
+    squared error ('mse').
+
+    moving_weight > 0: pixels whose target flow is longer than `moving_threshold` px weigh 1 + moving_weight, so the
+    few moving pixels (the effector) are not drowned by the static background; with L1 on sparse targets predicting
+    zero everywhere is a strong optimum, which MSE and this weighting avoid."""
+    err = pred.astype(jnp.float32) - target.astype(jnp.float32)
+    if kind == "l1":
+        per = jnp.abs(err)
+    elif kind == "mse":
+        per = jnp.square(err)
+    else:
+        raise ValueError(f"loss.flow must be 'l1' or 'mse', got {kind!r}")
+    per = jnp.mean(per, axis=-1)
+    if moving_weight > 0:
+        moving = jnp.linalg.norm(target.astype(jnp.float32), axis=-1) > moving_threshold
+        per = per * (1.0 + moving_weight * moving.astype(jnp.float32))
+    return _masked_mean(jnp.mean(per, axis=(2, 3)), mask)
 
 
 def flow_weight(step: Array, weight: float, start: int, warmup: int) -> Array:

@@ -15,6 +15,7 @@ from typing import Any
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 import ml_collections
 
 from lam import layers
@@ -28,11 +29,14 @@ class PatchEmbed(nn.Module):
 
     patch: int
     dim: int
+    input_norm: bool = True  # the lineage's LayerNorm over each patch's raw pixels
 
     @nn.compact
     def __call__(self, x: Array) -> Array:
         x = layers.patchify(x, self.patch)
-        return nn.LayerNorm()(nn.Dense(self.dim)(nn.LayerNorm()(x)))
+        if self.input_norm:
+            x = nn.LayerNorm()(x)
+        return nn.LayerNorm()(nn.Dense(self.dim)(x))
 
 
 def _blocks(cfg: ml_collections.ConfigDict, depth: int, prefix: str, **kw: Any) -> list[layers.STBlock]:
@@ -81,12 +85,13 @@ class LatentActionModel(nn.Module):
             self.spatial_encoder = Dinov2(c.dino, name="dino")
             self.dino_proj = nn.Dense(c.dim, name="dino_proj")
         else:
-            self.patch_embed = PatchEmbed(c.patch_size, c.dim, name="patch_embed")
+            self.patch_embed = PatchEmbed(c.patch_size, c.dim, c.get("patch_input_norm", True), name="patch_embed")
         if c.encoder.layout == "factorized":  # LAPA: all spatial layers, then all temporal layers
-            self.enc_blocks = (_blocks(c, c.encoder.spatial_depth, "enc_spatial", temporal=False, peg=True)
-                               + _blocks(c, c.encoder.temporal_depth, "enc_temporal", spatial=False, peg=True))
+            peg = c.encoder.get("peg", True)
+            self.enc_blocks = (_blocks(c, c.encoder.spatial_depth, "enc_spatial", temporal=False, peg=peg)
+                               + _blocks(c, c.encoder.temporal_depth, "enc_temporal", spatial=False, peg=peg))
         else:  # ViPRA: interleaved spatio-temporal layers
-            self.enc_blocks = _blocks(c, c.encoder.depth, "enc_st")
+            self.enc_blocks = _blocks(c, c.encoder.depth, "enc_st", peg=c.encoder.get("peg", True))
         self.enc_norm = layers.layer_norm("enc_norm")
         self.code_encoder = CodeEncoder(c.quant_dim, c.code_grid, c.encode_deltas, c.code_time_kernel,
                                         name="code_encoder")
@@ -99,7 +104,7 @@ class LatentActionModel(nn.Module):
             self.dec_patch_embed = PatchEmbed(c.patch_size, c.dim, name="dec_patch_embed")
             self.cond_in = nn.Dense(c.dim, name="cond_in")
             self.cond_ff = layers.GEGLU(c.ff_mult, name="cond_ff")
-            self.dec_blocks = _blocks(c, d.depth, "dec", causal=True, film=True)
+            self.dec_blocks = _blocks(c, d.depth, "dec", causal=True, film=True, peg=d.get("peg", True))
         else:
             raise ValueError(f"model.decoder.kind must be 'cross_attention' or 'film', got {d.kind!r}")
         self.dec_norm = layers.layer_norm("dec_norm")
@@ -116,6 +121,10 @@ class LatentActionModel(nn.Module):
             tok = self.spatial_encoder.patch_tokens(clip.reshape(b * t, *clip.shape[2:]))
             g = round(tok.shape[1] ** 0.5)
             return self.dino_proj(tok).reshape(b, t, g, g, -1)
+        scale = float(self.config.get("delta_input", 0.0))
+        if scale:  # each frame's patches also see scale × (frame − previous frame); the first frame sees zeros
+            prev = jnp.concatenate([clip[:, :1], clip[:, :-1]], axis=1)
+            clip = jnp.concatenate([clip, scale * (clip - prev)], axis=-1)
         return self.patch_embed(clip)
 
     def encode(self, clip: Array) -> Array:

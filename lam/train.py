@@ -81,7 +81,8 @@ def make_loss_fn(config: ml_collections.ConfigDict, feature_fn: losses.FeatureFn
             perc = losses.perceptual_loss(feature_fn, out["pred"], target, mask)
             loss, metrics["perceptual"] = loss + lc.perceptual_weight * perc, perc
         if config.model.flow_head and "flow" in batch:
-            fl = losses.flow_loss(out["flow"], batch["flow"], mask)
+            fl = losses.flow_loss(out["flow"], batch["flow"], mask, kind=lc.get("flow", "l1"),
+                                  moving_weight=lc.get("flow_moving_weight", 0.0))
             loss = loss + losses.flow_weight(step, lc.flow_weight, lc.flow_start, lc.flow_warmup) * fl
             metrics["flow_l1"] = fl
         new_nsvq, qm = replace_dead_codes(params[QUANTIZER]["codebook"], nsvq, out["z"], r_rep,
