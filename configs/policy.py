@@ -19,17 +19,13 @@ from __future__ import annotations
 
 import ml_collections
 
-from configs.vla_common import base, debug_model, demo_model
+from configs.vla_common import base, check_preset, debug_model, demo_model
 
 PRESETS = ("lapa_demo", "vipra_demo", "scratch_demo", "lapa_debug", "vipra_debug", "lapa_7b", "vipra_7b")
 
 
 def get_config(preset: str = "vipra_demo") -> ml_collections.ConfigDict:
-    if preset not in PRESETS:
-        import difflib
-
-        close = difflib.get_close_matches(preset, PRESETS, n=1, cutoff=0.0)
-        raise KeyError(f"unknown policy preset {preset!r}; did you mean {close[0]!r}? (known: {', '.join(PRESETS)})")
+    check_preset(preset, PRESETS, "policy")
     recipe, size = preset.split("_")
     c = base()
     c.recipe, c.preset = recipe, preset

@@ -18,17 +18,13 @@ from __future__ import annotations
 
 import ml_collections
 
-from configs.vla_common import base, debug_model, demo_model, latent_labeler  # noqa: F401  (hook for train.py)
+from configs.vla_common import base, check_preset, debug_model, demo_model, latent_labeler  # noqa: F401  (hook for train.py)
 
 PRESETS = ("debug", "demo", "7b")
 
 
 def get_config(preset: str = "demo") -> ml_collections.ConfigDict:
-    if preset not in PRESETS:
-        import difflib
-
-        close = difflib.get_close_matches(preset, PRESETS, n=1, cutoff=0.0)
-        raise KeyError(f"unknown ViPRA preset {preset!r}; did you mean {close[0]!r}? (known: {', '.join(PRESETS)})")
+    check_preset(preset, PRESETS, "ViPRA")
     c = base()
     c.recipe, c.preset = "vipra", preset
     c.layout.update({"future_frame": True, "latent_separator": True, "video_open": " </vision> <dynamics>",

@@ -14,6 +14,15 @@ import ml_collections
 from latent_pretraining.training import loop
 
 
+def check_preset(preset: str, presets: tuple[str, ...], what: str) -> None:
+    """KeyError naming the closest known preset."""
+    if preset not in presets:
+        import difflib
+
+        close = difflib.get_close_matches(preset, presets, n=1, cutoff=0.0)
+        raise KeyError(f"unknown {what} preset {preset!r}; did you mean {close[0]!r}? (known: {', '.join(presets)})")
+
+
 def base() -> ml_collections.ConfigDict:
     """Every field a VideoLLaMA run reads (values are overridden by the presets)."""
     c = ml_collections.ConfigDict()

@@ -11,11 +11,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from vla_fixtures import write_tokenizers
 
 from configs import vipra as vipra_configs
 from latent_pretraining import train as vla_train
-from latent_pretraining.model import vqgan
-from latent_pretraining.model.text_tokenizer import demo_corpus, train_sentencepiece
 from latent_pretraining.model.video_llama import init_params
 from latent_pretraining.sequence import LayoutSpec
 from latent_pretraining.training.checkpoint import Checkpointer
@@ -36,14 +35,9 @@ HUMAN = {**STATS, "dataset": "demo_human", "num_action_transitions": 0}
 def _write_checkpoint(root, discrete: bool) -> str:
     """A checkpoint as `latent_pretraining.train` writes it (assets from `build`), with random params. `discrete`:
     the LAPA fine-tuning layout (7·H action-bin tokens in the action suffix) and an action_bins.json asset."""
-    tok = root / "tokenizer.model"
-    tok.write_bytes(train_sentencepiece(demo_corpus(), vocab_size=512))
-    vq_cfg = vqgan.VQGANConfig(resolution=64, hidden_channels=8, channel_mult=(1, 1, 1, 1, 1), num_res_blocks=1,
-                               z_channels=8, num_embeddings=32, embed_dim=8, num_groups=4)
-    vq_path = str(root / "vqgan.safetensors")
-    vqgan.save_tokenizer(vq_path, vqgan.init_params(vq_cfg), vq_cfg)
+    tok, vq_path = write_tokenizers(root)
     c = vipra_configs.get_config("debug")
-    c.text.tokenizer, c.vision.tokenizer = str(tok), vq_path
+    c.text.tokenizer, c.vision.tokenizer = tok, vq_path
     c.layout.update({"latent_steps": 2, "action_slots": H, "prompt_len": 32})
     c.data.horizon = H
     c.flow.steps = 4

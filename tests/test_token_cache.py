@@ -11,6 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from vla_fixtures import write_tokenizers
 
 from configs import lam as lam_configs
 from configs import lapa as lapa_configs
@@ -21,7 +22,6 @@ from lam.label import Labeler, fold_shift, write_cache
 from latent_pretraining import objective, token_cache, vqgan_data
 from latent_pretraining import train as vla_train
 from latent_pretraining.model import vqgan
-from latent_pretraining.model.text_tokenizer import demo_corpus, train_sentencepiece
 
 DATASETS = ("demo_robot", "demo_human")
 
@@ -48,18 +48,13 @@ def assets(tmp_path_factory) -> dict:
     data = str(root / "data")
     writer.write_datasets(data, writer.GenerationConfig(episodes=2, val_episodes=1, resolution=64, num_shards=1,
                                                         max_steps=16), progress=False)
-    tok = root / "tokenizer.model"
-    tok.write_bytes(train_sentencepiece(demo_corpus(), vocab_size=512))
-    vq_cfg = vqgan.VQGANConfig(resolution=64, hidden_channels=8, channel_mult=(1, 1, 1, 1, 1), num_res_blocks=1,
-                               z_channels=8, num_embeddings=32, embed_dim=8, num_groups=4)
-    vq_params = vqgan.init_params(vq_cfg)
-    vq_path = str(root / "vqgan.safetensors")
-    vqgan.save_tokenizer(vq_path, vq_params, vq_cfg)
+    tok, vq_path = write_tokenizers(root)
+    vq_cfg, vq_params = vqgan.load_tokenizer(vq_path)
     enc = jax.jit(lambda x: vqgan.encode_fn(vq_params, x, config=vq_cfg))
     for split in ("train", "val"):
         vqgan_data.cache_image_tokens(enc, data, DATASETS, split, 64, str(root / "tokens" / f"{split}.npz"),
                                       batch_size=64)
-    out = {"data": data, "tokenizer": str(tok), "vqgan": vq_path, "image": str(root / "tokens" / "{split}.npz")}
+    out = {"data": data, "tokenizer": tok, "vqgan": vq_path, "image": str(root / "tokens" / "{split}.npz")}
     # One LAM (clip_len 2) for both recipes. With clip_len T > 2 (vipra_tiny has 4) the step labels the S transitions
     # in chunks of T-1 that share one T-frame clip, while the cache labels each transition t -> t+offset from the
     # T-frame clip starting at t: codes then differ (shapes and validity do not), so equality needs T = 2.

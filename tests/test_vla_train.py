@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from vla_fixtures import write_tokenizers
 
 from configs import lam as lam_configs
 from configs import lapa as lapa_configs
@@ -23,8 +24,6 @@ from latent_pretraining import objective
 from latent_pretraining import train as vla_train
 from latent_pretraining.convert import checkpoint as ckpt_convert
 from latent_pretraining.convert.lwm import convert_from_lwm, write_lwm_params
-from latent_pretraining.model import vqgan
-from latent_pretraining.model.text_tokenizer import demo_corpus, train_sentencepiece
 from latent_pretraining.model.video_llama import init_params
 
 
@@ -34,13 +33,8 @@ def assets(tmp_path_factory) -> dict[str, str]:
     data = str(root / "data")
     writer.write_datasets(data, writer.GenerationConfig(episodes=3, val_episodes=2, resolution=64, num_shards=1,
                                                         max_steps=40), progress=False)
-    tok = root / "tokenizer.model"
-    tok.write_bytes(train_sentencepiece(demo_corpus(), vocab_size=512))
-    vq_cfg = vqgan.VQGANConfig(resolution=64, hidden_channels=8, channel_mult=(1, 1, 1, 1, 1), num_res_blocks=1,
-                               z_channels=8, num_embeddings=32, embed_dim=8, num_groups=4)
-    vq_path = str(root / "vqgan.safetensors")
-    vqgan.save_tokenizer(vq_path, vqgan.init_params(vq_cfg), vq_cfg)
-    return {"data": data, "tokenizer": str(tok), "vqgan": vq_path, "root": str(root)}
+    tok, vq_path = write_tokenizers(root)
+    return {"data": data, "tokenizer": tok, "vqgan": vq_path, "root": str(root)}
 
 
 def _labeler(preset: str) -> tuple:
