@@ -141,8 +141,9 @@ class Policy:
                  params: PyTree, vqgan_config: vqgan.VQGANConfig, vqgan_params: PyTree, tokenizer: TextTokenizer,
                  norm_stats: Mapping[str, Any] | None = None, action_bins: Any = None, step: int | None = None,
                  dataset: str | None = None, steps: int | None = None, integrator: str | None = None,
-                 source: str = "") -> None:
+                 source: str = "", policy_info: Mapping[str, Any] | None = None) -> None:
         self.config = config
+        self.policy_info = dict(policy_info or {})  # policy.json of a fine-tuning run (recipe, demos, execute_steps)
         self.model_config = model_config
         self.model = VideoLlama(model_config)
         self.spec = spec
@@ -229,7 +230,8 @@ class Policy:
         return cls(config=config, model_config=mcfg, spec=spec, params=params, vqgan_config=vq_cfg,
                    vqgan_params=vq_params, tokenizer=TextTokenizer.from_bytes(assets["tokenizer.model"]),
                    norm_stats=_json(assets, "norm_stats.json"), action_bins=_json(assets, "action_bins.json"),
-                   step=step, dataset=dataset, steps=steps, integrator=integrator, source=directory)
+                   step=step, dataset=dataset, steps=steps, integrator=integrator, source=directory,
+                   policy_info=_json(assets, "policy.json"))
 
     # ------------------------------------------------------------------------------------------------- info
     def metadata(self) -> dict[str, Any]:
@@ -240,6 +242,10 @@ class Policy:
             "checkpoint": self.source,
             "step": self.step,
             "image_resolution": self.resolution,
+            "image_size": self.resolution,  # the PolicyLike contract (serve.py, evaluate.py) reads these three
+            "chunk": self.horizon,
+            "execute_steps": int(self.policy_info.get("execute_steps") or 0) or None,
+            "num_demos": self.policy_info.get("num_demos"),
             "num_frames": self.spec.num_frames,
             "history_offsets": list(self.history_offsets),
             "action_dim": self.action_dim,

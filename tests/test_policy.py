@@ -74,6 +74,11 @@ def test_policy_acts_deterministically_and_denormalizes(workdir: str) -> None:
     assert meta["history_offsets"] == [-2, 0] and meta["image_resolution"] == 64 and meta["recipe"] == "vipra"
     assert meta["dataset"] == "demo_robot" and meta["action_kind"] == "flow" and meta["sampler"]["steps"] == 4
     json.dumps(meta)
+    # the PolicyLike contract of the server and the closed-loop evaluator
+    assert meta["image_size"] == 64 and meta["chunk"] == H
+    from policy.serve import create_app
+
+    create_app(pol, warmup=False)  # validates the metadata it needs
     rng = np.random.default_rng(0)
     frames = rng.integers(0, 256, (2, 64, 64, 3), dtype=np.uint8)
     instr = "push the red block to the top left corner"
