@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import ml_collections
 
-from configs.vla_common import base, check_preset, debug_model, demo_model, latent_labeler  # noqa: F401  (hook for train.py)
+from configs.vla_common import base, check_preset, debug_model, demo_model, latent_labeler, lwm_7b  # noqa: F401  (hook for train.py)
 
 PRESETS = ("debug", "demo", "7b")
 
@@ -29,15 +29,8 @@ def get_config(preset: str = "demo") -> ml_collections.ConfigDict:
     c.loss.update({"text": 0.01, "vision": 0.0, "latent": 0.99, "flow": 0.0})
     c.model.action_dim = 0  # LAPA has no continuous head; action bins come in fine-tuning (policy/)
     if preset == "7b":
-        c.model.size = "7b"
-        c.model.llama.rope_theta = 5e7
-        c.model.llama.dtype = "bfloat16"
-        c.model.llama.remat = "nothing_saveable"
-        # "auto" = XLA attention (portable); on GPUs pass --config.model.llama.attention_impl=cudnn (flash attention)
-        c.model.llama.attention_impl = "auto"
-        c.model.vision_vocab_size = 8448  # LWM: 8192 codes + 256 specials
+        lwm_7b(c)
         c.layout.prompt_len = 64
-        c.data.resolution = 256
         c.data.datasets, c.data.weights = ("fractal20220817_data", "bridge_dataset", "kuka"), (1.0, 1.0, 1.0)
         c.data.batch_size = 256
         c.latent.lam_workdir = "runs/lam_lapa"

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import ml_collections
 
-from configs.vla_common import base, check_preset, debug_model, demo_model
+from configs.vla_common import base, check_preset, debug_model, demo_model, lwm_7b
 
 PRESETS = ("lapa_demo", "vipra_demo", "scratch_demo", "lapa_debug", "vipra_debug", "lapa_7b", "vipra_7b")
 
@@ -46,12 +46,7 @@ def get_config(preset: str = "vipra_demo") -> ml_collections.ConfigDict:
         c.loss.update({"text": 0.0, "vision": 0.0, "latent": 0.0, "action_bins": 0.0, "flow": 1.0})
         c.model.action_vocab_size, c.model.action_dim = 0, 7
     if size == "7b":
-        c.model.size = "7b"
-        c.model.llama.rope_theta = 5e7
-        c.model.llama.dtype = "bfloat16"
-        c.model.llama.remat = "nothing_saveable"
-        c.model.vision_vocab_size = 8448
-        c.data.resolution = 256
+        lwm_7b(c)
         if recipe == "lapa":  # LAPA finetune_real.sh: 2000 steps, batch 128, lr 2e-5
             c.layout.prompt_len = 64
             c.data.batch_size, c.train.total_steps, c.train.optimizer.lr = 128, 2000, 2e-5

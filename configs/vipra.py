@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import ml_collections
 
-from configs.vla_common import base, check_preset, debug_model, demo_model, latent_labeler  # noqa: F401  (hook for train.py)
+from configs.vla_common import base, check_preset, debug_model, demo_model, latent_labeler, lwm_7b  # noqa: F401  (hook for train.py)
 
 PRESETS = ("debug", "demo", "7b")
 
@@ -33,16 +33,9 @@ def get_config(preset: str = "demo") -> ml_collections.ConfigDict:
     c.loss.update({"text": 0.02, "vision": 0.48, "latent": 0.48, "flow": 1.0})
     c.model.action_vocab_size = 0
     if preset == "7b":
-        c.model.size = "7b"
-        c.model.llama.rope_theta = 5e7
-        c.model.llama.dtype = "bfloat16"
-        c.model.llama.remat = "nothing_saveable"
-        # "auto" = XLA attention (portable); on GPUs pass --config.model.llama.attention_impl=cudnn (flash attention)
-        c.model.llama.attention_impl = "auto"
-        c.model.vision_vocab_size = 8448
+        lwm_7b(c)
         c.layout.update({"prompt_len": 128, "latent_steps": 14, "action_slots": 14})
         c.data.horizon = 14
-        c.data.resolution = 256
         c.data.datasets = ("fractal20220817_data", "bridge_dataset", "kuka", "ssv2")
         c.data.weights = (1.0, 1.0, 1.0, 1.0)
         c.data.batch_size = 320

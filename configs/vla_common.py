@@ -72,6 +72,19 @@ def base() -> ml_collections.ConfigDict:
     return c
 
 
+def lwm_7b(c: ml_collections.ConfigDict) -> None:
+    """The published backbone: LLaMA-2-7B as in LWM (θ = 5e7), bf16 compute, full remat, LWM's VQGAN vocabulary
+    (8192 codes + 256 specials) at 256 px. "auto" attention = XLA (portable); on GPUs pass
+    --config.model.llama.attention_impl=cudnn (flash attention)."""
+    c.model.size = "7b"
+    c.model.llama.rope_theta = 5e7
+    c.model.llama.dtype = "bfloat16"
+    c.model.llama.remat = "nothing_saveable"
+    c.model.llama.attention_impl = "auto"
+    c.model.vision_vocab_size = 8448
+    c.data.resolution = 256
+
+
 def demo_model(c: ml_collections.ConfigDict) -> None:
     """A ~2M-parameter backbone that trains in minutes on 2 CPU cores."""
     c.model.size = "debug"
