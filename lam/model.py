@@ -15,7 +15,6 @@ from typing import Any
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import ml_collections
 
 from lam import layers
@@ -29,13 +28,10 @@ class PatchEmbed(nn.Module):
 
     patch: int
     dim: int
-    input_norm: bool = True  # the lineage's LayerNorm over each patch's raw pixels
 
     @nn.compact
     def __call__(self, x: Array) -> Array:
-        x = layers.patchify(x, self.patch)
-        if self.input_norm:
-            x = nn.LayerNorm()(x)
+        x = nn.LayerNorm()(layers.patchify(x, self.patch))  # modules named in call order: LayerNorm_0, Dense_0, ...
         return nn.LayerNorm()(nn.Dense(self.dim)(x))
 
 
@@ -85,7 +81,7 @@ class LatentActionModel(nn.Module):
             self.spatial_encoder = Dinov2(c.dino, name="dino")
             self.dino_proj = nn.Dense(c.dim, name="dino_proj")
         else:
-            self.patch_embed = PatchEmbed(c.patch_size, c.dim, c.get("patch_input_norm", True), name="patch_embed")
+            self.patch_embed = PatchEmbed(c.patch_size, c.dim, name="patch_embed")
         if c.encoder.layout == "factorized":  # LAPA: all spatial layers, then all temporal layers
             peg = c.encoder.get("peg", True)
             self.enc_blocks = (_blocks(c, c.encoder.spatial_depth, "enc_spatial", temporal=False, peg=peg)
@@ -121,10 +117,6 @@ class LatentActionModel(nn.Module):
             tok = self.spatial_encoder.patch_tokens(clip.reshape(b * t, *clip.shape[2:]))
             g = round(tok.shape[1] ** 0.5)
             return self.dino_proj(tok).reshape(b, t, g, g, -1)
-        scale = float(self.config.get("delta_input", 0.0))
-        if scale:  # each frame's patches also see scale × (frame − previous frame); the first frame sees zeros
-            prev = jnp.concatenate([clip[:, :1], clip[:, :-1]], axis=1)
-            clip = jnp.concatenate([clip, scale * (clip - prev)], axis=-1)
         return self.patch_embed(clip)
 
     def encode(self, clip: Array) -> Array:
