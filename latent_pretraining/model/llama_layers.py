@@ -24,7 +24,8 @@ def _matmul(x: jax.Array, w: jax.Array, dtype: Any) -> jax.Array:
 
 
 class Linear(nn.Module):
-    """Bias-free dense layer with kernel ``[in, out]`` named ``kernel`` (EasyLM/LWM layout).
+    """Dense layer with kernel ``[in, out]`` named ``kernel`` (EasyLM/LWM layout), bias-free unless ``use_bias``
+    (then ``bias [out]``, zeros, logical name ``names[1]``; ViPRA's action encoder and velocity head).
 
     ``out_dtype`` defaults to the compute dtype; the matmul always accumulates in float32.
     """
@@ -33,13 +34,18 @@ class Linear(nn.Module):
     names: tuple[str | None, str | None]
     config: LlamaConfig
     out_dtype: Any = None
+    use_bias: bool = False
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         cfg = self.config
         init = nn.with_logical_partitioning(nn.initializers.normal(cfg.initializer_range), self.names)
         kernel = self.param("kernel", init, (x.shape[-1], self.features), cfg.params_dtype)
-        return _matmul(x, kernel, cfg.compute_dtype).astype(self.out_dtype or cfg.compute_dtype)
+        y = _matmul(x, kernel, cfg.compute_dtype)
+        if self.use_bias:
+            b_init = nn.with_logical_partitioning(nn.initializers.zeros, (self.names[1],))
+            y = y + self.param("bias", b_init, (self.features,), cfg.params_dtype).astype(jnp.float32)
+        return y.astype(self.out_dtype or cfg.compute_dtype)
 
 
 class Embed(nn.Module):

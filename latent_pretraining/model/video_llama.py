@@ -155,29 +155,6 @@ def sinusoidal_embedding(t: jax.Array, dim: int) -> jax.Array:
     return jnp.concatenate([jnp.sin(angles), jnp.cos(angles)], axis=-1)
 
 
-class DenseBias(nn.Module):
-    """Dense layer with ``kernel [in, out]`` (normal(initializer_range)) and ``bias [out]`` (zeros), logical names
-    ``names`` on the kernel and ``(names[1],)`` on the bias; float32 accumulation, output ``out_dtype``."""
-
-    features: int
-    names: tuple[str | None, str | None]
-    config: LlamaConfig
-    out_dtype: Any = None
-
-    @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
-        cfg = self.config
-        k_init = nn.with_logical_partitioning(nn.initializers.normal(cfg.initializer_range), self.names)
-        b_init = nn.with_logical_partitioning(nn.initializers.zeros, (self.names[1],))
-        kernel = self.param("kernel", k_init, (x.shape[-1], self.features), cfg.params_dtype)
-        bias = self.param("bias", b_init, (self.features,), cfg.params_dtype)
-        cd = cfg.compute_dtype
-        y = jax.lax.dot_general(
-            x.astype(cd), kernel.astype(cd), (((x.ndim - 1,), (0,)), ((), ())), preferred_element_type=jnp.float32
-        )
-        return (y + bias.astype(jnp.float32)).astype(self.out_dtype or cd)
-
-
 class ActionEncoder(nn.Module):
     """ViPRA ActionEncoder: ``(actions [B, S, A], time [B]) -> [B, S, D]``.
 
@@ -192,10 +169,10 @@ class ActionEncoder(nn.Module):
         d = cfg.hidden_size
         b, s, _ = actions.shape
         t_emb = sinusoidal_embedding(jnp.broadcast_to(time, (b,)), d // 2).astype(cfg.compute_dtype)
-        a_emb = DenseBias(d // 2, (None, "mlp"), cfg, name="linear_1")(actions)
+        a_emb = Linear(d // 2, (None, "mlp"), cfg, use_bias=True, name="linear_1")(actions)
         h = jnp.concatenate([jnp.broadcast_to(t_emb[:, None, :], (b, s, d // 2)), a_emb], axis=-1)
-        h = nn.silu(DenseBias(d, ("embed", "mlp"), cfg, name="linear_2")(h))
-        return DenseBias(d, ("mlp", "embed"), cfg, name="linear_3")(h)
+        h = nn.silu(Linear(d, ("embed", "mlp"), cfg, use_bias=True, name="linear_2")(h))
+        return Linear(d, ("mlp", "embed"), cfg, use_bias=True, name="linear_3")(h)
 
 
 class ProprioEncoder(nn.Module):
@@ -208,9 +185,9 @@ class ProprioEncoder(nn.Module):
     def __call__(self, proprio: jax.Array) -> jax.Array:
         cfg = self.config
         d = cfg.hidden_size
-        h = DenseBias(d // 2, (None, "mlp"), cfg, name="linear_1")(proprio)
-        h = nn.silu(DenseBias(d // 2, ("mlp", "embed"), cfg, name="linear_2")(h))
-        return DenseBias(d, ("mlp", "embed"), cfg, name="linear_3")(h)
+        h = Linear(d // 2, (None, "mlp"), cfg, use_bias=True, name="linear_1")(proprio)
+        h = nn.silu(Linear(d // 2, ("mlp", "embed"), cfg, use_bias=True, name="linear_2")(h))
+        return Linear(d, ("mlp", "embed"), cfg, use_bias=True, name="linear_3")(h)
 
 
 def _positions(pos: Positions) -> jax.Array:
@@ -248,7 +225,7 @@ class VideoLlama(nn.Module):
             self.action_head = Linear(cfg.action_vocab_size, ("embed", "vocab"), lc, out_dtype=jnp.float32)
         if cfg.action_dim:
             self.action_encoder = ActionEncoder(lc)
-            self.velocity_head = DenseBias(cfg.action_dim, ("embed", None), lc, out_dtype=jnp.float32)
+            self.velocity_head = Linear(cfg.action_dim, ("embed", None), lc, out_dtype=jnp.float32, use_bias=True)
         if cfg.proprio_dim:
             self.proprio_encoder = ProprioEncoder(lc)
 
