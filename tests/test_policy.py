@@ -4,7 +4,6 @@ deterministic per seed."""
 
 from __future__ import annotations
 
-import dataclasses
 import json
 
 import jax
@@ -16,7 +15,6 @@ from vla_fixtures import write_tokenizers
 from configs import vipra as vipra_configs
 from latent_pretraining import train as vla_train
 from latent_pretraining.model.video_llama import init_params
-from latent_pretraining.sequence import LayoutSpec
 from latent_pretraining.training.checkpoint import Checkpointer
 from latent_pretraining.training.loop import _config_json
 from latent_pretraining.training.state import TrainState
@@ -114,8 +112,6 @@ def test_bin_decoding() -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.skipif("action_tokens" not in {f.name for f in dataclasses.fields(LayoutSpec)},
-                    reason="sequence.LayoutSpec has no action_tokens yet")
 def test_policy_decodes_action_bins(tmp_path) -> None:
     pol = Policy.from_checkpoint(_write_checkpoint(tmp_path, discrete=True))
     meta = pol.metadata()
