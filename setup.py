@@ -37,6 +37,7 @@ INSTALL_REQUIRES = [
     "einops>=0.8",
     "tqdm>=4.66",
     "matplotlib>=3.8",
+    "opencv-python-headless>=4.10",  # Farneback flow targets for the LAM on real video (lam/flow_targets.py)
 ]
 
 HF = ["torch==2.13.0", "transformers>=5.0"]

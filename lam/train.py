@@ -110,17 +110,21 @@ def make_data(config: ml_collections.ConfigDict, *, split: str | None = None, se
     seed = config.train.seed if seed is None else seed
     split = split or d.train_split
     want_flow = config.model.flow_head and config.loss.flow_weight > 0
+    target = config.loss.get("flow_target", "ground_truth")
+    if target not in ("ground_truth", "farneback"):
+        raise ValueError(f"loss.flow_target must be 'ground_truth' (demo world) or 'farneback', got {target!r}")
+    gt_flow = want_flow and target == "ground_truth"
     if d.source == "memory":
         from lam import data as lam_data
 
-        table = lam_data.load_table(d.root, d.datasets, split, with_flow=want_flow,
+        table = lam_data.load_table(d.root, d.datasets, split, with_flow=gt_flow,
                                     max_episodes=d.max_episodes or None, cache_dir=d.cache_dir)
-        return lam_data.ClipSampler(table, batch_size=d.batch_size, clip_len=d.clip_len, offset=d.offset, seed=seed,
-                                    weights=d.weights, with_flow=want_flow)
-    if d.source == "pipeline":
-        if want_flow:
-            raise ValueError("flow supervision needs ground-truth flow: use data.source='memory' (demo world) or set "
-                             "loss.flow_weight=0 (no classical flow estimator in the streaming pipeline yet)")
+        it = lam_data.ClipSampler(table, batch_size=d.batch_size, clip_len=d.clip_len, offset=d.offset, seed=seed,
+                                  weights=d.weights, with_flow=gt_flow)
+    elif d.source == "pipeline":
+        if gt_flow:
+            raise ValueError("the streaming pipeline has no ground-truth flow: set loss.flow_target='farneback' "
+                             "(estimated from the frames) or use data.source='memory' (demo world)")
         from data.loader import make_iterator
         from data.mixture import Mixture, MixtureEntry, PipelineConfig
         from data.windows import lam_window
@@ -129,13 +133,20 @@ def make_data(config: ml_collections.ConfigDict, *, split: str | None = None, se
         cfg = PipelineConfig(data_root=d.root, window=lam_window(clip_len=d.clip_len, clip_stride=d.offset),
                              global_batch_size=d.batch_size, resolution=config.model.image_size, split=split,
                              seed=seed, shuffle_buffer=d.shuffle_buffer)
-        return make_iterator(mixture, cfg)
-    raise ValueError(f"data.source must be 'memory' or 'pipeline', got {d.source!r}")
+        it = make_iterator(mixture, cfg)
+    else:
+        raise ValueError(f"data.source must be 'memory' or 'pipeline', got {d.source!r}")
+    if want_flow and target == "farneback":
+        from lam.flow_targets import FarnebackParams, WithFlow
+
+        it = WithFlow(it, FarnebackParams(winsize=int(config.loss.get("farneback_winsize", 9))))
+    return it
 
 
 def keep_train_keys(batch: dict) -> dict:
     """Drops host-only fields (episode ids, effector positions, language) before the batch goes to devices."""
-    return {k: v for k, v in batch.items() if k in TRAIN_KEYS}
+    d = batch.to_dict() if hasattr(batch, "to_dict") else batch  # the streaming pipeline yields data.batch.LAMBatch
+    return {k: v for k, v in d.items() if k in TRAIN_KEYS}
 
 
 class UsageLog:

@@ -1,0 +1,79 @@
+"""Farneback flow targets: agreement with the demo world's exact flow, and LAM training on TFDS-written RLDS shards
+through the streaming pipeline with the estimated flow as supervision."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from data.demo import render as render_lib
+from data.demo import world as world_lib
+from data.demo import writer
+from lam import flow_targets
+
+
+def _moves(action: tuple[float, float], steps: int, seed: int = 0):
+    env = world_lib.DemoWorld(world_lib.WorldConfig(resolution=64))
+    env.reset(seed=seed)
+    before = env.scene
+    for _ in range(steps):
+        env.step(np.asarray(action))
+    after = env.scene
+    return render_lib.render(before, 64)[0], render_lib.render(after, 64)[0], render_lib.flow(before, after, 64)
+
+
+@pytest.mark.parametrize("steps", [1, 2])
+@pytest.mark.parametrize("action", [(0.03, 0.0), (0.0, -0.03), (-0.03, 0.03)])
+def test_farneback_agrees_with_ground_truth_flow(action, steps) -> None:
+    # up to ~3.5 px: a classical estimator loses the ~5 px effector once it moves farther than its own size
+    a, b, gt = _moves(action, steps)
+    est = flow_targets.farneback(a, b)
+    assert est.shape == gt.shape == (64, 64, 2) and est.dtype == np.float32
+    moving = np.linalg.norm(gt, axis=-1) > 1.0
+    assert moving.sum() > 10, "the effector should have moved"
+    g, e = gt[moving].mean(0), est[moving].mean(0)
+    cos = float(g @ e / (np.linalg.norm(g) * np.linalg.norm(e) + 1e-9))
+    assert cos > 0.95, (g, e)  # same direction
+    assert 0.3 < np.linalg.norm(e) / np.linalg.norm(g) < 1.5, (g, e)  # roughly the same length (it smooths)
+    far = ~moving & (np.abs(a.astype(int) - b.astype(int)).sum(-1) == 0)
+    far[:4], far[-4:], far[:, :4], far[:, -4:] = False, False, False, False
+    assert np.abs(est[far]).mean() < 0.3  # the static background stays still
+
+
+def test_clip_flow_masks_invalid_frames_and_checks_input() -> None:
+    a, b, _ = _moves((0.03, 0.0), 1)
+    clip = np.stack([np.stack([a, b, b])] * 2)  # [2, 3, 64, 64, 3]
+    valid = np.array([[True, True, True], [True, True, False]])
+    f = flow_targets.clip_flow(clip, valid)
+    assert f.shape == (2, 2, 64, 64, 2)
+    assert np.abs(f[1, 1]).max() == 0.0 and np.abs(f[0, 0]).max() > 1.0
+    np.testing.assert_allclose(f[0, 0], f[1, 0])
+    with pytest.raises(ValueError, match="uint8"):
+        flow_targets.clip_flow(clip.astype(np.float32))
+
+
+def test_lam_trains_on_rlds_pipeline_with_farneback_flow(tmp_path) -> None:
+    from configs import lam as lam_configs
+    from lam import train as lam_train
+
+    root = str(tmp_path / "data")
+    writer.write_datasets(root, writer.GenerationConfig(episodes=2, val_episodes=1, num_shards=1), progress=False)
+    cfg = lam_configs.get_config("lapa_tiny")
+    cfg.data.source, cfg.data.root, cfg.data.cache_dir, cfg.data.shuffle_buffer = "pipeline", root, "", 64
+    cfg.data.batch_size = 8
+    cfg.loss.flow_weight = 1.0
+    with pytest.raises(ValueError, match="farneback"):
+        lam_train.make_data(cfg)  # no ground-truth flow in the streaming pipeline
+    cfg.loss.flow_target = "farneback"
+    it = lam_train.make_data(cfg)
+    batch = next(it)
+    assert batch["flow"].shape == (8, 1, 64, 64, 2) and np.abs(batch["flow"]).max() > 0.5
+    state = it.get_state()
+    again = lam_train.make_data(cfg)
+    again.set_state(state)
+    np.testing.assert_array_equal(next(it)["flow"], next(again)["flow"])  # resumable: the state passes through
+    cfg.train.total_steps = 3
+    res = lam_train.train(cfg, str(tmp_path / "run"), overwrite=True)
+    assert res.step == 3 and math.isfinite(res.metrics["flow_l1"]) and math.isfinite(res.metrics["loss"])
