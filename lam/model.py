@@ -47,6 +47,7 @@ class CodeEncoder(nn.Module):
     grid: int
     deltas: bool
     time_kernel: int = 1
+    global_mix: float = 0.0  # z ← z + global_mix · mean over the g×g grid (shares whole-scene motion across slots)
 
     @nn.compact
     def __call__(self, feats: Array) -> Array:
@@ -65,7 +66,10 @@ class CodeEncoder(nn.Module):
         if size != self.grid:
             raise ValueError(f"code grid came out {size}x{size}, expected {self.grid}x{self.grid} from a {h}x{h} patch "
                              "grid; choose image_size / patch_size / code_grid so that h/4 <= code_grid <= h")
-        return x[:, 1:] - x[:, :-1] if self.deltas else x
+        x = x[:, 1:] - x[:, :-1] if self.deltas else x
+        if self.global_mix:
+            x = x + self.global_mix * x.mean(axis=(2, 3), keepdims=True)
+        return x
 
 
 class LatentActionModel(nn.Module):
@@ -90,7 +94,7 @@ class LatentActionModel(nn.Module):
             self.enc_blocks = _blocks(c, c.encoder.depth, "enc_st", peg=c.encoder.get("peg", True))
         self.enc_norm = layers.layer_norm("enc_norm")
         self.code_encoder = CodeEncoder(c.quant_dim, c.code_grid, c.encode_deltas, c.code_time_kernel,
-                                        name="code_encoder")
+                                        c.get("code_global_mix", 0.0), name="code_encoder")
         self.quantizer = NSVQ(c.codebook_size, c.quant_dim, c.get("quant_warmup_steps", 0), name="quantizer")
         d = c.decoder
         if d.kind == "cross_attention":

@@ -69,6 +69,19 @@ def test_gradients_flow_through_quantizer_and_flow_head_shapes() -> None:
     assert out["ids"].shape == (3, n, cfg.model.code_grid, cfg.model.code_grid)
 
 
+def test_code_global_mix_adds_the_grid_mean() -> None:
+    cfg = _cfg("lapa_tiny")
+    cfg.model.code_global_mix = 0.0
+    variables = jax.jit(train.make_init_fn(cfg))(jax.random.PRNGKey(0))
+    x = jnp.asarray(_clip(cfg), jnp.float32) / 255.0
+    z0 = LatentActionModel(cfg.model).apply(variables, x, method=LatentActionModel.encode)
+    cfg.model.code_global_mix = 2.0  # no new parameters: the same variables apply
+    z2 = LatentActionModel(cfg.model).apply(variables, x, method=LatentActionModel.encode)
+    assert z0.shape == z2.shape == (2, 1, cfg.model.code_grid, cfg.model.code_grid, cfg.model.quant_dim)
+    np.testing.assert_allclose(z2, z0 + 2.0 * z0.mean(axis=(2, 3), keepdims=True), rtol=1e-5, atol=1e-5)
+    assert float(jnp.abs(z2 - z0).max()) > 1e-3
+
+
 def test_replacement_moves_dead_codes_only() -> None:
     cb = jnp.arange(8 * 2, dtype=jnp.float32).reshape(8, 2)
     state = {"shift": jnp.zeros((8, 2)), "counts": jnp.array([50.0, 50, 0, 0, 0, 0, 0, 0]), "calls": jnp.array(10)}
