@@ -113,7 +113,7 @@ def _shrink(c: ml_collections.ConfigDict, family: str, tiny: bool) -> None:
     residual decoder output (pred = first frame + Δ), no PEG (its random 3×3×3 conv scrambled the ~20 effector
     pixels: a supervised direction probe on z reached 0.33 in 300 steps with it, 0.59 without; steps ~3× faster),
     flow head + ground-truth flow loss as MSE with moving pixels weighted 51× (L1 on sparse flow stayed at 'predict
-    zero', flow_l1 flat for 1500 steps), unweighted pixel MSE (the target-dependent motion weight kept PSNR below
+    zero', its L1 flat for 1500 steps), unweighted pixel MSE (the target-dependent motion weight kept PSNR below
     copy-last), batch-vector restarts of dead codes, a faster replacement schedule and a larger learning rate.
 
     LAPA demo codes share the scene's motion across the 2×2 slots (code_global_mix: z + 3·grid mean) and weigh the

@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+import cv2
 import numpy as np
 
 
@@ -33,18 +34,8 @@ class FarnebackParams:
     poly_sigma: float = 1.1
 
 
-def _cv2() -> Any:
-    try:
-        import cv2
-    except ImportError as e:  # pragma: no cover - it is a pinned requirement
-        raise ImportError("Farneback flow targets need OpenCV: pip install opencv-python-headless "
-                          "(pinned in requirements.lock)") from e
-    return cv2
-
-
 def farneback(a: np.ndarray, b: np.ndarray, params: FarnebackParams = FarnebackParams()) -> np.ndarray:
     """Dense flow float32[R, R, 2] from RGB frame a to b (uint8[R, R, 3] each), in pixels."""
-    cv2 = _cv2()
     if a.shape != b.shape or a.ndim != 3 or a.shape[-1] != 3:
         raise ValueError(f"farneback expects two RGB frames of one shape [H, W, 3], got {a.shape} and {b.shape}")
     ga = cv2.cvtColor(np.ascontiguousarray(a, np.uint8), cv2.COLOR_RGB2GRAY)
@@ -62,11 +53,11 @@ def clip_flow(clip: np.ndarray, valid: np.ndarray | None = None, params: Farneba
     if clip.ndim != 5 or clip.shape[-1] != 3 or clip.dtype != np.uint8:
         raise ValueError(f"clip must be uint8[B, L, R, R, 3], got {clip.dtype}{list(clip.shape)}")
     b, n = clip.shape[0], clip.shape[1] - 1
-    out = np.zeros((b, max(n, 0), *clip.shape[2:4], 2), np.float32)
+    out = np.zeros((b, n, *clip.shape[2:4], 2), np.float32)
     pairs = [(i, t) for i in range(b) for t in range(n) if valid is None or bool(valid[i, t + 1])]
-    run = (lambda it: pool.map(lambda p: farneback(clip[p[0], p[1]], clip[p[0], p[1] + 1], params), it)) \
-        if pool is not None else (lambda it: (farneback(clip[i, t], clip[i, t + 1], params) for i, t in it))
-    for (i, t), f in zip(pairs, run(pairs), strict=True):
+    pair_flow = lambda p: farneback(clip[p[0], p[1]], clip[p[0], p[1] + 1], params)
+    flows = pool.map(pair_flow, pairs) if pool is not None else map(pair_flow, pairs)
+    for (i, t), f in zip(pairs, flows, strict=True):
         out[i, t] = f
     return out
 

@@ -23,6 +23,15 @@ def _masked_mean(per_item: Array, mask: Array | None) -> Array:
     return jnp.sum(per_item * m) / jnp.maximum(jnp.sum(m), 1.0)
 
 
+def _elementwise(diff: Array, kind: str, option: str) -> Array:
+    """|diff| ('l1') or diff² ('mse'); `option` names the config key in the error."""
+    if kind == "l1":
+        return jnp.abs(diff)
+    if kind == "mse":
+        return jnp.square(diff)
+    raise ValueError(f"{option} must be 'l1' or 'mse', got {kind!r}")
+
+
 def pixel_loss(pred: Array, target: Array, kind: str = "l1", mask: Array | None = None, *,
                previous: Array | None = None, motion_weight: float = 0.0) -> Array:
     """Mean |pred − target| ('l1') or squared error ('mse').
@@ -33,13 +42,7 @@ def pixel_loss(pred: Array, target: Array, kind: str = "l1", mask: Array | None 
     if motion_weight > 0 and previous is not None:
         w = 1.0 + motion_weight * jnp.mean(jnp.abs(target - previous), axis=-1, keepdims=True)
         diff = diff * (jnp.sqrt(w) if kind == "mse" else w)
-    if kind == "l1":
-        per = jnp.abs(diff)
-    elif kind == "mse":
-        per = jnp.square(diff)
-    else:
-        raise ValueError(f"loss.pixel must be 'l1' or 'mse', got {kind!r}")
-    return _masked_mean(jnp.mean(per, axis=(2, 3, 4)), mask)
+    return _masked_mean(jnp.mean(_elementwise(diff, kind, "loss.pixel"), axis=(2, 3, 4)), mask)
 
 
 def psnr(pred: Array, target: Array) -> Array:
@@ -66,14 +69,7 @@ def flow_loss(pred: Array, target: Array, mask: Array | None = None, *, kind: st
     moving_weight > 0: pixels whose target flow is longer than `moving_threshold` px weigh 1 + moving_weight, so the
     few moving pixels (the effector) are not drowned by the static background; with L1 on sparse targets predicting
     zero everywhere is a strong optimum, which MSE and this weighting avoid."""
-    err = pred.astype(jnp.float32) - target.astype(jnp.float32)
-    if kind == "l1":
-        per = jnp.abs(err)
-    elif kind == "mse":
-        per = jnp.square(err)
-    else:
-        raise ValueError(f"loss.flow must be 'l1' or 'mse', got {kind!r}")
-    per = jnp.mean(per, axis=-1)
+    per = jnp.mean(_elementwise(pred.astype(jnp.float32) - target.astype(jnp.float32), kind, "loss.flow"), axis=-1)
     if moving_weight > 0:
         moving = jnp.linalg.norm(target.astype(jnp.float32), axis=-1) > moving_threshold
         per = per * (1.0 + moving_weight * moving.astype(jnp.float32))

@@ -84,7 +84,7 @@ def make_loss_fn(config: ml_collections.ConfigDict, feature_fn: losses.FeatureFn
             fl = losses.flow_loss(out["flow"], batch["flow"], mask, kind=lc.get("flow", "l1"),
                                   moving_weight=lc.get("flow_moving_weight", 0.0))
             loss = loss + losses.flow_weight(step, lc.flow_weight, lc.flow_start, lc.flow_warmup) * fl
-            metrics["flow_l1"] = fl
+            metrics["flow"] = fl
         new_nsvq, qm = replace_dead_codes(params[QUANTIZER]["codebook"], nsvq, out["z"], r_rep,
                                           schedule=qc.schedule, threshold=qc.threshold, source=qc.source,
                                           noise=qc.noise, warmup_steps=config.model.quant_warmup_steps)
@@ -161,7 +161,7 @@ class UsageLog:
         ms = jax.device_get(state.model_state["nsvq"][QUANTIZER])
         row = {"step": step, "counts_since_reset": np.asarray(ms["counts"]).tolist(),
                **{k: float(v) for k, v in metrics.items() if k in
-                  ("perplexity", "unique_codes", "psnr", "psnr_copy", "rec", "flow_l1", "codebook/replaced")}}
+                  ("perplexity", "unique_codes", "psnr", "psnr_copy", "rec", "flow", "codebook/replaced")}}
         with open(self.path, "a") as f:
             f.write(json.dumps(row) + "\n")
 

@@ -55,7 +55,7 @@ def test_gradients_flow_through_quantizer_and_flow_head_shapes() -> None:
     loss_fn = train.make_loss_fn(cfg)
     (loss, (metrics, new_ms)), g = jax.jit(jax.value_and_grad(loss_fn, has_aux=True))(
         params, batch, jax.random.PRNGKey(1), ms)
-    assert np.isfinite(float(loss)) and float(metrics["flow_l1"]) > 0
+    assert np.isfinite(float(loss)) and float(metrics["flow"]) > 0
     # the encoder sits before the quantizer: non-zero grads there prove the path through NSVQ
     for path in (("code_encoder", "project_in", "kernel"), ("quantizer", "codebook"), ("patch_embed",)):
         node = g
