@@ -27,11 +27,12 @@ def _model_lapa() -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict({
         "image_size": 256, "patch_size": 32, "dim": 1024, "heads": 16, "dim_head": 64, "cosine": True,
         "cpb_hidden": 1024, "ff_mult": 4.0, "quant_dim": 32, "codebook_size": 8, "code_grid": 2,
-        "encode_deltas": True, "code_time_kernel": 1, "code_global_mix": 0.0,
+        "encode_deltas": True, "code_time_kernel": 1, "code_pool": "grid",
         "flow_head": False, "flow_scale": 1.0, "quant_warmup_steps": 0,
         "encoder": {"kind": "patch", "layout": "factorized", "spatial_depth": 8, "temporal_depth": 8, "depth": 0,
                     "peg": True},
-        "decoder": {"kind": "cross_attention", "depth": 8, "residual": False, "detach_queries": True, "peg": False},
+        "decoder": {"kind": "cross_attention", "patch_size": 0, "depth": 8, "residual": False, "detach_queries": True,
+                    "peg": False},
         "dino": _dino(),
     })
 
@@ -42,11 +43,12 @@ def _model_vipra() -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict({
         "image_size": 224, "patch_size": 14, "dim": 768, "heads": 16, "dim_head": 64, "cosine": True,
         "cpb_hidden": 768, "ff_mult": 4.0, "quant_dim": 32, "codebook_size": 8, "code_grid": 4,
-        "encode_deltas": False, "code_time_kernel": 3, "code_global_mix": 0.0,
+        "encode_deltas": False, "code_time_kernel": 3, "code_pool": "grid",
         "flow_head": False, "flow_scale": 1.0, "quant_warmup_steps": 0,
         "encoder": {"kind": "dino", "layout": "interleaved", "spatial_depth": 0, "temporal_depth": 0, "depth": 6,
                     "peg": True},
-        "decoder": {"kind": "film", "depth": 8, "residual": False, "detach_queries": False, "peg": True},
+        "decoder": {"kind": "film", "patch_size": 0, "depth": 8, "residual": False, "detach_queries": False,
+                    "peg": True},
         "dino": _dino(),
     })
 
@@ -116,17 +118,21 @@ def _shrink(c: ml_collections.ConfigDict, family: str, tiny: bool) -> None:
     zero', its L1 flat for 1500 steps), unweighted pixel MSE (the target-dependent motion weight kept PSNR below
     copy-last), batch-vector restarts of dead codes, a faster replacement schedule and a larger learning rate.
 
-    LAPA demo codes share the scene's motion across the 2×2 slots (code_global_mix: z + 3·grid mean) and weigh the
-    flow term 2.0: with independent slots, which slot changed told the probe the effector's quadrant.
+    LAPA demo codes are 4 linear projections of the grid-mean motion (code_pool='mean') and weigh the flow term
+    2.0: with one code per 2×2 grid cell, which slot changed told a probe the effector's quadrant.
 
     Measured (2 shared CPU cores; runs/lam_demo/*/eval/metrics.json, held-out val episodes):
-      lapa_demo, 4500 steps, 8.8 min wall: 8 of 8 codes, perplexity 7.54; PSNR 32.99 dB vs copy-last 32.75 dB;
-        direction probe 0.67 (majority 0.20, NMI 0.49); position probe 0.24 (majority 0.17, NMI 0.22). Issue 6's
-        0.8 direction target is NOT met. Without the global mix (5000 steps): direction 0.62, position 0.53. At 2000
-        steps: mix 0.64, + flow weight 2 0.65; no gain from quant_dim 4 (0.44), clip offset 2 (0.53) or 5 (0.47),
-        a per-pixel flow MLP (0.48), a conv stem (0.62). The same encoder trained *supervised* on the direction
-        labels reaches only 0.73 in 2000 steps, and the label agrees with the mean ground-truth flow's direction
-        on 0.88 of clips (pushed blocks move too), so the encoder, not the quantizer, is what limits it here.
+      lapa_demo, 4500 steps, 9.2 min wall: 8 of 8 codes, perplexity 7.24; PSNR 32.94 dB vs copy-last 32.75 dB;
+        direction probe 0.68 (majority 0.20, NMI 0.52); position probe 0.15 (majority 0.17, NMI 0.14). Issue 6's
+        0.8 direction target is NOT met. Earlier code heads (4500-5000 steps): per-cell codes 0.62 / position 0.53;
+        per-cell codes + 3·grid mean 0.67 / 0.24. A linear probe on the continuous z reaches 0.77, on the codes 0.67:
+        quantizing to 4 codes of 8 loses a tenth. At 2000 steps: mean pool 0.66 (position 0.17); no gain from
+        quant_dim 4 (0.44), clip offset 2 (0.53) or 5 (0.47), a per-pixel flow MLP (0.48), a conv stem (0.62), a
+        LayerNorm per 4×4 sub-patch (0.55), or a patch-4 encoder with a patch-8 decoder (0.53 at 1500 steps,
+        2.6 steps/s vs 8.5). The same encoder trained *supervised* on the direction labels reaches 0.72 in 2000 steps
+        at patch 8 (no better with frame differences as extra input, 0.72) but 0.84 at patch 4 (4.4× the time):
+        resolving a ~5 px effector is what limits it; the label agrees with the mean ground-truth flow's direction
+        on 0.88 of clips (pushed blocks move too).
       vipra_demo, 2000 steps, 9.6 min wall: 8 of 8 codes, perplexity 6.17; PSNR 36.73 dB vs copy-last 36.66 dB;
         direction probe 0.21 (majority 0.23), position probe 0.16 (majority 0.16): its codes (offset 1, ~2 px of
         motion per transition, 16 codes) do not encode motion yet."""
@@ -144,7 +150,7 @@ def _shrink(c: ml_collections.ConfigDict, family: str, tiny: bool) -> None:
     if family == "lapa":
         m.encoder.spatial_depth, m.encoder.temporal_depth = 1, 1
         m.decoder.depth = 1 if tiny else 2
-        m.code_global_mix = 3.0  # the 4 slots share the scene's motion: stops "which slot changed" leaking position
+        m.code_pool = "mean"  # the 4 slots read the grid-mean motion: "which slot changed" cannot leak position
     else:
         m.encoder.kind = "patch"
         m.encoder.depth = 1

@@ -2,7 +2,8 @@
 
     clip float[B, T, H, W, 3] in [0, 1]  (LAPA: T = 2, frames t and t+offset; ViPRA: T frames)
     encode:  patches → spatial/temporal transformer → per-transition code vectors z float[B, T-1, g, g, Dq]
-             (LAPA: z = conv(enc(frame t+1)) − conv(enc(frame t)); ViPRA: conv3d over the features of frames 1..T-1)
+             (LAPA: z = conv(enc(frame t+1)) − conv(enc(frame t)); ViPRA: conv3d over the features of frames 1..T-1;
+             code_pool='mean': the g·g slots are linear maps of z's grid mean instead of one slot per grid cell)
     quantize: NSVQ → q float[B, T-1, g, g, Dq], ids int32[B, T-1, g, g]   (g×g codes per transition)
     decode:  frames 0..T-2 + codes → frames 1..T-1 (float[B, T-1, H, W, 3]) and optionally flow (float[..., 2], px)
              'cross_attention' (LAPA): first-frame patches attend to the code tokens, per transition;
@@ -41,13 +42,14 @@ def _blocks(cfg: ml_collections.ConfigDict, depth: int, prefix: str, **kw: Any) 
 
 
 class CodeEncoder(nn.Module):
-    """Per-frame features float[B, T, h, w, D] → code vectors float[B, T-1, g, g, Dq] (two convs, h → g)."""
+    """Per-frame features float[B, T, h, w, D] → code vectors float[B, T-1, g, g, Dq] (3×3 convs, stride 2 per
+    halving of h → g, at least two; ReLU after the first)."""
 
     quant_dim: int
     grid: int
     deltas: bool
     time_kernel: int = 1
-    global_mix: float = 0.0  # z ← z + global_mix · mean over the g×g grid (shares whole-scene motion across slots)
+    pool: str = "grid"  # 'grid': slot (i, j) is grid cell (i, j); 'mean': slots are projections of the grid mean
 
     @nn.compact
     def __call__(self, feats: Array) -> Array:
@@ -56,7 +58,8 @@ class CodeEncoder(nn.Module):
             x = x[:, 1:]  # ViPRA: the code for t→t+1 is read at frame t+1 (the encoder is non-causal)
         h = size = x.shape[2]
         kt = 1 if self.deltas else self.time_kernel
-        for i in range(2):
+        n_convs = max(2, (h // self.grid).bit_length() - 1)  # one stride-2 conv per halving, at least two convs
+        for i in range(n_convs):
             stride = 2 if size // 2 >= self.grid else 1
             x = nn.Conv(self.quant_dim, (kt, 3, 3), strides=(1, stride, stride),
                         padding=((kt // 2, kt // 2), (1, 1), (1, 1)), name=f"conv{i}")(x)
@@ -65,10 +68,13 @@ class CodeEncoder(nn.Module):
                 x = nn.leaky_relu(x, 0.1) if kt > 1 else nn.relu(x)
         if size != self.grid:
             raise ValueError(f"code grid came out {size}x{size}, expected {self.grid}x{self.grid} from a {h}x{h} patch "
-                             "grid; choose image_size / patch_size / code_grid so that h/4 <= code_grid <= h")
+                             "grid; choose image_size / patch_size / code_grid so that h / code_grid is a power of two")
         x = x[:, 1:] - x[:, :-1] if self.deltas else x
-        if self.global_mix:
-            x = x + self.global_mix * x.mean(axis=(2, 3), keepdims=True)
+        if self.pool == "mean":  # every slot reads the grid-mean motion through its own linear map (no slot ↔ place)
+            g, dq = self.grid, self.quant_dim
+            x = nn.Dense(g * g * dq, name="slots")(x.mean(axis=(2, 3))).reshape(*x.shape[:2], g, g, dq)
+        elif self.pool != "grid":
+            raise ValueError(f"model.code_pool must be 'grid' or 'mean', got {self.pool!r}")
         return x
 
 
@@ -79,6 +85,9 @@ class LatentActionModel(nn.Module):
 
     def setup(self) -> None:
         c = self.config
+        if c.get("code_global_mix", 0.0):  # configs stored by runs from before code_pool replaced it
+            raise ValueError("model.code_global_mix is no longer supported (its checkpoints would decode wrongly); "
+                             "retrain with model.code_pool='mean'")
         if c.encoder.kind == "dino":
             from lam.dino import Dinov2
 
@@ -94,14 +103,16 @@ class LatentActionModel(nn.Module):
             self.enc_blocks = _blocks(c, c.encoder.depth, "enc_st", peg=c.encoder.get("peg", True))
         self.enc_norm = layers.layer_norm("enc_norm")
         self.code_encoder = CodeEncoder(c.quant_dim, c.code_grid, c.encode_deltas, c.code_time_kernel,
-                                        c.get("code_global_mix", 0.0), name="code_encoder")
+                                        c.get("code_pool", "grid"), name="code_encoder")
         self.quantizer = NSVQ(c.codebook_size, c.quant_dim, c.get("quant_warmup_steps", 0), name="quantizer")
         d = c.decoder
+        self.dec_patch = d.get("patch_size", 0) or c.patch_size
+        if d.kind == "film" or self.dec_patch != c.patch_size:  # the decoder's own patch embedding
+            self.dec_patch_embed = PatchEmbed(self.dec_patch, c.dim, name="dec_patch_embed")
         if d.kind == "cross_attention":
             self.project_out = nn.Dense(c.dim, name="project_out")
             self.dec_blocks = _blocks(c, d.depth, "dec", temporal=False, peg=d.get("peg", False), cross=True)
         elif d.kind == "film":
-            self.dec_patch_embed = PatchEmbed(c.patch_size, c.dim, name="dec_patch_embed")
             self.cond_in = nn.Dense(c.dim, name="cond_in")
             self.cond_ff = layers.GEGLU(c.ff_mult, name="cond_ff")
             self.dec_blocks = _blocks(c, d.depth, "dec", causal=True, film=True, peg=d.get("peg", True))
@@ -110,9 +121,9 @@ class LatentActionModel(nn.Module):
         self.dec_norm = layers.layer_norm("dec_norm")
         # residual decoders start as the copy-last-frame predictor (zero-initialised output layers)
         init = nn.initializers.zeros if c.decoder.residual else nn.initializers.lecun_normal()
-        self.to_pixels = nn.Dense(c.patch_size**2 * 3, kernel_init=init, name="to_pixels")
+        self.to_pixels = nn.Dense(self.dec_patch**2 * 3, kernel_init=init, name="to_pixels")
         if c.flow_head:
-            self.to_flow = nn.Dense(c.patch_size**2 * 2, kernel_init=nn.initializers.zeros, name="to_flow")
+            self.to_flow = nn.Dense(self.dec_patch**2 * 2, kernel_init=nn.initializers.zeros, name="to_flow")
 
     def embed(self, clip: Array) -> Array:
         """clip float[B, T, H, W, 3] → patch tokens float[B, T, h, w, D]."""
@@ -144,8 +155,12 @@ class LatentActionModel(nn.Module):
         c = self.config
         b, n = codes.shape[:2]
         if c.decoder.kind == "cross_attention":
-            # queries: the (detached) patch embedding of each transition's first frame; keys: its g·g code tokens
-            q = jax.lax.stop_gradient(self.embed(frames)) if c.decoder.detach_queries else self.embed(frames)
+            # queries: the (detached) patch embedding of each transition's first frame (the decoder's own embedding
+            # when decoder.patch_size differs from the encoder's); keys: its g·g code tokens
+            if self.dec_patch != c.patch_size:
+                q = self.dec_patch_embed(frames)
+            else:
+                q = jax.lax.stop_gradient(self.embed(frames)) if c.decoder.detach_queries else self.embed(frames)
             ctx = self.project_out(codes.reshape(b, n, -1, codes.shape[-1]))
             x = q.reshape(b * n, 1, *q.shape[2:])
             x, _ = layers.stack(self.dec_blocks, x, context=ctx.reshape(b * n, 1, *ctx.shape[2:]))
@@ -155,10 +170,10 @@ class LatentActionModel(nn.Module):
             cond = self.cond_ff(self.cond_in(codes.reshape(b, n, -1)))
             x, _ = layers.stack(self.dec_blocks, x, cond[:, :, None], cond=cond)
         x = self.dec_norm(x)
-        pix = layers.unpatchify(self.to_pixels(x), c.patch_size, 3)
+        pix = layers.unpatchify(self.to_pixels(x), self.dec_patch, 3)
         if c.decoder.residual:
             pix = pix + frames
-        flow = layers.unpatchify(self.to_flow(x), c.patch_size, 2) * c.flow_scale if c.flow_head else None
+        flow = layers.unpatchify(self.to_flow(x), self.dec_patch, 2) * c.flow_scale if c.flow_head else None
         return pix, flow
 
     def __call__(self, clip: Array, *, train: bool = False) -> dict[str, Array]:
