@@ -132,7 +132,9 @@ def _shrink(c: ml_collections.ConfigDict, family: str, tiny: bool) -> None:
         2.6 steps/s vs 8.5). The same encoder trained *supervised* on the direction labels reaches 0.72 in 2000 steps
         at patch 8 (no better with frame differences as extra input, 0.72) but 0.84 at patch 4 (4.4× the time):
         resolving a ~5 px effector is what limits it; the label agrees with the mean ground-truth flow's direction
-        on 0.88 of clips (pushed blocks move too).
+        on 0.88 of clips (pushed blocks move too). lapa_demo with --config.model.patch_size=4
+        --config.model.decoder.patch_size=8, 4500 steps, 26 min: direction 0.77 (NMI 0.57), position 0.23,
+        perplexity 6.15, PSNR 33.05 dB.
       vipra_demo, 2000 steps, 9.6 min wall: 8 of 8 codes, perplexity 6.17; PSNR 36.73 dB vs copy-last 36.66 dB;
         direction probe 0.21 (majority 0.23), position probe 0.16 (majority 0.16): its codes (offset 1, ~2 px of
         motion per transition, 16 codes) do not encode motion yet."""
