@@ -69,24 +69,34 @@ def test_gradients_flow_through_quantizer_and_flow_head_shapes() -> None:
     assert out["ids"].shape == (3, n, cfg.model.code_grid, cfg.model.code_grid)
 
 
+def _encode(model_cfg, variables, x):
+    model = LatentActionModel(model_cfg.copy_and_resolve_references())  # a snapshot: tests mutate their config
+    return jax.jit(lambda v, x: model.apply(v, x, method=LatentActionModel.encode))(variables, x)
+
+
+def _init_shapes(model_cfg, x):
+    """Parameter shapes of a fresh model (traced, not run: config errors surface here too)."""
+    model = LatentActionModel(model_cfg.copy_and_resolve_references())
+    return jax.eval_shape(lambda: model.init({"params": jax.random.PRNGKey(0), "nsvq": jax.random.PRNGKey(1)}, x))
+
+
 def test_code_pool_mean_projects_the_grid_mean_into_every_slot() -> None:
     cfg = _cfg("lapa_tiny")
     assert cfg.model.code_pool == "mean"
     x = jnp.asarray(_clip(cfg), jnp.float32) / 255.0
-    model = LatentActionModel(cfg.model)
     variables = jax.jit(train.make_init_fn(cfg))(jax.random.PRNGKey(0))
-    z = model.apply(variables, x, method=LatentActionModel.encode)
+    z = _encode(cfg.model, variables, x)
     slots = variables["params"]["code_encoder"]["slots"]
     cfg.model.code_pool = "grid"  # the same weights minus the slot projection give the per-cell deltas
     params = {**variables["params"], "code_encoder": {k: v for k, v in variables["params"]["code_encoder"].items()
                                                       if k != "slots"}}
-    zg = LatentActionModel(cfg.model).apply({**variables, "params": params}, x, method=LatentActionModel.encode)
+    zg = _encode(cfg.model, {**variables, "params": params}, x)
     g, dq = cfg.model.code_grid, cfg.model.quant_dim
     want = (zg.mean(axis=(2, 3)) @ slots["kernel"] + slots["bias"]).reshape(*zg.shape[:2], g, g, dq)
     np.testing.assert_allclose(z, want, rtol=1e-5, atol=1e-5)
+    cfg.model.code_pool = "max"  # a typo'd variant fails loudly
     with pytest.raises(ValueError, match="code_pool"):
-        cfg.model.code_pool = "max"  # (a typo'd variant fails loudly)
-        LatentActionModel(cfg.model).init({"params": jax.random.PRNGKey(0), "nsvq": jax.random.PRNGKey(1)}, x)
+        _init_shapes(cfg.model, x)
 
 
 def test_patch4_encoder_with_its_own_patch8_decoder() -> None:
@@ -94,24 +104,24 @@ def test_patch4_encoder_with_its_own_patch8_decoder() -> None:
     x = jnp.asarray(_clip(cfg), jnp.float32) / 255.0
     # a 16×16 patch grid needs 3 stride-2 convs down to the 2×2 codes; the decoder embeds its own 8-px patches
     cfg.model.patch_size, cfg.model.decoder.patch_size = 4, 8
-    model = LatentActionModel(cfg.model)
-    v = model.init({"params": jax.random.PRNGKey(0), "nsvq": jax.random.PRNGKey(1)}, x)
+    model = LatentActionModel(cfg.model.copy_and_resolve_references())
+    v = jax.jit(lambda x: model.init({"params": jax.random.PRNGKey(0), "nsvq": jax.random.PRNGKey(1)}, x))(x)
     assert v["params"]["patch_embed"]["Dense_0"]["kernel"].shape[0] == 4 * 4 * 3
     assert v["params"]["dec_patch_embed"]["Dense_0"]["kernel"].shape[0] == 8 * 8 * 3
     assert "conv2" in v["params"]["code_encoder"] and "conv3" not in v["params"]["code_encoder"]
     assert v["params"]["to_pixels"]["kernel"].shape[-1] == 8 * 8 * 3
-    out = model.apply(v, x)
+    out = jax.jit(model.apply)(v, x)
     r, g = cfg.model.image_size, cfg.model.code_grid
     assert out["pred"].shape == (2, 1, r, r, 3) and out["flow"].shape == (2, 1, r, r, 2)
     assert out["ids"].shape == (2, 1, g, g)
     # the decoder's queries come from its own embedding: changing the encoder's patch embedding leaves pred alone
     q = jnp.ones((2, 1, g, g, cfg.model.quant_dim))
     p2 = {**v["params"], "patch_embed": jax.tree.map(lambda a: a + 1.0, v["params"]["patch_embed"])}
-    dec = lambda p: model.apply({**v, "params": p}, x[:, :1], q, method=LatentActionModel.decode)[0]
+    dec = jax.jit(lambda p: model.apply({**v, "params": p}, x[:, :1], q, method=LatentActionModel.decode)[0])
     np.testing.assert_array_equal(dec(v["params"]), dec(p2))
     cfg.model.code_grid = 3
     with pytest.raises(ValueError, match="power of two"):
-        LatentActionModel(cfg.model).init({"params": jax.random.PRNGKey(0), "nsvq": jax.random.PRNGKey(1)}, x)
+        _init_shapes(cfg.model, x)
 
 
 def test_replacement_moves_dead_codes_only() -> None:
