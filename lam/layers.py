@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 
 Array = jax.Array
+_SMALL_ATTN = 16  # query × key counts up to this use broadcast products instead of a dot
 
 
 def layer_norm(name: str | None = None) -> nn.LayerNorm:
@@ -87,7 +88,12 @@ class Attention(nn.Module):
             scale = 8.0
         else:
             scale = 1.0 / math.sqrt(self.dim_head)
-        logits = jnp.einsum("...nhd,...mhd->...hnm", q, k).astype(jnp.float32) * scale
+        small = q.shape[-3] * k.shape[-3] <= _SMALL_ATTN  # e.g. LAPA's 2-frame temporal attention
+        if small:  # broadcast multiply-sum: XLA's CPU dot is very slow on thousands of 2×2 products
+            logits = jnp.moveaxis(jnp.sum(q[..., :, None, :, :] * k[..., None, :, :, :], -1), -1, -3)
+        else:
+            logits = jnp.einsum("...nhd,...mhd->...hnm", q, k)
+        logits = logits.astype(jnp.float32) * scale
         if bias is not None:
             if self.null_kv:
                 bias = jnp.pad(bias, ((0, 0), (0, 0), (self.null_kv, 0)))
@@ -96,7 +102,11 @@ class Attention(nn.Module):
             n, m = logits.shape[-2:]
             logits = jnp.where(jnp.tril(jnp.ones((n, m), bool), m - n), logits, -1e30)
         probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
-        out = jnp.einsum("...hnm,...mhd->...nhd", probs, v).reshape(*x.shape[:-1], inner)
+        if small:
+            out = jnp.sum(jnp.moveaxis(probs, -3, -1)[..., None] * v[..., None, :, :, :], -3)
+        else:
+            out = jnp.einsum("...hnm,...mhd->...nhd", probs, v)
+        out = out.reshape(*x.shape[:-1], inner)
         return nn.Dense(d, use_bias=False, name="to_out")(out)
 
 

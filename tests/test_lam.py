@@ -165,6 +165,22 @@ def test_dead_code_replacement_identical_on_all_devices() -> None:
             np.testing.assert_array_equal(s, shards[0])
 
 
+@pytest.mark.parametrize("n, null_kv, causal", [(2, 0, False), (4, 0, True), (3, 2, False)])
+def test_small_attention_broadcast_path_matches_dot_path(monkeypatch, n, null_kv, causal) -> None:
+    """Few-token attention (e.g. the 2-frame temporal layer) uses broadcast products; same output as the einsum."""
+    from lam import layers
+
+    attn = layers.Attention(heads=2, dim_head=8, null_kv=null_kv)
+    x = jax.random.normal(jax.random.PRNGKey(0), (3, 5, n, 16))
+    v = attn.init(jax.random.PRNGKey(1), x)
+    pos = None if null_kv else jnp.arange(n)  # RoPE is for self-attention without null keys
+    run = lambda: np.asarray(attn.apply(v, x, positions=pos, causal=causal))
+    assert n * (n + null_kv) <= layers._SMALL_ATTN
+    small = run()
+    monkeypatch.setattr(layers, "_SMALL_ATTN", 0)
+    np.testing.assert_allclose(small, run(), rtol=1e-5, atol=1e-5)
+
+
 def test_causal_decoder_does_not_look_ahead() -> None:
     cfg = _cfg("vipra_tiny")
     model = LatentActionModel(cfg.model)
