@@ -19,7 +19,7 @@ import jax
 import ml_collections
 
 from lam import layers
-from lam.quantizer import NSVQ
+from lam.quantizer import NSVQ, l2_normalize
 
 Array = jax.Array
 
@@ -104,7 +104,8 @@ class LatentActionModel(nn.Module):
         self.enc_norm = layers.layer_norm("enc_norm")
         self.code_encoder = CodeEncoder(c.quant_dim, c.code_grid, c.encode_deltas, c.code_time_kernel,
                                         c.get("code_pool", "grid"), name="code_encoder")
-        self.quantizer = NSVQ(c.codebook_size, c.quant_dim, c.get("quant_warmup_steps", 0), name="quantizer")
+        self.quantizer = NSVQ(c.codebook_size, c.quant_dim, c.get("quant_warmup_steps", 0), c.get("quant_norm", False),
+                              name="quantizer")
         d = c.decoder
         self.dec_patch = d.get("patch_size", 0) or c.patch_size
         if d.kind == "film" or self.dec_patch != c.patch_size:  # the decoder's own patch embedding
@@ -147,7 +148,8 @@ class LatentActionModel(nn.Module):
         """ids int32[B, T-1, g, g] → hard code vectors (effective codebook)."""
         cb = self.quantizer.variables["params"]["codebook"]
         shift = self.quantizer.get_variable("nsvq", "shift")
-        return (cb + shift)[ids]
+        codes = (cb + shift)[ids]
+        return l2_normalize(codes) if self.config.get("quant_norm", False) else codes
 
     def decode(self, frames: Array, codes: Array) -> tuple[Array, Array | None]:
         """frames float[B, T-1, H, W, 3] (frames 0..T-2) + codes float[B, T-1, g, g, Dq] → predicted frames 1..T-1

@@ -6,6 +6,8 @@ emits c itself. The argmin ids are the latent actions.
 
 Variables of `NSVQ` (a module inside the LAM):
   params/codebook   float[K, D]   trained by the optimizer (init N(0, 1))
+With `normalize`, z and the codes are l2-normalized before the lookup and the noise substitution (cosine codes: a
+code stands for a direction of z, whatever its length).
   nsvq/shift        float[K, D]   replacement offset: the effective codebook is codebook + shift
   nsvq/counts       float[K]      assignments since the last replacement (global: counted inside the jitted step)
   nsvq/calls        int32[]       training forward passes so far (the replacement schedule's clock)
@@ -40,12 +42,18 @@ def nearest(z: Array, codebook: Array) -> Array:
     return jnp.argmin(d, axis=-1).astype(jnp.int32)
 
 
+def l2_normalize(x: Array) -> Array:
+    """x float[..., D] scaled to unit L2 norm along the last axis."""
+    return x * jax.lax.rsqrt(jnp.sum(x * x, -1, keepdims=True) + 1e-12)
+
+
 class NSVQ(nn.Module):
     """z float[..., D] → (quantized float[..., D], ids int32[...]). Needs an 'nsvq' rng when train=True."""
 
     num_codes: int = 8
     dim: int = 32
     warmup_steps: int = 0  # training passes z through unquantized for this many calls (then every code restarts)
+    normalize: bool = False  # l2-normalized z and codes (cosine-similarity lookup, as in ViT-VQGAN)
 
     @nn.compact
     def __call__(self, z: Array, *, train: bool) -> tuple[Array, Array]:
@@ -55,6 +63,8 @@ class NSVQ(nn.Module):
         calls = self.variable("nsvq", "calls", lambda: jnp.zeros((), jnp.int32))
         cb = codebook + jax.lax.stop_gradient(shift.value)
         z = z.astype(jnp.float32)
+        if self.normalize:
+            z, cb = l2_normalize(z), l2_normalize(cb)
         ids = nearest(jax.lax.stop_gradient(z), jax.lax.stop_gradient(cb))
         q = cb[ids]
         if not train:

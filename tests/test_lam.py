@@ -99,6 +99,26 @@ def test_code_pool_mean_projects_the_grid_mean_into_every_slot() -> None:
         _init_shapes(cfg.model, x)
 
 
+def test_normalized_codes_are_cosine_nearest_and_decode_from_ids() -> None:
+    q = NSVQ(num_codes=5, dim=4, normalize=True)
+    z = jax.random.normal(jax.random.PRNGKey(0), (7, 4)) * jnp.arange(1, 8)[:, None]  # lengths must not matter
+    v = q.init({"params": jax.random.PRNGKey(1)}, z, train=False)
+    out, ids = q.apply(v, z, train=False)
+    cb = v["params"]["codebook"]
+    cos = (z / jnp.linalg.norm(z, axis=-1, keepdims=True)) @ (cb / jnp.linalg.norm(cb, axis=-1, keepdims=True)).T
+    np.testing.assert_array_equal(ids, jnp.argmax(cos, -1))
+    np.testing.assert_allclose(jnp.linalg.norm(out, axis=-1), 1.0, rtol=1e-5)
+    # the model's ids → codes path (labels → decoder) gives the same unit codes as its quantizer
+    cfg = _cfg("lapa_tiny")
+    cfg.model.quant_norm = True
+    model = LatentActionModel(cfg.model)
+    x = jnp.asarray(_clip(cfg), jnp.float32) / 255.0
+    variables = jax.jit(train.make_init_fn(cfg))(jax.random.PRNGKey(0))
+    z = _encode(cfg.model, variables, x)
+    zq, ids = jax.jit(lambda z: model.apply(variables, z, train=False, method=LatentActionModel.quantize))(z)
+    np.testing.assert_allclose(model.apply(variables, ids, method=LatentActionModel.codes_from_ids), zq, rtol=1e-6)
+
+
 def test_patch4_encoder_with_its_own_patch8_decoder() -> None:
     cfg = _cfg("lapa_tiny")
     x = jnp.asarray(_clip(cfg), jnp.float32) / 255.0
