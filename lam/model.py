@@ -16,6 +16,7 @@ from typing import Any
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 import ml_collections
 
 from lam import layers
@@ -34,6 +35,30 @@ class PatchEmbed(nn.Module):
     def __call__(self, x: Array) -> Array:
         x = nn.LayerNorm()(layers.patchify(x, self.patch))  # modules named in call order: LayerNorm_0, Dense_0, ...
         return nn.LayerNorm()(nn.Dense(self.dim)(x))
+
+
+class MotionStem(nn.Module):
+    """Pixel differences of consecutive frames → tokens on the patch grid: clip float[B, T, H, W, 3] →
+    float[B, T, H/p, W/p, D] (frame 0 gets the zero difference), added to the patch tokens before the transformer.
+    log2(p) 3×3 stride-2 ReLU convs of `width` channels, then a linear map (a zero-initialised one stayed unused).
+    Early fusion: a ~5 px effector that moves a few pixels is a strong local pattern in the difference image but a
+    small change inside one 8×8 patch embedded per frame."""
+
+    patch: int
+    dim: int
+    width: int
+
+    @nn.compact
+    def __call__(self, clip: Array) -> Array:
+        b, t, hh, ww, c = clip.shape
+        if self.patch & (self.patch - 1):
+            raise ValueError(f"encoder.motion_stem needs a power-of-two patch size, got {self.patch}")
+        diff = jnp.concatenate([jnp.zeros_like(clip[:, :1]), clip[:, 1:] - clip[:, :-1]], axis=1)
+        x = diff.reshape(b * t, hh, ww, c)
+        for i in range(self.patch.bit_length() - 1):
+            x = nn.relu(nn.Conv(self.width, (3, 3), strides=2, name=f"conv{i}")(x))
+        x = nn.Dense(self.dim, name="out")(x)
+        return x.reshape(b, t, *x.shape[1:])
 
 
 def _blocks(cfg: ml_collections.ConfigDict, depth: int, prefix: str, **kw: Any) -> list[layers.STBlock]:
@@ -95,6 +120,10 @@ class LatentActionModel(nn.Module):
             self.dino_proj = nn.Dense(c.dim, name="dino_proj")
         else:
             self.patch_embed = PatchEmbed(c.patch_size, c.dim, name="patch_embed")
+        if c.encoder.get("motion_stem", 0):
+            if c.encoder.kind == "dino":
+                raise ValueError("encoder.motion_stem works with encoder.kind='patch' (DINOv2 has its own grid)")
+            self.motion_stem = MotionStem(c.patch_size, c.dim, int(c.encoder.motion_stem), name="motion_stem")
         if c.encoder.layout == "factorized":  # LAPA: all spatial layers, then all temporal layers
             peg = c.encoder.get("peg", True)
             self.enc_blocks = (_blocks(c, c.encoder.spatial_depth, "enc_spatial", temporal=False, peg=peg)
@@ -137,7 +166,10 @@ class LatentActionModel(nn.Module):
 
     def encode(self, clip: Array) -> Array:
         """clip float[B, T, H, W, 3] → pre-quantization code vectors z float[B, T-1, g, g, Dq]."""
-        x, _ = layers.stack(self.enc_blocks, self.embed(clip))
+        x = self.embed(clip)
+        if self.config.encoder.get("motion_stem", 0):
+            x = x + self.motion_stem(clip)
+        x, _ = layers.stack(self.enc_blocks, x)
         return self.code_encoder(self.enc_norm(x))
 
     def quantize(self, z: Array, *, train: bool) -> tuple[Array, Array]:

@@ -6,11 +6,12 @@ emits c itself. The argmin ids are the latent actions.
 
 Variables of `NSVQ` (a module inside the LAM):
   params/codebook   float[K, D]   trained by the optimizer (init N(0, 1))
-With `normalize`, z and the codes are l2-normalized before the lookup and the noise substitution (cosine codes: a
-code stands for a direction of z, whatever its length).
   nsvq/shift        float[K, D]   replacement offset: the effective codebook is codebook + shift
   nsvq/counts       float[K]      assignments since the last replacement (global: counted inside the jitted step)
   nsvq/calls        int32[]       training forward passes so far (the replacement schedule's clock)
+
+With `normalize`, z and the codes are l2-normalized before the lookup and the noise substitution (cosine codes: a
+code stands for a direction of z, whatever its length).
 
 Replacement is a pure function of (params, nsvq state, encoder outputs, rng) run inside the jitted train step, so under
 jit/GSPMD it sees the global batch and produces one identical result on every replica (LAPA's PyTorch version ran

@@ -144,6 +144,36 @@ def test_patch4_encoder_with_its_own_patch8_decoder() -> None:
         _init_shapes(cfg.model, x)
 
 
+def test_motion_stem_reads_frame_differences_only() -> None:
+    from lam.model import MotionStem
+
+    cfg = _cfg("lapa_tiny")
+    assert cfg.model.encoder.motion_stem > 0
+    stem = MotionStem(cfg.model.patch_size, cfg.model.dim, cfg.model.encoder.motion_stem)
+    x = jnp.asarray(_clip(cfg, b=2), jnp.float32) / 255.0
+    v = stem.init(jax.random.PRNGKey(0), x)
+    v = jax.tree.map(lambda a: a + 0.1, v)  # non-zero conv biases: a zero difference gives a non-zero constant
+    assert sorted(v["params"]) == ["conv0", "conv1", "conv2", "out"]  # 8-px patches: three stride-2 convs
+    apply = jax.jit(stem.apply)
+    out = apply(v, x)
+    g = cfg.model.image_size // cfg.model.patch_size
+    assert out.shape == (2, 2, g, g, cfg.model.dim)
+    static = apply(v, jnp.stack([x[:, 0], x[:, 0]], 1))
+    np.testing.assert_allclose(static[:, 1], static[:, 0], atol=1e-6)  # no motion: frame 1 looks like frame 0
+    np.testing.assert_allclose(out[:, 0], static[:, 0], atol=1e-6)  # frame 0 always sees the zero difference
+    bright = apply(v, x + 0.2)  # the stem sees differences, not the frames: a brightness shift changes nothing
+    np.testing.assert_allclose(bright, out, rtol=1e-5, atol=1e-5)
+    assert float(jnp.abs(out[:, 1] - out[:, 0]).max()) > 1e-3
+    # in the model the stem feeds the encoder: frame 1's pixels move z, gradients reach the stem
+    variables = jax.jit(train.make_init_fn(cfg))(jax.random.PRNGKey(0))
+    grads = jax.grad(lambda p: jnp.sum(_encode(cfg.model, {**variables, "params": p}, x) ** 2))(variables["params"])
+    assert float(jnp.abs(grads["motion_stem"]["conv0"]["kernel"]).sum()) > 0
+    cfg.model.patch_size = 6
+    cfg.model.image_size = 48
+    with pytest.raises(ValueError, match="power-of-two patch"):
+        _init_shapes(cfg.model, jnp.zeros((1, 2, 48, 48, 3)))
+
+
 def test_replacement_moves_dead_codes_only() -> None:
     cb = jnp.arange(8 * 2, dtype=jnp.float32).reshape(8, 2)
     state = {"shift": jnp.zeros((8, 2)), "counts": jnp.array([50.0, 50, 0, 0, 0, 0, 0, 0]), "calls": jnp.array(10)}
