@@ -3,7 +3,8 @@
     clip float[B, T, H, W, 3] in [0, 1]  (LAPA: T = 2, frames t and t+offset; ViPRA: T frames)
     encode:  patches → spatial/temporal transformer → per-transition code vectors z float[B, T-1, g, g, Dq]
              (LAPA: z = conv(enc(frame t+1)) − conv(enc(frame t)); ViPRA: conv3d over the features of frames 1..T-1;
-             code_pool='mean': the g·g slots are linear maps of z's grid mean instead of one slot per grid cell)
+             code_pool='mean': the g·g slots are linear maps of z's grid mean instead of one slot per grid cell;
+             encoder.motion_stem > 0: a conv stem on consecutive-frame differences adds to the patch tokens)
     quantize: NSVQ → q float[B, T-1, g, g, Dq], ids int32[B, T-1, g, g]   (g×g codes per transition)
     decode:  frames 0..T-2 + codes → frames 1..T-1 (float[B, T-1, H, W, 3]) and optionally flow (float[..., 2], px)
              'cross_attention' (LAPA): first-frame patches attend to the code tokens, per transition;
