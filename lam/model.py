@@ -5,7 +5,8 @@
              (LAPA: z = conv(enc(frame t+1)) − conv(enc(frame t)); ViPRA: conv3d over the features of frames 1..T-1;
              code_pool='mean': the g·g slots are linear maps of z's grid mean instead of one slot per grid cell;
              encoder.motion_stem > 0: a conv stem on consecutive-frame differences adds to the patch tokens)
-    quantize: NSVQ → q float[B, T-1, g, g, Dq], ids int32[B, T-1, g, g]   (g×g codes per transition)
+    quantize: NSVQ → q float[B, T-1, g, g, Dq], ids int32[B, T-1, g, g]   (g×g codes per transition;
+             slot_codebooks: slot (i, j) has its own codebook, else all slots share one)
     decode:  frames 0..T-2 + codes → frames 1..T-1 (float[B, T-1, H, W, 3]) and optionally flow (float[..., 2], px)
              'cross_attention' (LAPA): first-frame patches attend to the code tokens, per transition;
              'film' (ViPRA): a causal spatio-temporal transformer, FiLM on the codes, the codes as an extra token.
@@ -21,7 +22,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from lam import layers
-from lam.quantizer import NSVQ, l2_normalize
+from lam.quantizer import NSVQ, l2_normalize, lookup
 
 Array = jax.Array
 
@@ -134,8 +135,9 @@ class LatentActionModel(nn.Module):
         self.enc_norm = layers.layer_norm("enc_norm")
         self.code_encoder = CodeEncoder(c.quant_dim, c.code_grid, c.encode_deltas, c.code_time_kernel,
                                         c.get("code_pool", "grid"), name="code_encoder")
+        self.code_groups = c.code_grid**2 if c.get("slot_codebooks", False) else 1
         self.quantizer = NSVQ(c.codebook_size, c.quant_dim, c.get("quant_warmup_steps", 0), c.get("quant_norm", False),
-                              name="quantizer")
+                              groups=self.code_groups, name="quantizer")
         d = c.decoder
         self.dec_patch = d.get("patch_size", 0) or c.patch_size
         if d.kind == "film" or self.dec_patch != c.patch_size:  # the decoder's own patch embedding
@@ -174,14 +176,18 @@ class LatentActionModel(nn.Module):
         return self.code_encoder(self.enc_norm(x))
 
     def quantize(self, z: Array, *, train: bool) -> tuple[Array, Array]:
-        """z float[..., Dq] → (codes float[..., Dq], ids int32[...])."""
-        return self.quantizer(z, train=train)
+        """z float[B, T-1, g, g, Dq] → (codes float[B, T-1, g, g, Dq], ids int32[B, T-1, g, g])."""
+        if self.code_groups == 1:
+            return self.quantizer(z, train=train)
+        q, ids = self.quantizer(z.reshape(*z.shape[:-3], self.code_groups, z.shape[-1]), train=train)
+        return q.reshape(z.shape), ids.reshape(z.shape[:-1])
 
     def codes_from_ids(self, ids: Array) -> Array:
-        """ids int32[B, T-1, g, g] → hard code vectors (effective codebook)."""
+        """ids int32[B, T-1, g, g] → hard code vectors float[B, T-1, g, g, Dq] (effective codebook)."""
         cb = self.quantizer.variables["params"]["codebook"]
         shift = self.quantizer.get_variable("nsvq", "shift")
-        codes = (cb + shift)[ids]
+        flat = ids if self.code_groups == 1 else ids.reshape(*ids.shape[:-2], self.code_groups)
+        codes = lookup(cb + shift, flat).reshape(*ids.shape, cb.shape[-1])
         return l2_normalize(codes) if self.config.get("quant_norm", False) else codes
 
     def decode(self, frames: Array, codes: Array) -> tuple[Array, Array | None]:

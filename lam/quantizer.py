@@ -13,6 +13,10 @@ Variables of `NSVQ` (a module inside the LAM):
 With `normalize`, z and the codes are l2-normalized before the lookup and the noise substitution (cosine codes: a
 code stands for a direction of z, whatever its length).
 
+With `groups` = G > 1 (one codebook per code slot), z is float[..., G, D], and the variables gain a leading group
+axis: codebook / shift float[G, K, D], counts float[G, K]. Slot g's id indexes codebook g; dead-code replacement runs
+per group on that group's usage.
+
 Replacement is a pure function of (params, nsvq state, encoder outputs, rng) run inside the jitted train step, so under
 jit/GSPMD it sees the global batch and produces one identical result on every replica (LAPA's PyTorch version ran
 per rank and could desynchronize). Writing the new code into `shift` instead of the param is equivalent to LAPA's
@@ -38,9 +42,29 @@ VIPRA_SCHEDULE = ((100, 1000, 100), (2000, 10000, 1000), (12000, 40000, 2000), (
 
 
 def nearest(z: Array, codebook: Array) -> Array:
-    """Ids int32[...] of the nearest code (L2) for z float[..., D], codebook float[K, D]."""
-    d = (jnp.sum(z * z, -1, keepdims=True) - 2 * z @ codebook.T + jnp.sum(codebook * codebook, -1))
+    """Ids int32[...] of the nearest code (L2) for z float[..., D], codebook float[K, D]; or, grouped, for
+    z float[..., G, D], codebook float[G, K, D] (slot g searches codebook g)."""
+    if codebook.ndim == 3:
+        zc = jnp.einsum("...gd,gkd->...gk", z, codebook)
+    else:
+        zc = z @ codebook.T
+    d = jnp.sum(z * z, -1, keepdims=True) - 2 * zc + jnp.sum(codebook * codebook, -1)
     return jnp.argmin(d, axis=-1).astype(jnp.int32)
+
+
+def lookup(codebook: Array, ids: Array) -> Array:
+    """Code vectors float[..., D] for ids int32[...] (codebook float[K, D]); grouped: ids int32[..., G] index
+    codebook float[G, K, D] per group."""
+    if codebook.ndim == 3:
+        return codebook[jnp.arange(codebook.shape[0]), ids]
+    return codebook[ids]
+
+
+def usage(ids: Array, num_codes: int, groups: int = 1) -> Array:
+    """Assignment counts float[K] (grouped: float[G, K], ids int32[..., G])."""
+    if groups == 1:
+        return jnp.bincount(ids.ravel(), length=num_codes).astype(jnp.float32)
+    return jnp.sum(jax.nn.one_hot(ids.reshape(-1, groups), num_codes, dtype=jnp.float32), axis=0)
 
 
 def l2_normalize(x: Array) -> Array:
@@ -55,19 +79,24 @@ class NSVQ(nn.Module):
     dim: int = 32
     warmup_steps: int = 0  # training passes z through unquantized for this many calls (then every code restarts)
     normalize: bool = False  # l2-normalized z and codes (cosine-similarity lookup, as in ViT-VQGAN)
+    groups: int = 1  # >1: one codebook per slot; z is then float[..., groups, D]
 
     @nn.compact
     def __call__(self, z: Array, *, train: bool) -> tuple[Array, Array]:
-        codebook = self.param("codebook", nn.initializers.normal(1.0), (self.num_codes, self.dim))
-        shift = self.variable("nsvq", "shift", jnp.zeros, (self.num_codes, self.dim))
-        counts = self.variable("nsvq", "counts", jnp.zeros, (self.num_codes,))
+        lead = (self.groups,) if self.groups > 1 else ()
+        if lead and z.shape[-2] != self.groups:
+            raise ValueError(f"NSVQ with groups={self.groups} needs z float[..., {self.groups}, {self.dim}], "
+                             f"got shape {z.shape}")
+        codebook = self.param("codebook", nn.initializers.normal(1.0), (*lead, self.num_codes, self.dim))
+        shift = self.variable("nsvq", "shift", jnp.zeros, (*lead, self.num_codes, self.dim))
+        counts = self.variable("nsvq", "counts", jnp.zeros, (*lead, self.num_codes))
         calls = self.variable("nsvq", "calls", lambda: jnp.zeros((), jnp.int32))
         cb = codebook + jax.lax.stop_gradient(shift.value)
         z = z.astype(jnp.float32)
         if self.normalize:
             z, cb = l2_normalize(z), l2_normalize(cb)
         ids = nearest(jax.lax.stop_gradient(z), jax.lax.stop_gradient(cb))
-        q = cb[ids]
+        q = lookup(cb, ids)
         if not train:
             return q, ids
         noise = jax.random.normal(self.make_rng("nsvq"), z.shape, z.dtype)
@@ -76,13 +105,13 @@ class NSVQ(nn.Module):
         if self.warmup_steps:
             out = jnp.where(calls.value < self.warmup_steps, z, out)
         if self.is_mutable_collection("nsvq") and not self.is_initializing():
-            counts.value = counts.value + jnp.bincount(ids.ravel(), length=self.num_codes).astype(jnp.float32)
+            counts.value = counts.value + usage(ids, self.num_codes, self.groups)
             calls.value = calls.value + 1
         return out, ids
 
 
 def effective_codebook(codebook: Array, state: dict[str, Array]) -> Array:
-    """The codebook the quantizer uses: param + replacement shift, float[K, D]."""
+    """The codebook the quantizer uses: param + replacement shift, float[K, D] (grouped: float[G, K, D])."""
     return codebook + state["shift"]
 
 
@@ -107,7 +136,9 @@ def replace_dead_codes(codebook: Array, state: dict[str, Array], vectors: Array,
 
     Args:
       codebook: the param float[K, D]; state: {'shift', 'counts', 'calls'} after this step's forward pass.
-      vectors: this step's (global) pre-quantization vectors float[N, D]; used when source='batch'.
+        Grouped (float[G, K, D], counts float[G, K]): each group is replaced on its own usage and vectors.
+      vectors: this step's (global) pre-quantization vectors float[N, D] (grouped: float[..., G, D]); used when
+        source='batch'.
       threshold: a code is dead if its share of the assignments since the last replacement is below this.
       warmup_steps: at this call count (the end of an unquantized warm-up) every code restarts, whatever its use.
       source: 'batch' (a dead code restarts at a random encoder vector of the batch, k-means style) or 'codes'
@@ -115,6 +146,20 @@ def replace_dead_codes(codebook: Array, state: dict[str, Array], vectors: Array,
     """
     if source not in ("batch", "codes"):
         raise ValueError(f"quantizer.replace_source must be 'batch' or 'codes', got {source!r}")
+    if codebook.ndim == 3:  # one codebook per slot: the same replacement, vmapped over the group axis
+        g, _, dim = codebook.shape
+        calls = state["calls"]
+
+        def one(cb, shift, counts, vecs, r):
+            return replace_dead_codes(cb, {"shift": shift, "counts": counts, "calls": calls}, vecs, r,
+                                      schedule=schedule, threshold=threshold, source=source, noise=noise,
+                                      warmup_steps=warmup_steps)
+
+        new, m = jax.vmap(one)(codebook, state["shift"], state["counts"],
+                               jnp.swapaxes(vectors.reshape(-1, g, dim), 0, 1), jax.random.split(rng, g))
+        metrics = {"codebook/replaced": jnp.sum(m["codebook/replaced"]),
+                   "codebook/perplexity_since_reset": jnp.mean(m["codebook/perplexity_since_reset"])}
+        return {**new, "calls": calls}, metrics
     counts, calls = state["counts"], state["calls"]
     cb = effective_codebook(codebook, state)
     k = cb.shape[0]

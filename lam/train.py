@@ -21,7 +21,7 @@ import numpy as np
 
 from lam import losses
 from lam.model import LatentActionModel, count_params
-from lam.quantizer import perplexity, replace_dead_codes
+from lam.quantizer import perplexity, replace_dead_codes, usage
 
 PyTree = Any
 QUANTIZER = "quantizer"  # module name of the NSVQ inside LatentActionModel
@@ -89,7 +89,7 @@ def make_loss_fn(config: ml_collections.ConfigDict, feature_fn: losses.FeatureFn
                                           schedule=qc.schedule, threshold=qc.threshold, source=qc.source,
                                           noise=qc.noise, warmup_steps=config.model.quant_warmup_steps)
         ids = out["ids"]
-        batch_counts = jnp.bincount(ids.ravel(), length=config.model.codebook_size).astype(jnp.float32)
+        batch_counts = usage(ids, config.model.codebook_size)
         p = jax.lax.stop_gradient(out["pred"])
         metrics.update(qm)
         metrics.update({

@@ -119,6 +119,55 @@ def test_normalized_codes_are_cosine_nearest_and_decode_from_ids() -> None:
     np.testing.assert_allclose(model.apply(variables, ids, method=LatentActionModel.codes_from_ids), zq, rtol=1e-6)
 
 
+def test_slot_codebooks_search_and_replace_per_slot() -> None:
+    """groups=G: slot g's id is the argmin over codebook g, usage is counted per slot, and a dead code is replaced
+    only within its own slot's codebook."""
+    g, k, d = 3, 5, 4
+    q = NSVQ(num_codes=k, dim=d, groups=g)
+    z = jax.random.normal(jax.random.PRNGKey(0), (7, g, d))
+    v = q.init({"params": jax.random.PRNGKey(1), "nsvq": jax.random.PRNGKey(2)}, z, train=True)
+    cb = v["params"]["codebook"]
+    assert cb.shape == (g, k, d) and v["nsvq"]["counts"].shape == (g, k)
+    out, ids = q.apply(v, z, train=False)
+    for s in range(g):
+        np.testing.assert_array_equal(ids[:, s], jnp.argmin(jnp.sum((z[:, s, None] - cb[s]) ** 2, -1), -1))
+        np.testing.assert_array_equal(out[:, s], cb[s][ids[:, s]])
+    _, new = q.apply(v, z, train=True, rngs={"nsvq": jax.random.PRNGKey(3)}, mutable=["nsvq"])
+    counts = new["nsvq"]["counts"]
+    np.testing.assert_array_equal(counts, np.stack([np.bincount(ids[:, s], minlength=k) for s in range(g)]))
+    with pytest.raises(ValueError, match="groups=3"):
+        q.apply(v, z[:, :2], train=False)
+    # slot 0 uses codes 0-1 only, slot 1 all codes, slot 2 code 4 only: only slot 0's 2-4 and slot 2's 0-3 move
+    state = {"shift": jnp.zeros((g, k, d)), "calls": jnp.array(10),
+             "counts": jnp.array([[9.0, 9, 0, 0, 0], [4, 4, 4, 4, 4], [0, 0, 0, 0, 20]])}
+    st, m = replace_dead_codes(cb, state, z, jax.random.PRNGKey(4), schedule=((10, 10, 1),), threshold=0.1)
+    moved = np.any(np.asarray(st["shift"]) != 0, axis=-1)
+    np.testing.assert_array_equal(moved, [[0, 0, 1, 1, 1], [0, 0, 0, 0, 0], [1, 1, 1, 1, 0]])
+    assert float(m["codebook/replaced"]) == 7 and float(st["counts"].sum()) == 0 and int(st["calls"]) == 10
+    # a dead code restarts at one of its own slot's vectors (source='batch', zero noise)
+    st, _ = replace_dead_codes(cb, state, z, jax.random.PRNGKey(4), schedule=((10, 10, 1),), threshold=0.1,
+                               noise=0.0)
+    new_cb = cb + st["shift"]
+    for s, c in ((0, 2), (2, 0)):
+        assert np.min(np.abs(np.asarray(z[:, s]) - np.asarray(new_cb[s, c])).sum(-1)) < 1e-5
+
+
+def test_model_slot_codebooks_decode_from_ids() -> None:
+    cfg = _cfg("lapa_tiny")
+    cfg.model.slot_codebooks = True
+    model = LatentActionModel(cfg.model)
+    x = jnp.asarray(_clip(cfg), jnp.float32) / 255.0
+    variables = jax.jit(train.make_init_fn(cfg))(jax.random.PRNGKey(0))
+    gg = cfg.model.code_grid**2
+    assert variables["params"]["quantizer"]["codebook"].shape == (gg, cfg.model.codebook_size, cfg.model.quant_dim)
+    z = _encode(cfg.model, variables, x)
+    zq, ids = jax.jit(lambda z: model.apply(variables, z, train=False, method=LatentActionModel.quantize))(z)
+    assert ids.shape == z.shape[:-1] and zq.shape == z.shape
+    np.testing.assert_allclose(model.apply(variables, ids, method=LatentActionModel.codes_from_ids), zq, rtol=1e-6)
+    folded = fold_shift(variables)  # labelling's inference variables keep the per-slot layout
+    np.testing.assert_array_equal(Labeler(cfg, folded)(x).reshape(ids.shape), ids)
+
+
 def test_patch4_encoder_with_its_own_patch8_decoder() -> None:
     cfg = _cfg("lapa_tiny")
     x = jnp.asarray(_clip(cfg), jnp.float32) / 255.0
@@ -187,14 +236,17 @@ def test_replacement_moves_dead_codes_only() -> None:
     np.testing.assert_array_equal(off["shift"], state["shift"])  # off schedule: nothing changes
 
 
-def test_dead_code_replacement_identical_on_all_devices() -> None:
-    """Quantize a batch sharded over 8 devices and replace codes inside one jit: every replica's codebook is equal."""
+@pytest.mark.parametrize("groups", [1, 4])
+def test_dead_code_replacement_identical_on_all_devices(groups: int) -> None:
+    """Quantize a batch sharded over 8 devices and replace codes inside one jit: every replica's codebook is equal
+    (one shared codebook, or one per slot)."""
     assert jax.device_count() == 8
     mesh = jax.sharding.Mesh(np.array(jax.devices()), ("dp",))
     rep = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
     shard = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("dp"))
-    q = NSVQ(num_codes=8, dim=4)
-    z = jax.device_put(jax.random.normal(jax.random.PRNGKey(0), (64, 4)) + 3.0, shard)  # far from the N(0,1) codes
+    q = NSVQ(num_codes=8, dim=4, groups=groups)
+    shape = (64, 4) if groups == 1 else (64, groups, 4)
+    z = jax.device_put(jax.random.normal(jax.random.PRNGKey(0), shape) + 3.0, shard)  # far from the N(0,1) codes
     v = jax.jit(lambda r: q.init({"params": r, "nsvq": r}, z, train=True), out_shardings=rep)(jax.random.PRNGKey(1))
 
     @jax.jit
