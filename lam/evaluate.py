@@ -162,6 +162,8 @@ def evaluate(workdir: str, step: int | None = None, out_dir: str | None = None) 
         "codebook/perplexity": float(perplexity(jnp.asarray(counts, jnp.float32))),
         "codebook/codes_used": int(np.sum(counts > 0)), "codebook/size": k,
         "codebook/usage": (counts / counts.sum()).tolist(),
+        "codebook/perplexity_per_slot": [float(perplexity(jnp.asarray(np.bincount(col, minlength=k), jnp.float32)))
+                                         for col in test_c["ids"].T],
         "recon/psnr": float(np.mean(test_c["psnr"])), "recon/psnr_copy_last": float(np.mean(test_c["psnr_copy"])),
     }
     metrics.update(probes(train_c, test_c, cfg))
