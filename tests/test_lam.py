@@ -160,11 +160,15 @@ def test_model_slot_codebooks_decode_from_ids() -> None:
     variables = jax.jit(train.make_init_fn(cfg))(jax.random.PRNGKey(0))
     gg = cfg.model.code_grid**2
     assert variables["params"]["quantizer"]["codebook"].shape == (gg, cfg.model.codebook_size, cfg.model.quant_dim)
+    shift = variables["nsvq"]["quantizer"]["shift"]  # a replacement happened: the effective codebook differs
+    variables = {**variables, "nsvq": {"quantizer": {**variables["nsvq"]["quantizer"],
+                                                     "shift": jax.random.normal(jax.random.PRNGKey(5), shift.shape)}}}
     z = _encode(cfg.model, variables, x)
     zq, ids = jax.jit(lambda z: model.apply(variables, z, train=False, method=LatentActionModel.quantize))(z)
     assert ids.shape == z.shape[:-1] and zq.shape == z.shape
     np.testing.assert_allclose(model.apply(variables, ids, method=LatentActionModel.codes_from_ids), zq, rtol=1e-6)
-    folded = fold_shift(variables)  # labelling's inference variables keep the per-slot layout
+    folded = fold_shift(variables)  # labelling folds the per-slot shifts into the per-slot codebooks
+    assert not np.any(np.asarray(folded["nsvq"]["quantizer"]["shift"]))
     np.testing.assert_array_equal(Labeler(cfg, folded)(x).reshape(ids.shape), ids)
 
 
