@@ -7,6 +7,7 @@ constraints file). ``torch`` is pinned to the CPU build so that the HF extras ne
 from setuptools import setup
 
 PACKAGES = [
+    "core",
     "data",
     "data.demo",
     "lam",

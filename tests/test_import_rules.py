@@ -9,6 +9,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 # package -> top-level packages of ours that it must never import
 FORBIDDEN = {
+    "core": {"data", "lam", "latent_pretraining", "policy", "configs"},
     "data": {"lam", "latent_pretraining", "policy", "configs"},
     "lam": {"policy", "configs", "latent_pretraining.model", "latent_pretraining.sequence", "latent_pretraining.train"},
     "latent_pretraining": {"lam", "policy", "configs"},
