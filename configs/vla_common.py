@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 import ml_collections
+from ml_collections.config_dict import placeholder
 
 from latent_pretraining.training import loop
 
@@ -30,10 +31,15 @@ def base() -> ml_collections.ConfigDict:
     c.preset = ""
     c.model = ml_collections.ConfigDict({
         "size": "debug",  # LLaMA preset (llama_config.PRESETS)
-        "llama": ml_collections.ConfigDict({"hidden_size": 0, "intermediate_size": 0, "num_layers": 0,
-                                             "num_heads": 0, "rope_theta": 1e4, "dtype": "float32",
-                                             "param_dtype": "float32", "remat": "none", "scan_layers": True,
-                                             "max_seq_len": 2048}),  # 0 = keep the size preset's value
+        # LlamaConfig fields (vocab_size comes from the text tokenizer); None = keep the size preset's value
+        "llama": ml_collections.ConfigDict({
+            "hidden_size": placeholder(int), "intermediate_size": placeholder(int), "num_layers": placeholder(int),
+            "num_heads": placeholder(int), "num_kv_heads": placeholder(int), "head_dim": placeholder(int),
+            "rms_eps": placeholder(float), "initializer_range": placeholder(float),
+            "tie_embeddings": placeholder(bool), "rope_theta": 1e4, "dtype": "float32", "param_dtype": "float32",
+            "remat": "none", "scan_layers": True, "max_seq_len": 2048,
+            "attention_impl": "auto",  # "xla", "cudnn" (GPU flash attention) or "auto" (JAX picks; XLA today)
+            "attention_q_chunk": placeholder(int)}),
         "vision_vocab_size": 0,  # 0 = VQGAN codebook + 2 (eof, eov); the lineage uses 8192 + 256 = 8448
         "latent_vocab_size": 0,  # 0 = LAM codebook (+ 1 separator when layout.latent_separator)
         "action_vocab_size": 256,  # action-bin head (LAPA fine-tuning); 0 = none

@@ -74,7 +74,7 @@ def load_text_tokenizer(config: ml_collections.ConfigDict) -> TextTokenizer:
 
 
 def _llama_config(config: ml_collections.ConfigDict, vocab: int) -> Any:
-    over = {k: v for k, v in config.model.llama.to_dict().items() if not (isinstance(v, int) and v == 0)}
+    over = {k: v for k, v in config.model.llama.to_dict().items() if v is not None}  # None = keep the preset
     return llama_preset(config.model.size, vocab_size=vocab, **over)
 
 
