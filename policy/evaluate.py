@@ -80,6 +80,21 @@ def wilson_interval(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
     return lo, hi
 
 
+def bootstrap_ci(values: Sequence[float], *, resamples: int = 2000, seed: int = 0,
+                 level: float = 0.95) -> tuple[float, float]:
+    """Percentile bootstrap interval of the mean of ``values`` (episodes resampled with replacement).
+
+    For paired comparisons pass the per-episode differences (same world seeds for both policies). A constant
+    sample gives a zero-width interval; an empty one (nan, nan)."""
+    x = np.asarray(values, np.float64)
+    if x.size == 0:
+        return float("nan"), float("nan")
+    rng = np.random.default_rng(seed)
+    means = x[rng.integers(0, x.size, size=(resamples, x.size))].mean(axis=1)
+    alpha = (1.0 - level) / 2
+    return float(np.quantile(means, alpha)), float(np.quantile(means, 1 - alpha))
+
+
 # -------------------------------------------------------------------------------------------- action conversion
 def native_to_padded(action: np.ndarray) -> np.ndarray:
     """World actions f[..., 2] -> the registry's 7-D layout f32[..., 7] ([dx, dy, 0, 0, 0, 0, 1])."""
@@ -272,8 +287,9 @@ def evaluate(policy: PolicyLike, *, episodes: int = 50, seed: int = 0, world_con
         frames were stored as JPEG); None passes the rendered frames.
     gif_dir: rollouts of the first ``gif_episodes`` episodes are written there (GIF, or PNG filmstrips).
 
-    Returns a JSON-serializable dict: success_rate, ci95, successes, episodes, per_family {family: {rate, ci95, n,
-    successes}}, mean_episode_length, seconds_per_episode, queries_per_second (policy.act calls per second spent in
+    Returns a JSON-serializable dict: success_rate, ci95 (Wilson), successes, episodes, progress (mean per-episode
+    task progress in [0, 1], ``tasks.Task.progress``) and progress_ci95 (bootstrap), per_family {family: {rate, ci95,
+    n, successes, progress, progress_ci95}}, mean_episode_length, seconds_per_episode, queries_per_second (policy.act calls per second spent in
     act), per-episode records, and the settings used.
     """
     if episodes < 1:
@@ -344,7 +360,7 @@ def evaluate(policy: PolicyLike, *, episodes: int = 50, seed: int = 0, world_con
                     break
         success = bool(env.success)
         rec = {"index": i, "seed": ep_seed, "family": family, "instruction": instruction, "success": success,
-               "steps": int(env.steps), "queries": ep_queries, "seconds": time.perf_counter() - t0}
+               "progress": float(env.progress), "steps": int(env.steps), "queries": ep_queries, "seconds": time.perf_counter() - t0}
         records.append(rec)
         if gif_dir and i < gif_episodes:
             stem = os.path.join(gif_dir, f"{i:03d}_seed{ep_seed}_{'success' if success else 'failure'}_"
@@ -361,8 +377,10 @@ def evaluate(policy: PolicyLike, *, episodes: int = 50, seed: int = 0, world_con
         rs = [r for r in records if r["family"] == fam]
         if rs:
             kf = sum(r["success"] for r in rs)
+            prog = [r["progress"] for r in rs]
             per_family[fam] = {"rate": kf / len(rs), "ci95": list(wilson_interval(kf, len(rs))), "n": len(rs),
-                               "successes": kf}
+                               "successes": kf, "progress": float(np.mean(prog)),
+                               "progress_ci95": list(bootstrap_ci(prog, seed=seed))}
     lengths = [r["steps"] for r in records]
     ok_lengths = [r["steps"] for r in records if r["success"]]
     return {
@@ -373,6 +391,8 @@ def evaluate(policy: PolicyLike, *, episodes: int = 50, seed: int = 0, world_con
         "successes": k,
         "success_rate": k / episodes,
         "ci95": list(wilson_interval(k, episodes)),
+        "progress": float(np.mean([r["progress"] for r in records])),
+        "progress_ci95": list(bootstrap_ci([r["progress"] for r in records], seed=seed)),
         "per_family": per_family,
         "mean_episode_length": float(np.mean(lengths)),
         "mean_success_length": float(np.mean(ok_lengths)) if ok_lengths else None,
@@ -408,19 +428,28 @@ def _pct(x: float) -> str:
     return f"{100 * x:.1f}"
 
 
+def _progress_cell(r: dict) -> str:
+    if r.get("progress") is None:
+        return "—"
+    lo, hi = r.get("progress_ci95", (float("nan"), float("nan")))
+    return f"{_pct(r['progress'])} [{_pct(lo)}, {_pct(hi)}]"
+
+
 def format_table(results: list[dict]) -> str:
-    """Markdown table: name, demos, success %, 95% CI, one column per task family (rate % and n)."""
+    """Markdown table: name, demos, success %, 95% CI, progress % with its bootstrap CI, one column per task family
+    (success % / progress % and n)."""
     families = [f for f in tasks_lib.TASK_FAMILIES if any(f in r.get("per_family", {}) for r in results)]
-    head = ["name", "demos", "success %", "95% CI", *families]
+    head = ["name", "demos", "success %", "95% CI", "progress % [95% CI]", *families]
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] + ["---:"] * (len(head) - 1)) + "|"]
     for r in results:
         lo, hi = r["ci95"]
         demos = r.get("demos")
         row = [str(r.get("name", "?")), "—" if demos is None else str(demos),
-               f"{_pct(r['success_rate'])} ({r['successes']}/{r['episodes']})", f"[{_pct(lo)}, {_pct(hi)}]"]
+               f"{_pct(r['success_rate'])} ({r['successes']}/{r['episodes']})", f"[{_pct(lo)}, {_pct(hi)}]",
+               _progress_cell(r)]
         for f in families:
             fam = r.get("per_family", {}).get(f)
-            row.append("—" if fam is None else f"{_pct(fam['rate'])} (n={fam['n']})")
+            row.append("—" if fam is None else f"{_pct(fam['rate'])} / {_progress_cell(fam)} (n={fam['n']})")
         lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines)
 

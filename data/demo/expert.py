@@ -56,7 +56,12 @@ class ScriptedExpert:
     # ------------------------------------------------------------------------------------------------------ plan
     def _plan(self, env: DemoWorld) -> None:
         task, blocks = env.task, env.blocks
-        if task.family == "push_to_region":
+        if task.family == "touch_block":
+            self._mover, self._goal = task.a, blocks[task.a].astype(float)
+        elif task.family == "push_direction":
+            u = np.asarray(tasks_lib.DIRECTIONS[task.direction])
+            self._mover, self._goal = task.a, np.asarray(task.start) + u * (tasks_lib.PUSH_DIST + 0.03)
+        elif task.family == "push_to_region":
             self._mover, self._goal = task.a, np.asarray(REGIONS[task.region], float)
         elif task.family == "push_next_to":
             self._mover, self._goal = task.a, self._beside(blocks[task.a], blocks[task.b])
@@ -102,11 +107,23 @@ class ScriptedExpert:
             a = self._escape[1]
             self._escape = (self._escape[0] - 1, a)
             self._axis = None
+        elif env.task.family == "touch_block":
+            a = self._touch(eff, env.blocks, env.present, env.task.a)
         else:
             a = self._control(eff, env.blocks, env.present)
         self._last = (eff, a)
         a = a + self._rng.normal(0, self.noise, 2)
         return np.clip(a, -MAX_STEP, MAX_STEP).astype(np.float32)
+
+    def _touch(self, eff: np.ndarray, blocks: np.ndarray, present: np.ndarray, target: int) -> np.ndarray:
+        """Walk to the nearest face of block ``target`` (other blocks are walked around)."""
+        block = blocks[target]
+        d = eff - block
+        k = int(np.argmax(np.abs(d)))
+        spot = block.astype(float).copy()
+        spot[k] += np.sign(d[k]) * (CONTACT + 0.004)
+        spot[1 - k] += np.clip(d[1 - k], -BLOCK_HALF * 0.5, BLOCK_HALF * 0.5)
+        return self._navigate(eff, spot, blocks, present)
 
     @staticmethod
     def _blocker(spot: np.ndarray, blocks: np.ndarray, present: np.ndarray, mover: int) -> int | None:

@@ -144,7 +144,20 @@ class DemoWorld:
 
     @property
     def success(self) -> bool:
-        return bool(self.task is not None and self.task.success(self.blocks))
+        return bool(self.task is not None and self.task.success(self.blocks, self.effector))
+
+    @property
+    def progress(self) -> float:
+        """Continuous task progress in [0, 1] from the episode's initial state (``tasks.Task.progress``)."""
+        if self.task is None:
+            return 0.0
+        return self.task.progress(self.blocks, self.effector, self._blocks0, self._effector0)
+
+    @property
+    def max_steps(self) -> int:
+        """This episode's step limit: the family's (``tasks.MAX_STEPS``) capped by ``config.max_steps``."""
+        family = self.task.family if self.task is not None else ""
+        return min(self.config.max_steps, tasks_lib.MAX_STEPS.get(family, self.config.max_steps))
 
     def state(self) -> np.ndarray:
         """Proprioception: effector position float32[2]."""
@@ -163,7 +176,7 @@ class DemoWorld:
 
     def _info(self) -> dict[str, Any]:
         return {"instruction": self.task.instruction, "task": self.task.family, "success": self.success,
-                "steps": self.steps}
+                "progress": self.progress, "steps": self.steps}
 
     # ------------------------------------------------------------------------------------------------- interface
     def reset(self, seed: int | None = None) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
@@ -172,6 +185,7 @@ class DemoWorld:
         task, blocks, present, eff = tasks_lib.sample_layout(self._rng, self.config.tasks)
         self.task, self.blocks, self.present, self.effector = task, blocks.astype(np.float64), present, eff
         self.effector = self.effector.astype(np.float64)
+        self._blocks0, self._effector0 = self.blocks.copy(), self.effector.copy()
         k = self.config.num_distractors
         self.distractors = np.concatenate(
             [self._rng.uniform(0.1, 0.9, (k, 2)), self._rng.normal(0, 0.012, (k, 2))], axis=1)
@@ -194,7 +208,7 @@ class DemoWorld:
         self.jitter = self._draw_jitter()
         self.steps += 1
         terminated = self.success
-        truncated = not terminated and self.steps >= self.config.max_steps
+        truncated = not terminated and self.steps >= self.max_steps
         return self._obs(), float(terminated), terminated, truncated, self._info()
 
     def render(self) -> np.ndarray:

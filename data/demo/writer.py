@@ -118,7 +118,7 @@ def generate_episode(world: DemoWorld, seed: int, noise: float) -> dict[str, Any
     steps: list[dict[str, Any]] = []
     scene, image = world.scene, obs["image"]
     while True:
-        done = world.success or world.steps >= world.config.max_steps
+        done = world.success or world.steps >= world.max_steps
         action = np.zeros(2, np.float32) if done else expert.act(world)
         step = {
             "observation": {"image": image},
