@@ -70,7 +70,8 @@ def _leaf(params: dict[str, Any], *path: str) -> np.ndarray:
     node: Any = params
     for k in path:
         if not isinstance(node, dict) or k not in node:
-            raise ConversionError(f"tensor {'/'.join(path)!r} is missing from the stream (needed to infer the config)")
+            raise ConversionError(f"tensor {'/'.join(path)!r} is missing from the stream (needed to infer the config; "
+                                  "is the file complete?)")
         node = node[k]
     if not isinstance(node, np.ndarray):
         raise ConversionError(f"{'/'.join(path)!r} is a group of tensors, expected one tensor")

@@ -185,7 +185,7 @@ class RestrictedUnpickler(pickle.Unpickler):
 class _Walk:
     limits: PickleLimits
     nodes: int = 0
-    open: set[int] = dataclasses.field(default_factory=set)  # containers on the current path (cycle check)
+    open: dict[int, str] = dataclasses.field(default_factory=dict)  # containers on the current path -> where
     done: dict[int, str] = dataclasses.field(default_factory=dict)  # finished containers -> where first seen
 
 
@@ -199,7 +199,8 @@ def _check_tree(tree: Any, path: str = "", walk: _Walk | None = None, depth: int
                                     f"{where[:80]}...; a params tree is a few levels deep")
         key = id(tree)
         if key in walk.open:
-            raise UnsafePickleError(f"the container at {where[:200]} contains itself (a cycle); a params tree has none")
+            raise UnsafePickleError(f"the container at {where[:200]} is its own ancestor at {walk.open[key][:200]} "
+                                    "(a cycle); a params tree has none")
         if key in walk.done:
             raise UnsafePickleError(f"the container at {where[:200]} is the same object as the one at "
                                     f"{walk.done[key][:200]} (a shared memo reference); a params tree shares no "
@@ -207,13 +208,13 @@ def _check_tree(tree: Any, path: str = "", walk: _Walk | None = None, depth: int
         walk.nodes += len(tree)
         if walk.nodes > walk.limits.max_nodes:
             raise UnsafePickleError(f"the tree has more than {walk.limits.max_nodes} entries")
-        walk.open.add(key)
+        walk.open[key] = where
         items = tree.items() if isinstance(tree, Mapping) else enumerate(tree)
         for k, v in items:
             if isinstance(tree, Mapping) and not isinstance(k, str):
                 raise UnsafePickleError(f"params tree key {k!r} at {where} is not a string")
             _check_tree(v, f"{path}/{k}", walk, depth + 1)
-        walk.open.discard(key)
+        del walk.open[key]
         walk.done[key] = where
     elif isinstance(tree, (Mapping, list, tuple)):
         pass  # empty containers (the empty tuple is a shared singleton)
