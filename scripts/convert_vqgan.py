@@ -13,6 +13,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from core.errors import UserError
+
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -26,9 +28,9 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         cfg, _ = vqgan_pickle.convert(args.input, args.output or None, orbax_dir=args.orbax or None)
-    except (vqgan_pickle.UnsafePickleError, ValueError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    except UserError as e:  # refused (unsafe, malformed, inconsistent or too large): one line, nothing written
+        print(f"convert_vqgan: error: {' '.join(str(e).split())}", file=sys.stderr)
+        return 2
     print(f"converted {args.input} -> {args.output or ''} {args.orbax or ''} "
           f"(codebook {cfg.num_embeddings}x{cfg.embed_dim}, downsample {cfg.downsample})")
     return 0

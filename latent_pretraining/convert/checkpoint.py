@@ -15,14 +15,19 @@ The params item can be restored with ``ocp.StandardCheckpointer().restore(<dir>/
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import pathlib
-from collections.abc import Iterable, Mapping
+import shutil
+import tempfile
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 import ml_dtypes
 import numpy as np
 
+from latent_pretraining.convert.errors import ConversionError, InputNotFoundError, OutputExistsError
 from latent_pretraining.model.llama_config import LlamaConfig
 
 FORMAT = "latent-vla/params-v1"
@@ -104,36 +109,78 @@ def cast_tree(params: Mapping[str, Any], dtype: Any) -> dict[str, Any]:
     )
 
 
+def check_output(path: str | pathlib.Path, overwrite: bool = False) -> pathlib.Path:
+    """Refuses a non-empty output directory unless ``overwrite`` (called before any input is read)."""
+    path = pathlib.Path(path).absolute()
+    if path.exists() and not path.is_dir():
+        raise OutputExistsError(f"output {path} exists and is not a directory")
+    if path.is_dir() and any(path.iterdir()) and not overwrite:
+        raise OutputExistsError(f"output directory {path} exists and is not empty (pass --overwrite to replace it)")
+    return path
+
+
+@contextlib.contextmanager
+def staged_dir(path: str | pathlib.Path, overwrite: bool = False) -> Iterator[pathlib.Path]:
+    """Yields a fresh sibling directory to write into; on success it replaces ``path`` in one rename.
+
+    On any exception the staging directory is removed and ``path`` is left exactly as it was (absent, or its previous
+    content). With ``overwrite`` the previous content is moved aside and deleted only after the new one is in place.
+    """
+    path = check_output(path, overwrite)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    stage = pathlib.Path(tempfile.mkdtemp(prefix=f".{path.name}.partial-", dir=path.parent))
+    try:
+        yield stage
+        old = None
+        if path.exists():  # an empty directory, or overwrite=True
+            old = path.parent / f".{path.name}.old-{os.getpid()}-{stage.name[-8:]}"
+            os.replace(path, old)
+        os.replace(stage, path)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
+
+
 def save_checkpoint(
     path: str | pathlib.Path, params: Mapping[str, Any], config: LlamaConfig, source: str = "", overwrite: bool = False
 ) -> pathlib.Path:
-    """Writes ``params`` (plain nested dict of arrays, no "params" wrapper) and ``config`` as our checkpoint."""
+    """Writes ``params`` (plain nested dict of arrays, no "params" wrapper) and ``config`` as our checkpoint.
+
+    Written to a staging directory and renamed into place: a failure leaves ``path`` as it was.
+    """
     import orbax.checkpoint as ocp
 
     path = pathlib.Path(path).absolute()
-    if path.exists() and any(path.iterdir()) and not overwrite:
-        raise FileExistsError(f"output checkpoint directory {path} exists and is not empty (pass overwrite=True)")
-    path.mkdir(parents=True, exist_ok=True)
     meta = {"format": FORMAT, "llama_config": config.to_dict(), "extra_params": extra_paths(params), "source": source}
-    ckptr = ocp.StandardCheckpointer()
-    ckptr.save(path / "params", dict(params), force=overwrite)
-    ckptr.wait_until_finished()
-    (path / "config.json").write_text(json.dumps(meta, indent=2) + "\n")
+    with staged_dir(path, overwrite) as stage:
+        ckptr = ocp.StandardCheckpointer()
+        ckptr.save(stage / "params", dict(params))
+        ckptr.wait_until_finished()
+        (stage / "config.json").write_text(json.dumps(meta, indent=2) + "\n")
     return path
 
 
 def load_config(path: str | pathlib.Path) -> LlamaConfig:
     meta = _read_meta(path)
-    return LlamaConfig.from_dict(meta["llama_config"])
+    try:
+        return LlamaConfig.from_dict(meta["llama_config"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise ConversionError(f"{pathlib.Path(path) / 'config.json'}: bad llama_config ({e})") from e
 
 
 def _read_meta(path: str | pathlib.Path) -> dict[str, Any]:
     cfg_path = pathlib.Path(path) / "config.json"
     if not cfg_path.is_file():
-        raise FileNotFoundError(f"{cfg_path} not found: {path} is not a latent-vla params checkpoint ({FORMAT})")
-    meta = json.loads(cfg_path.read_text())
-    if meta.get("format") != FORMAT:
-        raise ValueError(f"{cfg_path}: format {meta.get('format')!r}, expected {FORMAT!r}")
+        raise InputNotFoundError(f"{cfg_path} not found: {path} is not a latent-vla params checkpoint ({FORMAT})")
+    try:
+        meta = json.loads(cfg_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ConversionError(f"{cfg_path}: not valid JSON ({e})") from e
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        got = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
+        raise ConversionError(f"{cfg_path}: format {got!r}, expected {FORMAT!r}")
     return meta
 
 
@@ -144,3 +191,75 @@ def load_checkpoint(path: str | pathlib.Path) -> tuple[dict[str, Any], LlamaConf
     config = load_config(path)
     params = ocp.StandardCheckpointer().restore(pathlib.Path(path).absolute() / "params")
     return dict(params), config
+
+
+def is_float(dtype: Any) -> bool:
+    """numpy float dtypes and ml_dtypes' bfloat16 (whose numpy kind is "V")."""
+    dtype = np.dtype(dtype)
+    return dtype.kind == "f" or dtype.name == "bfloat16"
+
+
+def count_nonfinite(arr: Any, chunk: int = 2**26) -> int:
+    """NaN/inf count of a float array, in chunks (no full-size temporary for a 7B-scale tensor)."""
+    flat = np.asarray(arr).reshape(-1)
+    return sum(int(np.count_nonzero(~np.isfinite(flat[i : i + chunk]))) for i in range(0, flat.size, chunk))
+
+
+def check_finite(name: str, arr: Any, source: str = "") -> None:
+    """Refuses NaN/inf in a float tensor, naming it."""
+    arr = np.asarray(arr)
+    if is_float(arr.dtype):
+        bad = count_nonfinite(arr)
+        if bad:
+            where = f"{source}: " if source else ""
+            raise ConversionError(f"{where}tensor {name!r} {tuple(arr.shape)} has {bad} non-finite values (NaN/inf)")
+
+
+def describe(cfg: LlamaConfig) -> str:
+    """The config fields that decide tensor shapes, for error messages."""
+    return (f"vocab_size={cfg.vocab_size}, hidden_size={cfg.hidden_size}, intermediate_size={cfg.intermediate_size}, "
+            f"num_layers={cfg.num_layers}, num_heads={cfg.num_heads}, kv_heads={cfg.kv_heads}, "
+            f"head_dim={cfg.dim_per_head}, tie_embeddings={cfg.tie_embeddings}")
+
+
+def backbone_shapes(cfg: LlamaConfig) -> dict[tuple[str, ...], tuple[int, ...]]:
+    """``{path: shape}`` of every backbone param the model builds for ``cfg`` (in its scan layout), from the model
+    itself (``jax.eval_shape``: nothing is allocated), so the check cannot drift from what the model loads."""
+    import jax
+
+    from latent_pretraining.model.llama import init_params
+
+    shapes = jax.eval_shape(lambda r: init_params(cfg, r, length=2), jax.random.key(0))["params"]
+    return {p: tuple(v.shape) for p, v in flatten(shapes).items()}
+
+
+def validate_params(params: Mapping[str, Any], cfg: LlamaConfig, source: str = "", finite: bool = True) -> None:
+    """Refuses, with one line naming the first offending tensor, a params tree whose backbone does not match ``cfg``
+    exactly (missing, unexpected or mis-shaped tensors, non-float dtypes) or (``finite``) that holds NaN/inf anywhere.
+
+    The tree must be in ``cfg.scan_layers``' layout; extra (non-backbone) entries are checked for finiteness only.
+    """
+    where = f"{source}: " if source else ""
+    want = backbone_shapes(cfg)
+    have = flatten(params)
+    missing = [p for p in want if p not in have]
+    if missing:
+        p = missing[0]
+        raise ConversionError(f"{where}tensor {'/'.join(p)!r} is missing (expected shape {want[p]} for {describe(cfg)})"
+                              f"{f'; {len(missing)} tensors missing in all' if len(missing) > 1 else ''}")
+    unexpected = [p for p in have if not is_extra(p) and p not in want]
+    if unexpected:
+        p = unexpected[0]
+        raise ConversionError(f"{where}unexpected tensor {'/'.join(p)!r} {tuple(np.shape(have[p]))}: not part of a "
+                              f"backbone with {describe(cfg)} ({len(unexpected)} unexpected in all)")
+    for p, shape in want.items():
+        got = tuple(np.shape(have[p]))
+        if got != shape:
+            raise ConversionError(f"{where}tensor {'/'.join(p)!r} has shape {got}, expected {shape} "
+                                  f"for {describe(cfg)}")
+        if not is_float(np.asarray(have[p]).dtype):
+            raise ConversionError(f"{where}tensor {'/'.join(p)!r} has dtype {np.asarray(have[p]).dtype}, "
+                                  "expected a float dtype (float32, bfloat16, float16)")
+    if finite:
+        for p, v in have.items():
+            check_finite("/".join(p), v, source)

@@ -8,6 +8,11 @@ File layout: a plain concatenation of msgpack objects, each a 2-array ``[key, va
   - a map ``{"__msgpack_chunked_array__": True, "shape": {"0": d0, ...}, "chunks": {"0": ext, ...}}`` for arrays over
     2**30 bytes (flattened, split into chunks, concatenated back on read).
 Floats are usually bfloat16 (EasyLM's default ``float_dtype``); dtype names are numpy names plus "bfloat16".
+
+The format has no footer or record count, so ``iter_stream`` detects truncation by what is left over: a file that
+ends inside a record raises ``TruncatedStreamError`` (naming the byte offset and the last complete record) instead of
+silently yielding fewer tensors. A cut exactly at a record boundary cannot be told from a shorter file; the
+converters then refuse with the first missing tensor.
 """
 
 from __future__ import annotations
@@ -19,6 +24,8 @@ from typing import Any
 import ml_dtypes
 import msgpack
 import numpy as np
+
+from latent_pretraining.convert.errors import ConversionError, InputNotFoundError, TruncatedStreamError
 
 _EXT_NDARRAY = 1
 _EXT_SCALAR = 3
@@ -84,20 +91,48 @@ def encode_value(arr: np.ndarray) -> bytes:
 
 
 def iter_stream(path: str | pathlib.Path) -> Iterator[tuple[tuple[str, ...], np.ndarray]]:
-    """Yields ``(key path, array)`` pairs one at a time from a streaming-msgpack file."""
+    """Yields ``(key path, array)`` pairs one at a time from a streaming-msgpack file.
+
+    Raises ``TruncatedStreamError`` if the file ends inside a record, ``ConversionError`` for a record that is not a
+    ``[key path, tensor bytes]`` pair, a tensor that does not decode, or a key that appears twice.
+    """
     path = pathlib.Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"streaming msgpack checkpoint {path} not found")
+        raise InputNotFoundError(f"streaming msgpack checkpoint {path} not found")
+    size = path.stat().st_size
+    seen: set[tuple[str, ...]] = set()
+    last, end = "(none)", 0
     with path.open("rb") as f:
         unpacker = msgpack.Unpacker(f, read_size=READ_SIZE, max_buffer_size=0, raw=False)
-        for i, item in enumerate(unpacker):
-            if not (isinstance(item, list | tuple) and len(item) == 2 and isinstance(item[1], bytes)):
-                raise ValueError(
+        i = 0
+        while True:
+            try:
+                item = next(unpacker)
+            except StopIteration:
+                break
+            except (msgpack.UnpackException, ValueError) as e:  # FormatError, StackError, ExtraData, ...
+                raise ConversionError(f"{path}: record {i} at byte {end} is not valid msgpack ({e})") from e
+            if not (isinstance(item, list | tuple) and len(item) == 2 and isinstance(item[1], bytes)
+                    and isinstance(item[0], list | tuple) and item[0]):
+                raise ConversionError(
                     f"{path}: record {i} is {type(item).__name__}, expected a [key path, to_bytes(tensor)] pair "
                     "(is this an EasyLM/LWM streaming 'params' file?)"
                 )
-            key, value = item
-            yield tuple(str(k) for k in key), decode_value(value)
+            key = tuple(str(k) for k in item[0])
+            if key in seen:
+                raise ConversionError(f"{path}: tensor {'/'.join(key)!r} appears twice (records are unique paths)")
+            seen.add(key)
+            try:
+                value = decode_value(item[1])
+            except (msgpack.UnpackException, ValueError, TypeError, KeyError) as e:
+                raise ConversionError(f"{path}: tensor {'/'.join(key)!r} (record {i}) does not decode ({e})") from e
+            last, end, i = "/".join(key), unpacker.tell(), i + 1
+            yield key, value
+        if end < size:
+            raise TruncatedStreamError(
+                f"{path} is truncated: {size - end} trailing bytes are an incomplete record (the last complete "
+                f"record, {i} of them, is {last!r}, ending at byte {end} of {size}); copy the file again"
+            )
 
 
 def write_stream(path: str | pathlib.Path, items: Iterable[tuple[tuple[str, ...], np.ndarray]]) -> None:

@@ -15,24 +15,53 @@ refused with `UnsafePickleError` naming it, *before* anything is called. Object-
 payload would be arbitrary pickled objects). Two globals that a Flax/JAX-era pickle may contain are not imported but
 replaced by local stand-ins that only build numpy/dict values: `jax._src.array._reconstruct_array` (a pickled
 jax.Array → its numpy value) and `flax.core.frozen_dict.FrozenDict` (→ dict).
+
+Bounds (`PickleLimits`; each refusal is one `UnsafePickleError` line, within a fraction of a second): the input size
+(`max_bytes`); the opcode count, counted by a parse-only pre-scan (`pickletools.genops`) before anything is built, which
+bounds the objects and memo references the unpickler can create; the decoded array bytes, which may not exceed the
+pickle's own size (a legitimate pickle stores each payload once, so reusing one memoized payload for many arrays is
+refused); and in the built tree, the nesting depth (`max_depth`), the node count (`max_nodes`), cycles, and shared
+containers. A params tree is a tree: a container referenced twice is refused at once, which is what stops the
+shared-reference bomb (`x = [x, x]` nested 60 times: 455 bytes, 2**60 paths).
 """
 
 from __future__ import annotations
 
+import contextvars
+import dataclasses
 import io
 import os
 import pickle
+import pickletools
 import re
 from collections.abc import Mapping
 from typing import Any, BinaryIO
 
 import numpy as np
 
+from core.errors import UserError
+from latent_pretraining.convert.errors import ConversionError, InputNotFoundError
+
 PyTree = Any
 
 
-class UnsafePickleError(pickle.UnpicklingError):
-    """The pickle references a global outside the allow-list (nothing was executed)."""
+class UnsafePickleError(UserError, pickle.UnpicklingError):
+    """The pickle is refused: a global outside the allow-list (nothing was executed), a malformed stream, or a limit
+    of `PickleLimits` exceeded."""
+
+
+@dataclasses.dataclass(frozen=True)
+class PickleLimits:
+    """Upper bounds for one weights pickle (defaults are far above a VQGAN's: ~200 arrays, depth ~6)."""
+
+    max_bytes: int = 16 * 2**30  # size of the pickle itself
+    max_ops: int = 1_000_000  # pickle opcodes (each creates at most one object or memo reference)
+    max_depth: int = 64  # container nesting in the built tree
+    max_nodes: int = 1_000_000  # container entries in the built tree
+
+
+# Bytes that array payloads may still decode to during one load (None outside `load_pickled_params`).
+_ARRAY_BUDGET: contextvars.ContextVar[list[int] | None] = contextvars.ContextVar("_ARRAY_BUDGET", default=None)
 
 
 _DTYPE_RE = re.compile(r"^[<>|=]?(b1|bool|[iuf][1248]|f2|c8|c16)$")
@@ -75,10 +104,17 @@ class _Array:
 def _from_bytes(raw: Any, dtype: np.dtype, shape: Any, order: str) -> np.ndarray:
     if not (isinstance(shape, tuple) and all(isinstance(n, int) and n >= 0 for n in shape)):
         raise UnsafePickleError(f"refused ndarray shape {shape!r}")
-    arr = np.frombuffer(bytes(raw), dtype=dtype)
-    if arr.size != int(np.prod(shape)):
-        raise UnsafePickleError(f"ndarray payload has {arr.size} elements, shape {shape} needs {int(np.prod(shape))}")
-    return arr.reshape(shape, order=order).copy()
+    n = len(raw)
+    if n % dtype.itemsize or n // dtype.itemsize != int(np.prod(shape, dtype=object)):
+        raise UnsafePickleError(f"ndarray payload has {n} bytes, shape {shape} of {dtype} needs "
+                                f"{int(np.prod(shape, dtype=object)) * dtype.itemsize}")
+    budget = _ARRAY_BUDGET.get()
+    if budget is not None:
+        budget[0] -= n
+        if budget[0] < 0:
+            raise UnsafePickleError("decoded arrays exceed the pickle's own size: one payload is reused for many "
+                                    "arrays through memo references (a memory bomb, not a weights file)")
+    return np.frombuffer(bytes(raw), dtype=dtype).reshape(shape, order=order).copy()
 
 
 def _reconstruct(subtype: Any, shape: Any, dtype: Any) -> _Array:
@@ -145,15 +181,43 @@ class RestrictedUnpickler(pickle.Unpickler):
         raise UnsafePickleError(f"refused persistent id {pid!r} in a weights pickle")
 
 
-def _check_tree(tree: Any, path: str = "") -> None:
-    if isinstance(tree, Mapping):
-        for k, v in tree.items():
-            if not isinstance(k, str):
-                raise UnsafePickleError(f"params tree key {k!r} at {path or '/'} is not a string")
-            _check_tree(v, f"{path}/{k}")
-    elif isinstance(tree, (list, tuple)):
-        for i, v in enumerate(tree):
-            _check_tree(v, f"{path}/{i}")
+@dataclasses.dataclass
+class _Walk:
+    limits: PickleLimits
+    nodes: int = 0
+    open: dict[int, str] = dataclasses.field(default_factory=dict)  # containers on the current path -> where
+    done: dict[int, str] = dataclasses.field(default_factory=dict)  # finished containers -> where first seen
+
+
+def _check_tree(tree: Any, path: str = "", walk: _Walk | None = None, depth: int = 0) -> None:
+    """Refuses anything but a finite tree of containers, numeric arrays and scalars (bounded depth and size)."""
+    walk = walk or _Walk(PickleLimits())
+    if isinstance(tree, (Mapping, list, tuple)) and len(tree):
+        where = path or "/"
+        if depth >= walk.limits.max_depth:
+            raise UnsafePickleError(f"containers nest deeper than {walk.limits.max_depth} levels at "
+                                    f"{where[:80]}...; a params tree is a few levels deep")
+        key = id(tree)
+        if key in walk.open:
+            raise UnsafePickleError(f"the container at {where[:200]} is its own ancestor at {walk.open[key][:200]} "
+                                    "(a cycle); a params tree has none")
+        if key in walk.done:
+            raise UnsafePickleError(f"the container at {where[:200]} is the same object as the one at "
+                                    f"{walk.done[key][:200]} (a shared memo reference); a params tree shares no "
+                                    "containers")
+        walk.nodes += len(tree)
+        if walk.nodes > walk.limits.max_nodes:
+            raise UnsafePickleError(f"the tree has more than {walk.limits.max_nodes} entries")
+        walk.open[key] = where
+        items = tree.items() if isinstance(tree, Mapping) else enumerate(tree)
+        for k, v in items:
+            if isinstance(tree, Mapping) and not isinstance(k, str):
+                raise UnsafePickleError(f"params tree key {k!r} at {where} is not a string")
+            _check_tree(v, f"{path}/{k}", walk, depth + 1)
+        del walk.open[key]
+        walk.done[key] = where
+    elif isinstance(tree, (Mapping, list, tuple)):
+        pass  # empty containers (the empty tuple is a shared singleton)
     elif isinstance(tree, np.ndarray):  # built by _frombuffer from a checked numeric dtype
         if tree.dtype.hasobject:
             raise UnsafePickleError(f"object array at {path}")
@@ -164,26 +228,67 @@ def _check_tree(tree: Any, path: str = "") -> None:
         raise UnsafePickleError(f"unexpected {type(tree).__name__} at {path} in a weights pickle")
 
 
-def load_pickled_params(source: str | bytes | BinaryIO) -> PyTree:
-    """Reads a params pickle (path, bytes or file) safely; returns nested dicts of numpy arrays.
-
-    A top-level {"params": tree} wrapper is removed.
-    """
-    if isinstance(source, bytes):
-        tree = RestrictedUnpickler(io.BytesIO(source)).load()
+def _read_source(source: str | bytes | BinaryIO, limits: PickleLimits) -> bytes:
+    """The pickle's bytes, refusing more than ``limits.max_bytes`` before reading them."""
+    if isinstance(source, (bytes, bytearray)):
+        data = bytes(source)
     elif isinstance(source, (str, os.PathLike)):
         if not os.path.isfile(source):
-            raise FileNotFoundError(f"VQGAN weights pickle {os.fspath(source)!r} does not exist")
+            raise InputNotFoundError(f"VQGAN weights pickle {os.fspath(source)!r} does not exist")
+        size = os.path.getsize(source)
+        if size > limits.max_bytes:
+            raise UnsafePickleError(f"{os.fspath(source)} is {size} bytes; the limit is {limits.max_bytes}")
         with open(source, "rb") as f:
-            tree = RestrictedUnpickler(f).load()
+            data = f.read()
     else:
-        tree = RestrictedUnpickler(source).load()
-    _check_tree(tree)
+        data = source.read(limits.max_bytes + 1)
+    if len(data) > limits.max_bytes:
+        raise UnsafePickleError(f"the pickle is over {limits.max_bytes} bytes (PickleLimits.max_bytes)")
+    return data
+
+
+def _prescan(data: bytes, limits: PickleLimits) -> None:
+    """Parses the opcode stream without building anything; refuses too many opcodes or a malformed stream."""
+    try:
+        for n, _ in enumerate(pickletools.genops(io.BytesIO(data)), 1):
+            if n > limits.max_ops:
+                raise UnsafePickleError(f"the pickle has more than {limits.max_ops} opcodes; a weights pickle has a "
+                                        "few per array (PickleLimits.max_ops)")
+    except UnsafePickleError:
+        raise
+    except Exception as e:  # genops raises ValueError, EOFError, ... on damaged input
+        raise UnsafePickleError(f"not a well-formed pickle ({type(e).__name__}: {e}); truncated or damaged?") from e
+
+
+def load_pickled_params(source: str | bytes | BinaryIO, limits: PickleLimits | None = None) -> PyTree:
+    """Reads a params pickle (path, bytes or file) safely; returns nested dicts of numpy arrays.
+
+    A top-level {"params": tree} wrapper is removed. Bounded by ``limits`` (see the module docstring).
+    """
+    limits = limits or PickleLimits()
+    data = _read_source(source, limits)
+    _prescan(data, limits)
+    token = _ARRAY_BUDGET.set([len(data)])
+    try:
+        tree = RestrictedUnpickler(io.BytesIO(data)).load()
+    except UnsafePickleError:
+        raise
+    except Exception as e:  # a damaged stream fails in many ways; none may escape as a traceback
+        raise UnsafePickleError(f"the pickle does not load ({type(e).__name__}: {e})") from e
+    finally:
+        _ARRAY_BUDGET.reset(token)
+    _check_tree(tree, walk=_Walk(limits))
     if not isinstance(tree, Mapping):
-        raise ValueError(f"expected a params dict in the pickle, got {type(tree).__name__}")
+        raise ConversionError(f"expected a params dict in the pickle, got {type(tree).__name__}")
     if set(tree) == {"params"}:
         tree = tree["params"]
     return _to_plain(tree)
+
+
+def _leaves(tree: Any, path: str = "") -> list[tuple[str, Any]]:
+    if isinstance(tree, Mapping):
+        return [kv for k, v in tree.items() for kv in _leaves(v, f"{path}/{k}" if path else str(k))]
+    return [(path, tree)]
 
 
 def _to_plain(tree: Any) -> Any:
@@ -202,7 +307,15 @@ def convert(source: str | bytes | BinaryIO, output: str | None = None, *, orbax_
 
     config = config or vqgan.VQGANConfig()
     params = load_pickled_params(source)
-    vqgan.check_params(params, config, source=source if isinstance(source, str) else "pickle")
+    name = source if isinstance(source, str) else "pickle"
+    try:
+        vqgan.check_params(params, config, source=name)
+    except ValueError as e:
+        raise ConversionError(str(e)) from e
+    for path, leaf in _leaves(params):
+        if np.asarray(leaf).dtype.kind == "f" and not np.isfinite(leaf).all():
+            raise ConversionError(f"{name}: param {path!r} has {int(np.count_nonzero(~np.isfinite(leaf)))} "
+                                  "non-finite values (NaN/inf)")
     params = {k: v for k, v in params.items()}
     if output:
         vqgan.save_tokenizer(output, params, config, extra={"source": str(source) if isinstance(source, str)
