@@ -1,4 +1,5 @@
-"""`scripts/benchmark.py compile`: ahead-of-time compile check of a VideoLLaMA preset's train step on fake devices.
+"""Ahead-of-time compile check of a VideoLLaMA preset's train step on fake devices (`scripts/benchmark.py compile`,
+or `python scripts/compile_check.py` with the same arguments).
 
     python scripts/benchmark.py compile --config configs/vipra.py:7b --mesh fsdp=8
     python scripts/benchmark.py compile --config configs/lapa.py:7b --mesh tp=2,fsdp=4 --budget-gib 80
@@ -7,14 +8,15 @@
 
 Builds everything abstractly (no weights in memory): the LWM VQGAN (`VQGANConfig()` defaults) or a tiny one for the
 debug/demo presets, the LAM preset of the recipe (configs/lam.py `lapa` / `vipra`; `_tiny` for debug, `_demo` for
-demo), and a 32000-id text vocabulary without a tokenizer file (`compile_check.MarkerTokenizer`). Then lowers and
-compiles the real train step (latent_pretraining/compile_check.py) and prints per-device memory, FLOPs and the
+demo; lam.api.abstract_latent_labeler), and a 32000-id text vocabulary without a tokenizer file
+(`latent_pretraining.compile_check.MarkerTokenizer`). Then lowers and compiles the real train step
+(latent_pretraining/compile_check.py) and prints per-device memory, FLOPs and the
 parameter shardings, with PASS/FAIL against `--budget-gib` (exit status 1 on FAIL).
 
 Fake devices: `main` sets `XLA_FLAGS=--xla_force_host_platform_device_count=N` (N = the mesh's device count) and
 `JAX_PLATFORMS=cpu` before JAX is first imported; in a process where JAX already runs (e.g. pytest's 8 fake devices)
-the mesh must fit in the devices it has. This module lives in configs/ because it builds the LAM (the
-latent_pretraining package never imports `lam`).
+the mesh must fit in the devices it has. This entry point lives in scripts/ because it resolves preset names of
+configs/ (the packages never import configs).
 """
 
 from __future__ import annotations
@@ -25,6 +27,9 @@ import math
 import os
 import sys
 from typing import Any
+
+if __name__ == "__main__":  # `python scripts/compile_check.py`: the repository root, not scripts/, holds the packages
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 LAM_SUFFIX = {"7b": "", "demo": "_demo", "debug": "_tiny"}
 
@@ -63,38 +68,25 @@ def load_config(spec: str) -> Any:
 
 
 def apply_overrides(config: Any, items: list[str]) -> None:
-    """--set a.b.c=value (Python literal, else string) on the locked-shape ConfigDict."""
+    """--set a.b.c=value (Python literal, else string) on the locked-shape ConfigDict; an unknown field raises
+    core.lookup.UnknownName (a KeyError) suggesting the closest one."""
+    from core.lookup import set_field
+
     for item in items:
         key, _, raw = item.partition("=")
         try:
             value = ast.literal_eval(raw)
         except (ValueError, SyntaxError):
             value = raw
-        *parents, leaf = key.split(".")
-        node = config
-        for p in parents:
-            node = node[p]
-        if leaf not in node:
-            raise KeyError(f"--set {item!r}: unknown config field {key!r}")
-        node[leaf] = value
+        set_field(config, key, value)
 
 
 def abstract_lam(preset: str) -> tuple[Any, Any, dict[str, Any]]:
-    """(latent_fn, abstract variables, info) of a configs/lam.py preset, like vla_common.latent_labeler."""
-    import flax.linen as nn
-    import jax
-
+    """(latent_fn, abstract variables, info) of a configs/lam.py preset (lam.api.abstract_latent_labeler)."""
     from configs import lam as lam_configs
-    from lam import train as lam_train
-    from lam.label import Labeler
+    from lam import api as lam_api
 
-    cfg = lam_configs.get_config(preset)
-    variables = jax.eval_shape(lam_train.make_init_fn(cfg), jax.random.PRNGKey(0))
-    variables = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), nn.meta.unbox(variables))
-    labeler = Labeler(cfg, variables)
-    info = {"codebook_size": int(cfg.model.codebook_size), "codes_per_step": labeler.codes,
-            "clip_len": int(cfg.data.clip_len), "offset": int(cfg.data.offset), "preset": preset}
-    return labeler.fn, variables, info
+    return lam_api.abstract_latent_labeler(lam_configs.get_config(preset))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -141,3 +133,7 @@ def main(argv: list[str] | None = None) -> int:
         print("error: " + report.failure_message(budget), file=sys.stderr)
         return 1
     return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
