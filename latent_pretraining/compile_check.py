@@ -6,10 +6,10 @@ objective loss, AdamW, `step.make_train_step` exactly as `loop.run` builds it) f
     report = compile_train_step(setup, mesh)            # frozen weights may be ShapeDtypeStructs
     print(report.format(budget_bytes)); report.fits(budget_bytes)
 
-The command-line entry (`python scripts/benchmark.py compile ...`) lives in configs/compile_check.py, which builds the
-abstract LAM (this package never imports `lam`). Figures are XLA's buffer assignment for the backend that compiles
-(fake CPU devices on a laptop): the CPU compiler fuses and schedules differently from the GPU/TPU ones, so treat the
-result as an estimate with a margin, not a guarantee.
+The command-line entry (`python scripts/benchmark.py compile ...`) is scripts/compile_check.py: it resolves the config
+file and LAM preset names and builds the abstract LAM (lam.api.abstract_latent_labeler). Figures are XLA's buffer
+assignment for the backend that compiles (fake CPU devices on a laptop): the CPU compiler fuses and schedules
+differently from the GPU/TPU ones, so treat the result as an estimate with a margin, not a guarantee.
 """
 
 from __future__ import annotations
