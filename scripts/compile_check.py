@@ -81,14 +81,6 @@ def apply_overrides(config: Any, items: list[str]) -> None:
         set_field(config, key, value)
 
 
-def abstract_lam(preset: str) -> tuple[Any, Any, dict[str, Any]]:
-    """(latent_fn, abstract variables, info) of a configs/lam.py preset (lam.api.abstract_latent_labeler)."""
-    from configs import lam as lam_configs
-    from lam import api as lam_api
-
-    return lam_api.abstract_latent_labeler(lam_configs.get_config(preset))
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="benchmark.py compile", description=__doc__.split("\n\n")[0])
     p.add_argument("--config", required=True, help="e.g. configs/vipra.py:7b")
@@ -105,9 +97,8 @@ def main(argv: list[str] | None = None) -> int:
 
     import jax
 
+    from configs import lam as lam_configs
     from latent_pretraining import compile_check
-    from latent_pretraining import train as vla_train
-    from latent_pretraining.model import vqgan
 
     n = math.prod(shape.values())
     if jax.device_count() < n:  # JAX was imported before main() could ask for more fake devices
@@ -117,16 +108,10 @@ def main(argv: list[str] | None = None) -> int:
     apply_overrides(config, a.set)
     preset = str(config.preset)
     lam_preset = a.lam or f"{config.recipe}{LAM_SUFFIX.get(preset, '')}"
-    latent = abstract_lam(lam_preset) if config.layout.latent_steps else None
+    lam_config = lam_configs.get_config(lam_preset) if config.layout.latent_steps else None
     tiny = a.vqgan == "tiny" or (a.vqgan == "auto" and preset != "7b")
-    vq_cfg = (vqgan.VQGANConfig(resolution=config.data.resolution, hidden_channels=8, channel_mult=(1, 1, 1, 1, 1),
-                                num_res_blocks=1, z_channels=8, num_embeddings=32, embed_dim=8, num_groups=4)
-              if tiny else vqgan.VQGANConfig(resolution=config.data.resolution))
-    setup = vla_train.build(config, latent, tokenizer=compile_check.MarkerTokenizer(a.text_vocab),
-                            vision=(vq_cfg, vqgan.param_shapes(vq_cfg)))
-    mesh = compile_check.make_mesh(shape, n)
-    report = compile_check.compile_train_step(setup, mesh, name=f"{a.config} (LAM {lam_preset}, "
-                                                                 f"VQGAN {'tiny' if tiny else 'LWM'})")
+    report = compile_check.check_config(config, lam_config, shape, tiny_vqgan=tiny, text_vocab=a.text_vocab,
+                                        name=f"{a.config} (LAM {lam_preset}, VQGAN {'tiny' if tiny else 'LWM'})")
     budget = a.budget_gib * 2**30
     print(report.format(budget), flush=True)
     if not report.fits(budget):
