@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import ml_collections
 
-from configs.vla_common import base, check_preset, debug_model, demo_model, latent_labeler, lwm_7b  # noqa: F401  (hook for train.py)
+from configs.vla_common import base, debug_model, demo_model, lwm_7b
+from core.lookup import lookup
 
 PRESETS = ("debug", "demo", "7b")
 
 
 def get_config(preset: str = "demo") -> ml_collections.ConfigDict:
-    check_preset(preset, PRESETS, "LAPA")
+    lookup(PRESETS, preset, "LAPA preset")
     c = base()
     c.recipe, c.preset = "lapa", preset
     c.layout.update({"future_frame": False, "latent_steps": 1, "latent_separator": False, "action_slots": 0,

@@ -11,8 +11,7 @@ Benchmark: `python scripts/benchmark.py data --data-root DIR --mixture demo --wi
 
 from __future__ import annotations
 
-import difflib
-
+from core.lookup import lookup
 from data.mixture import Mixture, MixtureEntry
 
 # Octo "magic soup" weights (before size balancing) restricted to the datasets registered in data/oxe.py.
@@ -33,15 +32,5 @@ MIXTURES: dict[str, Mixture] = {
 
 def get_mixture(name: str) -> Mixture:
     """Mixture by name; unknown names suggest the closest one."""
-    if name in MIXTURES:
-        return MIXTURES[name]
-    close = difflib.get_close_matches(name, list(MIXTURES), n=1, cutoff=0.0)
-    raise KeyError(f"unknown mixture {name!r}" + (f"; did you mean {close[0]!r}?" if close else "")
-                   + f" (known: {', '.join(sorted(MIXTURES))})")
+    return lookup(MIXTURES, name, "mixture")  # UnknownName is a KeyError
 
-
-def benchmark_main(argv: list[str] | None = None) -> int:
-    """`scripts/benchmark.py data ...` entry: data.benchmark.main with named mixtures resolved here."""
-    from data import benchmark
-
-    return benchmark.main(argv, resolve_mixture=get_mixture)

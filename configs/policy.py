@@ -19,13 +19,14 @@ from __future__ import annotations
 
 import ml_collections
 
-from configs.vla_common import base, check_preset, debug_model, demo_model, lwm_7b
+from configs.vla_common import base, debug_model, demo_model, lwm_7b
+from core.lookup import lookup
 
 PRESETS = ("lapa_demo", "vipra_demo", "scratch_demo", "lapa_debug", "vipra_debug", "lapa_7b", "vipra_7b")
 
 
 def get_config(preset: str = "vipra_demo") -> ml_collections.ConfigDict:
-    check_preset(preset, PRESETS, "policy")
+    lookup(PRESETS, preset, "policy preset")
     recipe, size = preset.split("_")
     c = base()
     c.recipe, c.preset = recipe, preset

@@ -18,13 +18,14 @@ from __future__ import annotations
 
 import ml_collections
 
-from configs.vla_common import base, check_preset, debug_model, demo_model, latent_labeler, lwm_7b  # noqa: F401  (hook for train.py)
+from configs.vla_common import base, debug_model, demo_model, lwm_7b
+from core.lookup import lookup
 
 PRESETS = ("debug", "demo", "7b")
 
 
 def get_config(preset: str = "demo") -> ml_collections.ConfigDict:
-    check_preset(preset, PRESETS, "ViPRA")
+    lookup(PRESETS, preset, "ViPRA preset")
     c = base()
     c.recipe, c.preset = "vipra", preset
     c.layout.update({"future_frame": True, "latent_separator": True, "video_open": " </vision> <dynamics>",

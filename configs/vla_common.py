@@ -1,27 +1,15 @@
 """Shared pieces of the VideoLLaMA recipe configs (configs/lapa.py, configs/vipra.py).
 
-`base()` is the full config tree with neutral values; each recipe file fills it per preset. `latent_labeler(config)`
-is the hook `latent_pretraining.train` calls to get the frozen LAM (latent_pretraining never imports `lam`; the
-config layer may).
+`base()` is the full config tree with neutral values; each recipe file fills it per preset (values only). The frozen
+LAM named by `latent.lam_workdir` / `latent.step` is loaded by latent_pretraining.train through lam.api.
 """
 
 from __future__ import annotations
-
-from typing import Any
 
 import ml_collections
 from ml_collections.config_dict import placeholder
 
 from latent_pretraining.training import loop
-
-
-def check_preset(preset: str, presets: tuple[str, ...], what: str) -> None:
-    """KeyError naming the closest known preset."""
-    if preset not in presets:
-        import difflib
-
-        close = difflib.get_close_matches(preset, presets, n=1, cutoff=0.0)
-        raise KeyError(f"unknown {what} preset {preset!r}; did you mean {close[0]!r}? (known: {', '.join(presets)})")
 
 
 def base() -> ml_collections.ConfigDict:
@@ -121,20 +109,3 @@ def debug_model(c: ml_collections.ConfigDict) -> None:
     c.train.log.every = 1
     c.train.optimizer.warmup_steps = 0
 
-
-def latent_labeler(config: ml_collections.ConfigDict) -> tuple[Any, Any, dict[str, Any]] | None:
-    """(latent_fn, variables, info) of the frozen LAM at config.latent.lam_workdir, or None when unset.
-
-    latent_fn(variables, clip u8[B, T, R, R, 3]) -> int32[B, T-1, C]; info: codebook_size, codes_per_step,
-    clip_len (T), offset (frames between consecutive clip frames during LAM training), workdir, step."""
-    if not config.latent.lam_workdir:
-        return None
-    from lam.label import Labeler, load_lam
-
-    step = None if config.latent.step < 0 else int(config.latent.step)
-    lam_config, variables = load_lam(config.latent.lam_workdir, step)
-    labeler = Labeler(lam_config, variables)
-    info = {"codebook_size": int(lam_config.model.codebook_size), "codes_per_step": labeler.codes,
-            "clip_len": int(lam_config.data.clip_len), "offset": int(lam_config.data.offset),
-            "workdir": config.latent.lam_workdir, "preset": lam_config.preset}
-    return labeler.fn, variables, info

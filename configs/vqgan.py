@@ -19,25 +19,22 @@ Override anything on the command line, e.g. `--config.train.total_steps=2000 --c
 
 from __future__ import annotations
 
-import difflib
-
 import ml_collections
 
+from core.lookup import lookup
 from latent_pretraining.model.vqgan import VQGANConfig
 from latent_pretraining.training import loop
 
 PRESETS = ("demo", "lwm", "tiny")
 
 
-def _model(**kw) -> ml_collections.ConfigDict:
-    return ml_collections.ConfigDict(VQGANConfig(**kw).to_dict())
+def _model(**kw) -> dict:
+    """Every VQGANConfig field (its defaults are LWM's architecture), with `kw` changed."""
+    return VQGANConfig(**kw).to_dict()
 
 
 def get_config(arg: str = "demo") -> ml_collections.ConfigDict:
-    if arg not in PRESETS:
-        close = difflib.get_close_matches(arg, PRESETS, n=1)
-        raise ValueError(f"unknown vqgan preset {arg!r}; valid: {PRESETS}" + (f" (did you mean {close[0]!r}?)"
-                                                                             if close else ""))
+    lookup(PRESETS, arg, "VQGAN preset")  # UnknownName is a ValueError
     c = ml_collections.ConfigDict()
     c.preset = arg
     c.data = ml_collections.ConfigDict({
@@ -54,6 +51,7 @@ def get_config(arg: str = "demo") -> ml_collections.ConfigDict:
     c.vq = ml_collections.ConfigDict({"decay": 0.98, "dead_threshold": 0.2, "restart_count": 1.0})
     c.eval = ml_collections.ConfigDict({"every": 500, "batch_size": 64})
     c.export = "tokenizer.safetensors"  # written into the workdir at every eval and at the end
+    c.model = ml_collections.ConfigDict(_model())  # VQGANConfig fields; presets below change values only
 
     c.train = loop.default_config()
     c.train.total_steps = 1500
@@ -67,12 +65,11 @@ def get_config(arg: str = "demo") -> ml_collections.ConfigDict:
     c.train.optimizer.clip_grad_norm = 1.0
 
     if arg == "demo":
-        c.model = _model(resolution=64, hidden_channels=16, channel_mult=(1, 2, 2, 4), num_res_blocks=1,
-                         z_channels=32, num_embeddings=1024, embed_dim=32, num_groups=8)
+        c.model.update(_model(resolution=64, hidden_channels=16, channel_mult=(1, 2, 2, 4), num_res_blocks=1,
+                              z_channels=32, num_embeddings=1024, embed_dim=32, num_groups=8))
         c.data.global_batch_size = 16
         c.data.stride = 2
     elif arg == "lwm":
-        c.model = _model()
         c.data.resolution = 256
         c.data.global_batch_size = 8
         c.train.total_steps = 100_000
@@ -82,8 +79,8 @@ def get_config(arg: str = "demo") -> ml_collections.ConfigDict:
         c.eval.every = 5000
         c.eval.batch_size = 8
     else:  # tiny
-        c.model = _model(resolution=16, hidden_channels=8, channel_mult=(1, 2), num_res_blocks=1, z_channels=8,
-                         num_embeddings=8, embed_dim=4, num_groups=4)
+        c.model.update(_model(resolution=16, hidden_channels=8, channel_mult=(1, 2), num_res_blocks=1,
+                              z_channels=8, num_embeddings=8, embed_dim=4, num_groups=4))
         c.data.resolution = 16
         c.data.global_batch_size = 8
         c.data.val_frames = 16

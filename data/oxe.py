@@ -13,10 +13,10 @@ Per-dataset facts follow oxe_rlds.md §1.1 (Octo/OpenVLA conventions); deviation
 from __future__ import annotations
 
 import dataclasses
-import difflib
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from core.lookup import lookup
 from data import tf_setup
 from data.rlds import DataError, FeatureInfo, OpenedDataset
 
@@ -342,11 +342,7 @@ def register(spec: DatasetSpec, overwrite: bool = False) -> None:
 
 def get_spec(name: str) -> DatasetSpec:
     """Registry lookup; unknown names suggest the closest registered one."""
-    if name in REGISTRY:
-        return REGISTRY[name]
-    close = difflib.get_close_matches(name, list(REGISTRY), n=1, cutoff=0.0)
-    hint = f"; did you mean {close[0]!r}?" if close else ""
-    raise DataError(f"unknown dataset {name!r}{hint} (registered: {', '.join(sorted(REGISTRY))})")
+    return lookup(REGISTRY, name, "dataset", error=DataError)
 
 
 def standardize_fn(spec: DatasetSpec, opened: OpenedDataset) -> Callable[[dict], dict]:

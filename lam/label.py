@@ -30,6 +30,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from lam import config as lam_config
 from lam.model import LatentActionModel
 
 PyTree = Any
@@ -59,7 +60,7 @@ def load_lam(workdir: str, step: int | None = None) -> tuple[ml_collections.Conf
     assets = checkpoint.read_assets(ckdir, step)
     if "config.json" not in assets:
         raise KeyError(f"checkpoint in {ckdir} has no config.json asset")
-    config = ml_collections.ConfigDict(json.loads(assets["config.json"]))
+    config = lam_config.from_saved(json.loads(assets["config.json"]))  # older runs: legacy defaults filled in
     with ocp.CheckpointManager(ckdir, item_names=checkpoint.ITEMS,
                                options=ocp.CheckpointManagerOptions(read_only=True)) as m:
         step = m.latest_step() if step is None else step

@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from lam import layers
+from lam.config import check_kinds
 from lam.quantizer import NSVQ, l2_normalize, lookup
 
 Array = jax.Array
@@ -112,9 +113,7 @@ class LatentActionModel(nn.Module):
 
     def setup(self) -> None:
         c = self.config
-        if c.get("code_global_mix", 0.0):  # configs stored by runs from before code_pool replaced it
-            raise ValueError("model.code_global_mix is no longer supported (its checkpoints would decode wrongly); "
-                             "retrain with model.code_pool='mean'")
+        check_kinds(c, "model")  # a typo'd kind fails here with the allowed values (lam/config.py KINDS)
         if c.encoder.kind == "dino":
             from lam.dino import Dinov2
 
@@ -122,33 +121,33 @@ class LatentActionModel(nn.Module):
             self.dino_proj = nn.Dense(c.dim, name="dino_proj")
         else:
             self.patch_embed = PatchEmbed(c.patch_size, c.dim, name="patch_embed")
-        if c.encoder.get("motion_stem", 0):
+        if c.encoder.motion_stem:
             if c.encoder.kind == "dino":
                 raise ValueError("encoder.motion_stem works with encoder.kind='patch' (DINOv2 has its own grid)")
             self.motion_stem = MotionStem(c.patch_size, c.dim, int(c.encoder.motion_stem), name="motion_stem")
+        peg = c.encoder.peg
         if c.encoder.layout == "factorized":  # LAPA: all spatial layers, then all temporal layers
-            peg = c.encoder.get("peg", True)
             self.enc_blocks = (_blocks(c, c.encoder.spatial_depth, "enc_spatial", temporal=False, peg=peg)
                                + _blocks(c, c.encoder.temporal_depth, "enc_temporal", spatial=False, peg=peg))
-        else:  # ViPRA: interleaved spatio-temporal layers
-            self.enc_blocks = _blocks(c, c.encoder.depth, "enc_st", peg=c.encoder.get("peg", True))
+        else:  # "interleaved" (ViPRA): interleaved spatio-temporal layers
+            self.enc_blocks = _blocks(c, c.encoder.depth, "enc_st", peg=peg)
         self.enc_norm = layers.layer_norm("enc_norm")
         self.code_encoder = CodeEncoder(c.quant_dim, c.code_grid, c.encode_deltas, c.code_time_kernel,
-                                        c.get("code_pool", "grid"), name="code_encoder")
-        self.code_groups = c.code_grid**2 if c.get("slot_codebooks", False) else 1
-        self.quantizer = NSVQ(c.codebook_size, c.quant_dim, c.get("quant_warmup_steps", 0), c.get("quant_norm", False),
+                                        c.code_pool, name="code_encoder")
+        self.code_groups = c.code_grid**2 if c.slot_codebooks else 1
+        self.quantizer = NSVQ(c.codebook_size, c.quant_dim, c.quant_warmup_steps, c.quant_norm,
                               groups=self.code_groups, name="quantizer")
         d = c.decoder
-        self.dec_patch = d.get("patch_size", 0) or c.patch_size
+        self.dec_patch = d.patch_size or c.patch_size
         if d.kind == "film" or self.dec_patch != c.patch_size:  # the decoder's own patch embedding
             self.dec_patch_embed = PatchEmbed(self.dec_patch, c.dim, name="dec_patch_embed")
         if d.kind == "cross_attention":
             self.project_out = nn.Dense(c.dim, name="project_out")
-            self.dec_blocks = _blocks(c, d.depth, "dec", temporal=False, peg=d.get("peg", False), cross=True)
+            self.dec_blocks = _blocks(c, d.depth, "dec", temporal=False, peg=d.peg, cross=True)
         elif d.kind == "film":
             self.cond_in = nn.Dense(c.dim, name="cond_in")
             self.cond_ff = layers.GEGLU(c.ff_mult, name="cond_ff")
-            self.dec_blocks = _blocks(c, d.depth, "dec", causal=True, film=True, peg=d.get("peg", True))
+            self.dec_blocks = _blocks(c, d.depth, "dec", causal=True, film=True, peg=d.peg)
         else:
             raise ValueError(f"model.decoder.kind must be 'cross_attention' or 'film', got {d.kind!r}")
         self.dec_norm = layers.layer_norm("dec_norm")
@@ -170,7 +169,7 @@ class LatentActionModel(nn.Module):
     def encode(self, clip: Array) -> Array:
         """clip float[B, T, H, W, 3] → pre-quantization code vectors z float[B, T-1, g, g, Dq]."""
         x = self.embed(clip)
-        if self.config.encoder.get("motion_stem", 0):
+        if self.config.encoder.motion_stem:
             x = x + self.motion_stem(clip)
         x, _ = layers.stack(self.enc_blocks, x)
         return self.code_encoder(self.enc_norm(x))
@@ -188,7 +187,7 @@ class LatentActionModel(nn.Module):
         shift = self.quantizer.get_variable("nsvq", "shift")
         flat = ids if self.code_groups == 1 else ids.reshape(*ids.shape[:-2], self.code_groups)
         codes = lookup(cb + shift, flat).reshape(*ids.shape, cb.shape[-1])
-        return l2_normalize(codes) if self.config.get("quant_norm", False) else codes
+        return l2_normalize(codes) if self.config.quant_norm else codes
 
     def decode(self, frames: Array, codes: Array) -> tuple[Array, Array | None]:
         """frames float[B, T-1, H, W, 3] (frames 0..T-2) + codes float[B, T-1, g, g, Dq] → predicted frames 1..T-1

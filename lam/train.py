@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from lam import config as lam_config
 from lam import losses
 from lam.model import LatentActionModel, count_params
 from lam.quantizer import perplexity, replace_dead_codes, usage
@@ -55,12 +56,11 @@ def make_init_fn(config: ml_collections.ConfigDict) -> Callable[[jax.Array], PyT
 def make_loss_fn(config: ml_collections.ConfigDict, feature_fn: losses.FeatureFn | None = None) -> Callable:
     """(params, batch, rng, model_state) -> (loss, (metrics, new_model_state)); batch = {'clip' uint8[B, L, R, R, 3],
     optional 'flow' float[B, L-1, R, R, 2] (pixels), optional 'clip_valid' bool[B, L]}."""
+    lam_config.check(config)
     model = make_model(config)
     lc, qc = config.loss, config.quantizer
-    if lc.flow_weight > 0 and not config.model.flow_head:
-        raise ValueError("loss.flow_weight > 0 needs model.flow_head=True")
     if lc.perceptual_weight > 0 and feature_fn is None:
-        raise ValueError("loss.perceptual_weight > 0 needs a feature network (loss.perceptual names one)")
+        raise ValueError("loss.perceptual_weight > 0 needs a feature network: make_loss_fn(config, feature_fn=...)")
 
     def loss_fn(params, batch, rng, model_state):
         clip = to_float(batch["clip"])
@@ -81,8 +81,8 @@ def make_loss_fn(config: ml_collections.ConfigDict, feature_fn: losses.FeatureFn
             perc = losses.perceptual_loss(feature_fn, out["pred"], target, mask)
             loss, metrics["perceptual"] = loss + lc.perceptual_weight * perc, perc
         if config.model.flow_head and "flow" in batch:
-            fl = losses.flow_loss(out["flow"], batch["flow"], mask, kind=lc.get("flow", "l1"),
-                                  moving_weight=lc.get("flow_moving_weight", 0.0))
+            fl = losses.flow_loss(out["flow"], batch["flow"], mask, kind=lc.flow,
+                                  moving_weight=lc.flow_moving_weight)
             loss = loss + losses.flow_weight(step, lc.flow_weight, lc.flow_start, lc.flow_warmup) * fl
             metrics["flow"] = fl
         new_nsvq, qm = replace_dead_codes(params[QUANTIZER]["codebook"], nsvq, out["z"], r_rep,
@@ -110,9 +110,8 @@ def make_data(config: ml_collections.ConfigDict, *, split: str | None = None, se
     seed = config.train.seed if seed is None else seed
     split = split or d.train_split
     want_flow = config.model.flow_head and config.loss.flow_weight > 0
-    target = config.loss.get("flow_target", "ground_truth")
-    if target not in ("ground_truth", "farneback"):
-        raise ValueError(f"loss.flow_target must be 'ground_truth' (demo world) or 'farneback', got {target!r}")
+    lam_config.check_kinds(config)  # data.source, loss.flow_target: allowed values
+    target = config.loss.flow_target
     gt_flow = want_flow and target == "ground_truth"
     if d.source == "memory":
         from lam import data as lam_data
@@ -139,7 +138,7 @@ def make_data(config: ml_collections.ConfigDict, *, split: str | None = None, se
     if want_flow and target == "farneback":
         from lam.flow_targets import FarnebackParams, WithFlow
 
-        it = WithFlow(it, FarnebackParams(winsize=int(config.loss.get("farneback_winsize", 9))))
+        it = WithFlow(it, FarnebackParams(winsize=int(config.loss.farneback_winsize)))
     return it
 
 

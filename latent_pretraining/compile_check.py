@@ -6,10 +6,10 @@ objective loss, AdamW, `step.make_train_step` exactly as `loop.run` builds it) f
     report = compile_train_step(setup, mesh)            # frozen weights may be ShapeDtypeStructs
     print(report.format(budget_bytes)); report.fits(budget_bytes)
 
-The command-line entry (`python scripts/benchmark.py compile ...`) lives in configs/compile_check.py, which builds the
-abstract LAM (this package never imports `lam`). Figures are XLA's buffer assignment for the backend that compiles
-(fake CPU devices on a laptop): the CPU compiler fuses and schedules differently from the GPU/TPU ones, so treat the
-result as an estimate with a margin, not a guarantee.
+The command-line entry (`python scripts/benchmark.py compile ...`) is scripts/compile_check.py: it resolves the config
+file and LAM preset names and builds the abstract LAM (lam.api.abstract_latent_labeler). Figures are XLA's buffer
+assignment for the backend that compiles (fake CPU devices on a laptop): the CPU compiler fuses and schedules
+differently from the GPU/TPU ones, so treat the result as an estimate with a margin, not a guarantee.
 """
 
 from __future__ import annotations
@@ -25,8 +25,10 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import Mesh, NamedSharding
 
+from lam import api as lam_api
 from latent_pretraining import objective
-from latent_pretraining.train import Setup, make_init_fn
+from latent_pretraining.model import vqgan
+from latent_pretraining.train import Setup, build, make_init_fn
 from latent_pretraining.training import mesh as mesh_lib
 from latent_pretraining.training import optim
 from latent_pretraining.training import sharding as sharding_lib
@@ -206,3 +208,18 @@ def make_mesh(shape: dict[str, int], num_devices: int) -> Mesh:
                            f"--xla_force_host_platform_device_count={num_devices} before JAX is imported")
     return mesh_lib.make_mesh(shape, devices=devices[:num_devices])
 
+
+
+def check_config(config: Any, lam_config: Any | None, mesh_shape: dict[str, int], *, tiny_vqgan: bool,
+                 text_vocab: int = 32000, name: str = "") -> CompileReport:
+    """Compiles the train step of a VideoLLaMA `config` on a `mesh_shape` mesh from abstract shapes: the LAM of
+    `lam_config` (None: a layout without latent actions), LWM's VQGAN (`VQGANConfig()`) or a tiny one, and a
+    `text_vocab`-id MarkerTokenizer. JAX must already see prod(mesh_shape) devices."""
+    latent = lam_api.abstract_latent_labeler(lam_config) if lam_config is not None else None
+    res = config.data.resolution
+    vq_cfg = (vqgan.VQGANConfig(resolution=res, hidden_channels=8, channel_mult=(1, 1, 1, 1, 1), num_res_blocks=1,
+                                z_channels=8, num_embeddings=32, embed_dim=8, num_groups=4)
+              if tiny_vqgan else vqgan.VQGANConfig(resolution=res))
+    setup = build(config, latent, tokenizer=MarkerTokenizer(text_vocab),
+                  vision=(vq_cfg, vqgan.param_shapes(vq_cfg)))
+    return compile_train_step(setup, make_mesh(mesh_shape, math.prod(mesh_shape.values())), name=name)

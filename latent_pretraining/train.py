@@ -3,8 +3,9 @@
     python -m latent_pretraining.train --config=configs/vipra.py:demo --workdir=runs/vla_demo/vipra --overwrite
     python -m latent_pretraining.train --config=configs/lapa.py:demo --workdir=runs/vla_demo/lapa --overwrite
 
-The config file's module provides `latent_labeler(config)` (the frozen LAM; this package never imports `lam`). The
-run writes checkpoints (assets: config.json, tokenizer.model, layout.json, vqgan/lam metadata), TensorBoard events,
+The frozen LAM comes from `config.latent.lam_workdir` / `config.latent.step` through `lam.api.latent_labeler`
+(`load_latent`; callers of `build` / `train` may pass their own, e.g. tests and the compile check). The run writes
+checkpoints (assets: config.json, tokenizer.model, layout.json, vqgan/lam metadata), TensorBoard events,
 `curves.json` / `curves.png` (per-head losses over steps) and `summary.json` (held-out evaluation: latent-action
 accuracy next to chance and the majority-code rate, vision accuracy, flow loss).
 
@@ -27,6 +28,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from lam import api as lam_api
 from latent_pretraining import flow, objective
 from latent_pretraining.model import vqgan
 from latent_pretraining.model.llama_config import preset as llama_preset
@@ -36,7 +38,7 @@ from latent_pretraining.model.video_llama import init_params as vla_init_params
 from latent_pretraining.sequence import LayoutSpec
 
 PyTree = Any
-LatentLabeler = tuple[Callable, PyTree, dict]  # (latent_fn, variables, info) from the config layer
+LatentLabeler = lam_api.LatentLabeler  # (latent_fn, variables, info), see lam/api.py
 BATCH_KEYS = ("history", "future", "clip", "clip_valid", "actions", "action_pad_mask", "action_valid",
               "frame_ids", "future_ids", "latent_ids", "latent_valid")  # the *_ids: token caches (config.cache)
 
@@ -303,17 +305,11 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, resume: bool = Fal
     return summary
 
 
-def _config_module(flag: Any) -> Any:
-    """The Python module of the --config file (for its `latent_labeler` hook)."""
-    import importlib.util
-
-    from ml_collections import config_flags
-
-    path = config_flags.get_config_filename(flag).split(":")[0]
-    spec = importlib.util.spec_from_file_location("_vla_config_module", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def load_latent(config: ml_collections.ConfigDict) -> LatentLabeler | None:
+    """The frozen LAM of `config.latent` (lam_workdir at step; step < 0 = latest), or None when lam_workdir is empty."""
+    if not config.latent.lam_workdir:
+        return None
+    return lam_api.latent_labeler(config.latent.lam_workdir, int(config.latent.step))
 
 
 def main(argv: list[str]) -> None:
@@ -325,9 +321,7 @@ def main(argv: list[str]) -> None:
     from latent_pretraining.training import distributed
 
     distributed.initialize(f.config.train.distributed)  # multi-host: before anything touches a device
-    hook = getattr(_config_module(f["config"]), "latent_labeler", None)
-    latent = hook(f.config) if hook is not None else None
-    summary = train(f.config, f.workdir, resume=f.resume, overwrite=f.overwrite, latent=latent)
+    summary = train(f.config, f.workdir, resume=f.resume, overwrite=f.overwrite, latent=load_latent(f.config))
     print(json.dumps(summary, indent=2))
 
 

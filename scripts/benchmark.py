@@ -1,7 +1,8 @@
 """Benchmarks, one subcommand each: ``python scripts/benchmark.py <subcommand> [args]`` (``--help`` per subcommand).
 
 Each subcommand maps to ``"module:function"``; the function takes the remaining argv and returns an exit code. The
-module is imported only when its subcommand runs, so one benchmark's dependencies never slow down another.
+module is imported only when its subcommand runs, so one benchmark's dependencies never slow down another. Bare
+module names (``compile_check``, ``benchmark_presets``) are the entry points next to this file in scripts/.
 """
 
 from __future__ import annotations
@@ -11,10 +12,10 @@ import sys
 
 SUBCOMMANDS: dict[str, str] = {
     "train-step": "latent_pretraining.benchmark:train_step_main",
-    "data": "configs.mixtures:benchmark_main",
-    "lam": "configs.lam:benchmark_main",
+    "data": "benchmark_presets:data_main",
+    "lam": "benchmark_presets:lam_main",
     "vla": "latent_pretraining.vla_benchmark:main",
-    "compile": "configs.compile_check:main",
+    "compile": "compile_check:main",
     "sampler": "policy.sampler_benchmark:main",
 }
 

@@ -3,11 +3,16 @@ real train step compiles from abstract shapes and reports memory, FLOPs and shar
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import jax
 import pytest
 
-from configs import compile_check
 from latent_pretraining.compile_check import MarkerTokenizer
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+import compile_check  # scripts/compile_check.py, the entry point
 
 
 def test_lapa_debug_compiles_and_reports(capsys) -> None:

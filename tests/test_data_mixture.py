@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import sys
+from pathlib import Path
 
 import jax
 import numpy as np
@@ -17,6 +19,8 @@ from data import loader, oxe, rlds, windows
 from data import mixture as mx
 from data.augment import AugmentConfig
 from data.rlds import DataError
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 
 DEMO = mx.Mixture("demo3to1", (mx.MixtureEntry("demo_robot", 3.0), mx.MixtureEntry("demo_human", 1.0)))
 
@@ -157,7 +161,9 @@ def test_benchmark_entry_point(capsys, tmp_path) -> None:
     args = ["--data-root", root, "--window", "lam", "--clip-len", "3", "--batches", "2",
             "--warmup", "1", "--batch-size", "8", "--resolution", "16", "--shuffle-buffer", "16",
             "--stats-dir", str(tmp_path), "--resume-at", "5"]
-    assert mixtures.benchmark_main([*args, "--mixture", "demo"]) == 0
+    import benchmark_presets  # scripts/ (the entry point resolves configs/mixtures.py names)
+
+    assert benchmark_presets.data_main([*args, "--mixture", "demo"]) == 0
     out = capsys.readouterr().out.strip().splitlines()
     assert "samples/s" in out[-2] and "peak RSS" in out[-2]
     r = json.loads(out[-1])

@@ -100,7 +100,7 @@ def _cli(*args: str) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--tasks", "push_to_regoin"], "unknown task 'push_to_regoin' (did you mean 'push_to_region'?)"),
+    (["--tasks", "push_to_regoin"], "unknown task 'push_to_regoin'; did you mean 'push_to_region'?"),
     (["--resolution", "100"], "unsupported resolution 100: expected one of (64, 128, 256)"),
     (["--episodes", "-3"], "episode counts must be >= 1 (train) and >= 0 (val), got -3 and"),
 ])

@@ -1,4 +1,14 @@
-"""Enforces the one-way import rules of DESIGN §2 by parsing every module's imports (no code is executed)."""
+"""The module graph as an allowlist: every module's imports (parsed, no code is executed, function-level imports
+included) may name only the packages its layer lists.
+
+    core <- data <- latent_pretraining.training <- lam <- latent_pretraining <- policy <- configs
+
+`latent_pretraining.training` (mesh, sharding, optimizer, checkpoints, the loop) is the shared training
+infrastructure: the LAM trainer and the VideoLLaMA trainer both run on it, so it sits below `lam`, and it must not
+import the rest of `latent_pretraining` (model, sequence, objective, train, ...). The VideoLLaMA trainer gets the
+frozen LAM through `lam.api`. `configs/` (presets) may import anything and nothing imports it; scripts/ and tests/
+are entry points and are not checked.
+"""
 
 import ast
 import pathlib
@@ -6,36 +16,82 @@ import pathlib
 import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
+OURS = ("core", "data", "lam", "latent_pretraining", "policy", "configs")
 
-# package -> top-level packages of ours that it must never import
-FORBIDDEN = {
-    "core": {"data", "lam", "latent_pretraining", "policy", "configs"},
-    "data": {"lam", "latent_pretraining", "policy", "configs"},
-    "lam": {"policy", "configs", "latent_pretraining.model", "latent_pretraining.sequence", "latent_pretraining.train"},
-    "latent_pretraining": {"lam", "policy", "configs"},
-    "policy": {"lam", "configs"},
+# layer -> the packages (prefixes) of ours it may import; a module belongs to the most specific layer that names it
+ALLOWED: dict[str, tuple[str, ...]] = {
+    "core": ("core",),
+    "data": ("core", "data"),
+    "latent_pretraining.training": ("core", "data", "latent_pretraining.training"),
+    "lam": ("core", "data", "latent_pretraining.training", "lam"),
+    "latent_pretraining": ("core", "data", "lam", "latent_pretraining"),
+    "policy": ("core", "data", "lam", "latent_pretraining", "policy"),
+    "configs": OURS,
 }
 
 
+def _under(name: str, prefix: str) -> bool:
+    return name == prefix or name.startswith(prefix + ".")
+
+
+def _layer(module: str) -> str:
+    return max((layer for layer in ALLOWED if _under(module, layer)), key=len)
+
+
+def _is_module(dotted: str) -> bool:
+    base = ROOT.joinpath(*dotted.split("."))
+    return base.with_suffix(".py").exists() or (base / "__init__.py").exists()
+
+
 def _imports(path: pathlib.Path) -> set[str]:
+    """Modules `path` imports: `from a import b` counts as a.b when b is a module of ours, else as a."""
     names = set()
     for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
         if isinstance(node, ast.Import):
             names.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            names.add(node.module)
+            for alias in node.names:
+                sub = f"{node.module}.{alias.name}"
+                names.add(sub if _is_module(sub) else node.module)
     return names
 
 
-@pytest.mark.parametrize("package", sorted(FORBIDDEN))
-def test_import_direction(package: str) -> None:
-    violations = []
+def violations(package: str) -> list[str]:
+    out = []
     for path in sorted((ROOT / package).rglob("*.py")):
-        for name in _imports(path):
-            for banned in FORBIDDEN[package]:
-                if name == banned or name.startswith(banned + "."):
-                    violations.append(f"{path.relative_to(ROOT)} imports {name}")
-    assert not violations, "import rule broken (DESIGN §2):\n" + "\n".join(violations)
+        rel = path.relative_to(ROOT)
+        module = ".".join(rel.with_suffix("").parts).removesuffix(".__init__")
+        layer = _layer(module)
+        for name in sorted(_imports(path)):
+            ours = any(_under(name, p) for p in OURS)  # else third-party / stdlib
+            if ours and not any(_under(name, allowed) for allowed in ALLOWED[layer]):
+                out.append(f"{rel} ({layer}) imports {name}")
+    return out
+
+
+@pytest.mark.parametrize("package", ["core", "data", "lam", "latent_pretraining", "policy", "configs"])
+def test_imports_follow_the_allowlist(package: str) -> None:
+    found = violations(package)
+    assert not found, "import outside the module graph (tests/test_import_rules.py ALLOWED):\n" + "\n".join(found)
+
+
+def test_allowlist_catches_a_forbidden_import(tmp_path, monkeypatch) -> None:
+    """The checker itself: training -> model and lam -> latent_pretraining.train are refused, lam -> training is not."""
+    pkg = tmp_path / "latent_pretraining" / "training"
+    pkg.mkdir(parents=True)
+    (pkg / "bad.py").write_text("from latent_pretraining.model import llama\nfrom latent_pretraining import train\n")
+    (tmp_path / "lam").mkdir()
+    (tmp_path / "lam" / "bad.py").write_text("from latent_pretraining import train\n"
+                                            "from latent_pretraining.training import loop\nimport policy\n")
+    for module in ("latent_pretraining/model/llama.py", "latent_pretraining/train.py",
+                   "latent_pretraining/training/loop.py"):
+        (tmp_path / module).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / module).touch()
+    monkeypatch.setitem(globals(), "ROOT", tmp_path)
+    assert violations("latent_pretraining") == [
+        "latent_pretraining/training/bad.py (latent_pretraining.training) imports latent_pretraining.model.llama",
+        "latent_pretraining/training/bad.py (latent_pretraining.training) imports latent_pretraining.train"]
+    assert violations("lam") == ["lam/bad.py (lam) imports latent_pretraining.train", "lam/bad.py (lam) imports policy"]
 
 
 def test_no_pickle_or_eval() -> None:

@@ -125,3 +125,27 @@ def test_lapa_trains_from_a_from_lwm_checkpoint(assets, tmp_path) -> None:
     assert os.path.exists(tmp_path / "run" / "curves.json") and os.path.exists(tmp_path / "run" / "summary.json")
     params, _ = ckpt_convert.load_checkpoint(tmp_path / "converted")
     assert "dte" in params  # conversion keeps the file's names; train.py maps them (from_lineage)
+
+
+@pytest.mark.slow  # a 1-step LAM run (~80 s on a busy 2-core CPU)
+def test_the_trainer_loads_the_frozen_lam_through_lam_api(assets, tmp_path) -> None:
+    """`--config.latent.lam_workdir` reaches a trained LAM run through lam.api (no hook in the config file), and the
+    labeler equals one built from that checkpoint's variables."""
+    cfg = lam_configs.get_config("lapa_tiny")
+    cfg.data.root, cfg.data.cache_dir, cfg.data.batch_size = assets["data"], "", 8
+    cfg.train.total_steps = cfg.train.checkpoint.every = 1
+    cfg.train.checkpoint.async_save, cfg.train.log.progress, cfg.train.log.tensorboard = False, "off", False
+    lam_train.train(cfg, str(tmp_path / "lam"), overwrite=True)
+    config = _config(lapa_configs, assets)
+    config.latent.lam_workdir = ""
+    assert vla_train.load_latent(config) is None
+    config.latent.lam_workdir, config.latent.step = str(tmp_path / "lam"), -1
+    fn, variables, info = vla_train.load_latent(config)
+    assert info == {"codebook_size": 8, "codes_per_step": 4, "clip_len": 2, "offset": 3, "preset": "lapa_tiny",
+                    "workdir": str(tmp_path / "lam"), "step": 1}
+    clip = jnp.asarray(np.random.default_rng(0).integers(0, 256, (2, 2, 64, 64, 3), dtype=np.uint8))
+    from lam.label import load_lam
+
+    lam_config, lam_vars = load_lam(str(tmp_path / "lam"), 1)
+    np.testing.assert_array_equal(fn(variables, clip), Labeler(lam_config, lam_vars)(clip))
+    assert fn(variables, clip).shape == (2, 1, 4)

@@ -8,9 +8,10 @@ Blocks are axis-aligned squares of half-size ``BLOCK_HALF`` whose centres stay i
 from __future__ import annotations
 
 import dataclasses
-import difflib
 
 import numpy as np
+
+from core.lookup import check_names
 
 BLOCK_HALF = 0.05
 EFFECTOR_RADIUS = 0.04
@@ -155,11 +156,7 @@ def check_families(families: tuple[str, ...] | list[str]) -> tuple[str, ...]:
     """Validate task family names; an unknown one raises with the closest valid name."""
     if not families:
         raise ValueError(f"no task family given: expected some of {', '.join(TASK_FAMILIES)}")
-    for name in families:
-        if name not in TEMPLATES:
-            close = difflib.get_close_matches(name, TASK_FAMILIES, n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise ValueError(f"unknown task {name!r}{hint}: expected one of {', '.join(TASK_FAMILIES)}")
+    check_names(families, TASK_FAMILIES, "task")  # UnknownName is a ValueError
     return tuple(families)
 
 

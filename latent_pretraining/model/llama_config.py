@@ -14,11 +14,12 @@ Presets (``preset(name, **overrides)``):
 from __future__ import annotations
 
 import dataclasses
-import difflib
 from collections.abc import Mapping
 from typing import Any
 
 import jax.numpy as jnp
+
+from core.lookup import check_names, lookup
 
 REMAT_POLICIES = ("none", "dots_saveable", "dots_with_no_batch_dims_saveable", "nothing_saveable")
 _DTYPES = ("float32", "bfloat16", "float16")
@@ -129,11 +130,7 @@ class LlamaConfig:
 
 
 def _check_fields(d: Mapping[str, Any]) -> None:
-    names = [f.name for f in dataclasses.fields(LlamaConfig)]
-    for key in d:
-        if key not in names:
-            hint = difflib.get_close_matches(key, names, n=1)
-            raise ValueError(f"unknown LlamaConfig field {key!r}" + (f"; did you mean {hint[0]!r}?" if hint else ""))
+    check_names(d, [f.name for f in dataclasses.fields(LlamaConfig)], "LlamaConfig field", list_known=False)
 
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -159,12 +156,6 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 def preset(name: str, **overrides: Any) -> LlamaConfig:
     """A named size preset with field overrides, e.g. ``preset("7b", rope_theta=5e7, dtype="bfloat16")``."""
-    if name not in PRESETS:
-        hint = difflib.get_close_matches(name, PRESETS, n=1)
-        raise ValueError(
-            f"unknown LLaMA preset {name!r}"
-            + (f"; did you mean {hint[0]!r}?" if hint else "")
-            + f" (have {list(PRESETS)})"
-        )
+    size = lookup(PRESETS, name, "LLaMA preset")
     _check_fields(overrides)
-    return LlamaConfig(**{**PRESETS[name], **overrides})
+    return LlamaConfig(**{**size, **overrides})

@@ -25,7 +25,6 @@ same key for every tensor) and biases 0.01·N(0, 1); normal(0.02) is what the li
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import math
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -36,6 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
+from core.lookup import check_names
 from latent_pretraining.model.attention import KVCache
 from latent_pretraining.model.llama import LlamaModel
 from latent_pretraining.model.llama_config import LlamaConfig
@@ -122,13 +122,7 @@ class VideoLlamaConfig:
     def from_dict(cls, d: Mapping[str, Any]) -> VideoLlamaConfig:
         """Inverse of ``to_dict`` (``llama`` may be a dict or a ``LlamaConfig``; unknown keys raise)."""
         d = dict(d)
-        names = [f.name for f in dataclasses.fields(cls)]
-        for key in d:
-            if key not in names:
-                hint = difflib.get_close_matches(key, names, n=1)
-                raise ValueError(
-                    f"unknown VideoLlamaConfig field {key!r}" + (f"; did you mean {hint[0]!r}?" if hint else "")
-                )
+        check_names(d, [f.name for f in dataclasses.fields(cls)], "VideoLlamaConfig field", list_known=False)
         llama = d.pop("llama")
         if not isinstance(llama, LlamaConfig):
             llama = LlamaConfig.from_dict(llama)

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-import difflib
 import math
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
@@ -29,6 +28,9 @@ import numpy as np
 from flax.core import meta
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
+
+from core.errors import unknown
+from core.lookup import UnknownName
 
 AxisRule = tuple[str, str | tuple[str, ...] | None]
 Rules = Sequence[AxisRule]
@@ -87,13 +89,7 @@ def _rule_axes(name: str, rules: Rules) -> tuple[str, ...]:
             if axes is None:
                 return ()
             return (axes,) if isinstance(axes, str) else tuple(axes)
-    known = [r[0] for r in rules]
-    hint = difflib.get_close_matches(name, known, n=1)
-    raise ValueError(
-        f"logical axis name {name!r} has no sharding rule"
-        + (f"; did you mean {hint[0]!r}?" if hint else "")
-        + f" (known: {known})"
-    )
+    raise UnknownName(unknown("logical axis name", name, [r[0] for r in rules]) + " (no sharding rule)")
 
 
 def _fit_axes(size: int, axes: Sequence[str], sizes: Mapping[str, int], used: set[str]) -> tuple[str, ...]:

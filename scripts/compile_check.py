@@ -1,4 +1,5 @@
-"""`scripts/benchmark.py compile`: ahead-of-time compile check of a VideoLLaMA preset's train step on fake devices.
+"""Ahead-of-time compile check of a VideoLLaMA preset's train step on fake devices (`scripts/benchmark.py compile`,
+or `python scripts/compile_check.py` with the same arguments).
 
     python scripts/benchmark.py compile --config configs/vipra.py:7b --mesh fsdp=8
     python scripts/benchmark.py compile --config configs/lapa.py:7b --mesh tp=2,fsdp=4 --budget-gib 80
@@ -7,14 +8,15 @@
 
 Builds everything abstractly (no weights in memory): the LWM VQGAN (`VQGANConfig()` defaults) or a tiny one for the
 debug/demo presets, the LAM preset of the recipe (configs/lam.py `lapa` / `vipra`; `_tiny` for debug, `_demo` for
-demo), and a 32000-id text vocabulary without a tokenizer file (`compile_check.MarkerTokenizer`). Then lowers and
-compiles the real train step (latent_pretraining/compile_check.py) and prints per-device memory, FLOPs and the
+demo; lam.api.abstract_latent_labeler), and a 32000-id text vocabulary without a tokenizer file
+(`latent_pretraining.compile_check.MarkerTokenizer`). Then lowers and compiles the real train step
+(latent_pretraining/compile_check.py) and prints per-device memory, FLOPs and the
 parameter shardings, with PASS/FAIL against `--budget-gib` (exit status 1 on FAIL).
 
 Fake devices: `main` sets `XLA_FLAGS=--xla_force_host_platform_device_count=N` (N = the mesh's device count) and
 `JAX_PLATFORMS=cpu` before JAX is first imported; in a process where JAX already runs (e.g. pytest's 8 fake devices)
-the mesh must fit in the devices it has. This module lives in configs/ because it builds the LAM (the
-latent_pretraining package never imports `lam`).
+the mesh must fit in the devices it has. This entry point lives in scripts/ because it resolves preset names of
+configs/ (the packages never import configs).
 """
 
 from __future__ import annotations
@@ -25,6 +27,9 @@ import math
 import os
 import sys
 from typing import Any
+
+if __name__ == "__main__":  # `python scripts/compile_check.py`: the repository root, not scripts/, holds the packages
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 LAM_SUFFIX = {"7b": "", "demo": "_demo", "debug": "_tiny"}
 
@@ -63,38 +68,17 @@ def load_config(spec: str) -> Any:
 
 
 def apply_overrides(config: Any, items: list[str]) -> None:
-    """--set a.b.c=value (Python literal, else string) on the locked-shape ConfigDict."""
+    """--set a.b.c=value (Python literal, else string) on the locked-shape ConfigDict; an unknown field raises
+    core.lookup.UnknownName (a KeyError) suggesting the closest one."""
+    from core.lookup import set_field
+
     for item in items:
         key, _, raw = item.partition("=")
         try:
             value = ast.literal_eval(raw)
         except (ValueError, SyntaxError):
             value = raw
-        *parents, leaf = key.split(".")
-        node = config
-        for p in parents:
-            node = node[p]
-        if leaf not in node:
-            raise KeyError(f"--set {item!r}: unknown config field {key!r}")
-        node[leaf] = value
-
-
-def abstract_lam(preset: str) -> tuple[Any, Any, dict[str, Any]]:
-    """(latent_fn, abstract variables, info) of a configs/lam.py preset, like vla_common.latent_labeler."""
-    import flax.linen as nn
-    import jax
-
-    from configs import lam as lam_configs
-    from lam import train as lam_train
-    from lam.label import Labeler
-
-    cfg = lam_configs.get_config(preset)
-    variables = jax.eval_shape(lam_train.make_init_fn(cfg), jax.random.PRNGKey(0))
-    variables = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), nn.meta.unbox(variables))
-    labeler = Labeler(cfg, variables)
-    info = {"codebook_size": int(cfg.model.codebook_size), "codes_per_step": labeler.codes,
-            "clip_len": int(cfg.data.clip_len), "offset": int(cfg.data.offset), "preset": preset}
-    return labeler.fn, variables, info
+        set_field(config, key, value)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -113,9 +97,8 @@ def main(argv: list[str] | None = None) -> int:
 
     import jax
 
+    from configs import lam as lam_configs
     from latent_pretraining import compile_check
-    from latent_pretraining import train as vla_train
-    from latent_pretraining.model import vqgan
 
     n = math.prod(shape.values())
     if jax.device_count() < n:  # JAX was imported before main() could ask for more fake devices
@@ -125,19 +108,17 @@ def main(argv: list[str] | None = None) -> int:
     apply_overrides(config, a.set)
     preset = str(config.preset)
     lam_preset = a.lam or f"{config.recipe}{LAM_SUFFIX.get(preset, '')}"
-    latent = abstract_lam(lam_preset) if config.layout.latent_steps else None
+    lam_config = lam_configs.get_config(lam_preset) if config.layout.latent_steps else None
     tiny = a.vqgan == "tiny" or (a.vqgan == "auto" and preset != "7b")
-    vq_cfg = (vqgan.VQGANConfig(resolution=config.data.resolution, hidden_channels=8, channel_mult=(1, 1, 1, 1, 1),
-                                num_res_blocks=1, z_channels=8, num_embeddings=32, embed_dim=8, num_groups=4)
-              if tiny else vqgan.VQGANConfig(resolution=config.data.resolution))
-    setup = vla_train.build(config, latent, tokenizer=compile_check.MarkerTokenizer(a.text_vocab),
-                            vision=(vq_cfg, vqgan.param_shapes(vq_cfg)))
-    mesh = compile_check.make_mesh(shape, n)
-    report = compile_check.compile_train_step(setup, mesh, name=f"{a.config} (LAM {lam_preset}, "
-                                                                 f"VQGAN {'tiny' if tiny else 'LWM'})")
+    report = compile_check.check_config(config, lam_config, shape, tiny_vqgan=tiny, text_vocab=a.text_vocab,
+                                        name=f"{a.config} (LAM {lam_preset}, VQGAN {'tiny' if tiny else 'LWM'})")
     budget = a.budget_gib * 2**30
     print(report.format(budget), flush=True)
     if not report.fits(budget):
         print("error: " + report.failure_message(budget), file=sys.stderr)
         return 1
     return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
