@@ -289,8 +289,8 @@ def evaluate(policy: PolicyLike, *, episodes: int = 50, seed: int = 0, world_con
 
     Returns a JSON-serializable dict: success_rate, ci95 (Wilson), successes, episodes, progress (mean per-episode
     task progress in [0, 1], ``tasks.Task.progress``) and progress_ci95 (bootstrap), per_family {family: {rate, ci95,
-    n, successes, progress, progress_ci95}}, mean_episode_length, seconds_per_episode, queries_per_second (policy.act calls per second spent in
-    act), per-episode records, and the settings used.
+    n, successes, progress, progress_ci95}}, mean_episode_length, seconds_per_episode, queries_per_second
+    (policy.act calls per second spent in act), per-episode records, and the settings used.
     """
     if episodes < 1:
         raise ValueError(f"episodes must be >= 1, got {episodes}")
@@ -360,7 +360,8 @@ def evaluate(policy: PolicyLike, *, episodes: int = 50, seed: int = 0, world_con
                     break
         success = bool(env.success)
         rec = {"index": i, "seed": ep_seed, "family": family, "instruction": instruction, "success": success,
-               "progress": float(env.progress), "steps": int(env.steps), "queries": ep_queries, "seconds": time.perf_counter() - t0}
+               "progress": float(env.progress), "steps": int(env.steps), "queries": ep_queries,
+               "seconds": time.perf_counter() - t0}
         records.append(rec)
         if gif_dir and i < gif_episodes:
             stem = os.path.join(gif_dir, f"{i:03d}_seed{ep_seed}_{'success' if success else 'failure'}_"

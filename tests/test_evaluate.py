@@ -178,7 +178,8 @@ def test_table_and_plot(tmp_path):
                fake("scratch-50", "scratch", 50, 5, 50)]
     table = ev.format_table(results)
     lines = table.splitlines()
-    assert len(lines) == 5 and lines[0].startswith("| name | demos | success % | 95% CI | progress % [95% CI] | separate")
+    assert len(lines) == 5
+    assert lines[0].startswith("| name | demos | success % | 95% CI | progress % [95% CI] | separate")
     assert "| vipra-50 | 50 | 40.0 (20/50) |" in lines[2]
     path = ev.plot_success_vs_demos(results, str(tmp_path / "plot.png"))
     with open(path, "rb") as f:

@@ -249,7 +249,7 @@ def _sample_short(rng: np.random.Generator, family: str, ids: list[int],
         blocks = _blocks_array(pos)
         pa = blocks[a].astype(float)
         if family == "touch_block":
-            eff = _place_effector(rng, blocks, present, ok=lambda e: 0.2 <= box_gap(e, pa) <= 0.45)
+            eff = _place_effector(rng, blocks, present, ok=lambda e, pa=pa: 0.2 <= box_gap(e, pa) <= 0.45)
             if not 0.2 <= box_gap(eff.astype(float), pa) <= 0.45:
                 continue
             return Task(family, a, None, None, template.format(a=COLORS[a])), blocks, present, eff
@@ -268,7 +268,7 @@ def _sample_short(rng: np.random.Generator, family: str, ids: list[int],
                 clear = False
         if not clear:
             continue
-        eff = _place_effector(rng, blocks, present, ok=lambda e: np.linalg.norm(e - spot) <= 0.35)
+        eff = _place_effector(rng, blocks, present, ok=lambda e, spot=spot: np.linalg.norm(e - spot) <= 0.35)
         if np.linalg.norm(eff - spot) > 0.35:
             continue
         task = Task(family, a, None, None, template.format(a=COLORS[a], direction=direction), direction=direction,
