@@ -76,6 +76,9 @@ def bins_transform(tok: ActionTokenizer):
 def finetune(config: ml_collections.ConfigDict, workdir: str, *, resume: bool = False, overwrite: bool = False
              ) -> dict[str, Any]:
     """Fine-tunes, evaluates held-out losses and (optionally) closed-loop success; returns the summary."""
+    from latent_pretraining.training import loop
+
+    loop.validate(config.train, batch_size=config.data.batch_size)  # before fitting bins / building data
     workdir = os.path.abspath(workdir)
     p = config.policy
     if p.pretrained:
