@@ -170,7 +170,9 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, resume: bool = Fal
     """Runs the shared loop; returns its RunResult."""
     from latent_pretraining.training import loop
 
-    loop.validate(config.train, batch_size=config.data.batch_size)  # a bad mesh / batch fails before any work
+    # a bad mesh / batch fails before any work
+
+    loop.validate(config.train, batch_size=config.data.batch_size, batch_name="data.batch_size")
     workdir = os.path.abspath(workdir)  # orbax needs absolute paths
     init_fn = make_init_fn(config)
     n = count_params(jax.eval_shape(init_fn, jax.random.PRNGKey(0))["params"])

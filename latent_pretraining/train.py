@@ -277,7 +277,9 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, resume: bool = Fal
     `build(config, latent)`) lets a caller add assets or a host batch transform (policy fine-tuning does)."""
     from latent_pretraining.training import loop
 
-    loop.validate(config.train, batch_size=config.data.batch_size)  # a bad mesh / batch fails before any work
+    # a bad mesh / batch fails before any work
+
+    loop.validate(config.train, batch_size=config.data.batch_size, batch_name="data.batch_size")
     workdir = os.path.abspath(workdir)
     setup = setup or build(config, latent)
     spec = setup.spec

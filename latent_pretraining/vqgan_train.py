@@ -267,7 +267,8 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, resume: bool = Fal
           train_frames: np.ndarray | None = None, val: np.ndarray | None = None) -> loop.RunResult:
     """Runs the recipe; `train_frames` / `val` (uint8 [N,R,R,3]) override reading `config.data` (tests)."""
     d = config.data
-    loop.validate(config.train, batch_size=d.global_batch_size)  # a bad mesh / batch fails before loading frames
+    # a bad mesh / batch fails before loading frames
+    loop.validate(config.train, batch_size=d.global_batch_size, batch_name="data.global_batch_size")
     workdir = os.path.abspath(workdir)  # orbax needs absolute checkpoint paths
     if train_frames is None:
         train_frames = vqgan_data.load_frames(d.root, d.datasets, d.train_split, d.resolution, stride=d.stride,

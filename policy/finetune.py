@@ -78,7 +78,9 @@ def finetune(config: ml_collections.ConfigDict, workdir: str, *, resume: bool = 
     """Fine-tunes, evaluates held-out losses and (optionally) closed-loop success; returns the summary."""
     from latent_pretraining.training import loop
 
-    loop.validate(config.train, batch_size=config.data.batch_size)  # before fitting bins / building data
+    # before fitting bins / building data
+
+    loop.validate(config.train, batch_size=config.data.batch_size, batch_name="data.batch_size")
     workdir = os.path.abspath(workdir)
     p = config.policy
     if p.pretrained:

@@ -198,6 +198,7 @@ def test_history_and_tensorboard_cover_a_resumed_run_once(tmp_path: pathlib.Path
     assert metrics.prune_events(str(wd / "tensorboard"), 6) == 0
 
 
+@pytest.mark.filterwarnings("ignore:No artists with labels")
 def test_curve_hook_keeps_the_whole_run(tmp_path: pathlib.Path) -> None:
     from latent_pretraining.train import CurveHook
 

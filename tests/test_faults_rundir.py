@@ -84,6 +84,8 @@ def test_bad_batch_size_fails_fast_and_touches_nothing(tmp_path: pathlib.Path, b
     with pytest.raises(loop.ConfigError, match=r"grad_accum_steps=3 micro-batches over 8 .* multiple of 24"):
         loop.validate(cfg, batch_size=16)
     assert loop.validate(config(), batch_size=16).shape["fsdp"] == 8
+    with pytest.raises(loop.ConfigError, match=r"^data\.batch_size must be a positive integer, got 0$"):
+        loop.validate(config(), batch_size=0, batch_name="data.batch_size")
 
 
 def test_config_values_checked_before_the_workdir(tmp_path: pathlib.Path) -> None:

@@ -114,11 +114,13 @@ class ConfigError(UserError, ValueError):
     """A training-loop config value that cannot work (found before anything is written)."""
 
 
-def validate(config: ml_collections.ConfigDict, *, batch_size: int | None = None, mesh: Mesh | None = None) -> Mesh:
+def validate(config: ml_collections.ConfigDict, *, batch_size: int | None = None, mesh: Mesh | None = None,
+             batch_name: str = "the batch size") -> Mesh:
     """Checks the loop config (mesh vs devices, batch size, intervals) and returns the mesh; raises `ConfigError`.
 
     Cheap (no data, no compilation): trainers call it first so a bad config fails in a second with one line, and
-    `run` calls it again before it touches the workdir. `batch_size` is the global batch per step.
+    `run` calls it again before it touches the workdir. `batch_size` is the global batch per step; `batch_name` is
+    how messages call it (e.g. the config field "data.batch_size").
     """
     for key, low in (("total_steps", 0), ("checkpoint.every", 1), ("checkpoint.keep", 1), ("log.every", 1),
                      ("optimizer.grad_accum_steps", 1)):
@@ -139,14 +141,14 @@ def validate(config: ml_collections.ConfigDict, *, batch_size: int | None = None
         dp = mesh_lib.data_parallel_size(mesh)
         accum = int(config.optimizer.grad_accum_steps)
         if isinstance(batch_size, bool) or not isinstance(batch_size, int | np.integer) or batch_size <= 0:
-            raise ConfigError(f"the batch size must be a positive integer, got {batch_size!r}")
+            raise ConfigError(f"{batch_name} must be a positive integer, got {batch_size!r}")
         if batch_size % dp:
             raise ConfigError(
-                f"batch size {batch_size} is not divisible by the {dp} data-parallel devices (mesh dp="
+                f"{batch_name} {batch_size} is not divisible by the {dp} data-parallel devices (mesh dp="
                 f"{mesh.shape['dp']} x fsdp={mesh.shape['fsdp']}); use a multiple of {dp}")
         if batch_size % (dp * accum):
             raise ConfigError(
-                f"batch size {batch_size} does not split into train.optimizer.grad_accum_steps={accum} micro-batches "
+                f"{batch_name} {batch_size} does not split into train.optimizer.grad_accum_steps={accum} micro-batches "
                 f"over {dp} data-parallel devices; use a multiple of {dp * accum}")
     return mesh
 
