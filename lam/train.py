@@ -171,7 +171,6 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, resume: bool = Fal
     from latent_pretraining.training import loop
 
     # a bad mesh / batch fails before any work
-
     loop.validate(config.train, batch_size=config.data.batch_size, batch_name="data.batch_size")
     workdir = os.path.abspath(workdir)  # orbax needs absolute paths
     init_fn = make_init_fn(config)

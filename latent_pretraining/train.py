@@ -278,7 +278,6 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, resume: bool = Fal
     from latent_pretraining.training import loop
 
     # a bad mesh / batch fails before any work
-
     loop.validate(config.train, batch_size=config.data.batch_size, batch_name="data.batch_size")
     workdir = os.path.abspath(workdir)
     setup = setup or build(config, latent)

@@ -79,7 +79,6 @@ def finetune(config: ml_collections.ConfigDict, workdir: str, *, resume: bool = 
     from latent_pretraining.training import loop
 
     # before fitting bins / building data
-
     loop.validate(config.train, batch_size=config.data.batch_size, batch_name="data.batch_size")
     workdir = os.path.abspath(workdir)
     p = config.policy
