@@ -169,6 +169,8 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, resume: bool = Fal
     """Runs the shared loop; returns its RunResult."""
     from latent_pretraining.training import loop
 
+    # a bad mesh / batch fails before any work
+    loop.validate(config.train, batch_size=config.data.batch_size, batch_name="data.batch_size")
     workdir = os.path.abspath(workdir)  # orbax needs absolute paths
     init_fn = make_init_fn(config)
     n = count_params(jax.eval_shape(init_fn, jax.random.PRNGKey(0))["params"])
@@ -189,7 +191,8 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, resume: bool = Fal
     return loop.run(loaded_params=loaded, config=config.train, workdir=workdir, resume=resume, overwrite=overwrite,
                     init_fn=init_fn,
                     loss_fn=make_loss_fn(config), data=it, assets=assets, items_per_step=clips, item_name="clips",
-                    hooks=[UsageLog(workdir, config.train.log.every)], batch_fn=keep_train_keys, full_config=config)
+                    hooks=[UsageLog(workdir, config.train.log.every)], batch_fn=keep_train_keys, full_config=config,
+                    batch_size=config.data.batch_size)
 
 
 def main(argv: list[str]) -> None:

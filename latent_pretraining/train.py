@@ -36,6 +36,7 @@ from latent_pretraining.model.text_tokenizer import TextTokenizer, format_prompt
 from latent_pretraining.model.video_llama import VideoLlama, VideoLlamaConfig, from_lineage
 from latent_pretraining.model.video_llama import init_params as vla_init_params
 from latent_pretraining.sequence import LayoutSpec
+from latent_pretraining.training.metrics import StepHistory
 
 PyTree = Any
 LatentLabeler = lam_api.LatentLabeler  # (latent_fn, variables, info), see lam/api.py
@@ -241,19 +242,22 @@ def evaluate(setup: Setup, params: PyTree, model_state: PyTree, *, split: str, b
     return out
 
 
-class CurveHook:
-    """Keeps the per-step losses/accuracies; `write` saves curves.json and a PNG."""
+class CurveHook(StepHistory):
+    """Per-step losses/accuracies in `<workdir>/train_history.jsonl` (kept across resumes, replayed steps once);
+    `write` saves curves.json and a PNG of the whole run."""
 
-    def __init__(self) -> None:
-        self.rows: list[dict[str, float]] = []
+    def __init__(self, workdir: str) -> None:
+        super().__init__(os.path.join(workdir, "train_history.jsonl"),
+                         select=lambda k: k.startswith(("loss", "acc_")) or k == "lr")
 
-    def __call__(self, step: int, state: Any, metrics: dict, logger: Any) -> None:
-        self.rows.append({"step": step, **{k: float(v) for k, v in metrics.items()
-                                           if k.startswith(("loss", "acc_")) or k == "lr"}})
+    @property
+    def rows(self) -> list[dict[str, float]]:
+        return self.read()
 
     def write(self, workdir: str) -> dict[str, Any]:
-        with open(os.path.join(workdir, "curves.json"), "w") as f:
-            json.dump(self.rows, f)
+        if jax.process_index() == 0:  # the history file is process 0's
+            with open(os.path.join(workdir, "curves.json"), "w") as f:
+                json.dump(self.rows, f)
         summary = {}
         n = max(1, len(self.rows) // 10)
         for key in sorted({k for r in self.rows for k in r if k != "step"}):
@@ -275,6 +279,8 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, resume: bool = Fal
     `build(config, latent)`) lets a caller add assets or a host batch transform (policy fine-tuning does)."""
     from latent_pretraining.training import loop
 
+    # a bad mesh / batch fails before any work
+    loop.validate(config.train, batch_size=config.data.batch_size, batch_name="data.batch_size")
     workdir = os.path.abspath(workdir)
     setup = setup or build(config, latent)
     spec = setup.spec
@@ -282,7 +288,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, resume: bool = Fal
     logging.info("%s/%s: sequence length %d, %d history frames x %d tokens, %.2fM backbone params", config.recipe,
                  config.preset, spec.length, spec.num_frames, spec.tokens_per_frame, n_params / 1e6)
     tokens = config.data.batch_size * spec.length
-    curves = CurveHook()
+    curves = CurveHook(workdir)
     loss_fn = objective.make_loss_fn(setup.model, spec, setup.frozen, dict(config.loss), setup.flow,
                                      config.cotrain_fraction)
     data = make_data(setup, config.data.train_split, config.train.seed)
@@ -294,7 +300,8 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, resume: bool = Fal
                    flops_per_step=setup.model_config.llama.flops_per_token(spec.length) * tokens,
                    hooks=[curves], batch_fn=host_batch_fn(setup, config.data.train_split),
                    loaded_params=_matching(load_init_checkpoint(config), make_init_fn(setup)),
-                   loaded_model_state={"frozen": setup.frozen_weights}, full_config=config)
+                   loaded_model_state={"frozen": setup.frozen_weights}, full_config=config,
+                   batch_size=config.data.batch_size)
     summary: dict[str, Any] = {"recipe": config.recipe, "preset": config.preset, "steps": res.step,
                                "sequence_length": spec.length, "train": curves.write(workdir)}
     if config.data.eval_batches > 0 and jax.process_index() == 0:

@@ -76,6 +76,10 @@ def bins_transform(tok: ActionTokenizer):
 def finetune(config: ml_collections.ConfigDict, workdir: str, *, resume: bool = False, overwrite: bool = False
              ) -> dict[str, Any]:
     """Fine-tunes, evaluates held-out losses and (optionally) closed-loop success; returns the summary."""
+    from latent_pretraining.training import loop
+
+    # before fitting bins / building data
+    loop.validate(config.train, batch_size=config.data.batch_size, batch_name="data.batch_size")
     workdir = os.path.abspath(workdir)
     p = config.policy
     if p.pretrained:

@@ -29,11 +29,14 @@ from typing import Any
 
 import jax
 import ml_collections
+import numpy as np
 from jax.sharding import Mesh, Sharding
 
+from core.errors import UserError, unknown
 from latent_pretraining.training import checkpoint as ckpt_lib
 from latent_pretraining.training import distributed, optim
 from latent_pretraining.training import mesh as mesh_lib
+from latent_pretraining.training import rundir as rundir_lib
 from latent_pretraining.training import sharding as sharding_lib
 from latent_pretraining.training import state as state_lib
 from latent_pretraining.training import step as step_lib
@@ -68,7 +71,8 @@ def define_flags() -> None:
 
     flags.DEFINE_string("workdir", None, "Run directory (checkpoints/, tensorboard/).", required=True)
     flags.DEFINE_bool("resume", False, "Continue from the latest complete checkpoint in --workdir.")
-    flags.DEFINE_bool("overwrite", False, "Delete --workdir and start fresh.")
+    flags.DEFINE_bool("overwrite", False, "Replace --workdir with a fresh run (the old run is kept aside until the "
+                      "new run's first checkpoint commits, and put back if the new run fails before that).")
 
 
 @dataclasses.dataclass
@@ -106,6 +110,49 @@ def _config_json(config: ml_collections.ConfigDict) -> str:
     return config.to_json_best_effort(indent=2, sort_keys=True)
 
 
+class ConfigError(UserError, ValueError):
+    """A training-loop config value that cannot work (found before anything is written)."""
+
+
+def validate(config: ml_collections.ConfigDict, *, batch_size: int | None = None, mesh: Mesh | None = None,
+             batch_name: str = "the batch size") -> Mesh:
+    """Checks the loop config (mesh vs devices, batch size, intervals) and returns the mesh; raises `ConfigError`.
+
+    Cheap (no data, no compilation): trainers call it first so a bad config fails in a second with one line, and
+    `run` calls it again before it touches the workdir. `batch_size` is the global batch per step; `batch_name` is
+    how messages call it (e.g. the config field "data.batch_size").
+    """
+    for key, low in (("total_steps", 0), ("checkpoint.every", 1), ("checkpoint.keep", 1), ("log.every", 1),
+                     ("optimizer.grad_accum_steps", 1)):
+        node = config
+        for part in key.split(".")[:-1]:
+            node = node[part]
+        value = node[key.split(".")[-1]]
+        if not isinstance(value, int) or isinstance(value, bool) or value < low:
+            raise ConfigError(f"train.{key} must be an integer >= {low}, got {value!r}")
+    if config.log.progress not in ("auto", "on", "off"):
+        raise ConfigError(unknown("train.log.progress", config.log.progress, ("auto", "on", "off")))
+    if mesh is None:
+        try:
+            mesh = mesh_lib.make_mesh(dict(config.mesh))
+        except ValueError as e:
+            raise ConfigError(f"train.mesh: {e}") from None
+    if batch_size is not None:
+        dp = mesh_lib.data_parallel_size(mesh)
+        accum = int(config.optimizer.grad_accum_steps)
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int | np.integer) or batch_size <= 0:
+            raise ConfigError(f"{batch_name} must be a positive integer, got {batch_size!r}")
+        if batch_size % dp:
+            raise ConfigError(
+                f"{batch_name} {batch_size} is not divisible by the {dp} data-parallel devices (mesh dp="
+                f"{mesh.shape['dp']} x fsdp={mesh.shape['fsdp']}); use a multiple of {dp}")
+        if batch_size % (dp * accum):
+            raise ConfigError(
+                f"{batch_name} {batch_size} does not split into train.optimizer.grad_accum_steps={accum} micro-batches "
+                f"over {dp} data-parallel devices; use a multiple of {dp * accum}")
+    return mesh
+
+
 def run(
     *,
     config: ml_collections.ConfigDict,
@@ -126,8 +173,14 @@ def run(
     loaded_params: PyTree | None = None,
     loaded_model_state: PyTree | None = None,
     full_config: ml_collections.ConfigDict | None = None,
+    batch_size: int | None = None,
+    data_fingerprint: str | None = None,
 ) -> RunResult:
     """Trains until `config.total_steps` (or a stop signal); checkpoints every `config.checkpoint.every` and at the end.
+
+    Everything that can be checked is checked before the workdir is touched (`validate`, the optimizer, the shapes
+    of `loaded_params`). A start that fails before its first checkpoint commits leaves the workdir as it found it;
+    with `overwrite` the old run is put back (see `rundir`).
 
     Args:
       config: `default_config()`-shaped (the stage may hold it as `config.train`).
@@ -142,94 +195,143 @@ def run(
       batch_fn: host-side transform of each batch before it goes to devices (e.g. tokenize / drop text fields).
       loaded_params: partial weights for a fresh start (ignored when resuming from a checkpoint).
       loaded_model_state: values of the non-trained collections for a fresh start (e.g. frozen tokenizers).
+      batch_size: the global batch size, validated up front (> 0, divisible by the data-parallel devices).
+      data_fingerprint: identifies the training data; stored with every checkpoint, and a resume from a checkpoint
+        with a different one is refused (`checkpoint.DataFingerprintError`).
     """
-    ckpt_lib.prepare_workdir(workdir, resume=resume, overwrite=overwrite)
-    mesh = mesh if mesh is not None else mesh_lib.make_mesh(dict(config.mesh))
+    mesh = validate(config, batch_size=batch_size, mesh=mesh)
+    if resume and overwrite:
+        raise rundir_lib.FlagConflictError("pass either --resume or --overwrite, not both")
     batch_sharding = batch_sharding if batch_sharding is not None else mesh_lib.batch_sharding(mesh, 1)
-    with jax.set_mesh(mesh):  # activation constraints (sharding.with_logical_constraint) need the mesh set
-        rng = jax.random.PRNGKey(config.seed)
-
+    rng = jax.random.PRNGKey(config.seed)
+    with jax.set_mesh(mesh):
         abstract_params = sharding_lib.unbox(jax.eval_shape(init_fn, rng)["params"])
         tx, schedule = optim.make_optimizer(config.optimizer, config.total_steps, abstract_params)
-        ema = config.optimizer.ema_decay > 0
-        ckpt = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"), keep=config.checkpoint.keep,
-                                     milestone_every=config.checkpoint.milestone_every,
-                                     async_save=config.checkpoint.async_save)
-        latest = ckpt.latest_step()
-        if latest is not None:
-            abstract, shardings = state_lib.abstract_train_state(init_fn, tx, mesh, rng, ema=ema)
-            state, data_state = ckpt.restore(abstract, latest)
-            logging.info("resumed from %s/checkpoints/%d", workdir, latest)
-            if hasattr(data, "set_state") and data_state is not None:
-                data.set_state(data_state)
-            else:
-                logging.warning("data iterator has no saved state: fast-forwarding %d batches", latest)
-                for _ in range(latest):
-                    next(data)
-        else:
-            if resume:
-                logging.info("--resume: no checkpoint in %s, starting fresh", workdir)
-            state, shardings, report = state_lib.create_train_state(
-                init_fn, tx, mesh, rng, ema=ema, loaded_params=loaded_params, loaded_model_state=loaded_model_state
-            )
-            if report is not None:
-                assets = {**(assets or {}), "partial_load.json": dataclasses.asdict(report)}
-        all_assets = {"config.json": _config_json(full_config or config), **(assets or {})}
-
         trainable = optim.trainable_mask(abstract_params, config.optimizer) if config.optimizer.frozen else None
-        train_step = step_lib.jit_train_step(
-            step_lib.make_train_step(
-                loss_fn, tx, schedule=schedule, trainable=trainable,
-                grad_accum_steps=config.optimizer.grad_accum_steps, ema_decay=config.optimizer.ema_decay,
-                skip_nonfinite=config.skip_nonfinite,
-            ),
-            shardings,
-            batch_sharding,
-        )
-        step = int(jax.device_get(state.step))
-        progress = {"auto": None, "on": True, "off": False}[config.log.progress]
-        logger = MetricLogger(
-            workdir, total_steps=config.total_steps, start_step=step, log_every=config.log.every,
-            items_per_step=items_per_step, item_name=item_name, flops_per_step=flops_per_step,
-            peak_flops_per_device=config.log.peak_flops_per_device, tensorboard=config.log.tensorboard,
-            wandb_project=config.log.wandb_project, config=(full_config or config).to_dict(), progress=progress,
-            main_metrics=tuple(config.log.main_metrics),
-        )
+        if loaded_params is not None:  # wrong init-checkpoint shapes fail here, before the workdir is touched
+            state_lib.check_loaded(abstract_params, loaded_params)
 
-        def save() -> None:
-            data_state = data.get_state() if hasattr(data, "get_state") else None
-            ckpt.save(state, data_state=data_state, assets=all_assets)
+    run_dir = ckpt_lib.prepare_workdir(workdir, resume=resume, overwrite=overwrite)
+    try:
+        with jax.set_mesh(mesh):  # activation constraints (sharding.with_logical_constraint) need the mesh set
+            result = _train(config, workdir, run_dir, init_fn, loss_fn, data, tx, schedule, trainable, mesh,
+                            batch_sharding, batch_fn, assets, loaded_params, loaded_model_state, full_config,
+                            data_fingerprint, hooks, dict(items_per_step=items_per_step, item_name=item_name,
+                                                          flops_per_step=flops_per_step))
+    except BaseException:
+        run_dir.abort()
+        raise
+    run_dir.commit()
+    return result
 
-        host_metrics: dict[str, Any] = {}
-        interrupted = False
+
+def _restore(ckpt: ckpt_lib.Checkpointer, init_fn, tx, mesh, rng, ema, data, workdir, data_fingerprint):
+    """(state, shardings) from the newest intact checkpoint, or None when there is none."""
+    latest = ckpt.choose_step()
+    if latest is None:
+        return None
+    ckpt_lib.check_fingerprint(ckpt.directory, latest, data_fingerprint)
+    abstract, shardings = state_lib.abstract_train_state(init_fn, tx, mesh, rng, ema=ema)
+    state, data_state = ckpt.restore(abstract, latest, verified=True)
+    logging.info("resumed from %s/checkpoints/%d", workdir, latest)
+    if hasattr(data, "set_state") and data_state is not None:
         try:
-            with _StopSignal() as stop:
-                while step < config.total_steps:
-                    try:
-                        batch = next(data)
-                    except StopIteration:
-                        raise RuntimeError(f"the data iterator ended after {step} steps (total_steps="
-                                           f"{config.total_steps}); make it repeat or lower total_steps") from None
-                    if batch_fn is not None:
-                        batch = batch_fn(batch)
-                    batch = distributed.to_global(batch, batch_sharding)
-                    state, metrics = train_step(state, batch)
-                    step += 1
-                    host_metrics = jax.device_get(metrics)
-                    if not step_lib.check_finite(host_metrics, step, skip=config.skip_nonfinite):
-                        logging.warning("step %d: non-finite loss or grads, update skipped", step)
-                    logger.update(step, host_metrics)
-                    for hook in hooks:
-                        hook(step, state, host_metrics, logger)
-                    interrupted = distributed.any_process(stop.flag)
-                    if interrupted or step % config.checkpoint.every == 0 or step == config.total_steps:
-                        save()
-                    if interrupted:
-                        logging.warning("stopped by signal at step %d; checkpoint saved", step)
-                        break
-                logger.flush(step)
-        finally:
-            ckpt.close()
-            logger.close()
-        return RunResult(state=state, step=step, metrics={k: float(v) for k, v in host_metrics.items()},
-                         interrupted=interrupted)
+            data.set_state(data_state)
+        except (ValueError, KeyError, TypeError, IndexError) as e:
+            raise ckpt_lib.CheckpointRestoreError(
+                f"checkpoint {ckpt.directory}/{latest}: the data iterator rejected its saved state ({e!r}); "
+                "resume with the data it was trained on") from e
+    else:
+        logging.warning("data iterator has no saved state: fast-forwarding %d batches", latest)
+        for _ in range(latest):
+            next(data)
+    return state, shardings
+
+
+def _train(config, workdir, run_dir, init_fn, loss_fn, data, tx, schedule, trainable, mesh, batch_sharding,
+           batch_fn, assets, loaded_params, loaded_model_state, full_config, data_fingerprint, hooks, perf
+           ) -> RunResult:
+    rng = jax.random.PRNGKey(config.seed)
+    ema = config.optimizer.ema_decay > 0
+    ckpt = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"), keep=config.checkpoint.keep,
+                                 milestone_every=config.checkpoint.milestone_every,
+                                 async_save=config.checkpoint.async_save)
+    try:
+        restored = _restore(ckpt, init_fn, tx, mesh, rng, ema, data, workdir, data_fingerprint)
+    except BaseException:
+        ckpt.close()
+        raise
+    if restored is not None:
+        state, shardings = restored
+    else:
+        if run_dir.aside is None and not run_dir.owned:
+            logging.info("--resume: no checkpoint in %s, starting fresh", workdir)
+        state, shardings, report = state_lib.create_train_state(
+            init_fn, tx, mesh, rng, ema=ema, loaded_params=loaded_params, loaded_model_state=loaded_model_state
+        )
+        if report is not None:
+            assets = {**(assets or {}), "partial_load.json": dataclasses.asdict(report)}
+    all_assets = {"config.json": _config_json(full_config or config), **(assets or {})}
+    if data_fingerprint is not None:
+        all_assets[ckpt_lib.FINGERPRINT_ASSET] = {"fingerprint": data_fingerprint}
+
+    train_step = step_lib.jit_train_step(
+        step_lib.make_train_step(
+            loss_fn, tx, schedule=schedule, trainable=trainable,
+            grad_accum_steps=config.optimizer.grad_accum_steps, ema_decay=config.optimizer.ema_decay,
+            skip_nonfinite=config.skip_nonfinite,
+        ),
+        shardings,
+        batch_sharding,
+    )
+    step = int(jax.device_get(state.step))
+    progress = {"auto": None, "on": True, "off": False}[config.log.progress]
+    logger = MetricLogger(
+        workdir, total_steps=config.total_steps, start_step=step, log_every=config.log.every,
+        tensorboard=config.log.tensorboard, peak_flops_per_device=config.log.peak_flops_per_device,
+        wandb_project=config.log.wandb_project, config=(full_config or config).to_dict(), progress=progress,
+        main_metrics=tuple(config.log.main_metrics), **perf,
+    )
+    first_save: int | None = None
+
+    def save() -> None:
+        nonlocal first_save
+        data_state = data.get_state() if hasattr(data, "get_state") else None
+        ckpt.save(state, data_state=data_state, assets=all_assets)
+        first_save = step if first_save is None else first_save
+
+    host_metrics: dict[str, Any] = {}
+    interrupted = False
+    try:
+        with _StopSignal() as stop:
+            while step < config.total_steps:
+                try:
+                    batch = next(data)
+                except StopIteration:
+                    raise RuntimeError(f"the data iterator ended after {step} steps (total_steps="
+                                       f"{config.total_steps}); make it repeat or lower total_steps") from None
+                if batch_fn is not None:
+                    batch = batch_fn(batch)
+                batch = distributed.to_global(batch, batch_sharding)
+                state, metrics = train_step(state, batch)
+                step += 1
+                host_metrics = jax.device_get(metrics)
+                if not step_lib.check_finite(host_metrics, step, skip=config.skip_nonfinite):
+                    logging.warning("step %d: non-finite loss or grads, update skipped", step)
+                logger.update(step, host_metrics)
+                for hook in hooks:
+                    hook(step, state, host_metrics, logger)
+                interrupted = distributed.any_process(stop.flag)
+                if interrupted or step % config.checkpoint.every == 0 or step == config.total_steps:
+                    save()
+                if first_save is not None and not run_dir.committed and ckpt.is_committed(first_save):
+                    run_dir.commit()  # --overwrite: the old run goes once the new one has a checkpoint on disk
+                if interrupted:
+                    logging.warning("stopped by signal at step %d; checkpoint saved", step)
+                    break
+            logger.flush(step)
+    finally:
+        ckpt.close()
+        logger.close()
+    return RunResult(state=state, step=step, metrics={k: float(v) for k, v in host_metrics.items()},
+                     interrupted=interrupted)

@@ -5,15 +5,23 @@ over the interval (steps/s, and `items_per_step * steps/s` as samples/s or token
 `flops_per_step * steps/s / peak_flops` where `flops_per_step` is the *model* FLOPs of one global step (the caller's
 formula, e.g. 6·N·tokens for a transformer) and `peak_flops` the whole mesh's peak (config value, else a table of
 known accelerators; unknown on CPU, where MFU is left out).
+
+Resumes: a run resumed from checkpoint N replays steps N+1.. that the stopped run may already have logged.
+`MetricLogger` therefore drops events after its start step from the existing TensorBoard files (`prune_events`)
+before writing, and `StepHistory` (a per-step JSONL history, e.g. for curves.json) drops its rows from the first
+replayed step on, so both cover the whole run once.
 """
 
 from __future__ import annotations
 
+import glob
 import hashlib
+import json
+import logging
 import os
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import jax
@@ -53,6 +61,8 @@ class EventWriter:
         self._tf, self._summary_pb2, self._event_pb2 = tf, summary_pb2, event_pb2
         name = f"events.out.tfevents.{int(time.time())}.{socket.gethostname()}.{os.getpid()}"
         self.path = os.path.join(logdir, name)
+        while os.path.exists(self.path):  # a resume in the same second and process must not overwrite the file
+            self.path += "_"
         self._writer = tf.io.TFRecordWriter(self.path)
         self._write(event_pb2.Event(wall_time=time.time(), file_version="brain.Event:2"))
 
@@ -80,6 +90,87 @@ class EventWriter:
 
     def close(self) -> None:
         self._writer.close()
+
+
+def prune_events(logdir: str, after_step: int) -> int:
+    """Removes events with `step > after_step` from the TensorBoard files in `logdir` (rewritten atomically).
+
+    A file whose last record was cut short (a killed run) keeps its readable records. Returns the events removed.
+    """
+    paths = sorted(glob.glob(os.path.join(logdir, "events.out.tfevents.*")))
+    if not paths:
+        return 0
+    import tensorflow as tf  # lazy
+    from tensorflow.core.util import event_pb2
+
+    removed = 0
+    for path in paths:
+        keep, drop = [], 0
+        try:
+            for raw in tf.data.TFRecordDataset(path):
+                record = raw.numpy()
+                if event_pb2.Event.FromString(record).step > after_step:
+                    drop += 1
+                else:
+                    keep.append(record)
+        except tf.errors.DataLossError:  # truncated last record: a run killed mid-write
+            drop += 1
+        if not drop:
+            continue
+        removed += drop
+        if not any(event_pb2.Event.FromString(r).HasField("summary") for r in keep):
+            os.remove(path)
+            continue
+        tmp = path + ".tmp"
+        with tf.io.TFRecordWriter(tmp) as w:
+            for record in keep:
+                w.write(record)
+        os.replace(tmp, path)
+    if removed:
+        logging.info("TensorBoard: dropped %d events after step %d (replayed after the resume)", removed, after_step)
+    return removed
+
+
+class StepHistory:
+    """A per-step history of scalar metrics in a JSONL file that survives resumes; use it as a loop hook.
+
+    On its first call (step s, the first step this process runs) rows with step >= s are dropped: they were written
+    by a run that stopped after its last checkpoint and are replayed now. Only process 0 writes; `read()` reads the
+    whole run's history back (one row per step, in step order).
+    """
+
+    def __init__(self, path: str, select: Callable[[str], bool] | None = None):
+        self.path = path
+        self.select = select or (lambda key: True)
+        self._started = False
+
+    def __call__(self, step: int, state: Any, metrics: Mapping[str, Any], logger: Any) -> None:
+        if jax.process_index() != 0:
+            return
+        if not self._started:
+            self._started = True
+            kept = [r for r in self.read() if r["step"] < step]
+            tmp = self.path + ".tmp"
+            with open(tmp, "w") as f:
+                f.writelines(json.dumps(r) + "\n" for r in kept)
+            os.replace(tmp, self.path)
+        row = {"step": int(step), **{k: float(np.mean(v)) for k, v in metrics.items() if self.select(k)}}
+        with open(self.path, "a") as f:
+            f.write(json.dumps(row) + "\n")
+
+    def read(self) -> list[dict[str, float]]:
+        """Rows of the file (a later row for a step replaces an earlier one; a cut-off last line is ignored)."""
+        if not os.path.exists(self.path):
+            return []
+        by_step: dict[int, dict[str, float]] = {}
+        with open(self.path) as f:
+            for line in f:
+                try:
+                    row = json.loads(line)
+                    by_step[int(row["step"])] = row
+                except (ValueError, KeyError, TypeError):
+                    continue
+        return [by_step[s] for s in sorted(by_step)]
 
 
 class MetricLogger:
@@ -115,6 +206,7 @@ class MetricLogger:
         if not self.is_main:
             return
         if tensorboard:
+            prune_events(os.path.join(workdir, "tensorboard"), start_step)  # replayed steps are logged again
             self._tb = EventWriter(os.path.join(workdir, "tensorboard"))
         if wandb_project:
             import wandb  # optional dependency
