@@ -352,7 +352,8 @@ def hf_tensors(params: Mapping[str, Any], cfg: LlamaConfig, dtype: Any) -> list[
     out: list[tuple[str, tuple[int, ...], Callable]] = []
 
     def cast(name: str, get: Callable[[], np.ndarray]) -> np.ndarray:
-        w = np.ascontiguousarray(np.asarray(get()).astype(dt))
+        with np.errstate(over="ignore"):  # overflow is refused just below, naming the tensor
+            w = np.ascontiguousarray(np.asarray(get()).astype(dt))
         check_finite(name, w, f"cast to {dt.name}")  # e.g. float32 weights beyond float16's range become inf
         return w
 

@@ -193,17 +193,17 @@ def _check_tree(tree: Any, path: str = "", walk: _Walk | None = None, depth: int
     """Refuses anything but a finite tree of containers, numeric arrays and scalars (bounded depth and size)."""
     walk = walk or _Walk(PickleLimits())
     if isinstance(tree, (Mapping, list, tuple)) and len(tree):
-        where = path or "/"
+        where = _short(path or "/")
         if depth >= walk.limits.max_depth:
-            raise UnsafePickleError(f"containers nest deeper than {walk.limits.max_depth} levels at "
-                                    f"{where[:80]}...; a params tree is a few levels deep")
+            raise UnsafePickleError(f"containers nest deeper than {walk.limits.max_depth} levels (at {where}); "
+                                    "a params tree is a few levels deep")
         key = id(tree)
         if key in walk.open:
-            raise UnsafePickleError(f"the container at {where[:200]} is its own ancestor at {walk.open[key][:200]} "
+            raise UnsafePickleError(f"the container at {where} is its own ancestor at {walk.open[key]} "
                                     "(a cycle); a params tree has none")
         if key in walk.done:
-            raise UnsafePickleError(f"the container at {where[:200]} is the same object as the one at "
-                                    f"{walk.done[key][:200]} (a shared memo reference); a params tree shares no "
+            raise UnsafePickleError(f"the container at {where} is the same object as the one at "
+                                    f"{walk.done[key]} (a shared memo reference); a params tree shares no "
                                     "containers")
         walk.nodes += len(tree)
         if walk.nodes > walk.limits.max_nodes:
@@ -226,6 +226,11 @@ def _check_tree(tree: Any, path: str = "", walk: _Walk | None = None, depth: int
             raise UnsafePickleError(f"array at {path} was never filled")
     elif not isinstance(tree, (int, float, bool, str, bytes, np.generic, type(None))):
         raise UnsafePickleError(f"unexpected {type(tree).__name__} at {path} in a weights pickle")
+
+
+def _short(path: str, keep: int = 28) -> str:
+    """A tree path cut to its two ends (a bomb's paths are hundreds of levels long)."""
+    return path if len(path) <= 2 * keep + 3 else f"{path[:keep]}...{path[-keep:]}"
 
 
 def _read_source(source: str | bytes | BinaryIO, limits: PickleLimits) -> bytes:
