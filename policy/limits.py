@@ -72,13 +72,14 @@ class LimitCounters:
 
 
 async def _send_error(send, err: APIError, *, close: bool, retry_after: int | None = None) -> None:
-    headers = [(b"content-type", b"application/json")]
+    body = json.dumps(err.body()).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
     if retry_after is not None:
         headers.append((b"retry-after", str(retry_after).encode()))
     if close:
         headers.append((b"connection", b"close"))
     await send({"type": "http.response.start", "status": err.status, "headers": headers})
-    await send({"type": "http.response.body", "body": json.dumps(err.body()).encode()})
+    await send({"type": "http.response.body", "body": body})
 
 
 class LimitsMiddleware:

@@ -80,6 +80,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from policy.limits import LimitCounters, LimitsMiddleware, ServerLimits, uvicorn_config
 from policy.metadata import GRIPPER_MODES, PolicyMetadata
@@ -302,7 +303,10 @@ def create_app(
                 )
             if media_type == "application/json" and request.headers.get("content-length", "").isdigit():
                 check_json_size(int(request.headers["content-length"]), spec)  # before reading it
-            body = await request.body()
+            try:
+                body = await request.body()
+            except ClientDisconnect:  # gone mid-body: nobody to answer, and not worth a traceback in the log
+                raise APIError(400, "client disconnected before the end of the body", field="body") from None
             if not body:
                 raise APIError(400, "empty request body", field="body", expected="a JSON object or a multipart form")
             if media_type == "application/json":

@@ -11,6 +11,7 @@ is at the HTTP level (a body that never ends, a head that never ends). Every loo
 | more body bytes held at once than max_buffered_bytes | +1 GB RSS for 48 x 15 MB | 503 + Retry-After, peak <= cap |
 | a client that never finishes its body | held forever | 408, connection closed after body_timeout_s |
 | a client that never finishes its request head | held forever | closed after header_timeout_s |
+| a client that disconnects mid-body | a traceback per request in the log (500) | counted as an error, no traceback |
 | /health while the policy and every slot are busy | answered | still answered, fast |
 """
 
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import socket
 import threading
 import time
@@ -256,6 +258,25 @@ def test_slow_chunked_body_is_dropped_too():
         s.sendall(_head("/act", None) + b"5\r\n{\"ins\r\n")  # one chunk, then silence
         status, headers, _ = _read_response(s, deadline_s=5)
         assert status == 408 and headers.get("connection") == "close" and _closed_within(s, 2.0)
+
+
+def test_client_gone_mid_body_is_quiet(caplog):
+    errors_log = logging.getLogger("uvicorn.error")
+    errors_log.addHandler(caplog.handler)
+    try:
+        with serve_in_thread(create_app(FakePolicy(), limits=_limits())) as url:
+            with _raw(url) as s:
+                s.sendall(_head("/act", 10 * KIB) + b"{")
+                time.sleep(0.1)
+            with PolicyClient(url, timeout=5) as client:
+                end = time.monotonic() + 5
+                while client.health()["in_flight"] or not client.health()["errors"]:
+                    assert time.monotonic() < end, client.health()
+                    time.sleep(0.01)
+                assert client.health()["errors"] == 1 and client.health()["buffered_bytes"] == 0
+    finally:
+        errors_log.removeHandler(caplog.handler)
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text[:500]
 
 
 def test_slow_request_head_is_dropped_after_the_timeout():
