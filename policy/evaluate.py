@@ -40,6 +40,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from core.jsonable import jsonable
 from data.demo import tasks as tasks_lib
 from data.demo.expert import ScriptedExpert
 from data.demo.world import MAX_STEP, DemoWorld, WorldConfig
@@ -404,24 +405,10 @@ def evaluate(policy: PolicyLike, *, episodes: int = 50, seed: int = 0, world_con
         "settings": {"seed": seed, "execute_steps": k_exec, "chunk": chunk, "history_offsets": offsets,
                      "frame_stride": stride, "image_size": image_size, "jpeg_quality": jpeg_quality,
                      "world_config": {**dataclasses.asdict(cfg), "tasks": list(cfg.tasks)}},
-        "metadata": _jsonable(meta),
+        "metadata": jsonable(meta),
         "gifs": gifs,
         "records": records,
     }
-
-
-def _jsonable(x: Any) -> Any:
-    if isinstance(x, dict):
-        return {str(k): _jsonable(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_jsonable(v) for v in x]
-    if isinstance(x, np.ndarray):
-        return x.tolist()
-    if isinstance(x, np.generic):
-        return x.item()
-    if x is None or isinstance(x, (bool, int, float, str)):
-        return x
-    return str(x)
 
 
 # ------------------------------------------------------------------------------------------------ reporting

@@ -23,7 +23,13 @@ What `act` does, exactly as training (latent_pretraining/train.py host_batch_fn 
 5. de-normalization with `data.normalization.unnormalize(y, stats, "action", mode)` using the stats of
    metadata()["dataset"] (default: the first dataset of config.data.datasets whose stats have
    num_action_transitions > 0). A checkpoint without norm_stats.json returns the model's (normalized) output and
-   says so in metadata()["normalization"].
+   says so in metadata()["normalization"];
+6. the gripper dimension (index 6 of the standardized 7-D OXE action, 1 = open) is clipped to the dataset's range
+   (`gripper="clip"`, the default) or snapped to its nearer end (`"binarize"`), or left alone (`"none"`). The range is
+   `gripper_range` if given, else the min/max of that dimension in the normalization statistics. Why: the gripper is
+   not normalized (its mask is False), so a flow head's raw output reaches the robot as is; a ViPRA flow policy on
+   Bridge data returned 1.20 and -0.14 for a dataset whose gripper is in [0, 1]. metadata()["gripper"] says what is
+   applied. The option comes from the constructor, else policy.json's "gripper" / "gripper_range" / "gripper_dim".
 
 Thread safety: the object holds no per-call mutable state; compiled functions are created under a lock and are
 themselves safe to call concurrently. `reset()` exists for the server's `/reset` and clears nothing (the policy is
@@ -44,6 +50,7 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 
+from core.errors import UserError, unknown
 from latent_pretraining import flow
 from latent_pretraining.model import vqgan
 from latent_pretraining.model.text_tokenizer import PROMPT_TEMPLATE, TextTokenizer, format_prompt
@@ -51,8 +58,11 @@ from latent_pretraining.model.video_llama import ACTION_BIN, LATENT, VISION, Vid
 from latent_pretraining.sequence import LayoutSpec, assemble
 from latent_pretraining.training.checkpoint import ITEMS, read_assets
 from policy import sampler
+from policy.metadata import GRIPPER_MODES, PolicyMetadata
 
-__all__ = ["Policy", "bin_centers", "checkpoint_dir", "decode_bins", "layout_from_dict"]
+__all__ = ["Policy", "bin_centers", "checkpoint_dir", "decode_bins", "gripper_postprocess", "layout_from_dict"]
+
+OXE_GRIPPER_DIM = 6  # data/oxe.py: action = xyz(3), rpy(3), gripper(1), 1 = open
 
 PyTree = Any
 
@@ -129,6 +139,19 @@ def decode_bins(ids: np.ndarray, centers: Sequence[np.ndarray]) -> np.ndarray:
     return out
 
 
+def gripper_postprocess(actions: np.ndarray, dim: int, mode: str, lo: float, hi: float) -> np.ndarray:
+    """actions f32[..., A] with column `dim` clipped to [lo, hi] ("clip") or set to whichever of lo / hi is nearer
+    ("binarize"; the midpoint goes to hi, i.e. open for OXE grippers); "none" returns them unchanged. A copy."""
+    out = np.array(actions, np.float32, copy=True)
+    if mode == "clip":
+        out[..., dim] = np.clip(out[..., dim], lo, hi)
+    elif mode == "binarize":
+        out[..., dim] = np.where(out[..., dim] >= (lo + hi) / 2, hi, lo)
+    elif mode != "none":
+        raise UserError(unknown("gripper mode", mode, GRIPPER_MODES))
+    return out
+
+
 def _json(assets: Mapping[str, bytes], name: str) -> Any:
     return json.loads(assets[name].decode()) if name in assets else None
 
@@ -141,7 +164,8 @@ class Policy:
                  params: PyTree, vqgan_config: vqgan.VQGANConfig, vqgan_params: PyTree, tokenizer: TextTokenizer,
                  norm_stats: Mapping[str, Any] | None = None, action_bins: Any = None, step: int | None = None,
                  dataset: str | None = None, steps: int | None = None, integrator: str | None = None,
-                 source: str = "", policy_info: Mapping[str, Any] | None = None) -> None:
+                 source: str = "", policy_info: Mapping[str, Any] | None = None, gripper: str | None = None,
+                 gripper_range: Sequence[float] | None = None, gripper_dim: int | None = None) -> None:
         self.config = config
         self.policy_info = dict(policy_info or {})  # policy.json of a fine-tuning run (recipe, demos, execute_steps)
         self.model_config = model_config
@@ -199,17 +223,45 @@ class Policy:
                 if self.dataset not in per:
                     raise KeyError(f"no normalization stats for dataset {self.dataset!r}; have {sorted(per)}")
                 self.stats = per[self.dataset]
+        self.gripper = self._gripper_setup(gripper, gripper_range, gripper_dim)
         self._lock = threading.Lock()
         self._fns: dict[Any, Any] = {}
+
+    def _gripper_setup(self, mode: str | None, rng: Sequence[float] | None, dim: int | None) -> dict[str, Any]:
+        """{"dim", "mode", "range", "source"} from the arguments, else policy.json, else the defaults (see step 6)."""
+        info = self.policy_info
+        mode = mode if mode is not None else info.get("gripper", "clip")
+        if mode not in GRIPPER_MODES:
+            raise UserError(unknown("gripper mode", mode, GRIPPER_MODES))
+        dim = dim if dim is not None else info.get("gripper_dim")
+        if dim is None:
+            dim = OXE_GRIPPER_DIM if self.action_dim == 7 else None
+        elif not 0 <= int(dim) < self.action_dim:
+            raise UserError(f"gripper_dim {dim} is outside the {self.action_dim} action dimensions")
+        rng = rng if rng is not None else info.get("gripper_range")
+        source = "explicit" if rng is not None else None
+        if rng is None and dim is not None and self.stats is not None and {"min", "max"} <= set(self.stats["action"]):
+            rng = (self.stats["action"]["min"][dim], self.stats["action"]["max"][dim])
+            source = f"normalization statistics of {self.dataset!r}"
+        if rng is not None:
+            lo, hi = (float(x) for x in rng)
+            if not (np.isfinite(lo) and np.isfinite(hi) and lo <= hi):
+                raise UserError(f"gripper range [{lo}, {hi}] must be two finite numbers with lo <= hi")
+            rng = [lo, hi]
+        if dim is None or rng is None:  # nothing to clip to: say so rather than guess
+            why = "no gripper dimension (action_dim != 7)" if dim is None else "no range (no stats, none given)"
+            return {"dim": dim, "mode": "none", "range": None, "source": why}
+        return {"dim": int(dim), "mode": mode, "range": rng, "source": source}
 
     # ---------------------------------------------------------------------------------------------- loading
     @classmethod
     def from_checkpoint(cls, workdir: str, step: int | None = None, *, dataset: str | None = None,
-                        steps: int | None = None, integrator: str | None = None) -> Policy:
+                        steps: int | None = None, integrator: str | None = None, gripper: str | None = None,
+                        gripper_range: Sequence[float] | None = None) -> Policy:
         """Loads a training workdir (or its checkpoints/ folder) at `step` (default: the latest complete one).
 
         dataset: whose normalization stats de-normalize (default: see the module docstring); steps / integrator:
-        override the run's config.flow for sampling."""
+        override the run's config.flow for sampling; gripper / gripper_range: see step 6 of the module docstring."""
         directory = checkpoint_dir(workdir)
         step = _latest_step(directory) if step is None else int(step)
         assets = read_assets(directory, step)
@@ -231,36 +283,37 @@ class Policy:
                    vqgan_params=vq_params, tokenizer=TextTokenizer.from_bytes(assets["tokenizer.model"]),
                    norm_stats=_json(assets, "norm_stats.json"), action_bins=_json(assets, "action_bins.json"),
                    step=step, dataset=dataset, steps=steps, integrator=integrator, source=directory,
-                   policy_info=_json(assets, "policy.json"))
+                   policy_info=_json(assets, "policy.json"), gripper=gripper, gripper_range=gripper_range)
 
     # ------------------------------------------------------------------------------------------------- info
+    def metadata_record(self) -> PolicyMetadata:
+        """The observation / action contract as a typed record (policy/metadata.py)."""
+        return PolicyMetadata(
+            image_size=self.resolution,
+            history_offsets=self.history_offsets,
+            action_dim=self.action_dim,
+            chunk=self.horizon,  # 0 for a pretraining-only layout (act() refuses; the server does too)
+            recipe=str(self.config.get("recipe", "")),
+            preset=str(self.config.get("preset", "")),
+            checkpoint=self.source,
+            step=self.step,
+            execute_steps=int(self.policy_info.get("execute_steps") or 0) or None,
+            num_demos=self.policy_info.get("num_demos"),
+            action_kind="bins" if self.action_tokens else ("flow" if self.horizon else "none"),
+            latent_actions=((self.spec.latent_steps, self.spec.codes_per_step) if self.spec.latent_steps else None),
+            instruction_template=self.template or PROMPT_TEMPLATE,
+            prompt_len=self.spec.prompt_len,
+            sampler=({"kind": "greedy", "tokens": self.action_tokens} if self.action_tokens else
+                     {"kind": "flow", "steps": self.steps, "integrator": self.integrator,
+                      "bidirectional": self.spec.bidirectional_actions} if self.horizon else {"kind": "none"}),
+            dataset=self.dataset,
+            normalization=(self.norm_mode if self.stats is not None else "none (no norm_stats.json: raw model output)"),
+            gripper=dict(self.gripper),
+        )
+
     def metadata(self) -> dict[str, Any]:
-        """JSON-able description of the observation / action contract (served at /metadata)."""
-        return {
-            "recipe": str(self.config.get("recipe", "")),
-            "preset": str(self.config.get("preset", "")),
-            "checkpoint": self.source,
-            "step": self.step,
-            "image_resolution": self.resolution,
-            "image_size": self.resolution,  # the PolicyLike contract (serve.py, evaluate.py) reads these three
-            "chunk": self.horizon,
-            "execute_steps": int(self.policy_info.get("execute_steps") or 0) or None,
-            "num_demos": self.policy_info.get("num_demos"),
-            "num_frames": self.spec.num_frames,
-            "history_offsets": list(self.history_offsets),
-            "action_dim": self.action_dim,
-            "chunk_length": self.horizon,
-            "action_kind": "bins" if self.action_tokens else ("flow" if self.horizon else "none"),
-            "latent_actions": ([self.spec.latent_steps, self.spec.codes_per_step] if self.spec.latent_steps else None),
-            "instruction_template": self.template or PROMPT_TEMPLATE,
-            "prompt_len": self.spec.prompt_len,
-            "sampler": ({"kind": "greedy", "tokens": self.action_tokens} if self.action_tokens else
-                        {"kind": "flow", "steps": self.steps, "integrator": self.integrator,
-                         "bidirectional": self.spec.bidirectional_actions} if self.horizon else {"kind": "none"}),
-            "dataset": self.dataset,
-            "normalization": (self.norm_mode if self.stats is not None
-                              else "none (no norm_stats.json: raw model output)"),
-        }
+        """JSON-able description of the observation / action contract (served at /metadata): the record's dict."""
+        return self.metadata_record().to_dict()
 
     def reset(self) -> None:
         """Nothing to clear: the policy keeps no episode state (the caller sends the frame history each call)."""
@@ -406,8 +459,13 @@ class Policy:
     def act(self, images: Any, instruction: str | Sequence[str], *, seed: int = 0) -> np.ndarray:
         """De-normalized action chunk f32[H, A] (images uint8[W, R, R, 3]) or f32[B, H, A] ([B, W, R, R, 3]).
 
-        Deterministic: the flow noise comes from `seed` (the same seed gives the same chunk)."""
-        return self.denormalize(self.act_normalized(images, instruction, seed=seed))
+        Deterministic: the flow noise comes from `seed` (the same seed gives the same chunk). The gripper dimension
+        is post-processed as metadata()["gripper"] says (step 6 of the module docstring)."""
+        a = self.denormalize(self.act_normalized(images, instruction, seed=seed))
+        g = self.gripper
+        if g["mode"] == "none":
+            return a
+        return gripper_postprocess(a, g["dim"], g["mode"], *g["range"])
 
     def warmup(self, batch_sizes: Sequence[int] = (1,)) -> None:
         """Compiles (and runs once) the act function for each batch size."""

@@ -13,12 +13,14 @@ import pytest
 from vla_fixtures import write_tokenizers
 
 from configs import vipra as vipra_configs
+from core.errors import UserError
 from latent_pretraining import train as vla_train
 from latent_pretraining.model.video_llama import init_params
 from latent_pretraining.training.checkpoint import Checkpointer
 from latent_pretraining.training.loop import _config_json
 from latent_pretraining.training.state import TrainState
-from policy.policy import Policy, bin_centers, decode_bins
+from policy.metadata import PolicyMetadata
+from policy.policy import Policy, bin_centers, decode_bins, gripper_postprocess
 
 H = 6
 BINS = 16
@@ -68,12 +70,14 @@ def workdir(tmp_path_factory) -> str:
 def test_policy_acts_deterministically_and_denormalizes(workdir: str) -> None:
     pol = Policy.from_checkpoint(workdir)
     meta = pol.metadata()
-    assert meta["step"] == 7 and meta["chunk_length"] == H and meta["action_dim"] == 7
-    assert meta["history_offsets"] == [-2, 0] and meta["image_resolution"] == 64 and meta["recipe"] == "vipra"
+    assert meta["step"] == 7 and meta["chunk"] == H and meta["action_dim"] == 7
+    assert meta["history_offsets"] == [-2, 0] and meta["image_size"] == 64 and meta["recipe"] == "vipra"
+    assert "chunk_length" not in meta and "image_resolution" not in meta  # one name per field
+    assert meta["gripper"] == {"dim": 6, "mode": "clip", "range": [-5.0, 5.0],
+                               "source": "normalization statistics of 'demo_robot'"}
+    assert PolicyMetadata.from_dict(meta) == pol.metadata_record()
     assert meta["dataset"] == "demo_robot" and meta["action_kind"] == "flow" and meta["sampler"]["steps"] == 4
     json.dumps(meta)
-    # the PolicyLike contract of the server and the closed-loop evaluator
-    assert meta["image_size"] == 64 and meta["chunk"] == H
     from policy.serve import create_app
 
     create_app(pol, warmup=False)  # validates the metadata it needs
@@ -88,6 +92,7 @@ def test_policy_acts_deterministically_and_denormalizes(workdir: str) -> None:
     y = pol.act_normalized(frames, instr, seed=3)
     mean, std = np.asarray(STATS["action"]["mean"]), np.asarray(STATS["action"]["std"])
     expect = np.where(STATS["action_mask"], y * (std + 1e-8) + mean, y)
+    expect[:, 6] = np.clip(expect[:, 6], -5.0, 5.0)  # the gripper, clipped to the stats' [min, max]
     np.testing.assert_allclose(a, expect, rtol=1e-5, atol=1e-5)
     assert np.abs(a - y).max() > 0.1  # de-normalization was applied
     # a batch gives the rows' chunks (row 0 equals the single call), and other resolutions are resized
@@ -115,7 +120,7 @@ def test_bin_decoding() -> None:
 def test_policy_decodes_action_bins(tmp_path) -> None:
     pol = Policy.from_checkpoint(_write_checkpoint(tmp_path, discrete=True))
     meta = pol.metadata()
-    assert meta["action_kind"] == "bins" and meta["chunk_length"] == H and meta["action_dim"] == 7
+    assert meta["action_kind"] == "bins" and meta["chunk"] == H and meta["action_dim"] == 7
     frames = np.random.default_rng(1).integers(0, 256, (2, 64, 64, 3), dtype=np.uint8)
     y = pol.act_normalized(frames, "push the red block to the left")
     assert y.shape == (H, 7)
@@ -124,3 +129,55 @@ def test_policy_decodes_action_bins(tmp_path) -> None:
     a = pol.act(frames, "push the red block to the left", seed=123)  # greedy: the seed does not matter
     mean, std = np.asarray(STATS["action"]["mean"]), np.asarray(STATS["action"]["std"])
     np.testing.assert_allclose(a, np.where(STATS["action_mask"], y * (std + 1e-8) + mean, y), rtol=1e-5, atol=1e-5)
+
+
+# ---------------------------------------------------------------------------------------------------- gripper
+BRIDGE = {"dataset": "bridge", "num_action_transitions": 10,
+          "action": {"mean": [0.0] * 6 + [0.6], "std": [0.01] * 6 + [0.5], "min": [-0.1] * 6 + [0.0],
+                     "max": [0.1] * 6 + [1.0]},
+          "action_mask": [True] * 6 + [False]}
+
+
+def _bare_policy(y: np.ndarray, **gripper) -> Policy:
+    """A Policy with only what act() needs after the model: stats and a fixed normalized chunk `y`."""
+    pol = Policy.__new__(Policy)
+    pol.policy_info, pol.action_dim, pol.dataset = {}, 7, "bridge"
+    pol.stats, pol.norm_mode, pol.bins_normalized = BRIDGE, "normal", True
+    pol.gripper = pol._gripper_setup(gripper.get("mode"), gripper.get("rng"), gripper.get("dim"))
+    pol.act_normalized = lambda images, instruction, seed=0: y
+    return pol
+
+
+def test_gripper_clipped_or_binarized_to_the_dataset_range() -> None:
+    # a ViPRA flow head on Bridge returned grippers 1.20 and -0.14; the gripper is not normalized (mask False)
+    y = np.zeros((4, 7), np.float32)
+    y[:, 6] = [1.20, -0.14, 0.40, 0.50]
+    y[:, 0] = [1.0, -2.0, 0.0, 0.0]  # a normalized arm dim: de-normalized, never clipped
+    clip = _bare_policy(y).act(None, "x")
+    np.testing.assert_allclose(clip[:, 6], [1.0, 0.0, 0.40, 0.50], atol=1e-6)
+    np.testing.assert_allclose(clip[:, 0], [0.01, -0.02, 0.0, 0.0], atol=1e-6)
+    binar = _bare_policy(y, mode="binarize").act(None, "x")
+    np.testing.assert_array_equal(binar[:, 6], [1.0, 0.0, 0.0, 1.0])  # threshold 0.5 (the midpoint) -> open
+    explicit = _bare_policy(y, rng=(-1.0, 0.3)).act(None, "x")
+    np.testing.assert_allclose(explicit[:, 6], [0.3, -0.14, 0.3, 0.3], atol=1e-6)
+    np.testing.assert_allclose(_bare_policy(y, mode="none").act(None, "x")[:, 6], y[:, 6])
+    pol = _bare_policy(y)
+    assert pol.gripper == {"dim": 6, "mode": "clip", "range": [0.0, 1.0],
+                           "source": "normalization statistics of 'bridge'"}
+    np.testing.assert_array_equal(y[:, 6], np.float32([1.20, -0.14, 0.40, 0.50]))  # the model output is not modified
+    # batches: the last axis is the action
+    np.testing.assert_allclose(gripper_postprocess(np.stack([y, y]), 6, "clip", 0.0, 1.0)[1, :, 6], clip[:, 6])
+    with pytest.raises(UserError, match="did you mean 'binarize'"):
+        _bare_policy(y, mode="binarise")
+    with pytest.raises(UserError, match="lo <= hi"):
+        _bare_policy(y, rng=(1.0, 0.0))
+    with pytest.raises(UserError, match="outside the 7 action dimensions"):
+        _bare_policy(y, dim=7)
+
+
+def test_gripper_without_a_range_is_left_alone() -> None:
+    pol = _bare_policy(np.full((2, 7), 3.0, np.float32))
+    pol.stats = None
+    assert pol._gripper_setup(None, None, None)["mode"] == "none"
+    pol.action_dim = 2
+    assert pol._gripper_setup(None, None, None)["source"] == "no gripper dimension (action_dim != 7)"

@@ -501,7 +501,12 @@ def test_no_warmup_until_first_act():
 def test_cli_defaults_and_server_imports_no_jax():
     args = build_parser().parse_args(["--checkpoint", "runs/x"])
     assert args.host == "127.0.0.1" and args.port == 8000 and args.step is None
-    code = "import sys, policy.serve, policy.client; assert 'jax' not in sys.modules, 'jax imported'"
+    assert args.max_concurrent == 64 and args.max_buffered_mb == 64 and args.body_timeout == 30
+    assert args.gripper is None and args.gripper_range is None
+    args = build_parser().parse_args(["--checkpoint", "x", "--gripper", "binarize", "--gripper-range", "0", "1"])
+    assert args.gripper == "binarize" and args.gripper_range == [0.0, 1.0]
+    code = ("import sys, policy.serve, policy.client, policy.payload, policy.limits, policy.metadata; "
+            "assert 'jax' not in sys.modules, 'jax imported'")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
 
 
@@ -539,3 +544,58 @@ def test_concurrent_load_localhost(capsys):
     assert report["errors"] == [] and report["ok"] == 400
     assert policy.max_active == 1  # policy calls are serialized
     assert report["p50_ms"] > 0 and report["p99_ms"] >= report["p50_ms"]
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# The metadata record and the JSON helper
+
+
+def test_metadata_record_reads_old_names_and_writes_one():
+    from policy.metadata import PolicyMetadata
+
+    old = {"image_resolution": R, "image_size": R, "chunk_length": H, "history_offsets": [-2, 0], "action_dim": 7,
+           "num_frames": 2, "recipe": "vipra", "name": "old-policy", "latent_actions": [2, 4]}
+    rec = PolicyMetadata.from_dict(old)
+    assert (rec.image_size, rec.chunk, rec.num_frames, rec.history_offsets) == (R, H, W, (-2, 0))
+    assert rec.latent_actions == (2, 4) and rec.extra == {"name": "old-policy"}
+    d = rec.to_dict()
+    assert "image_resolution" not in d and "chunk_length" not in d and d["chunk"] == H and d["image_size"] == R
+    assert d["name"] == "old-policy" and d["num_frames"] == 2 and PolicyMetadata.from_dict(d) == rec
+    with pytest.raises(ValueError, match="chunk_length=5 disagrees with chunk=4"):
+        PolicyMetadata.from_dict({**old, "chunk": 4, "chunk_length": 5})
+    with pytest.raises(ValueError, match="image_size must be an integer >= 1"):
+        PolicyMetadata.from_dict({**old, "image_size": 0, "image_resolution": 0})
+    with pytest.raises(ValueError, match="history_offsets"):
+        PolicyMetadata.from_dict({**old, "history_offsets": [1]})
+    with pytest.raises(ValueError, match="gripper mode"):
+        PolicyMetadata.from_dict({**old, "gripper": {"mode": "clamp"}})
+
+
+def test_server_serves_old_style_metadata_under_one_name():
+    policy = FakePolicy()
+    policy.metadata = lambda: {"image_resolution": R, "chunk_length": H, "history_offsets": [-2, 0], "action_dim": A}
+    with TestClient(create_app(policy, warmup=False)) as http:
+        meta = http.get("/metadata").json()
+        assert meta["image_size"] == R and meta["chunk"] == H and "chunk_length" not in meta
+        assert http.post("/act", json={"images": IMAGES.tolist(), "instruction": "x"}).status_code == 200
+
+
+def test_one_json_helper():
+    import enum
+    import pathlib
+
+    from core.jsonable import jsonable
+
+    class Kind(enum.Enum):
+        FLOW = "flow"
+
+    x = {1: (np.float32(0.5), np.int64(3)), "a": np.arange(3), "nan": float("nan"), "inf": np.float64("-inf"),
+         "p": pathlib.Path("/tmp/x"), "k": Kind.FLOW, "o": object.__new__(FakePolicy), "n": None, "b": np.bool_(True)}
+    out = jsonable(x)
+    assert out["1"] == [0.5, 3] and out["a"] == [0, 1, 2] and out["nan"] == "nan" and out["inf"] == "-inf"
+    assert out["p"] == "/tmp/x" and out["k"] == "flow" and out["n"] is None and out["b"] is True
+    assert isinstance(out["o"], str)
+    json.dumps(out, allow_nan=False)  # strict JSON
+    from policy import evaluate, serve
+
+    assert not hasattr(evaluate, "_jsonable") and not hasattr(serve, "_jsonable")  # one helper, not two

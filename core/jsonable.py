@@ -1,0 +1,43 @@
+"""One JSON helper for results, metadata and server answers: any nested structure -> strict-JSON values.
+
+Used by the policy server (``/metadata``), the closed-loop evaluator (its result files) and the policy metadata
+record. Imports nothing of ours (``core`` sits at the bottom of the module graph).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import math
+import os
+from typing import Any
+
+import numpy as np
+
+__all__ = ["jsonable"]
+
+
+def jsonable(x: Any) -> Any:
+    """``x`` with every value made strict-JSON: dict keys become ``str``; tuples, lists and numpy arrays become lists;
+    numpy scalars become Python scalars; dataclasses become dicts; enums their value; paths and any other object
+    ``str(x)``. Non-finite floats become the strings ``"nan"``, ``"inf"``, ``"-inf"``: ``json.dumps`` would write
+    ``NaN``/``Infinity``, which strict parsers (browsers, ``jq``, Go) reject, and ``null`` would hide what it was."""
+    if isinstance(x, dict):
+        return {str(k): jsonable(v) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return [jsonable(v) for v in x]
+    if isinstance(x, np.ndarray):
+        return jsonable(x.tolist())
+    if isinstance(x, np.generic):
+        return jsonable(x.item())
+    if dataclasses.is_dataclass(x) and not isinstance(x, type):
+        return jsonable(dataclasses.asdict(x))
+    if isinstance(x, enum.Enum):
+        return jsonable(x.value)
+    if isinstance(x, float):
+        return x if math.isfinite(x) else str(x)
+    if x is None or isinstance(x, bool | int | str):
+        return x
+    if isinstance(x, os.PathLike):
+        return os.fspath(x)
+    return str(x)
