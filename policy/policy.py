@@ -56,7 +56,7 @@ from latent_pretraining.model import vqgan
 from latent_pretraining.model.text_tokenizer import PROMPT_TEMPLATE, TextTokenizer, format_prompt
 from latent_pretraining.model.video_llama import ACTION_BIN, LATENT, VISION, VideoLlama, VideoLlamaConfig
 from latent_pretraining.sequence import LayoutSpec, assemble
-from latent_pretraining.training.checkpoint import ITEMS, read_assets
+from latent_pretraining.training.checkpoint import read_assets, select_step
 from policy import sampler
 from policy.metadata import GRIPPER_MODES, PolicyMetadata
 
@@ -74,12 +74,13 @@ def checkpoint_dir(workdir: str) -> str:
     return os.path.abspath(sub if os.path.isdir(sub) else workdir)
 
 
-def _latest_step(directory: str) -> int:
-    with ocp.CheckpointManager(directory, item_names=ITEMS, options=ocp.CheckpointManagerOptions(read_only=True)) as m:
-        step = m.latest_step()
-    if step is None:
+def _verified_step(directory: str, step: int | None) -> int:
+    """The step to load: `step` if intact, else the newest intact one (corrupt ones are skipped with a warning;
+    `training/checkpoint.py` verifies each checkpoint's integrity.json)."""
+    chosen, _ = select_step(directory, None if step is None else int(step))
+    if chosen is None:
         raise FileNotFoundError(f"no complete checkpoint in {directory}")
-    return int(step)
+    return int(chosen)
 
 
 def _restore_single_device(item_dir: str, select: Any = None) -> PyTree:
@@ -263,7 +264,7 @@ class Policy:
         dataset: whose normalization stats de-normalize (default: see the module docstring); steps / integrator:
         override the run's config.flow for sampling; gripper / gripper_range: see step 6 of the module docstring."""
         directory = checkpoint_dir(workdir)
-        step = _latest_step(directory) if step is None else int(step)
+        step = _verified_step(directory, step)
         assets = read_assets(directory, step)
         missing = [n for n in ("config.json", "video_llama.json", "layout.json", "tokenizer.model", "frozen.json")
                    if n not in assets]
