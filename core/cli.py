@@ -163,11 +163,17 @@ def closest_field(path: str, fields: list[str], *, cutoff: float = 0.6) -> str |
     """The field the user most likely meant: a close whole path, a close leaf name in a similar section, or a leaf
     that abbreviates the typed one ('learning_rate' -> 'lr')."""
     parent, _, leaf = path.rpartition(".")
+    parts = path.split(".")
 
     def score(field: str) -> float:
         fparent, _, fleaf = field.rpartition(".")
+        fparts = field.split(".")
+        same = 0
+        while same < min(len(parts), len(fparts)) and parts[same] == fparts[same]:
+            same += 1
+        rest = _ratio(".".join(parts[same:]), ".".join(fparts[same:]))  # a shared section prefix proves nothing
         near = _ratio(parent, fparent) if (parent or fparent) else 1.0  # same section counts for a little
-        s = max(_ratio(path, field), 0.7 * _ratio(leaf, fleaf) + 0.3 * near)
+        s = max(rest, 0.7 * _ratio(leaf, fleaf) + 0.3 * near)
         if _abbreviates(leaf, fleaf) or _abbreviates(fleaf, leaf):
             s = max(s, 0.85 * (0.7 + 0.3 * near))
         return s
