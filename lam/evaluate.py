@@ -184,8 +184,10 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    from absl import app, flags
+    from absl import flags
+
+    from core import cli
 
     flags.DEFINE_string("workdir", None, "LAM run directory (reads checkpoints/, writes eval/).", required=True)
     flags.DEFINE_integer("step", -1, "Checkpoint step (-1: latest).")
-    app.run(main)
+    cli.run_absl(main)

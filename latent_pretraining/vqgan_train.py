@@ -302,11 +302,13 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    from absl import app, flags
+    from absl import flags
     from ml_collections import config_flags
+
+    from core import cli
 
     config_flags.DEFINE_config_file("config", None, "configs/vqgan.py:<preset>", lock_config=True)
     loop.define_flags()
     flags.DEFINE_bool("eval_only", False, "Evaluate <workdir>/<export> on the val frames and print the metrics.")
     logging.getLogger().setLevel(logging.INFO)
-    app.run(main)
+    cli.run_absl(main)

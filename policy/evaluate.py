@@ -548,4 +548,6 @@ def main(argv: Sequence[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    from core import cli
+
+    cli.run(main, sys.argv[1:])

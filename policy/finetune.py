@@ -133,11 +133,11 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    from absl import app
     from ml_collections import config_flags
 
+    from core import cli
     from latent_pretraining.training import loop as _loop
 
     config_flags.DEFINE_config_file("config", None, "e.g. configs/policy.py:vipra_demo", lock_config=True)
     _loop.define_flags()
-    app.run(main)
+    cli.run_absl(main)

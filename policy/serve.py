@@ -442,4 +442,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from core import cli
+
+    cli.run(main)

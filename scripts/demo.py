@@ -123,4 +123,6 @@ def print_figures(out: str) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from core import cli
+
+    cli.run(main)

@@ -87,10 +87,12 @@ def main(argv: list[str] | None = None) -> int:
               f"{gpus} GPUs ({a.per} mode)\n{shlex.join(full)}")
         for k, (host, penv) in enumerate(procs):
             envs = " ".join(f"{key}={shlex.quote(v)}" for key, v in penv.items())
-            print(f"[process {k:>3}] host={host} {envs} {shlex.join(cmd)}")
+            print(f"[process {k:>3}] host={shlex.quote(host)} {envs} {shlex.join(cmd)}")
         return 0
     return subprocess.call(full)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from core import cli
+
+    cli.run(main)

@@ -15,9 +15,12 @@ server. The repository (and its .venv) must exist at --repo-dir on every worker,
 from __future__ import annotations
 
 import argparse
+import re
 import shlex
 import subprocess
 import sys
+
+from core.errors import UserError
 
 # generation -> (how the name counts: "cores" or "chips", per host, JAX devices per host)
 GENERATIONS = {"v2": ("cores", 8, 8), "v3": ("cores", 8, 8), "v4": ("cores", 8, 4), "v5p": ("cores", 8, 4),
@@ -37,9 +40,27 @@ def topology(accelerator: str) -> tuple[int, int]:
     return max(1, n // per_host), devices if n >= per_host else n * devices // per_host
 
 
+def shell_path(path: str) -> str:
+    """`path` as one shell word; a leading `~/` stays unquoted so the remote shell still expands it."""
+    if path == "~":
+        return path
+    if path.startswith("~/"):
+        return "~/" + shlex.quote(path[2:])
+    return shlex.quote(path)
+
+
+def shell_assignment(entry: str) -> str:
+    """'KEY=VALUE' as a shell assignment with the value quoted (quoting the whole word would make it a command)."""
+    key, sep, value = entry.partition("=")
+    if not sep or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key):
+        raise UserError(f"bad --env {entry!r}: expected KEY=VALUE with KEY a shell variable name")
+    return f"{key}={shlex.quote(value)}"
+
+
 def remote_command(cmd: list[str], repo_dir: str, python: str, env: list[str]) -> str:
+    """The shell line every worker runs; every value in it is quoted (a --repo-dir or argument is never code)."""
     worker = [python, "scripts/launch_worker.py", "--auto", "--", *cmd]
-    return f"cd {repo_dir} && " + " ".join([*map(shlex.quote, env), shlex.join(worker)])
+    return f"cd {shell_path(repo_dir)} && " + " ".join([*map(shell_assignment, env), shlex.join(worker)])
 
 
 def gcloud_command(a: argparse.Namespace, remote: str) -> list[str]:
@@ -83,4 +104,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from core import cli
+
+    cli.run(main)

@@ -4,9 +4,11 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 import pathlib
 import re
 import shlex
+import subprocess
 
 import pytest
 
@@ -97,3 +99,76 @@ def test_worker_shim_env_and_command() -> None:
     assert worker.worker_env(env, bind_local_gpu=True) == {"JAX_PROCESS_ID": "11", "CUDA_VISIBLE_DEVICES": "3"}
     with pytest.raises(SystemExit, match="python -m"):
         worker.split_command(["--", "bash", "run.sh"])
+
+
+HOSTILE_DIR = "my repo;touch PWNED"  # a space and a shell command separator in one --repo-dir
+
+
+def _fake_checkout(root: pathlib.Path) -> pathlib.Path:
+    """A checkout whose `.venv/bin/python` is a shell script printing its env var MSG, cwd and argv, one per line."""
+    repo = root / HOSTILE_DIR
+    (repo / ".venv" / "bin").mkdir(parents=True)
+    fake = repo / ".venv" / "bin" / "python"
+    fake.write_text('#!/bin/sh\nprintf "%s\\n" "MSG=$MSG" "PWD=$(pwd)" "$@"\n')
+    fake.chmod(0o755)
+    return repo
+
+
+def _run_remote(remote: str, cwd: pathlib.Path, home: pathlib.Path) -> subprocess.CompletedProcess:
+    """Run the worker's shell line locally with bash (only the fake interpreter above gets executed)."""
+    return subprocess.run(["bash", "-c", remote], cwd=cwd, env={"PATH": os.environ["PATH"], "HOME": str(home)},
+                          capture_output=True, text=True, timeout=30)
+
+
+def test_tpu_remote_command_quotes_every_value(tmp_path, capsys) -> None:
+    launch = _load("launch_tpu")
+    repo = _fake_checkout(tmp_path)
+    cmd = ["python", "-m", "lam.train", "--workdir=gs://b/run $(touch PWNED2)", "--note=a;b && c"]
+    args = ["--tpu", "pod", "--zone", "z", "--repo-dir", str(repo), "--env", "MSG=hello world;touch PWNED3",
+            "--dry-run", "--", *cmd]
+    assert launch.main(args) == 0
+    gcloud = shlex.split(capsys.readouterr().out.splitlines()[0])
+    remote = next(a for a in gcloud if a.startswith("--command=")).split("=", 1)[1]
+    # as the remote shell parses it: one `cd <dir>`, one `&&`, no `;` or command substitution anywhere
+    tokens = list(shlex.shlex(remote, posix=True, punctuation_chars=True))
+    assert tokens[:3] == ["cd", str(repo), "&&"] and tokens.count("&&") == 1 and ";" not in tokens
+    out = _run_remote(remote, tmp_path, tmp_path)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert lines[:2] == ["MSG=hello world;touch PWNED3", f"PWD={repo}"]
+    assert lines[2:] == ["scripts/launch_worker.py", "--auto", "--", *cmd]
+    assert not list(tmp_path.rglob("PWNED*"))
+
+
+def test_tpu_repo_dir_home_relative_still_expands(tmp_path) -> None:
+    launch = _load("launch_tpu")
+    _fake_checkout(tmp_path)
+    remote = launch.remote_command(["python", "-m", "lam.train"], f"~/{HOSTILE_DIR}", ".venv/bin/python", [])
+    assert remote.startswith("~/", len("cd "))  # the tilde stays outside the quotes
+    elsewhere = tmp_path / "elsewhere"  # start outside the checkout; a broken quote would `touch` in tmp_path
+    elsewhere.mkdir()
+    out = _run_remote(remote, elsewhere, tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines()[1] == f"PWD={tmp_path / HOSTILE_DIR}" and not list(tmp_path.rglob("PWNED*"))
+
+
+def test_tpu_bad_env_entry_is_one_line_error() -> None:
+    from core.errors import UserError
+
+    launch = _load("launch_tpu")
+    for entry in ["NOVALUE", "BAD KEY=1", "X;rm -rf x=1"]:
+        with pytest.raises(UserError, match="expected KEY=VALUE"):
+            launch.remote_command(["python", "-m", "lam.train"], "/r", "python", [entry])
+
+
+def test_slurm_dry_run_lines_parse_back(monkeypatch, capsys) -> None:
+    launch = _load("launch_slurm")
+    for k, v in {"SLURM_JOB_ID": "7", "SLURM_JOB_NODELIST": "bad host;touch x", "SLURM_GPUS_ON_NODE": "1"}.items():
+        monkeypatch.setenv(k, v)
+    cmd = ["python", "-m", "lam.train", "--workdir=/runs/a b;touch x"]
+    assert launch.main(["--dry-run", "--", *cmd]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    srun = shlex.split(next(line for line in lines if line.startswith("srun ")))
+    assert srun[-len(cmd):] == cmd
+    proc = shlex.split(next(line for line in lines if line.startswith("[process")).split("]", 1)[1])
+    assert proc[0] == "host=bad host;touch x" and proc[-len(cmd):] == cmd

@@ -1,0 +1,132 @@
+"""CLI fault injection (issue 22, one-line errors): real entry points run as subprocesses with bad input must exit 2
+with exactly one non-empty stderr line naming what was wrong and what was expected; `--debug` or LATENT_VLA_DEBUG=1
+adds the traceback. Every failure here happens while parsing flags or opening inputs, before JAX compiles anything.
+The in-process tests cover core.cli's pieces (field suggestions, --debug stripping, which errors are the user's)."""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import subprocess
+import sys
+
+import ml_collections
+import pytest
+
+from core import cli
+from core.errors import UserError
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def _run(args: list[str], *, debug_env: bool = False, timeout: float = 120) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k != cli.DEBUG_ENV}
+    env.update(PYTHONPATH=str(ROOT), TF_CPP_MIN_LOG_LEVEL="2", JAX_PLATFORMS="cpu", HF_HUB_OFFLINE="1")
+    if debug_env:
+        env[cli.DEBUG_ENV] = "1"
+    return subprocess.run([sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def _one_line(p: subprocess.CompletedProcess) -> str:
+    lines = [line for line in p.stderr.splitlines() if line.strip()]
+    assert p.returncode == 2 and len(lines) == 1, (p.returncode, p.stderr[-3000:])
+    assert "Traceback" not in p.stderr
+    return lines[0]
+
+
+def _traceback(p: subprocess.CompletedProcess, expected: str) -> None:
+    assert p.returncode == 2, p.stderr[-3000:]
+    assert "Traceback (most recent call last)" in p.stderr and expected in p.stderr.splitlines()[-1]
+
+
+VIPRA = ["-m", "latent_pretraining.train", "--config=configs/vipra.py:demo", "--workdir=/nonexistent/never_written"]
+
+
+def test_config_typo_suggests_closest_field() -> None:
+    args = [*VIPRA, "--config.train.lerning_rate=1"]
+    line = _one_line(_run(args))
+    assert line.startswith("latent_pretraining.train: error: unknown config field 'train.lerning_rate'; "
+                           "did you mean 'train.optimizer.lr'?")
+    assert "fields of 'train': checkpoint, distributed" in line  # what can be written there
+    _traceback(_run(args, debug_env=True), "did you mean 'train.optimizer.lr'?")
+
+
+def test_config_wrong_type_and_bad_preset_lam_and_vipra() -> None:
+    line = _one_line(_run(["-m", "lam.train", "--config=configs/lam.py:lapa_demo", "--workdir=/nonexistent/x",
+                           "--config.train.total_steps=abc"]))
+    assert "bad value 'abc' for config field 'train.total_steps': expected int" in line
+    args = ["-m", "latent_pretraining.train", "--config=configs/vipra.py:dmo", "--workdir=/nonexistent/x"]
+    line = _one_line(_run(args))
+    assert "cannot load --config=configs/vipra.py:dmo: unknown ViPRA preset 'dmo'; did you mean 'demo'?" in line
+    _traceback(_run([*args, "--debug"]), "did you mean 'demo'?")  # --debug is taken out before absl sees it
+
+
+def test_missing_config_file_and_missing_config_flag() -> None:
+    args = ["-m", "policy.finetune", "--config=configs/polcy.py:vipra_demo", "--workdir=/nonexistent/x"]
+    line = _one_line(_run(args))
+    assert "unknown config file 'configs/polcy.py'; did you mean 'configs/policy.py'?" in line
+    line = _one_line(_run(["-m", "policy.finetune", "--workdir=/nonexistent/x"]))
+    assert "missing --config: expected e.g. configs/policy.py:vipra_demo" in line
+
+
+def test_missing_inputs_in_data_tools(tmp_path) -> None:
+    args = ["scripts/label_latent_actions.py", f"--lam={tmp_path / 'no_lam'}", f"--data-root={tmp_path / 'no_data'}",
+            "--datasets=demo_robot", f"--out={tmp_path / 'labels'}"]
+    line = _one_line(_run(args))
+    assert "no checkpoints/ in" in line and "train a LAM there first" in line
+    _traceback(_run(args, debug_env=True), "train a LAM there first")
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    line = _one_line(_run(["scripts/make_demo_data.py", f"--out={blocker / 'data'}", "--episodes=1", "--quiet"]))
+    assert str(blocker) in line and not (tmp_path / "a_file" / "data").exists()
+
+
+# ---------------------------------------------------------------------------------------------- in-process pieces
+def _config() -> ml_collections.ConfigDict:
+    return ml_collections.ConfigDict({
+        "train": {"total_steps": 10, "seed": 0, "optimizer": {"lr": 1e-3, "weight_decay": 0.1, "init_lr": 0.0}},
+        "data": {"batch_size": 8, "root": ""},
+    })
+
+
+@pytest.mark.parametrize("typo, meant", [
+    ("train.lerning_rate", "train.optimizer.lr"),  # typo of a spelled-out name whose field is its abbreviation
+    ("train.lr", "train.optimizer.lr"),  # right leaf, wrong section
+    ("trian.seed", "train.seed"),
+    ("data.batch_sise", "data.batch_size"),
+    ("train.optimizer.wd", "train.optimizer.weight_decay"),
+    ("train.optimzer", "train.optimizer"),  # sections are fields too
+    ("train.optimizer.init_l", "train.optimizer.init_lr"),
+])
+def test_closest_field(typo: str, meant: str) -> None:
+    fields = list(cli.field_paths(_config()))
+    assert cli.closest_field(typo, fields) == meant
+    assert cli.closest_field("model.vision.zzz_qqq", fields) is None  # nothing close: no guess
+    assert cli.unknown_field(typo, _config()).startswith(f"unknown config field {typo!r}; did you mean {meant!r}?")
+
+
+def test_pop_debug_keeps_child_arguments() -> None:
+    assert cli.pop_debug(["--debug", "--x=1"]) == (["--x=1"], True)
+    assert cli.pop_debug(["--x=1", "--", "python", "-m", "m", "--debug"]) == (["--x=1", "--", "python", "-m", "m",
+                                                                               "--debug"], False)
+
+
+def test_call_maps_only_user_errors(capsys, monkeypatch) -> None:
+    from data.rlds import DataError
+
+    monkeypatch.delenv(cli.DEBUG_ENV, raising=False)
+    assert issubclass(DataError, UserError) and issubclass(DataError, ValueError)
+
+    def bad_data() -> None:
+        raise DataError("no dataset at '/d/x/1.0.0'\nexpected <root>/<name>/<version>")
+
+    assert cli.call(bad_data) == cli.EXIT_USER_ERROR
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.endswith("error: no dataset at '/d/x/1.0.0' expected <root>/<name>/<version>\n")
+    assert cli.call(lambda: open("/nonexistent/file.json")) == 2  # noqa: SIM115 - it never opens
+    assert "No such file or directory: '/nonexistent/file.json'" in capsys.readouterr().err
+    monkeypatch.setenv(cli.DEBUG_ENV, "1")
+    assert cli.call(bad_data) == 2 and "Traceback (most recent call last)" in capsys.readouterr().err
+    with pytest.raises(ZeroDivisionError):  # a bug keeps Python's own traceback
+        cli.call(lambda: 1 / 0)
+    assert cli.call(lambda: {"metrics": 1}) == 0 and cli.call(lambda: 3) == 3 and cli.call(lambda: None) == 0
