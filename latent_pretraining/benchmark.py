@@ -177,6 +177,6 @@ def train_step_main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    import sys
+    from core import cli
 
-    sys.exit(train_step_main(sys.argv[1:]))
+    cli.run(train_step_main)

@@ -27,7 +27,6 @@ import dataclasses
 import json
 import os
 import re
-import sys
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -372,4 +371,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from core import cli
+
+    cli.run(main)
