@@ -15,13 +15,14 @@ from typing import Any
 
 import numpy as np
 
+from core.errors import UserError
 from data import tf_setup
 
 tf = tf_setup.tf
 tfds = tf_setup.tfds
 
 
-class DataError(ValueError):
+class DataError(UserError, ValueError):
     """Bad data input (missing directory, wrong version, mismatched features, unknown name, unreadable shard)."""
 
 
