@@ -168,7 +168,7 @@ def test_lam_table_on_bridge_needs_no_ground_truth(bridge_root) -> None:
     assert t.num_steps == sum(5 + i % 3 for i in range(6)) and not t.effector.any()
     batch = next(lam_data.ClipSampler(t, batch_size=4, clip_len=2, offset=1, seed=0))
     assert batch["clip"].shape == (4, 2, 16, 16, 3)
-    with pytest.raises(UserError, match=r"no steps/ground_truth/flow .* flow_target='farneback'"):
+    with pytest.raises(UserError, match=r"no steps/ground_truth/flow .*flow_target='farneback'"):
         lam_data.load_table(bridge_root, ["bridge_dataset"], "train", with_flow=True, resolution=16)
 
 
