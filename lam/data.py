@@ -104,7 +104,8 @@ def table_fingerprint(root: str, datasets: Sequence[str], split: str, *, with_fl
 def config_fingerprint(config: Any, split: str | None = None) -> str:
     """Data fingerprint of a LAM run (`loop.run(data_fingerprint=...)`, refused on resume if changed): the sources
     (root, name, version, split, features, conventions, camera) + resolution, source, clip window, flow target,
-    episode cap and weights. `config`: the LAM ConfigDict (data.*, model.image_size, loss.*)."""
+    episode cap, weights and batch size (the sampler's state is a batch count: another batch size is another
+    stream). `config`: the LAM ConfigDict (data.*, model.image_size, loss.*)."""
     from data import episodes
 
     d = config.data
@@ -113,7 +114,8 @@ def config_fingerprint(config: Any, split: str | None = None) -> str:
     srcs = sources(d.root, d.datasets, split, camera)
     return episodes.fingerprint(
         srcs, resolution=int(config.model.image_size), source=str(d.source), clip_len=int(d.clip_len),
-        offset=int(d.offset), weights=[float(w) for w in d.weights], max_episodes=int(d.max_episodes or 0),
+        offset=int(d.offset), weights=[float(w) for w in d.weights], batch_size=int(d.batch_size),
+        max_episodes=int(d.max_episodes or 0),
         flow_target=str(config.loss.get("flow_target", "ground_truth")), flow=bool(config.model.flow_head),
         table="lam-table-v2")
 

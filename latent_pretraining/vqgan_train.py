@@ -262,11 +262,13 @@ def _camera(config: ml_collections.ConfigDict) -> str:
 
 def data_fingerprint(config: ml_collections.ConfigDict) -> str:
     """What the training frames are (data/episodes.py fingerprint: root, names, versions, split, features,
-    conventions, camera, resolution, stride, cap); for `loop.run(data_fingerprint=...)` (refused on resume if changed).
+    conventions, camera, resolution, stride, cap, batch size); for `loop.run(data_fingerprint=...)` (refused on
+    resume if changed).
     """
     d = config.data
     return vqgan_data.fingerprint(d.root, d.datasets, d.train_split, d.resolution, _camera(config), stride=d.stride,
-                                  max_frames=d.max_frames, flip=bool(d.flip))
+                                  max_frames=d.max_frames, flip=bool(d.flip),
+                                  global_batch_size=int(d.global_batch_size))
 
 
 def val_frames(config: ml_collections.ConfigDict) -> np.ndarray:

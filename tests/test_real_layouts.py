@@ -248,3 +248,50 @@ def test_mixture_across_roots(tmp_path) -> None:
     moved = mx.parse_mixture(f"demo_robot@{a}:1,bridge_dataset@{a}:1")
     assert it.data_fingerprint == loader.data_fingerprint(mix, cfg)
     assert loader.data_fingerprint(moved, cfg) != loader.data_fingerprint(mix, cfg)
+
+
+@pytest.mark.slow
+def test_lam_train_evaluate_label_on_bridge(bridge_root, tmp_path) -> None:
+    """lam.train (memory source) -> lam.evaluate -> labels on the Bridge layout (used to be KeyError: 'image')."""
+    import math
+
+    from configs import lam as lam_configs
+    from lam import evaluate as lam_eval
+    from lam import train as lam_train
+    from lam.label import Labeler, load_lam, write_cache
+
+    cfg = lam_configs.get_config("lapa_tiny")
+    cfg.data.source, cfg.data.root, cfg.data.cache_dir = "memory", bridge_root, str(tmp_path / "cache")
+    cfg.data.datasets, cfg.data.weights = ("bridge_dataset",), (1.0,)
+    cfg.data.offset, cfg.data.batch_size = 1, 8
+    cfg.loss.flow_weight = 1.0
+    cfg.loss.flow_target = "ground_truth"
+    with pytest.raises(UserError, match="flow_target='farneback'"):
+        lam_train.make_data(cfg)  # Bridge has no ground-truth flow: one line naming the fix
+    cfg.loss.flow_target = "farneback"
+    cfg.train.total_steps = 2
+    cfg.eval.batches, cfg.eval.batch_size = 2, 8
+    res = lam_train.train(cfg, str(tmp_path / "run"), overwrite=True)
+    assert res.step == 2 and math.isfinite(res.metrics["loss"])
+    m = lam_eval.evaluate(str(tmp_path / "run"))
+    assert math.isfinite(m["recon/psnr"]) and math.isfinite(m["recon/psnr_copy_last"])
+    assert "no ground-truth effector" in m["probe/skipped"] and math.isnan(m["probe/direction_acc"])
+    lab = Labeler(*load_lam(str(tmp_path / "run")))
+    z = np.load(write_cache(lab, bridge_root, "bridge_dataset", "val", str(tmp_path / "labels")))
+    assert len(z["ids"]) == sum(5 + i % 3 for i in range(6))
+
+
+def test_lam_run_fingerprint_follows_data_and_batch(bridge_root, tmp_path) -> None:
+    from configs import lam as lam_configs
+
+    cfg = lam_configs.get_config("lapa_tiny")
+    cfg.data.root, cfg.data.datasets, cfg.data.weights = bridge_root, ("bridge_dataset",), (1.0,)
+    base = lam_data.config_fingerprint(cfg)
+    assert lam_data.config_fingerprint(cfg) == base
+    cfg.data.batch_size += 1  # the sampler state is a batch count: resuming with another batch size is refused
+    assert lam_data.config_fingerprint(cfg) != base
+    cfg.data.batch_size -= 1
+    other = str(tmp_path / "copy")
+    fx.write_dataset(other, "bridge_dataset", episodes=6, lengths=(6, 8), res=16, splits=("train", "val"), shards=1)
+    cfg.data.root = other
+    assert lam_data.config_fingerprint(cfg) != base
