@@ -169,12 +169,17 @@ def evaluate(workdir: str, step: int | None = None, out_dir: str | None = None) 
                                          for col in test_c["ids"].T],
         "recon/psnr": float(np.mean(test_c["psnr"])), "recon/psnr_copy_last": float(np.mean(test_c["psnr_copy"])),
     }
-    if tr.has_ground_truth and te.has_ground_truth:
+    ground_truth = tr.has_ground_truth and te.has_ground_truth
+    if ground_truth:
         metrics.update(probes(train_c, test_c, cfg))
     else:  # real data: no true effector motion to probe against (reconstruction and codebook metrics still hold)
-        metrics.update({k: float("nan") for k in PROBE_KEYS})
         metrics["probe/skipped"] = "no ground-truth effector positions in " + ", ".join(d.datasets)
-    metrics["plots"] = plots.write_all(out_dir, workdir, cfg, labeler, te, test_c, metrics)
+    # without ground truth the probe plot has nothing to show: drawn from placeholders, then removed
+    paths = plots.write_all(out_dir, workdir, cfg, labeler, te, test_c,
+                            metrics if ground_truth else {**metrics, **dict.fromkeys(PROBE_KEYS, 0.0)})
+    if not ground_truth:
+        os.remove(paths.pop("probes"))
+    metrics["plots"] = paths
     with open(os.path.join(out_dir, "metrics.json"), "w") as f:
         json.dump(metrics, f, indent=2)
     plots.tensorboard(os.path.join(out_dir, "tensorboard"), metrics, int(cfg.checkpoint_step))

@@ -271,11 +271,13 @@ def test_lam_train_evaluate_label_on_bridge(bridge_root, tmp_path) -> None:
     cfg.loss.flow_target = "farneback"
     cfg.train.total_steps = 2
     cfg.eval.batches, cfg.eval.batch_size = 2, 8
+    cfg.eval.transfer_steps = 3  # lam/plots.transfer_grid needs an episode longer than offset x transfer_steps + 1
     res = lam_train.train(cfg, str(tmp_path / "run"), overwrite=True)
     assert res.step == 2 and math.isfinite(res.metrics["loss"])
     m = lam_eval.evaluate(str(tmp_path / "run"))
     assert math.isfinite(m["recon/psnr"]) and math.isfinite(m["recon/psnr_copy_last"])
-    assert "no ground-truth effector" in m["probe/skipped"] and math.isnan(m["probe/direction_acc"])
+    assert "no ground-truth effector" in m["probe/skipped"] and "probe/direction_acc" not in m
+    assert "probes" not in m["plots"] and os.path.exists(m["plots"]["reconstructions"])
     lab = Labeler(*load_lam(str(tmp_path / "run")))
     z = np.load(write_cache(lab, bridge_root, "bridge_dataset", "val", str(tmp_path / "labels")))
     assert len(z["ids"]) == sum(5 + i % 3 for i in range(6))
@@ -295,3 +297,18 @@ def test_lam_run_fingerprint_follows_data_and_batch(bridge_root, tmp_path) -> No
     fx.write_dataset(other, "bridge_dataset", episodes=6, lengths=(6, 8), res=16, splits=("train", "val"), shards=1)
     cfg.data.root = other
     assert lam_data.config_fingerprint(cfg) != base
+
+
+def test_policy_wrist_valid_uses_flags_and_blank_frames(hand_root, bridge_root, tmp_path) -> None:
+    from data import loader
+
+    cfg = mx.PipelineConfig(data_root="", window=windows.WindowSpec(kind="policy", history_offsets=(0,), horizon=2),
+                            global_batch_size=8, resolution=16, wrist_resolution=16, shuffle_buffer=8,
+                            stats_dir=str(tmp_path / "stats"))
+    hand = loader.make_iterator(mx.parse_mixture(f"bridge_dataset@{hand_root}"), cfg, process_index=0,
+                                process_count=1)
+    # ep0: has_image_3 false; ep1: flag true but black frames -> never a valid wrist view
+    assert not any(np.asarray(next(hand).wrist_valid).any() for _ in range(3))
+    real = loader.make_iterator(mx.parse_mixture(f"bridge_dataset@{bridge_root}"), cfg, process_index=0,
+                                process_count=1)
+    assert any(np.asarray(next(real).wrist_valid).any() for _ in range(4))  # episodes 1 and 4 have a wrist camera
