@@ -70,6 +70,20 @@ def parse_source(text: str, root: str, *, split: str = "train", camera: str = ""
     return EpisodeSource(where or root, name, version, split, camera)
 
 
+def parse_sources(root: str, names: Sequence[str], split: str, camera: str = "") -> list[EpisodeSource]:
+    """Entries 'name[:version][@root]' -> EpisodeSources; every entry checked first, all mistakes in one DataError
+    (one line each)."""
+    out, errors = [], []
+    for n in names:
+        try:
+            out.append(parse_source(n, root, split=split, camera=camera))
+        except DataError as e:
+            errors.append(str(e))
+    if errors:
+        raise DataError("\n".join(errors))
+    return out
+
+
 @dataclasses.dataclass
 class Episode:
     """One standardized episode with decoded frames of one camera (T steps after the dataset's conventions).

@@ -51,9 +51,9 @@ class Table:
 
 def sources(root: str, datasets: Sequence[str], split: str, camera: str = "") -> list[Any]:
     """'name[:version][@root]' entries -> EpisodeSources; every entry checked first, one line per mistake."""
-    from latent_pretraining.vqgan_data import sources as _sources
+    from data import episodes
 
-    return _sources(root, datasets, split, camera)
+    return episodes.parse_sources(root, datasets, split, camera)
 
 
 def load_episodes(root: str, name: str, split: str, *, with_flow: bool = True, max_episodes: int | None = None,

@@ -16,17 +16,8 @@ import numpy as np
 def sources(root: str, names: Sequence[str], split: str, camera: str = "") -> list[Any]:
     """Entries 'name[:version][@root]' -> data.episodes.EpisodeSource (validated up front, one line per mistake)."""
     from data import episodes
-    from data.rlds import DataError
 
-    out, errors = [], []
-    for n in names:
-        try:
-            out.append(episodes.parse_source(n, root, split=split, camera=camera))
-        except DataError as e:
-            errors.append(str(e))
-    if errors:
-        raise DataError("; ".join(errors))
-    return out
+    return episodes.parse_sources(root, names, split, camera)
 
 
 def iter_episodes(root: str, name: str, split: str, resolution: int, *, camera: str = "",
