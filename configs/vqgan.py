@@ -41,6 +41,8 @@ def get_config(arg: str = "demo") -> ml_collections.ConfigDict:
         "root": "runs/demo/data", "datasets": ("demo_robot", "demo_human"), "train_split": "train",
         "val_split": "val", "resolution": 64, "stride": 1, "max_frames": 0, "val_frames": 512,
         "global_batch_size": 32, "flip": False,
+        # datasets: "name[:version][@root]"; camera "" = each dataset's registry default (primary/secondary/wrist)
+        "camera": "",
     })
     # loss weights: pixel L1 + L2, commitment (β), optional extra terms (0 = off)
     # (L2-dominated: an L1 term pulls rare pixels - small blocks on a textured table - to the background median)

@@ -49,6 +49,17 @@ def fingerprint(mixture: Mixture, cfg: PipelineConfig, process_index: int, proce
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
+def data_fingerprint(mixture: Mixture, cfg: PipelineConfig) -> str:
+    """What a run trains on, for `loop.run(data_fingerprint=...)` (refused on resume if changed): per member the
+    resolved root, name, version, split, feature spec and registry conventions (data/episodes.py), plus the
+    stream-shaping config (`fingerprint`, which leaves paths out) and the camera."""
+    from data import episodes
+
+    sources = [episodes.EpisodeSource(e.root or cfg.data_root, e.name, e.version or "", e.split or cfg.split,
+                                      cfg.camera) for e in mixture.entries]
+    return episodes.fingerprint(sources, stream=fingerprint(mixture, cfg, 0, 1))
+
+
 class DataIterator:
     """Iterator of batches (LAMBatch / VLABatch / PolicyBatch by `cfg.window.kind`) with get_state/set_state."""
 
@@ -65,6 +76,11 @@ class DataIterator:
         self._fingerprint = fingerprint(mixture, cfg, process_index, process_count)
         self._consumed = 0
         self._iter: Any = None
+
+    @property
+    def data_fingerprint(self) -> str:
+        """`data_fingerprint(mixture, cfg)` of this iterator (for loop.run; independent of the process layout)."""
+        return data_fingerprint(self.mixture, self.cfg)
 
     @property
     def statistics(self) -> dict[str, dict]:

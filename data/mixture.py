@@ -12,6 +12,8 @@ clips of 8 frames (~20 KB/sample) ≈ 200 MB. Measured (scripts/benchmark.py dat
 from __future__ import annotations
 
 import dataclasses
+import math
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -19,9 +21,11 @@ import numpy as np
 
 from data import normalization, oxe, rlds, tf_setup
 from data.augment import AugmentConfig, augment_frames, decode_frames
+from data.rlds import DataError
 from data.windows import WindowSpec, make_windows
 
 tf = tf_setup.tf
+BLANK_MAX = 10  # brightest pixel <= this: a blank frame (same rule as data/episodes.py)
 _plain = tf.autograph.experimental.do_not_convert  # our map fns use tf ops only; skip autograph
 
 
@@ -47,6 +51,117 @@ class Mixture:
     def __post_init__(self) -> None:
         if not self.entries or any(e.weight <= 0 for e in self.entries):
             raise ValueError(f"mixture {self.name!r}: needs at least one entry and positive weights")
+
+
+_VERSION = re.compile(r"^\d+\.\d+\.\d+$")
+ENTRY_SYNTAX = ("name[:version][@root][:weight or =weight], e.g. bridge_dataset@/data/rail:1.0 or "
+                "fractal20220817_data:0.1.0=0.5")
+
+
+def _weight(text: str) -> float | None:
+    try:
+        w = float(text)
+    except ValueError:
+        return None
+    return w if math.isfinite(w) else None
+
+
+def parse_entry(text: str) -> MixtureEntry:
+    """One command-line mixture entry (`ENTRY_SYNTAX`) -> MixtureEntry; DataError with one line on a mistake.
+
+    Without '@', 'name:X' is a version when X looks like 1.2.3 and a weight otherwise.
+    """
+    return _parse_entry(text)[0]
+
+
+def _parse_entry(text: str) -> tuple[MixtureEntry, bool]:
+    """(entry, whether the text gave a weight)."""
+    raw = text.strip()
+    bad = lambda why: DataError(f"mixture entry {raw!r}: {why} (expected {ENTRY_SYNTAX})")
+    body, weight = raw, None
+    if "=" in body:
+        body, _, weight = body.rpartition("=")
+    head, at, root = body.partition("@")
+    name, version = head, ""
+    if at:
+        if weight is None:
+            r, colon, w = root.rpartition(":")
+            if colon and _weight(w) is not None:
+                root, weight = r, w
+        if not root:
+            raise bad("empty root after '@'")
+    parts = head.split(":")
+    if len(parts) > 3:
+        raise bad("too many ':'")
+    name = parts[0]
+    if len(parts) >= 2:
+        if _VERSION.match(parts[1]):
+            version = parts[1]
+            if len(parts) == 3:
+                if weight is not None:
+                    raise bad("two weights")
+                weight = parts[2]
+        elif len(parts) == 2 and weight is None and not at:
+            weight = parts[1]
+        else:
+            raise bad(f"version {parts[1]!r} is not of the form X.Y.Z")
+    if not name:
+        raise bad("empty dataset name")
+    w = 1.0 if weight is None else _weight(weight)
+    if w is None or w <= 0:
+        raise bad(f"weight {weight!r} is not a positive number")
+    oxe.get_spec(name)  # unknown name: "did you mean"
+    return MixtureEntry(name, w, version or None, None, root or None), weight is not None
+
+
+def parse_mixture(text: str | Sequence[str], *, name: str = "cli") -> Mixture:
+    """Comma-separated entries (or a list of them) -> Mixture; every entry is checked and all mistakes reported at
+    once, one line each (DataError)."""
+    return Mixture(name, tuple(e for e, _ in _parse_all(text, name)))
+
+
+def _parse_all(text: str | Sequence[str], name: str) -> list[tuple[MixtureEntry, bool]]:
+    items = [p for p in (text.split(",") if isinstance(text, str) else list(text)) if p.strip()]
+    entries, errors = [], []
+    for item in items:
+        try:
+            entries.append(_parse_entry(item))
+        except DataError as e:
+            errors.append(str(e))
+    if not items:
+        errors.append(f"mixture {name!r}: no entries (expected {ENTRY_SYNTAX})")
+    if errors:
+        raise DataError("\n".join(errors))
+    return entries
+
+
+def mixture_from_lists(name: str, datasets: Sequence[str], weights: Sequence[float] | None = None) -> Mixture:
+    """Config lists (data.datasets entries in `ENTRY_SYNTAX`, data.weights) -> Mixture; a weight in an entry wins."""
+    if weights is not None and len(weights) != len(datasets):
+        raise DataError(f"mixture {name!r}: {len(datasets)} datasets but {len(weights)} weights (expected one weight "
+                        "per dataset)")
+    parsed = _parse_all(list(datasets), name)
+    if weights is None:
+        return Mixture(name, tuple(e for e, _ in parsed))
+    return Mixture(name, tuple(e if explicit else dataclasses.replace(e, weight=float(w))
+                               for (e, explicit), w in zip(parsed, weights, strict=True)))
+
+
+def check_mixture(mixture: Mixture, data_root: str) -> None:
+    """Opens every member's directory and checks its features before anything is read; all problems at once, one
+    line each (DataError)."""
+    errors = []
+    for e in mixture.entries:
+        try:
+            spec = oxe.get_spec(e.name)
+            root = e.root or data_root
+            if not root:
+                raise DataError(f"dataset {e.name!r}: no root (give name@root or a data_root)")
+            spec.select_layout(rlds.open_dataset(root, e.name, e.version or spec.default_version))
+        except DataError as err:
+            errors.append(str(err))
+    if errors:
+        raise DataError("\n".join(errors))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,6 +192,7 @@ class PipelineConfig:
     segment_batches: int = 2_000
     prefetch: int = 2
     ram_budget_gb: int = 4
+    camera: str = ""  # '' = each dataset's registry default_camera; 'primary' | 'secondary' | 'wrist'
 
 
 @dataclasses.dataclass
@@ -115,6 +231,7 @@ def standardized(handle: DatasetHandle, split: str, *, seed: int | None, shuffle
 
 def open_mixture(mixture: Mixture, cfg: PipelineConfig) -> list[DatasetHandle]:
     """Opens and validates every member (clear errors up front) and loads/computes its normalization stats."""
+    check_mixture(mixture, cfg.data_root)
     handles = []
     for entry in mixture.entries:
         spec = oxe.get_spec(entry.name)
@@ -149,8 +266,15 @@ def frame_dataset(handle: DatasetHandle, index: int, cfg: PipelineConfig, *, see
     ds = standardized(handle, split, seed=seed, shuffle_files=True, read_parallelism=read_parallelism)
     ds = ds.repeat()
     stride = cfg.window.frame_stride(handle.spec.name, handle.spec.fps)
+    camera = cfg.camera or handle.spec.default_camera
+    if camera not in oxe.CAMERAS:
+        from core.errors import unknown
+
+        raise DataError(unknown("camera", camera, oxe.CAMERAS))
 
     def window(tr: dict) -> dict:
+        if camera != "primary":  # the windows read image_primary: the chosen camera takes its place
+            tr = {**tr, "image_primary": tr[f"image_{camera}"]}
         tr = normalization.normalize_trajectory(tr, handle.stats, cfg.normalization)
         tr["dataset_index"] = tf.constant(index, tf.int32)
         return make_windows(tr, cfg.window, stride)
@@ -188,6 +312,8 @@ def decode_fn(cfg: PipelineConfig, aug_seed: int) -> Any:
         else:
             out["history"] = frames
             out["wrist"] = decode_frames(x["wrist"][None], cfg.wrist_resolution)[0]
+            # a black frame is no view either (datasets that store absent cameras as blank images)
+            out["wrist_valid"] = tf.logical_and(x["wrist_valid"], tf.reduce_max(out["wrist"]) > BLANK_MAX)
         return out
 
     return fn

@@ -65,7 +65,7 @@ def stats_path(opened: OpenedDataset, spec: DatasetSpec, split: str, cache_dir: 
 
     dir: cache_dir, else the dataset dir (if writable), else ~/.cache/latent_vla/stats.
     """
-    key = hashlib.sha256(f"{STATS_FORMAT}|{spec.name}|{spec.revision}|{opened.features_hash()}|{split}".encode())
+    key = hashlib.sha256(f"{STATS_FORMAT}|{spec.name}|{spec.conventions()}|{opened.features_hash()}|{split}".encode())
     fname = f"dataset_statistics_{spec.name}_{key.hexdigest()[:16]}.json"
     if cache_dir is None:
         cache_dir = opened.path if os.access(opened.path, os.W_OK) else os.path.expanduser(

@@ -2,12 +2,22 @@
 
 Standard trajectory (per episode, T steps), produced by `standardize`:
   image_primary  string[T]    encoded JPEG/PNG bytes
-  image_wrist    string[T]    encoded bytes, "" where the dataset has no wrist camera
+  image_wrist    string[T]    encoded bytes, "" where the dataset has no wrist camera (or its has_image_* flag is false)
+  image_secondary string[T]   a second third-person camera, "" where absent (same rule)
   action         float32[T,7] EEF delta: xyz(3), rpy(3), gripper (1 = open, 0 = closed); zeros where invalid
   action_valid   bool[T]      False for action-free video (and the invalid last step of datasets that mark it so)
   proprio        float32[T,8] dataset proprio padded with zeros to PROPRIO_DIM
   language       string[]     episode instruction ("" if none)
 Per-dataset facts follow oxe_rlds.md §1.1 (Octo/OpenVLA conventions); deviations are noted on each entry.
+
+Lineage conventions are explicit per-dataset options on `DatasetSpec` (defaults = what Octo/OpenVLA do; change one
+with `with_options(name, drop_first_step=False)`), applied after the layout's standardization:
+  gripper_relabel  'scan' (Octo `binarize_gripper_actions`: > 0.95 open, < 0.05 closed, in-between values take the
+                   next settled state, scanning backwards from the last raw value) | 'threshold' (> 0.5) | 'none'
+  drop_first_step  drop step 0 of every episode (OpenVLA bridge_orig: Bridge's first action is all zero)
+  camera_flags     standardized camera -> episode-level bool flag (e.g. has_image_3); a false flag blanks that
+                   camera to "" (= absent) for the whole episode instead of passing a black frame on as valid
+  default_camera   the camera the single-camera tools (VQGAN, LAM, caches) read unless told otherwise
 """
 
 from __future__ import annotations
@@ -89,6 +99,8 @@ class Reader:
 
 
 StandardizeFn = Callable[[Reader], dict]
+CAMERAS = ("primary", "secondary", "wrist")
+GRIPPER_RELABELS = ("none", "threshold", "scan")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -126,6 +138,23 @@ class DatasetSpec:
     episode_filter: Callable[[Reader], Any] | None = None
     notes: str = ""
     revision: int = 1
+    gripper_relabel: str = "none"
+    drop_first_step: bool = False
+    camera_flags: tuple[tuple[str, str], ...] = ()
+    default_camera: str = "primary"
+
+    def __post_init__(self) -> None:
+        if self.gripper_relabel not in GRIPPER_RELABELS:
+            raise DataError(f"dataset {self.name!r}: gripper_relabel {self.gripper_relabel!r} unknown; expected one "
+                            f"of {GRIPPER_RELABELS}")
+        bad = [c for c in (self.default_camera, *(c for c, _ in self.camera_flags)) if c not in CAMERAS]
+        if bad:
+            raise DataError(f"dataset {self.name!r}: camera {bad[0]!r} unknown; expected one of {CAMERAS}")
+
+    def conventions(self) -> str:
+        """The options that change the standardized values (keys normalization caches and data fingerprints)."""
+        return (f"rev={self.revision};gripper={self.gripper_relabel};drop_first={int(self.drop_first_step)};"
+                f"flags={sorted(self.camera_flags)}")
 
     def select_layout(self, opened: OpenedDataset) -> Layout:
         """First layout whose required keys match; DataError listing missing/mismatched keys otherwise."""
@@ -159,6 +188,31 @@ def binarize_gripper(g: Any, threshold: float = 0.5) -> Any:
     return tf.cast(tf.reshape(g, [-1]) > threshold, tf.float32)
 
 
+def scan_relabel_gripper(g: Any, open_above: float = 0.95, closed_below: float = 0.05) -> Any:
+    """Octo-style gripper binarization float32[T] -> float32[T] (1 = open).
+
+    Settled values (> open_above: 1, < closed_below: 0) are binarized; in-between values (the gripper half-way
+    through a close/open) take the state reached *after* them, found by scanning backwards. A run of in-between
+    values at the very end has nothing settled after it and keeps the episode's last raw value (as Octo does).
+    E.g. [1.0, 0.6, 0.3, 0.0, 0.0, 0.5] -> [1, 0, 0, 0, 0, 0.5].
+    """
+    g = tf.reshape(tf.cast(g, tf.float32), [-1])
+    settled = tf.logical_or(g > open_above, g < closed_below)
+    value = tf.cast(g > open_above, tf.float32)
+    last = tf.cond(tf.size(g) > 0, lambda: g[-1], lambda: tf.constant(1.0))
+    pairs = tf.stack([tf.cast(settled, tf.float32), value], -1)
+    return tf.scan(lambda carry, p: tf.where(p[0] > 0, p[1], carry), pairs, initializer=last, reverse=True)
+
+
+def relabel_gripper(g: Any, mode: str) -> Any:
+    """Applies a `gripper_relabel` option to gripper values float32[T]."""
+    if mode == "scan":
+        return scan_relabel_gripper(g)
+    if mode == "threshold":
+        return binarize_gripper(g)
+    return tf.reshape(tf.cast(g, tf.float32), [-1])
+
+
 def _zeros(reader: Reader, dim: int, dtype: Any = tf.float32) -> Any:
     return tf.zeros([reader.length(), dim], dtype)
 
@@ -171,13 +225,20 @@ def _no_wrist(reader: Reader) -> Any:
     return tf.fill([reader.length()], "")
 
 
+_no_camera = _no_wrist
+
+
 def _first_text(x: Any) -> Any:
     return tf.cond(tf.size(x) > 0, lambda: tf.reshape(x, [-1])[0], lambda: tf.constant(""))
 
 
-def _std(action: Any, valid: Any, proprio: Any, language: Any, primary: Any, wrist: Any) -> dict:
-    return {"action": tf.cast(action, tf.float32), "action_valid": valid, "proprio": tf.cast(proprio, tf.float32),
-            "language": language, "image_primary": primary, "image_wrist": wrist}
+def _std(action: Any, valid: Any, proprio: Any, language: Any, primary: Any, wrist: Any,
+         secondary: Any = None) -> dict:
+    out = {"action": tf.cast(action, tf.float32), "action_valid": valid, "proprio": tf.cast(proprio, tf.float32),
+           "language": language, "image_primary": primary, "image_wrist": wrist}
+    if secondary is not None:
+        out["image_secondary"] = secondary
+    return out
 
 
 # ---------------------------------------------------------------- per-dataset standardizations
@@ -207,10 +268,10 @@ def _kuka(r: Reader) -> dict:
 
 
 def _bridge_flat(r: Reader) -> dict:
-    act = r.get("steps/action")
-    action = tf.concat([act[:, :6], binarize_gripper(act[:, 6])[:, None]], -1)
-    return _std(action, _valid(r), r.get("steps/observation/state"), _first_text(r.get("steps/language_instruction")),
-                r.get("steps/observation/image_0"), r.get("steps/observation/image_3"))
+    # the raw continuous gripper is kept here; DatasetSpec.gripper_relabel binarizes it
+    return _std(r.get("steps/action"), _valid(r), r.get("steps/observation/state"),
+                _first_text(r.get("steps/language_instruction")), r.get("steps/observation/image_0"),
+                r.get("steps/observation/image_3"), r.get("steps/observation/image_1"))
 
 
 def _bridge_oxe(r: Reader) -> dict:
@@ -289,6 +350,8 @@ def _kuka_success(r: Reader) -> Any:
 
 
 _O = "steps/observation/"
+_BRIDGE_FLAGS = (("primary", "episode_metadata/has_image_0"), ("secondary", "episode_metadata/has_image_1"),
+                 ("wrist", "episode_metadata/has_image_3"))
 _SPECS = [
     DatasetSpec("fractal20220817_data", 3, "0.1.0", (Layout(
         {**_RT1_ACTION, _O + "image": IMG, _O + "natural_language_instruction": TXT,
@@ -300,16 +363,23 @@ _SPECS = [
          "success": Expect("tensor", "bool", ())}, _kuka),), proprio_dim=8, episode_filter=_kuka_success,
         notes="QT-Opt; unsuccessful episodes dropped; instruction kept (Octo blanks it)"),
     DatasetSpec("bridge_dataset", 5, "1.0.0", (Layout(
-        {"steps/action": T(7), _O + "image_0": IMG, _O + "image_3": IMG, _O + "state": T(7),
-         "steps/language_instruction": TXT}, _bridge_flat),), proprio_dim=7,
-        notes="BridgeData V2; gripper thresholded at 0.5; actions not relabelled from state (Octo does)"),
+        {"steps/action": T(7), _O + "image_0": IMG, _O + "image_1": IMG, _O + "image_3": IMG, _O + "state": T(7),
+         "steps/language_instruction": TXT}, _bridge_flat),), proprio_dim=7, revision=2,
+        gripper_relabel="scan", drop_first_step=True, camera_flags=_BRIDGE_FLAGS,
+        notes="BridgeData V2: primary image_0, secondary image_1, wrist image_3, each only where its "
+              "episode_metadata/has_image_k flag is true; gripper relabelled by Octo's scan (gripper_relabel='scan'; "
+              "'threshold' = the old > 0.5); the all-zero first step dropped as OpenVLA bridge_orig does "
+              "(drop_first_step); xyz/rpy not relabelled from state (Octo does)"),
     DatasetSpec("bridge", 5, "0.1.0", (
         Layout({"steps/action/world_vector": T(3), "steps/action/rotation_delta": T(3),
                 "steps/action/open_gripper": Expect("tensor", "bool", ()), _O + "image": IMG, _O + "state": T(7),
                 _O + "natural_language_instruction": TXT}, _bridge_oxe),
-        Layout({"steps/action": T(7), _O + "image_0": IMG, _O + "image_3": IMG, _O + "state": T(7),
-                "steps/language_instruction": TXT}, _bridge_flat)), proprio_dim=7,
-        notes="OXE copy; accepts the dict-action layout and the flat BridgeData V2 layout"),
+        Layout({"steps/action": T(7), _O + "image_0": IMG, _O + "image_1": IMG, _O + "image_3": IMG,
+                _O + "state": T(7), "steps/language_instruction": TXT}, _bridge_flat)), proprio_dim=7, revision=2,
+        gripper_relabel="scan", camera_flags=_BRIDGE_FLAGS,
+        notes="OXE copy; accepts the dict-action layout (boolean open_gripper: the scan leaves it unchanged) and the "
+              "flat BridgeData V2 layout (same camera flags and gripper scan as bridge_dataset); the first step is "
+              "kept (drop_first_step=False: the OXE copy is not OpenVLA's bridge_orig)"),
     DatasetSpec("language_table", 10, "0.0.1", (Layout(
         {"steps/action": T(2), _O + "rgb": IMG, _O + "instruction": T(512, dtype="int32"),
          _O + "effector_translation": T(2)}, _language_table),), proprio_dim=2,
@@ -345,15 +415,44 @@ def get_spec(name: str) -> DatasetSpec:
     return lookup(REGISTRY, name, "dataset", error=DataError)
 
 
+def with_options(name: str, **options: Any) -> DatasetSpec:
+    """Re-registers `name` with changed convention options (e.g. gripper_relabel='threshold'); returns the new spec.
+
+    Unknown option names are refused with the list of known ones.
+    """
+    spec = get_spec(name)
+    known = {"gripper_relabel", "drop_first_step", "camera_flags", "default_camera", "last_action_valid"}
+    for key in options:
+        if key not in known:
+            from core.errors import unknown
+
+            raise DataError(unknown("dataset option", key, known))
+    new = dataclasses.replace(spec, **options)
+    register(new, overwrite=True)
+    return new
+
+
 def standardize_fn(spec: DatasetSpec, opened: OpenedDataset) -> Callable[[dict], dict]:
     """Validates features against the registry and returns episode -> standard trajectory (tf, for Dataset.map)."""
     layout = spec.select_layout(opened)
     features = opened.features
 
+    flags = [(cam, key) for cam, key in spec.camera_flags if key in features]
+
     def fn(episode: dict) -> dict:
         r = Reader(episode, features)
         out = layout.standardize(r)
-        n = r.length()
+        out.setdefault("image_secondary", _no_camera(r))
+        for cam, key in flags:  # an absent camera is "" for the whole episode, never a black "valid" frame
+            present = tf.reshape(tf.cast(r.raw(key), tf.bool), [])
+            out[f"image_{cam}"] = tf.where(present, out[f"image_{cam}"], tf.fill(tf.shape(out[f"image_{cam}"]), ""))
+        if spec.gripper_relabel != "none":
+            a = out["action"]
+            out["action"] = tf.concat([a[:, :-1], relabel_gripper(a[:, -1], spec.gripper_relabel)[:, None]], -1)
+        if spec.drop_first_step:
+            for k in ("action", "action_valid", "proprio", "image_primary", "image_wrist", "image_secondary"):
+                out[k] = out[k][1:]
+        n = tf.shape(out["action_valid"])[0]
         valid = out["action_valid"]
         if not spec.last_action_valid:
             valid = tf.logical_and(valid, tf.range(n) < n - 1)

@@ -63,19 +63,30 @@ class WindowSpec:
         return len(self.history_offsets) + 1 + clip  # + future frame (vla) or wrist frame (policy)
 
 
+def _window(defaults: dict[str, Any], kw: dict[str, Any]) -> WindowSpec:
+    """WindowSpec from preset `defaults` overridden by any WindowSpec field given as keyword (unknown ones refused)."""
+    fields = {f.name for f in dataclasses.fields(WindowSpec)}
+    bad = sorted(set(kw) - fields)
+    if bad:
+        from core.errors import unknown
+
+        raise TypeError(unknown("WindowSpec field", bad[0], fields))
+    return WindowSpec(**{**defaults, **kw})
+
+
 def vipra_window(**kw: Any) -> WindowSpec:
-    """ViPRA dynamics14: frames (t-2, t), future t+14, 14-step action chunk."""
-    return WindowSpec(kind="vla", history_offsets=(-2, 0), horizon=14, **kw)
+    """ViPRA dynamics14: frames (t-2, t), future t+14, 14-step action chunk (every field overridable by keyword)."""
+    return _window({"kind": "vla", "history_offsets": (-2, 0), "horizon": 14}, kw)
 
 
 def lapa_window(**kw: Any) -> WindowSpec:
-    """LAPA latent pretraining: one frame t and a 1-step action."""
-    return WindowSpec(kind="vla", history_offsets=(0,), horizon=1, **kw)
+    """LAPA latent pretraining: one frame t and a 1-step action (every field overridable by keyword)."""
+    return _window({"kind": "vla", "history_offsets": (0,), "horizon": 1}, kw)
 
 
 def lam_window(clip_len: int = 8, clip_stride: int = 1, **kw: Any) -> WindowSpec:
-    """LAM training clips of `clip_len` frames."""
-    return WindowSpec(kind="lam", clip_len=clip_len, clip_stride=clip_stride, **kw)
+    """LAM training clips of `clip_len` frames (every field overridable by keyword)."""
+    return _window({"kind": "lam", "clip_len": clip_len, "clip_stride": clip_stride}, kw)
 
 
 def _gather_clamped(x: Any, idx: Any, n: Any) -> tuple[Any, Any]:

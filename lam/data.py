@@ -1,11 +1,15 @@
-"""In-memory LAM data for small RLDS datasets (the demo world): clips plus ground truth for flow and evaluation.
+"""In-memory LAM data for small datasets: a cache of the standardized episode stream plus optional ground truth.
 
-The shared pipeline (data/loader.py) streams LAM clips for real data; this reader additionally keeps each step's
-ground truth (effector position, per-step optical flow) so the LAM can be supervised with flow and evaluated against
-true motion. Everything is loaded once with `tfds.builder_from_directory` into numpy arrays (64-px demo: ~0.3 GB).
+Episodes are read through the one episode reader (data/episodes.py: `<root>/<name>/<version>` with the configured
+version, the registry's standardization, conventions and camera), decoded at the LAM's resolution and kept as numpy
+arrays (64-px demo: ~0.3 GB). The demo world's datasets also carry ground truth (effector position, per-step optical
+flow), used for flow supervision and for the evaluation probes; other datasets have none (effector zeros,
+`Table.ground_truth` False) and need `loss.flow_target='farneback'`.
 
-Episodes of all datasets are concatenated; `Table` holds per-step arrays and per-episode (start, length).
-A sample is a clip of `clip_len` frames t, t+o, ..., t+(L-1)o (o = frame offset), clamped at the episode end.
+The .npz cache (`cache_dir`) is keyed by `table_fingerprint` (root, name, version, split, feature spec, registry
+conventions, camera, resolution, ground truth, episode cap, window), so a changed root or version never reuses
+stale arrays. Episodes of all datasets are concatenated; `Table` holds per-step arrays and per-episode (start,
+length). A sample is a clip of `clip_len` frames t, t+o, ..., t+(L-1)o (o = frame offset), clamped at the episode end.
 """
 
 from __future__ import annotations
@@ -17,82 +21,119 @@ from typing import Any
 
 import numpy as np
 
+GT_EFFECTOR, GT_FLOW = "steps/ground_truth/effector_pos", "steps/ground_truth/flow"
+
 
 @dataclasses.dataclass
 class Table:
     """Per-step arrays (N steps in total) and per-episode index (E episodes)."""
 
     frames: np.ndarray  # uint8[N, R, R, 3]
-    effector: np.ndarray  # float32[N, 2] table units
+    effector: np.ndarray  # float32[N, 2] table units (zeros without ground truth)
     flow: np.ndarray | None  # float16[N, R, R, 2] pixels, frame n → n+1 (zeros at the last step)
-    action: np.ndarray  # float32[N, 2] (zeros where none)
+    action: np.ndarray  # float32[N, 2] first two standardized action dims (zeros where none)
     action_valid: np.ndarray  # bool[N]
     episode_start: np.ndarray  # int64[E]
     episode_len: np.ndarray  # int64[E]
     episode_dataset: np.ndarray  # int32[E] index into `datasets`
     episode_index: np.ndarray  # int64[E] index of the episode within its dataset split (RLDS order)
     datasets: tuple[str, ...]
+    ground_truth: np.ndarray | None = None  # bool[E]: effector (and flow) are real (demo world)
 
     @property
     def num_steps(self) -> int:
         return int(self.frames.shape[0])
 
-
-def _dataset_dir(root: str, name: str) -> str:
-    base = os.path.join(root, name)
-    if not os.path.isdir(base):
-        raise FileNotFoundError(f"dataset {name!r} not found under {root!r} (expected {base}/<version>)")
-    versions = sorted(v for v in os.listdir(base) if os.path.isfile(os.path.join(base, v, "dataset_info.json")))
-    if not versions:
-        raise FileNotFoundError(f"no TFDS version dir with dataset_info.json in {base}")
-    return os.path.join(base, versions[-1])
+    @property
+    def has_ground_truth(self) -> bool:
+        return self.ground_truth is None or bool(np.all(self.ground_truth))
 
 
-def load_episodes(root: str, name: str, split: str, *, with_flow: bool = True,
-                  max_episodes: int | None = None) -> dict[str, Any]:
-    """Reads one RLDS dataset split into numpy lists (one entry per episode)."""
-    import tensorflow_datasets as tfds
+def sources(root: str, datasets: Sequence[str], split: str, camera: str = "") -> list[Any]:
+    """'name[:version][@root]' entries -> EpisodeSources; every entry checked first, one line per mistake."""
+    from data import episodes
 
-    from data import tf_setup  # noqa: F401  (hides GPUs from TF, quiets logs)
+    return episodes.parse_sources(root, datasets, split, camera)
 
-    builder = tfds.builder_from_directory(_dataset_dir(root, name))
-    if split not in builder.info.splits:
-        raise KeyError(f"dataset {name!r} has no split {split!r} (has {list(builder.info.splits)})")
-    ds = builder.as_dataset(split=split, shuffle_files=False)
-    ds = ds.map(lambda ep: {"steps": ep["steps"].batch(1 << 20).get_single_element()})  # one batch per episode
+
+def load_episodes(root: str, name: str, split: str, *, with_flow: bool = True, max_episodes: int | None = None,
+                  resolution: int = 0, camera: str = "") -> dict[str, Any]:
+    """Reads one dataset split (`name[:version][@root]`) into numpy lists (one entry per episode).
+
+    Ground truth is read when the dataset has it; with_flow=True on a dataset without per-step flow is a one-line
+    DataError naming the fix. resolution 0: the camera's native (square) size.
+    """
+    from data import episodes
+    from data.rlds import DataError
+
+    (src,) = sources(root, [name], split, camera)
+    _, _, opened, _ = episodes.open_source(src)
+    has_gt = GT_EFFECTOR in opened.features
+    if with_flow and GT_FLOW not in opened.features:
+        raise DataError(f"dataset {src.name!r} has no {GT_FLOW} (ground-truth flow exists only in the demo world): "
+                        "set loss.flow_target='farneback' or turn the flow loss off")
+    extras = (GT_EFFECTOR,) + ((GT_FLOW,) if with_flow else ()) if has_gt else ()
     out: dict[str, list] = {k: [] for k in ("frames", "effector", "flow", "action", "action_valid")}
-    for i, ep in enumerate(tfds.as_numpy(ds)):
-        if max_episodes is not None and i >= max_episodes:
-            break
-        st = ep["steps"]
-        n = len(st["is_first"])
-        out["frames"].append(st["observation"]["image"])
-        gt = st.get("ground_truth")
-        if gt is None:
-            raise KeyError(f"dataset {name!r} has no steps/ground_truth (needed for LAM flow / evaluation)")
-        out["effector"].append(gt["effector_pos"].astype(np.float32))
+    out["ground_truth"] = []
+    valid_frames = 0
+    for ep in episodes.iter_episodes(src, resolution, extras=extras, max_episodes=max_episodes):
+        n = len(ep)
+        valid_frames += int(ep.frame_valid.sum())
+        out["frames"].append(ep.frames)
+        out["effector"].append(ep.extras[GT_EFFECTOR].astype(np.float32) if has_gt else np.zeros((n, 2), np.float32))
         if with_flow:
-            out["flow"].append(gt["flow"].astype(np.float16))
-        if "action" in st:
-            a = np.asarray(st["action"], np.float32).reshape(n, -1)[:, :2]
-            out["action"].append(a)
-            out["action_valid"].append(np.ones(n, bool))
-        else:
-            out["action"].append(np.zeros((n, 2), np.float32))
-            out["action_valid"].append(np.zeros(n, bool))
+            out["flow"].append(ep.extras[GT_FLOW].astype(np.float16))
+        out["action"].append(ep.action[:, :2].astype(np.float32))
+        out["action_valid"].append(ep.action_valid)
+        out["ground_truth"].append(has_gt)
     if not out["frames"]:
-        raise ValueError(f"dataset {name!r} split {split!r} has no episodes")
+        raise DataError(f"dataset {name!r} split {split!r} has no episodes")
+    episodes.require_valid_frames(valid_frames, src)
     return out
 
 
+def table_fingerprint(root: str, datasets: Sequence[str], split: str, *, with_flow: bool,
+                      max_episodes: int | None, resolution: int, camera: str = "", window: Any = None) -> str:
+    """Fingerprint of a Table's contents (data/episodes.py fingerprint + resolution, flow, cap, window)."""
+    from data import episodes
+
+    return episodes.fingerprint(sources(root, datasets, split, camera), resolution=resolution, with_flow=with_flow,
+                                max_episodes=max_episodes or 0, window=window, table="lam-table-v2")
+
+
+def config_fingerprint(config: Any, split: str | None = None) -> str:
+    """Data fingerprint of a LAM run (`loop.run(data_fingerprint=...)`, refused on resume if changed): the sources
+    (root, name, version, split, features, conventions, camera) + resolution, source, clip window, flow target,
+    episode cap, weights and batch size (the sampler's state is a batch count: another batch size is another
+    stream). `config`: the LAM ConfigDict (data.*, model.image_size, loss.*)."""
+    from data import episodes
+
+    d = config.data
+    split = split or d.train_split
+    camera = str(d.get("camera", "") or "")
+    srcs = sources(d.root, d.datasets, split, camera)
+    return episodes.fingerprint(
+        srcs, resolution=int(config.model.image_size), source=str(d.source), clip_len=int(d.clip_len),
+        offset=int(d.offset), weights=[float(w) for w in d.weights], batch_size=int(d.batch_size),
+        max_episodes=int(d.max_episodes or 0),
+        flow_target=str(config.loss.get("flow_target", "ground_truth")), flow=bool(config.model.flow_head),
+        table="lam-table-v2")
+
+
 def load_table(root: str, datasets: Sequence[str], split: str, *, with_flow: bool = True,
-               max_episodes: int | None = None, cache_dir: str = "") -> Table:
-    """All episodes of `datasets` (one split) as a `Table`; cached as .npz in `cache_dir` if given (no pickle)."""
+               max_episodes: int | None = None, cache_dir: str = "", resolution: int = 0, camera: str = "",
+               window: Any = None) -> Table:
+    """All episodes of `datasets` (one split; entries 'name[:version][@root]') as a `Table`.
+
+    Cached as .npz in `cache_dir` (no pickle) under `table_fingerprint`, so a changed root, version, feature spec,
+    camera, resolution or window reads the data again instead of training on stale arrays.
+    """
     cache = ""
     if cache_dir:
         os.makedirs(cache_dir, exist_ok=True)
-        tag = "_".join(datasets) + f"_{split}_{max_episodes or 'all'}{'_flow' if with_flow else ''}"
-        cache = os.path.join(cache_dir, tag + ".npz")
+        key = table_fingerprint(root, datasets, split, with_flow=with_flow, max_episodes=max_episodes,
+                                resolution=resolution, camera=camera, window=window)
+        cache = os.path.join(cache_dir, f"lam_table_{split}_{key}.npz")
         if os.path.exists(cache):
             with np.load(cache, allow_pickle=False) as z:
                 d = {k: z[k] for k in z.files}
@@ -100,7 +141,8 @@ def load_table(root: str, datasets: Sequence[str], split: str, *, with_flow: boo
                          **d)
     parts, ep_ds, ep_idx = [], [], []
     for di, name in enumerate(datasets):
-        p = load_episodes(root, name, split, with_flow=with_flow, max_episodes=max_episodes)
+        p = load_episodes(root, name, split, with_flow=with_flow, max_episodes=max_episodes, resolution=resolution,
+                          camera=camera)
         parts.append(p)
         ep_ds += [di] * len(p["frames"])
         ep_idx += list(range(len(p["frames"])))
@@ -110,7 +152,7 @@ def load_table(root: str, datasets: Sequence[str], split: str, *, with_flow: boo
                   action=cat("action"), action_valid=cat("action_valid"),
                   episode_start=np.concatenate([[0], np.cumsum(lens)[:-1]]).astype(np.int64), episode_len=lens,
                   episode_dataset=np.array(ep_ds, np.int32), episode_index=np.array(ep_idx, np.int64),
-                  datasets=tuple(datasets))
+                  datasets=tuple(datasets), ground_truth=np.array([g for p in parts for g in p["ground_truth"]], bool))
     if cache:
         arrays = {f.name: getattr(table, f.name) for f in dataclasses.fields(table)
                   if f.name != "datasets" and getattr(table, f.name) is not None}

@@ -25,6 +25,8 @@ from lam import data as lam_data
 from lam.label import Labeler, load_lam
 from lam.quantizer import perplexity
 
+PROBE_KEYS = ("probe/direction_acc", "probe/direction_majority", "probe/direction_nmi", "probe/position_acc",
+              "probe/position_majority", "probe/position_nmi")
 PIXELS_PER_UNIT = 64 * (1 - 2 * 0.04)  # demo world: the table spans the image minus a 4% border on each side
 
 
@@ -150,8 +152,9 @@ def evaluate(workdir: str, step: int | None = None, out_dir: str | None = None) 
     os.makedirs(out_dir, exist_ok=True)
     labeler = Labeler(cfg, variables)
     d = cfg.data
-    tr = lam_data.load_table(d.root, d.datasets, d.train_split, with_flow=False, cache_dir=d.cache_dir)
-    te = lam_data.load_table(d.root, d.datasets, d.eval_split, with_flow=False, cache_dir=d.cache_dir)
+    tr, te = (lam_data.load_table(d.root, d.datasets, split, with_flow=False, cache_dir=d.cache_dir,
+                                  resolution=int(cfg.model.image_size), camera=str(d.get("camera", "") or ""))
+              for split in (d.train_split, d.eval_split))
     nb = int(cfg.eval.batches)
     train_c = collect(labeler, tr, cfg, nb, seed=1, recon=False)
     test_c = collect(labeler, te, cfg, nb, seed=2, recon=True)
@@ -166,8 +169,17 @@ def evaluate(workdir: str, step: int | None = None, out_dir: str | None = None) 
                                          for col in test_c["ids"].T],
         "recon/psnr": float(np.mean(test_c["psnr"])), "recon/psnr_copy_last": float(np.mean(test_c["psnr_copy"])),
     }
-    metrics.update(probes(train_c, test_c, cfg))
-    metrics["plots"] = plots.write_all(out_dir, workdir, cfg, labeler, te, test_c, metrics)
+    ground_truth = tr.has_ground_truth and te.has_ground_truth
+    if ground_truth:
+        metrics.update(probes(train_c, test_c, cfg))
+    else:  # real data: no true effector motion to probe against (reconstruction and codebook metrics still hold)
+        metrics["probe/skipped"] = "no ground-truth effector positions in " + ", ".join(d.datasets)
+    # without ground truth the probe plot has nothing to show: drawn from placeholders, then removed
+    paths = plots.write_all(out_dir, workdir, cfg, labeler, te, test_c,
+                            metrics if ground_truth else {**metrics, **dict.fromkeys(PROBE_KEYS, 0.0)})
+    if not ground_truth:
+        os.remove(paths.pop("probes"))
+    metrics["plots"] = paths
     with open(os.path.join(out_dir, "metrics.json"), "w") as f:
         json.dump(metrics, f, indent=2)
     plots.tensorboard(os.path.join(out_dir, "tensorboard"), metrics, int(cfg.checkpoint_step))

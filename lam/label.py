@@ -12,7 +12,8 @@ Cache format (`write_cache`), one pair of files per dataset split, `<out>/<datas
   npz (numpy, no pickle): ids uint8[N, C]  (code ids of the transition t → t+offset for every step t of every
       episode, clamped at the episode end), episode_id int64[N] (the pipeline's id: to_hash_bucket_fast(tfds_id,
       2**62), see data/mixture.py), step int32[N], episode_start int64[E], episode_len int64[E],
-      tfds_id str[E] (e.g. "demo_robot-train.tfrecord-00000-of-00004__3")
+      tfds_id str[E] (e.g. "demo_robot-train.tfrecord-00000-of-00004__3"), valid bool[N] (every clip frame of
+      the transition is a real camera frame: not an absent camera or a blank frame)
   json: dataset, version dir, split, checkpoint, step of the checkpoint, offset, clip_len, codebook_size,
       codes_per_transition, num_steps, format "lam-ids-v1".
 Join: row = episode_start[e] + step for the episode e whose episode_id matches (or a dict episode_id → e).
@@ -109,25 +110,20 @@ class Labeler:
 
 
 def write_cache(labeler: Labeler, root: str, dataset: str, split: str, out_dir: str, *, batch_size: int = 64,
-                checkpoint: str = "") -> str:
-    """Labels every step of `<root>/<dataset>/<version>` split `split`; returns the .npz path (see module doc)."""
-    import tensorflow as tf
-    import tensorflow_datasets as tfds
+                checkpoint: str = "", camera: str = "") -> str:
+    """Labels every step of `dataset` ('name[:version][@root]', read through data/episodes.py: the configured version,
+    the registry's conventions and camera) split `split`; returns the .npz path (see module doc).
 
-    from data import tf_setup  # noqa: F401
-    from lam.data import _dataset_dir
+    camera '' = the LAM's data.camera if its config has one, else the registry default.
+    """
+    from data import episodes
 
     c = labeler.config
     offset, clip_len = int(c.data.offset), int(c.data.clip_len)
-    ddir = _dataset_dir(root, dataset)
-    builder = tfds.builder_from_directory(ddir)
-    if split not in builder.info.splits:
-        raise KeyError(f"dataset {dataset!r} has no split {split!r} (has {list(builder.info.splits)})")
-    ds = builder.as_dataset(split=split, shuffle_files=False, read_config=tfds.ReadConfig(add_tfds_id=True))
-    ds = ds.map(lambda ep: {"tfds_id": ep["tfds_id"],
-                            "episode_id": tf.strings.to_hash_bucket_fast(ep["tfds_id"], 2**62),
-                            "image": ep["steps"].batch(1 << 20).get_single_element()["observation"]["image"]})
-    ids_all, ep_ids, steps, lens, tfds_ids = [], [], [], [], []
+    camera = camera or str(c.data.get("camera", "") or "")
+    src = episodes.parse_source(dataset, root, split=split, camera=camera).resolved()
+    res = int(c.model.image_size)
+    ids_all, ep_ids, steps, lens, tfds_ids, valid = [], [], [], [], [], []
     pending: list[np.ndarray] = []
 
     def flush() -> None:
@@ -139,27 +135,36 @@ def write_cache(labeler: Labeler, root: str, dataset: str, split: str, out_dir: 
             full = np.concatenate([chunk, np.repeat(chunk[-1:], pad, 0)]) if pad else chunk
             ids_all.append(np.asarray(labeler(full))[: len(chunk), 0].astype(np.uint8))
 
-    for ep in tfds.as_numpy(ds):
-        frames = ep["image"]
+    for ep in episodes.iter_episodes(src, res):
+        frames = ep.frames
         n = len(frames)
+        if n == 0:
+            continue
         idx = np.minimum(np.arange(n)[:, None] + offset * np.arange(clip_len)[None, :], n - 1)
         pending.append(frames[idx])
-        ep_ids.append(np.full(n, ep["episode_id"], np.int64))
+        ep_ids.append(np.full(n, ep.episode_id, np.int64))
         steps.append(np.arange(n, dtype=np.int32))
+        valid.append(ep.frame_valid[idx].all(axis=1))
         lens.append(n)
-        tfds_ids.append(ep["tfds_id"].decode())
+        tfds_ids.append(ep.tfds_id)
         if sum(len(p) for p in pending) >= 16 * batch_size:
             flush()
     if pending:
         flush()
+    if not lens:
+        from data.rlds import DataError
+
+        raise DataError(f"dataset {src.name!r} split {split!r}: no episodes to label")
     lens_a = np.array(lens, np.int64)
-    path = os.path.join(out_dir, dataset, split)
+    path = os.path.join(out_dir, src.name, split)
     os.makedirs(os.path.dirname(path), exist_ok=True)
     np.savez(path + ".tmp.npz", ids=np.concatenate(ids_all), episode_id=np.concatenate(ep_ids),
              step=np.concatenate(steps), episode_start=np.concatenate([[0], np.cumsum(lens_a)[:-1]]).astype(np.int64),
-             episode_len=lens_a, tfds_id=np.array(tfds_ids))
+             episode_len=lens_a, tfds_id=np.array(tfds_ids), valid=np.concatenate(valid))
     os.replace(path + ".tmp.npz", path + ".npz")
-    meta = {"format": CACHE_FORMAT, "dataset": dataset, "version_dir": ddir, "split": split, "checkpoint": checkpoint,
+    meta = {"format": CACHE_FORMAT, "dataset": src.name, "version_dir": os.path.join(src.root, src.name, src.version),
+            "version": src.version, "camera": src.camera, "split": split, "checkpoint": checkpoint,
+            "data_fingerprint": episodes.fingerprint([src], resolution=res),
             "checkpoint_step": int(c.get("checkpoint_step", -1)), "offset": offset, "clip_len": clip_len,
             "codebook_size": int(c.model.codebook_size), "codes_per_transition": labeler.codes,
             "num_steps": int(lens_a.sum()), "num_episodes": len(lens)}

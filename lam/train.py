@@ -117,7 +117,8 @@ def make_data(config: ml_collections.ConfigDict, *, split: str | None = None, se
         from lam import data as lam_data
 
         table = lam_data.load_table(d.root, d.datasets, split, with_flow=gt_flow,
-                                    max_episodes=d.max_episodes or None, cache_dir=d.cache_dir)
+                                    max_episodes=d.max_episodes or None, cache_dir=d.cache_dir,
+                                    resolution=int(config.model.image_size), camera=str(d.get("camera", "") or ""))
         it = lam_data.ClipSampler(table, batch_size=d.batch_size, clip_len=d.clip_len, offset=d.offset, seed=seed,
                                   weights=d.weights, with_flow=gt_flow)
     elif d.source == "pipeline":
@@ -125,10 +126,10 @@ def make_data(config: ml_collections.ConfigDict, *, split: str | None = None, se
             raise ValueError("the streaming pipeline has no ground-truth flow: set loss.flow_target='farneback' "
                              "(estimated from the frames) or use data.source='memory' (demo world)")
         from data.loader import make_iterator
-        from data.mixture import Mixture, MixtureEntry, PipelineConfig
+        from data.mixture import PipelineConfig, mixture_from_lists
         from data.windows import lam_window
 
-        mixture = Mixture("lam", tuple(MixtureEntry(n, float(w)) for n, w in zip(d.datasets, d.weights, strict=True)))
+        mixture = mixture_from_lists("lam", d.datasets, d.weights)  # entries name[:version][@root]
         cfg = PipelineConfig(data_root=d.root, window=lam_window(clip_len=d.clip_len, clip_stride=d.offset),
                              global_batch_size=d.batch_size, resolution=config.model.image_size, split=split,
                              seed=seed, shuffle_buffer=d.shuffle_buffer)

@@ -40,7 +40,7 @@ LATENT_FORMAT = "lam-ids-v1"
 
 
 def _base_name(name: str) -> str:
-    return name.partition(":")[0]
+    return name.partition("@")[0].partition(":")[0]  # name[:version][@root]
 
 
 def episode_hash(tfds_ids: Sequence[str]) -> np.ndarray:

@@ -12,53 +12,62 @@ from typing import Any
 
 import numpy as np
 
-IMAGE_KEY = ("observation", "image")
+
+def sources(root: str, names: Sequence[str], split: str, camera: str = "") -> list[Any]:
+    """Entries 'name[:version][@root]' -> data.episodes.EpisodeSource (validated up front, one line per mistake)."""
+    from data import episodes
+
+    return episodes.parse_sources(root, names, split, camera)
 
 
-def _open(root: str, name: str) -> Any:
-    from data import rlds
-
-    name, _, version = name.partition(":")
-    return rlds.open_dataset(root, name, version or "1.0.0")
-
-
-def iter_episodes(root: str, name: str, split: str, resolution: int, image_key: Sequence[str] = IMAGE_KEY, *,
+def iter_episodes(root: str, name: str, split: str, resolution: int, *, camera: str = "",
                   with_tfds_id: bool = False) -> Iterator[tuple[Any, ...]]:
-    """(episode_id, uint8[T, R, R, 3]) in file order for `<root>/<name>[:version]` (default version 1.0.0);
-    with_tfds_id: (episode_id, tfds_id, frames), tfds_id being the record id the data pipeline hashes into its
-    episode_id (data/mixture.py: to_hash_bucket_fast(tfds_id, 2**62))."""
-    from data import rlds
-    from data.augment import decode_frames
+    """(episode_id, uint8[T', R, R, 3]) in file order for `name[:version][@root]` (registry default version and
+    camera), read through data/episodes.py (the registry's standardized stream). Only frames whose camera is present
+    and not blank are returned (T' <= T). episode_id is the dataset's own id as text (any dtype) or "split/i".
+    with_tfds_id: (episode_id, tfds_id, frames, steps int[T']), tfds_id being the record id the data pipeline
+    hashes into its episode_id (data/mixture.py: to_hash_bucket_fast(tfds_id, 2**62)) and steps the kept step
+    indices."""
+    from data import episodes
 
-    opened = _open(root, name)
-    ds = rlds.read_episodes(opened, rlds.resolve_split(opened, split), seed=None, shuffle_files=False)
-    for i, ep in enumerate(ds):
-        node = ep["steps"]
-        for k in image_key:
-            if k not in node:
-                raise KeyError(f"dataset {name!r}: steps have no key {'/'.join(image_key)!r} (at {k!r}: "
-                               f"{sorted(node)})")
-            node = node[k]
-        meta = ep.get("episode_metadata", {})
-        eid = meta["episode_id"].numpy().decode() if "episode_id" in meta else f"{split}/{i}"
-        frames = decode_frames(node, resolution).numpy()
-        yield (eid, ep["tfds_id"].numpy().decode(), frames) if with_tfds_id else (eid, frames)
+    (src,) = sources(root, [name], split, camera)
+    for ep in episodes.iter_episodes(src, resolution):
+        eid = ep.source_id or f"{split}/{ep.index}"
+        steps = np.flatnonzero(ep.frame_valid)
+        frames = ep.frames[steps]
+        yield (eid, ep.tfds_id, frames, steps) if with_tfds_id else (eid, frames)
+
+
+def fingerprint(root: str, names: Sequence[str], split: str, resolution: int, camera: str = "", **extra: Any
+                ) -> str:
+    """Data fingerprint of a frame set (data/episodes.py: root, name, version, split, features, camera, ...)."""
+    from data import episodes
+
+    return episodes.fingerprint(sources(root, names, split, camera), resolution=resolution, **extra)
 
 
 def load_frames(root: str, names: Sequence[str], split: str, resolution: int, *, stride: int = 1,
-                max_frames: int = 0) -> np.ndarray:
-    """All frames (every `stride`-th step) of the datasets' split, uint8[N, R, R, 3]; `max_frames` > 0 caps N."""
+                max_frames: int = 0, camera: str = "") -> np.ndarray:
+    """All valid frames (every `stride`-th step) of the datasets' split, uint8[N, R, R, 3]; `max_frames` > 0 caps N.
+
+    names: 'name[:version][@root]'; camera: '' = each dataset's registry default ('primary', 'secondary', 'wrist').
+    """
     chunks, total = [], 0
+    sources(root, names, split, camera)  # every entry checked before any is read
     for name in names:
-        for _, frames in iter_episodes(root, name, split, resolution):
+        for _, frames in iter_episodes(root, name, split, resolution, camera=camera):
             chunks.append(frames[::stride])
             total += len(chunks[-1])
             if max_frames and total >= max_frames:
                 break
         if max_frames and total >= max_frames:
             break
-    if not chunks:
-        raise ValueError(f"no frames found in {list(names)} split {split!r} under {root}")
+    if not chunks or not sum(len(c) for c in chunks):
+        from data.rlds import DataError
+
+        raise DataError(f"no valid frames in {list(names)} split {split!r} under {root} (camera "
+                        f"{camera or 'registry default'!r}; absent cameras and blank frames are skipped): choose "
+                        "another camera (data.camera / --camera) or split")
     out = np.concatenate(chunks)
     out = out[:max_frames] if max_frames else out
     logging.info("loaded %d frames (%s, split %s, %dpx, %.0f MB)", len(out), ",".join(names), split, resolution,
@@ -100,7 +109,7 @@ class FrameSampler:
 
 
 def cache_image_tokens(encode: Any, root: str, names: Sequence[str], split: str, resolution: int, output: str,
-                       batch_size: int = 64) -> dict[str, Any]:
+                       batch_size: int = 64, camera: str = "") -> dict[str, Any]:
     """Encodes every frame of the datasets' split and writes an .npz keyed by episode/step.
 
     `encode`: uint8[b, R, R, 3] → int[b, h, w] (e.g. `vqgan.make_encode_fn(cfg, mesh)` bound to params; b is
@@ -108,9 +117,14 @@ def cache_image_tokens(encode: Any, root: str, names: Sequence[str], split: str,
     `episode_id`), `step` int32[N], `dataset` int32[N] (index into `dataset_name`), `episode_id` str[E]
     (episode_metadata's id, else "split/i"), `tfds_id` str[E] (the record id: the data pipeline's episode_id is
     to_hash_bucket_fast(tfds_id, 2**62), which latent_pretraining/token_cache.py joins on), `dataset_name` str[D].
+    Episodes are read through data/episodes.py (registry conventions and camera; names 'name[:version][@root]');
+    every step is encoded (an absent camera's frames are zeros), so rows stay contiguous per episode with steps
+    0..n-1 as the join needs, and `valid` bool[N] marks the steps whose camera frame is real.
     Load with `np.load(path)` (no pickle needed).
     """
-    ids, ep_idx, steps, ds_idx, ep_names, tfds_ids = [], [], [], [], [], []
+    from data import episodes
+
+    ids, ep_idx, steps, ds_idx, ep_names, tfds_ids, valid = [], [], [], [], [], [], []
     buf: list[np.ndarray] = []
 
     def flush() -> None:
@@ -122,11 +136,14 @@ def cache_image_tokens(encode: Any, root: str, names: Sequence[str], split: str,
         ids.append(np.asarray(encode(np.concatenate([x, pad])))[:n].astype(np.int32))
         buf.clear()
 
-    for d, name in enumerate(names):
-        for eid, tid, frames in iter_episodes(root, name, split, resolution, with_tfds_id=True):
+    srcs = sources(root, names, split, camera)
+    for d, src in enumerate(srcs):
+        for ep in episodes.iter_episodes(src, resolution):
+            frames = ep.frames
             e = len(ep_names)
-            ep_names.append(eid)
-            tfds_ids.append(tid)
+            ep_names.append(ep.source_id or f"{split}/{ep.index}")
+            tfds_ids.append(ep.tfds_id)
+            valid.append(ep.frame_valid)
             for start in range(0, len(frames), batch_size):
                 chunk = frames[start:start + batch_size]
                 pending = sum(len(b) for b in buf)
@@ -139,8 +156,8 @@ def cache_image_tokens(encode: Any, root: str, names: Sequence[str], split: str,
     flush()
     out = {"ids": np.concatenate(ids), "episode": np.concatenate(ep_idx), "step": np.concatenate(steps),
            "dataset": np.concatenate(ds_idx), "episode_id": np.asarray(ep_names, dtype=str),
-           "tfds_id": np.asarray(tfds_ids, dtype=str),
-           "dataset_name": np.asarray(list(names), dtype=str)}
+           "tfds_id": np.asarray(tfds_ids, dtype=str), "valid": np.concatenate(valid),
+           "dataset_name": np.asarray([s.name for s in srcs], dtype=str)}
     os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
     tmp = output + ".tmp.npz"
     np.savez(tmp, **out)

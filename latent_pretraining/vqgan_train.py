@@ -255,9 +255,25 @@ def make_eval_hook(config: ml_collections.ConfigDict, workdir: str, val: np.ndar
     return hook
 
 
+def _camera(config: ml_collections.ConfigDict) -> str:
+    """data.camera ('' = each dataset's registry default: 'primary', 'secondary' or 'wrist')."""
+    return str(config.data.get("camera", "") or "")
+
+
+def data_fingerprint(config: ml_collections.ConfigDict) -> str:
+    """What the training frames are (data/episodes.py fingerprint: root, names, versions, split, features,
+    conventions, camera, resolution, stride, cap, batch size); for `loop.run(data_fingerprint=...)` (refused on
+    resume if changed).
+    """
+    d = config.data
+    return vqgan_data.fingerprint(d.root, d.datasets, d.train_split, d.resolution, _camera(config), stride=d.stride,
+                                  max_frames=d.max_frames, flip=bool(d.flip),
+                                  global_batch_size=int(d.global_batch_size))
+
+
 def val_frames(config: ml_collections.ConfigDict) -> np.ndarray:
     d = config.data
-    frames = vqgan_data.load_frames(d.root, d.datasets, d.val_split, d.resolution)
+    frames = vqgan_data.load_frames(d.root, d.datasets, d.val_split, d.resolution, camera=_camera(config))
     if d.val_frames and len(frames) > d.val_frames:  # evenly spaced, deterministic
         frames = frames[np.linspace(0, len(frames) - 1, d.val_frames).astype(int)]
     return frames
@@ -272,7 +288,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, resume: bool = Fal
     workdir = os.path.abspath(workdir)  # orbax needs absolute checkpoint paths
     if train_frames is None:
         train_frames = vqgan_data.load_frames(d.root, d.datasets, d.train_split, d.resolution, stride=d.stride,
-                                              max_frames=d.max_frames)
+                                              max_frames=d.max_frames, camera=_camera(config))
     val = val_frames(config) if val is None else val
     local = d.global_batch_size // jax.process_count()
     sampler = vqgan_data.FrameSampler(train_frames, local, config.train.seed, jax.process_index(), flip=d.flip)

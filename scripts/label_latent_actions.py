@@ -15,20 +15,24 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--lam", required=True, help="LAM training run directory (with checkpoints/)")
     ap.add_argument("--step", type=int, default=None, help="checkpoint step (default latest)")
     ap.add_argument("--data-root", required=True, help="directory holding <dataset>/<version>/")
-    ap.add_argument("--datasets", required=True, help="comma-separated dataset names")
+    ap.add_argument("--datasets", required=True, help="comma-separated name[:version][@root] (registry defaults)")
+    ap.add_argument("--camera", default="", help="primary | secondary | wrist (default: the LAM's data.camera, else "
+                    "the registry's per dataset)")
     ap.add_argument("--splits", default="train", help="comma-separated splits")
     ap.add_argument("--out", required=True, help="output directory of the id cache")
     ap.add_argument("--batch-size", type=int, default=64)
     args = ap.parse_args(argv)
 
+    from data.mixture import parse_mixture
     from lam.label import Labeler, load_lam, write_cache
 
+    parse_mixture(args.datasets, name="--datasets")  # every entry checked (one line per mistake) before the LAM loads
     config, variables = load_lam(args.lam, args.step)
     labeler = Labeler(config, variables)
     for name in args.datasets.split(","):
         for split in args.splits.split(","):
             path = write_cache(labeler, args.data_root, name, split, args.out, batch_size=args.batch_size,
-                               checkpoint=args.lam)
+                               checkpoint=args.lam, camera=args.camera)
             print(f"wrote {path}")
     return 0
 

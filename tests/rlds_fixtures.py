@@ -3,6 +3,11 @@
 Keys, dtypes, shapes, nested action dicts, zlib tensors and language storage follow the real datasets; only image
 height/width are shrunk (the registry accepts any image size, pre-resized OXE copies differ anyway). Every episode's
 language string contains its index ("... ep<i>"), so tests can match read-back episodes to the generated ones.
+
+BridgeData V2 (flat layout) episodes look like the real ones: int32 episode_metadata/episode_id (= the index),
+has_image_0/1 true, has_image_2 false, has_image_3 true only for episodes with index % 3 == 1 (absent cameras are
+black frames, as in the real data), an all-zero first action, and gripper values 0.99 / 0.01 with a half-way value
+0.6 at the start of the close (step 2), which Octo's scan relabels to closed.
 """
 
 from __future__ import annotations
@@ -65,7 +70,7 @@ def layouts(res: int = 32) -> dict[str, tuple[str, Any]]:
         "bridge_dataset": ("1.0.0", _rlds(
             {**{f"image_{k}": _img(res, res) for k in range(4)}, "state": _t(7)}, _t(7),
             {"language_instruction": F.Text(), "discount": F.Scalar(f32)},
-            {"episode_metadata": {"file_path": F.Text(), "has_language": F.Scalar(b),
+            {"episode_metadata": {"file_path": F.Text(), "has_language": F.Scalar(b), "episode_id": F.Scalar(i32),
                                   **{f"has_image_{k}": F.Scalar(b) for k in range(4)}}})),
         "bridge": ("0.1.0", _rlds(
             {"image": _img(res, res * 4 // 3), "natural_language_instruction": F.Text(),
@@ -125,6 +130,16 @@ def expected_open(t: int, n: int) -> float:
     return 0.0 if 2 <= t < n - 2 else 1.0
 
 
+def bridge_has_image(k: int, index: int) -> bool:
+    """Which cameras a Bridge-layout fixture episode has (see the module doc)."""
+    return k in (0, 1) or (k == 3 and index % 3 == 1)
+
+
+def bridge_gripper(t: int, n: int) -> float:
+    """Raw Bridge gripper of fixture step t (before dropping step 0): settled 0.99 / 0.01, 0.6 half-way at t = 2."""
+    return 0.6 if t == 2 else 0.98 * expected_open(t, n) + 0.01
+
+
 def make_episode(name: str, features: Any, index: int, length: int, seed: int) -> dict:
     """One episode dict for `features`, with dataset-specific semantics (gripper, language, flags)."""
     rng = np.random.default_rng(seed * 1000 + index)
@@ -146,7 +161,12 @@ def make_episode(name: str, features: Any, index: int, length: int, seed: int) -
         if isinstance(s.get("action"), dict) and "gripper_closedness_action" in s["action"]:
             s["action"]["gripper_closedness_action"] = np.array([_gripper_rel(t, length)], np.float32)
         if name in ("bridge_dataset", "bridge") and not isinstance(s["action"], dict):
-            s["action"][6] = np.float32(expected_open(t, length) * 0.9 + 0.05)
+            s["action"][6] = np.float32(bridge_gripper(t, length))
+            if t == 0:
+                s["action"][:] = 0.0  # BridgeData V2's first action is all zero
+            for k in range(4):
+                if not bridge_has_image(k, index):
+                    obs[f"image_{k}"] = np.zeros_like(obs[f"image_{k}"])
         elif name == "bridge":
             s["action"]["open_gripper"] = bool(expected_open(t, length))
         if name == "taco_play":
@@ -167,7 +187,10 @@ def make_episode(name: str, features: Any, index: int, length: int, seed: int) -
         meta = ep["episode_metadata"]
         for k in ("episode_id", "file_path", "video_id"):
             if k in meta:
-                meta[k] = f"ep{index}"
+                meta[k] = f"ep{index}" if isinstance(features["episode_metadata"][k], F.Text) else np.int32(index)
+        for k in range(4):
+            if f"has_image_{k}" in meta:
+                meta[f"has_image_{k}"] = bridge_has_image(k, index)
         if "embodiment" in meta:
             meta["embodiment"] = "human" if name == "demo_human" else "robot"
             meta["task"] = "push"

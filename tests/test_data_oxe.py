@@ -49,16 +49,19 @@ def test_standardized_layout_and_values(name: str) -> None:
         i = int(tr["language"].decode().rsplit("ep", 1)[1])
         assert tr["language"].decode() == f"pick up the block ep{i}"
         n = 6 + i % 7
+        steps = _raw(name, i)["steps"]
+        first = 0
+        if oxe.get_spec(name).drop_first_step:  # bridge_dataset: OpenVLA's bridge_orig drops the all-zero step 0
+            first, n, steps = 1, n - 1, steps[1:]
         assert tr["action"].shape == (n, 7) and tr["action"].dtype == np.float32
         assert tr["proprio"].shape == (n, 8) and tr["proprio"].dtype == np.float32
         assert tr["action_valid"].shape == (n,) and tr["action_valid"].dtype == bool
         assert tr["image_primary"].shape == (n,) and all(len(b) > 0 for b in tr["image_primary"])
-        has_wrist = name in ("taco_play", "jaco_play", "bridge_dataset")
+        has_wrist = name in ("taco_play", "jaco_play") or (name == "bridge_dataset" and fx.bridge_has_image(3, i))
         assert all((len(b) > 0) == has_wrist for b in tr["image_wrist"])
-        steps = _raw(name, i)["steps"]
         a, p = tr["action"], tr["proprio"]
         if name in GRIPPER_CONVENTION:
-            np.testing.assert_array_equal(a[:, 6], [fx.expected_open(t, n) for t in range(n)])
+            np.testing.assert_array_equal(a[:, 6], [fx.expected_open(t, n + first) for t in range(first, n + first)])
         if not oxe.get_spec(name).has_actions:
             assert not tr["action_valid"].any() and not a.any() and not p.any()
             continue
@@ -190,6 +193,7 @@ def test_bridge_accepts_flat_bridge_v2_layout(tmp_path) -> None:
     trajs = _trajectories(str(tmp_path), "bridge")
     assert len(trajs) == 2
     for tr in trajs:
-        n = len(tr["action"])
-        np.testing.assert_array_equal(tr["action"][:, 6], [fx.expected_open(t, n) for t in range(n)])
-        assert all(len(b) > 0 for b in tr["image_wrist"])
+        n = len(tr["action"])  # the OXE copy keeps step 0 (all-zero action: gripper 0 = closed)
+        np.testing.assert_array_equal(tr["action"][:, 6], [0.0] + [fx.expected_open(t, n) for t in range(1, n)])
+        i = int(tr["language"].decode().rsplit("ep", 1)[1])
+        assert all((len(b) > 0) == fx.bridge_has_image(3, i) for b in tr["image_wrist"])
