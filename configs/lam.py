@@ -69,6 +69,7 @@ def base() -> ml_collections.ConfigDict:
         "root": "runs/demo/data", "datasets": ("demo_robot", "demo_human"), "weights": (1.0, 1.0),
         "train_split": "train", "eval_split": "val", "clip_len": 2, "offset": 30, "batch_size": 32,
         "cache_dir": "", "max_episodes": 0, "shuffle_buffer": 10_000,
+        "camera": "",  # '' = the registry's default camera; 'primary' | 'secondary' | 'wrist'
     })
     c.train = loop.default_config()
     t = c.train

@@ -45,6 +45,7 @@ def base() -> ml_collections.ConfigDict:
     c.data = ml_collections.ConfigDict({
         "root": "runs/demo/data", "datasets": ("demo_robot", "demo_human"), "weights": (1.0, 1.0),
         "history_offsets": (0,), "horizon": 1, "clip_stride": 0,  # 0 = the LAM's own frame offset
+        "camera": "",  # '' = each dataset's registry default camera; 'primary' | 'secondary' | 'wrist'
         "resolution": 64, "batch_size": 8, "shuffle_buffer": 10_000, "train_split": "train", "eval_split": "val",
         "eval_batches": 20, "reference_fps": 0.0,
     })

@@ -110,7 +110,7 @@ def config_fingerprint(config: Any, split: str | None = None) -> str:
 
     d = config.data
     split = split or d.train_split
-    camera = str(d.get("camera", "") or "")
+    camera = str(d.camera)
     srcs = sources(d.root, d.datasets, split, camera)
     return episodes.fingerprint(
         srcs, resolution=int(config.model.image_size), source=str(d.source), clip_len=int(d.clip_len),

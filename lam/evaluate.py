@@ -153,7 +153,7 @@ def evaluate(workdir: str, step: int | None = None, out_dir: str | None = None) 
     labeler = Labeler(cfg, variables)
     d = cfg.data
     tr, te = (lam_data.load_table(d.root, d.datasets, split, with_flow=False, cache_dir=d.cache_dir,
-                                  resolution=int(cfg.model.image_size), camera=str(d.get("camera", "") or ""))
+                                  resolution=int(cfg.model.image_size), camera=str(d.camera))
               for split in (d.train_split, d.eval_split))
     nb = int(cfg.eval.batches)
     train_c = collect(labeler, tr, cfg, nb, seed=1, recon=False)

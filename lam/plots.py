@@ -98,11 +98,17 @@ def psnr_plot(path: str, m: dict[str, Any]) -> None:
     plt.close(fig)
 
 
-def transfer_grid(path: str, cfg: ml_collections.ConfigDict, labeler: Any, table: lam_data.Table) -> np.ndarray:
-    """Latent transfer: rows per pair = A's frames, B's frames, B's first frame rolled out with A's codes."""
+def transfer_grid(path: str, cfg: ml_collections.ConfigDict, labeler: Any, table: lam_data.Table
+                  ) -> np.ndarray | None:
+    """Latent transfer: rows per pair = A's frames, B's frames, B's first frame rolled out with A's codes. None (no
+    file) when no episode has even one transition at the LAM's frame offset."""
     off, n_steps, pairs = int(cfg.data.offset), int(cfg.eval.transfer_steps), int(cfg.eval.transfer_episodes)
     rng = np.random.default_rng(0)
-    long_eps = np.flatnonzero(table.episode_len > off * n_steps + 1)
+    # short episodes (e.g. 10-step real clips): as many transfer steps as the longest episode allows
+    n_steps = max(1, min(n_steps, (int(table.episode_len.max()) - 1) // max(off, 1)))
+    long_eps = np.flatnonzero(table.episode_len > off * n_steps)
+    if not len(long_eps):
+        return None
     chosen = rng.choice(long_eps, size=2 * pairs, replace=len(long_eps) < 2 * pairs)
     dec = labeler.decode()
     rows = []
@@ -157,7 +163,8 @@ def write_all(out_dir: str, workdir: str, cfg: ml_collections.ConfigDict, labele
     probe_plot(paths["probes"], m)
     psnr_plot(paths["psnr"], m)
     recon_grid(paths["reconstructions"], cfg, labeler, table)
-    transfer_grid(paths["latent_transfer"], cfg, labeler, table)
+    if transfer_grid(paths["latent_transfer"], cfg, labeler, table) is None:
+        paths.pop("latent_transfer")
     return paths
 
 

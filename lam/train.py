@@ -20,6 +20,7 @@ import ml_collections
 import numpy as np
 
 from lam import config as lam_config
+from lam import data as lam_data
 from lam import losses
 from lam.model import LatentActionModel, count_params
 from lam.quantizer import perplexity, replace_dead_codes, usage
@@ -114,11 +115,9 @@ def make_data(config: ml_collections.ConfigDict, *, split: str | None = None, se
     target = config.loss.flow_target
     gt_flow = want_flow and target == "ground_truth"
     if d.source == "memory":
-        from lam import data as lam_data
-
         table = lam_data.load_table(d.root, d.datasets, split, with_flow=gt_flow,
                                     max_episodes=d.max_episodes or None, cache_dir=d.cache_dir,
-                                    resolution=int(config.model.image_size), camera=str(d.get("camera", "") or ""))
+                                    resolution=int(config.model.image_size), camera=str(d.camera))
         it = lam_data.ClipSampler(table, batch_size=d.batch_size, clip_len=d.clip_len, offset=d.offset, seed=seed,
                                   weights=d.weights, with_flow=gt_flow)
     elif d.source == "pipeline":
@@ -193,7 +192,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, resume: bool = Fal
                     init_fn=init_fn,
                     loss_fn=make_loss_fn(config), data=it, assets=assets, items_per_step=clips, item_name="clips",
                     hooks=[UsageLog(workdir, config.train.log.every)], batch_fn=keep_train_keys, full_config=config,
-                    batch_size=config.data.batch_size)
+                    batch_size=config.data.batch_size, data_fingerprint=lam_data.config_fingerprint(config))
 
 
 def main(argv: list[str]) -> None:

@@ -140,13 +140,14 @@ def build(config: ml_collections.ConfigDict, latent: LatentLabeler | None, *, to
 
 def make_data(setup: Setup, split: str, seed: int) -> Iterator:
     from data.loader import make_iterator
-    from data.mixture import Mixture, MixtureEntry, PipelineConfig
+    from data.mixture import PipelineConfig, mixture_from_lists
 
     d = setup.config.data
-    mixture = Mixture(setup.config.recipe or "vla",
-                      tuple(MixtureEntry(n, float(w)) for n, w in zip(d.datasets, d.weights, strict=True)))
+    # entries are `name[:version][@root]` (data/mixture.py ENTRY_SYNTAX): datasets from several roots mix
+    mixture = mixture_from_lists(setup.config.recipe or "vla", d.datasets, d.weights)
     cfg = PipelineConfig(data_root=d.root, window=setup.window, global_batch_size=d.batch_size,
-                         resolution=d.resolution, split=split, seed=seed, shuffle_buffer=d.shuffle_buffer)
+                         resolution=d.resolution, split=split, seed=seed, shuffle_buffer=d.shuffle_buffer,
+                         camera=d.camera)
     return make_iterator(mixture, cfg)
 
 
@@ -301,7 +302,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, resume: bool = Fal
                    hooks=[curves], batch_fn=host_batch_fn(setup, config.data.train_split),
                    loaded_params=_matching(load_init_checkpoint(config), make_init_fn(setup)),
                    loaded_model_state={"frozen": setup.frozen_weights}, full_config=config,
-                   batch_size=config.data.batch_size)
+                   batch_size=config.data.batch_size, data_fingerprint=getattr(data, "data_fingerprint", None))
     summary: dict[str, Any] = {"recipe": config.recipe, "preset": config.preset, "steps": res.step,
                                "sequence_length": spec.length, "train": curves.write(workdir)}
     if config.data.eval_batches > 0 and jax.process_index() == 0:

@@ -283,6 +283,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, resume: bool = Fal
           train_frames: np.ndarray | None = None, val: np.ndarray | None = None) -> loop.RunResult:
     """Runs the recipe; `train_frames` / `val` (uint8 [N,R,R,3]) override reading `config.data` (tests)."""
     d = config.data
+    fingerprint = data_fingerprint(config) if train_frames is None else None  # frames passed in: nothing to check
     # a bad mesh / batch fails before loading frames
     loop.validate(config.train, batch_size=d.global_batch_size, batch_name="data.global_batch_size")
     workdir = os.path.abspath(workdir)  # orbax needs absolute checkpoint paths
@@ -297,7 +298,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, resume: bool = Fal
         config=config.train, workdir=workdir, resume=resume, overwrite=overwrite, init_fn=make_init_fn(config),
         loss_fn=make_loss_fn(config), data=sampler, items_per_step=d.global_batch_size, item_name="images",
         assets={"vqgan_config.json": mcfg.to_dict()}, hooks=[make_eval_hook(config, workdir, val)],
-        full_config=config, batch_size=d.global_batch_size,
+        full_config=config, batch_size=d.global_batch_size, data_fingerprint=fingerprint,
     )
 
 

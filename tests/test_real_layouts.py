@@ -271,7 +271,6 @@ def test_lam_train_evaluate_label_on_bridge(bridge_root, tmp_path) -> None:
     cfg.loss.flow_target = "farneback"
     cfg.train.total_steps = 2
     cfg.eval.batches, cfg.eval.batch_size = 2, 8
-    cfg.eval.transfer_steps = 3  # lam/plots.transfer_grid needs an episode longer than offset x transfer_steps + 1
     res = lam_train.train(cfg, str(tmp_path / "run"), overwrite=True)
     assert res.step == 2 and math.isfinite(res.metrics["loss"])
     m = lam_eval.evaluate(str(tmp_path / "run"))
