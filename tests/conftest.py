@@ -25,18 +25,21 @@ if JAX_CACHE_DIR:
     # cache every program: the default 1 s floor would skip most of the tiny ones, which are the many
     os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
     os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "-1")
+    # entries go stale as the code changes: least recently used ones are evicted past 2 GiB (the suite needs ~0.1 GiB)
+    os.environ.setdefault("JAX_COMPILATION_CACHE_MAX_SIZE", str(2 << 30))
 
 import jax  # noqa: E402  (the environment above must be set first)
 import pytest  # noqa: E402
 from shared_assets import DEMO_DATA  # noqa: E402
 
 assert jax.device_count() == 8, f"expected 8 fake CPU devices, got {jax.device_count()} (was JAX imported earlier?)"
-if JAX_CACHE_DIR:  # the env vars are read at import; repeat them as config so a pre-set JAX_* cannot half-apply
+if JAX_CACHE_DIR:  # the environment is what subprocesses inherit; this process gets the same settings explicitly
     jax.config.update("jax_compilation_cache_dir", os.environ["JAX_COMPILATION_CACHE_DIR"])
     jax.config.update("jax_persistent_cache_min_compile_time_secs",
                       float(os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"]))
     jax.config.update("jax_persistent_cache_min_entry_size_bytes",
                       int(os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"]))
+    jax.config.update("jax_compilation_cache_max_size", int(os.environ["JAX_COMPILATION_CACHE_MAX_SIZE"]))
 
 
 @pytest.fixture(scope="session")

@@ -10,6 +10,7 @@ import pytest
 
 from data.demo import render as render_lib
 from data.demo import world as world_lib
+from data.demo import writer
 from lam import flow_targets
 
 
@@ -53,11 +54,12 @@ def test_clip_flow_masks_invalid_frames_and_checks_input() -> None:
         flow_targets.clip_flow(clip.astype(np.float32))
 
 
-def test_lam_trains_on_rlds_pipeline_with_farneback_flow(tmp_path, demo_data) -> None:
+def test_lam_trains_on_rlds_pipeline_with_farneback_flow(tmp_path) -> None:
     from configs import lam as lam_configs
     from lam import train as lam_train
 
-    root = demo_data  # the session's shared demo datasets (conftest): 64 px, read-only here
+    root = str(tmp_path / "data")
+    writer.write_datasets(root, writer.GenerationConfig(episodes=2, val_episodes=1, num_shards=1), progress=False)
     cfg = lam_configs.get_config("lapa_tiny")
     cfg.data.source, cfg.data.root, cfg.data.cache_dir, cfg.data.shuffle_buffer = "pipeline", root, "", 64
     cfg.data.batch_size = 8
