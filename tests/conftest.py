@@ -1,4 +1,13 @@
-"""Test-wide setup: 8 fake CPU devices (set before JAX is imported), quiet TensorFlow, no network."""
+"""Test-wide setup: 8 fake CPU devices (set before JAX is imported), quiet TensorFlow, no network, a persistent JAX
+compilation cache, and session-scoped demo artefacts shared by every module.
+
+The compilation cache. Most of the suite's time is XLA compiling tiny models; many tests build the same program
+again (a fresh `jax.jit(...)` of the same init / step has an empty in-memory cache but the same HLO), and every run
+of the suite compiles the same programs as the last one. A persistent cache keyed by the HLO turns both into a disk
+read. It lives outside the repository (`~/.cache/latent-vla/jax-tests`, or `$LATENT_VLA_TEST_JAX_CACHE`; set that
+to an empty string to switch it off) and is set through the environment, so the subprocesses some tests start
+(training workers, script CLIs) share it. JAX treats the cache directory as trusted: keep it private to your user.
+"""
 
 import os
 
@@ -9,6 +18,43 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-import jax
+JAX_CACHE_DIR = os.environ.get("LATENT_VLA_TEST_JAX_CACHE",
+                               os.path.join(os.path.expanduser("~"), ".cache", "latent-vla", "jax-tests"))
+if JAX_CACHE_DIR:
+    os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", JAX_CACHE_DIR)
+    # cache every program: the default 1 s floor would skip most of the tiny ones, which are the many
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "-1")
+    # entries go stale as the code changes: least recently used ones are evicted past 2 GiB (the suite needs ~0.1 GiB)
+    os.environ.setdefault("JAX_COMPILATION_CACHE_MAX_SIZE", str(2 << 30))
+
+import jax  # noqa: E402  (the environment above must be set first)
+import pytest  # noqa: E402
+from shared_assets import DEMO_DATA  # noqa: E402
 
 assert jax.device_count() == 8, f"expected 8 fake CPU devices, got {jax.device_count()} (was JAX imported earlier?)"
+if JAX_CACHE_DIR:  # the environment is what subprocesses inherit; this process gets the same settings explicitly
+    jax.config.update("jax_compilation_cache_dir", os.environ["JAX_COMPILATION_CACHE_DIR"])
+    jax.config.update("jax_persistent_cache_min_compile_time_secs",
+                      float(os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"]))
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes",
+                      int(os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"]))
+    jax.config.update("jax_compilation_cache_max_size", int(os.environ["JAX_COMPILATION_CACHE_MAX_SIZE"]))
+
+
+@pytest.fixture(scope="session")
+def demo_data_written(tmp_path_factory) -> tuple[str, list[dict]]:
+    """(root, writer summaries) of small demo-world RLDS datasets (demo_robot / demo_human, `DEMO_DATA`: 3 train +
+    2 val episodes each, 64 px, up to 40 steps, 2 shards), written once per session instead of once per module.
+    Read-only for tests: write your own copy to change anything."""
+    from data.demo import writer
+
+    root = str(tmp_path_factory.mktemp("demo_data"))
+    summaries = writer.write_datasets(root, writer.GenerationConfig(**DEMO_DATA), progress=False)
+    return root, summaries
+
+
+@pytest.fixture(scope="session")
+def demo_data(demo_data_written) -> str:
+    """Root of the session's shared demo RLDS datasets (see `demo_data_written`)."""
+    return demo_data_written[0]

@@ -9,6 +9,7 @@ import sys
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
+from shared_assets import DEMO_DATA
 
 from data.demo import writer
 from data.demo.world import DemoWorld, WorldConfig
@@ -18,10 +19,10 @@ SMALL = dict(episodes=3, val_episodes=2, num_shards=2, max_steps=40)
 
 
 @pytest.fixture(scope="module")
-def demo_dir(tmp_path_factory):
-    out = str(tmp_path_factory.mktemp("demo"))
-    summaries = writer.write_datasets(out, writer.GenerationConfig(**SMALL), progress=False)
-    return out, summaries
+def demo_dir(demo_data_written):
+    """The session's shared demo datasets (conftest), written with exactly SMALL."""
+    assert writer.GenerationConfig(**DEMO_DATA) == writer.GenerationConfig(**SMALL)
+    return demo_data_written
 
 
 def test_datasets_load_offline_with_declared_features(demo_dir):

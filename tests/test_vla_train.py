@@ -6,20 +6,16 @@ from __future__ import annotations
 import json
 import os
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from shared_assets import tiny_labeler
 from vla_fixtures import write_tokenizers
 
-from configs import lam as lam_configs
 from configs import lapa as lapa_configs
 from configs import vipra as vipra_configs
-from data.demo import writer
-from lam import train as lam_train
-from lam.label import Labeler, fold_shift
 from latent_pretraining import objective
 from latent_pretraining import train as vla_train
 from latent_pretraining.convert import checkpoint as ckpt_convert
@@ -28,23 +24,15 @@ from latent_pretraining.model.video_llama import init_params
 
 
 @pytest.fixture(scope="module")
-def assets(tmp_path_factory) -> dict[str, str]:
+def assets(tmp_path_factory, demo_data) -> dict[str, str]:
     root = tmp_path_factory.mktemp("vla")
-    data = str(root / "data")
-    writer.write_datasets(data, writer.GenerationConfig(episodes=3, val_episodes=2, resolution=64, num_shards=1,
-                                                        max_steps=40), progress=False)
     tok, vq_path = write_tokenizers(root)
-    return {"data": data, "tokenizer": tok, "vqgan": vq_path, "root": str(root)}
+    return {"data": demo_data, "tokenizer": tok, "vqgan": vq_path, "root": str(root)}
 
 
 def _labeler(preset: str) -> tuple:
-    cfg = lam_configs.get_config(preset)
-    cfg.data.cache_dir = ""
-    variables = fold_shift(nn.meta.unbox(jax.jit(lam_train.make_init_fn(cfg))(jax.random.PRNGKey(0))))
-    lab = Labeler(cfg, variables)
-    info = {"codebook_size": int(cfg.model.codebook_size), "codes_per_step": lab.codes,
-            "clip_len": int(cfg.data.clip_len), "offset": int(cfg.data.offset)}
-    return lab.fn, variables, info
+    """A frozen random LAM (weights from the init's shapes, no init compile): the trainer only needs its labels."""
+    return tiny_labeler(preset)
 
 
 def _config(module, assets: dict[str, str]):

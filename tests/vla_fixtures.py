@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import pathlib
 
 from latent_pretraining.model import vqgan
@@ -11,10 +12,16 @@ TINY_VQGAN = vqgan.VQGANConfig(resolution=64, hidden_channels=8, channel_mult=(1
                                z_channels=8, num_embeddings=32, embed_dim=8, num_groups=4)  # 64 px -> 4x4 ids
 
 
+@functools.cache
+def _sentencepiece_model() -> bytes:
+    """The demo SentencePiece model, trained once per session (training is deterministic, so every copy is equal)."""
+    return train_sentencepiece(demo_corpus(), vocab_size=512)
+
+
 def write_tokenizers(root: pathlib.Path) -> tuple[str, str]:
     """(text tokenizer .model path, random tiny VQGAN .safetensors path) written under `root`."""
     tok = root / "tokenizer.model"
-    tok.write_bytes(train_sentencepiece(demo_corpus(), vocab_size=512))
+    tok.write_bytes(_sentencepiece_model())
     vq_path = str(root / "vqgan.safetensors")
     vqgan.save_tokenizer(vq_path, vqgan.init_params(TINY_VQGAN), TINY_VQGAN)
     return str(tok), vq_path
