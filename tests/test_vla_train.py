@@ -14,8 +14,11 @@ import pytest
 from shared_assets import tiny_labeler
 from vla_fixtures import write_tokenizers
 
+from configs import lam as lam_configs
 from configs import lapa as lapa_configs
 from configs import vipra as vipra_configs
+from lam import train as lam_train
+from lam.label import Labeler
 from latent_pretraining import objective
 from latent_pretraining import train as vla_train
 from latent_pretraining.convert import checkpoint as ckpt_convert
