@@ -76,7 +76,8 @@ def test_expert_high_random_low(family):
     200 seeds measured: random touch_block progress 0.14, push_direction 0.03, the long families <= 0.03)."""
     seeds = range(1000, 1040 if family in ("touch_block", "push_direction") else 1016)  # long ones: 16 (time)
     ok, prog, _ = _scores(ScriptedExpert(), family, seeds)
-    assert ok >= 0.95 and prog >= 0.95, (family, ok, prog)
+    short = family in ("touch_block", "push_direction")  # 200 seeds: long families 99.0-100 %, one miss in 16 is ok
+    assert ok >= (0.95 if short else 0.9) and prog >= (0.95 if short else 0.9), (family, ok, prog)
     ok, prog, _ = _scores(RandomPolicy(), family, seeds)
     assert ok <= 0.10 and prog <= 0.25, (family, ok, prog)
 

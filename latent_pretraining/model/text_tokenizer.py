@@ -202,6 +202,10 @@ def demo_instructions() -> list[str]:
             for a in tasks.COLORS:
                 if family == "push_to_region":
                     out.update(template.format(a=a, region=region) for region in tasks.REGIONS)
+                elif family == "push_direction":
+                    out.update(template.format(a=a, direction=d) for d in tasks.DIRECTIONS)
+                elif family == "touch_block":
+                    out.add(template.format(a=a))
                 else:
                     out.update(template.format(a=a, b=b) for b in tasks.COLORS if b != a)
     return sorted(out)
