@@ -128,9 +128,9 @@ def generate_data(data_dir: str, cfg: writer.GenerationConfig, out: str) -> None
 
 
 def data_figures(summaries: list[dict]) -> str:
-    """'robot 170 episodes / 9000 steps (expert success 96.7%), human ...' (train + val episodes)"""
-    return ", ".join(f"{s['dataset'].split('/')[0].removeprefix('demo_')} {s['episodes']} episodes / {s['steps']} "
-                     f"steps (expert success {100 * s['success_rate']:.1f}%)" for s in summaries)
+    """'robot 170 ep / 9000 steps (expert 97%), human 170 ep / 9500 steps (expert 100%)' (train + val episodes)"""
+    return ", ".join(f"{s['dataset'].split('/')[0].removeprefix('demo_')} {s['episodes']} ep / {s['steps']} steps "
+                     f"(expert {100 * s['success_rate']:.0f}%)" for s in summaries)
 
 
 def finish(out: str, start: float) -> None:

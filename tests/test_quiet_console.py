@@ -135,7 +135,7 @@ def test_demo_data_stage_console(tmp_path):
     lines = (r.stdout + r.stderr).splitlines()
     assert not [ln for ln in lines if BANNED.search(ln) or "WARNING" in ln], lines
     assert lines[0].startswith("[1/5] demo datasets: generating 2 episodes")
-    assert re.match(r"  data done in \d+ s: robot \d+ episodes / \d+ steps \(expert success", lines[1])
+    assert re.match(r"  data done in \d+ s: robot \d+ ep / \d+ steps \(expert \d+%\), human", lines[1])
     assert any(ln.split()[:2] == ["data", "ran"] for ln in lines)
     assert len(lines) <= 8, lines
     assert (out / "index.html").is_file() and (out / "logs" / "data.log").is_file()
