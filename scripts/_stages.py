@@ -86,7 +86,7 @@ def run_stage(name: str, cmd: list[str], out: str, done: str, redo: set[str], *,
         bar.close()
     seconds = time.time() - t0
     if code:
-        record(StageRecord(name, "failed", seconds, f"exit {code}", log_path), None)
+        record(StageRecord(name, "failed", seconds, f"exit {code}", log_path), logs)  # the report shows it too
         print(f"  ! {name} failed after {seconds:.0f} s; last lines of {log_path}:", flush=True)
         for line in log_tail(log_path):
             print("      " + line, flush=True)

@@ -94,6 +94,7 @@ def test_failed_stage_shows_the_reason_not_the_noise(tmp_path, capsys):
     assert "ValueError: the actual reason" in text
     assert not [ln for ln in text.splitlines() if re.search(r"absl|oneDNN|InitializeLog|Instructions for", ln)]
     assert _stages.STAGES[-1].status == "failed"
+    assert json.loads((tmp_path / "run" / "logs" / "bad.stage.json").read_text())["status"] == "failed"
 
 
 def test_child_env_adds_quiet_defaults_but_keeps_the_users_choice():
