@@ -1,13 +1,16 @@
-"""Single place where TensorFlow / TFDS are imported: hides accelerators from TF so it never touches GPU/TPU memory."""
+"""Single place where TensorFlow / TFDS are imported: hides accelerators from TF so it never touches GPU/TPU memory,
+and keeps their console noise off (core/quiet.py: C++ log level, TFDS progress bars, deprecation notices)."""
 
 from __future__ import annotations
 
-import os
+from core import quiet
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+quiet.apply_env()  # before the import: the C++ log level is read when TensorFlow loads
 
-import tensorflow as tf
-import tensorflow_datasets as tfds
+import tensorflow as tf  # noqa: E402
+import tensorflow_datasets as tfds  # noqa: E402
+
+quiet.silence_python()
 
 try:
     tf.config.set_visible_devices([], "GPU")

@@ -1,39 +1,226 @@
 """Shared by scripts/demo.py and scripts/compare.py: run a pipeline stage as a subprocess, reuse it when its
-outputs exist and were made by the same command, echo its meaningful output and keep the full log."""
+outputs exist and were made by the same command, and keep the console compact.
 
+What a stage shows on the console (its full output goes to OUT/logs/<name>.log only):
+
+      > vqgan: python -m latent_pretraining.vqgan_train --config=... (log: runs/demo/logs/vqgan.log)
+      vqgan: 100%|#####| 800/800 [02:01<00:00, 6.6 step/s]          (a terminal only; the trainer's "step N" lines)
+      vqgan done in 121 s: PSNR 24.10 dB (baseline 20.31 dB), 87% of codes used
+
+and `summary_table()` lists every stage at the end (status, time, headline figure, outputs). Each finished stage
+also leaves OUT/logs/<name>.stage.json (seconds, headline, outputs), which a later reuse and the run report read.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
 import json
 import os
 import re
 import subprocess
+import sys
 import time
+from collections.abc import Sequence
 
-NOISE = re.compile(r"^[IWD]\d{4} |^WARNING: All log|^I0000|oneDNN|Instructions for updating|CounterV2|ordered dataset")
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from core import quiet
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# lines worth showing when a stage fails (the tail of its log without the third-party chatter)
+NOISE = re.compile(r"^[IWD]\d{4} |^WARNING: All log|^I0000|oneDNN|Instructions for updating|CounterV2|ordered dataset"
+                   r"|absl::InitializeLog|^\s*$")
+STEP = re.compile(r"(?:^|\] )step (\d+)\b")  # the trainers' plain progress line: "step 100 | loss=... | ..."
+FAIL_TAIL = 15
 
 
-def run_stage(name: str, cmd: list[str], out: str, done: str, redo: set[str]) -> bool:
-    """Runs `cmd` unless `done` exists and was made by the same command (returns whether it ran); echoes the
-    non-noise lines of its output."""
-    stamp = os.path.join(out, "logs", f"{name}.cmd.json")
+@dataclasses.dataclass
+class StageRecord:
+    """One row of the final summary table."""
+
+    name: str
+    status: str  # "ran" | "reused" | "failed"
+    seconds: float
+    headline: str
+    outputs: str
+
+
+STAGES: list[StageRecord] = []  # every stage of this process, in order (demo.py and compare.py append to it)
+
+
+def run_stage(name: str, cmd: list[str], out: str, done: str, redo: set[str], *, total: int | None = None) -> bool:
+    """Runs `cmd` unless `done` exists and was made by the same command (returns whether it ran).
+
+    Console: a start line with the command and the log path, a progress bar over the trainer's steps (on a
+    terminal, when the number of steps is known: `total`, else read from the command's config), and one line of key
+    figures read from `done`. A failure prints the tail of the log and exits with one line naming the log."""
+    logs = os.path.join(out, "logs")
+    stamp = os.path.join(logs, f"{name}.cmd.json")
+    outputs = os.path.dirname(done) or "."
     if name not in redo and os.path.exists(done) and os.path.exists(stamp):
         with open(stamp) as f:
             if json.load(f) == cmd:
-                print(f"  reusing {name} ({done})", flush=True)
+                prev = _read_record(logs, name)
+                headline = figures(done) or (prev or {}).get("headline", "")
+                record(StageRecord(name, "reused", float((prev or {}).get("seconds", 0.0)), headline, outputs), logs)
+                print(f"  = {name}: reusing {outputs}" + (f": {headline}" if headline else ""), flush=True)
                 return False
-    os.makedirs(os.path.join(out, "logs"), exist_ok=True)
-    print(f"  $ {' '.join(cmd[1:])}", flush=True)
+    os.makedirs(logs, exist_ok=True)
+    log_path = os.path.join(logs, f"{name}.log")
+    print(f"  > {name}: {display_command(cmd)}  (log: {log_path})", flush=True)
     t0 = time.time()
-    with open(os.path.join(out, "logs", f"{name}.log"), "w") as log:
-        p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
+    total = total if total is not None else total_steps(cmd)
+    bar = _bar(name, total)
+    with open(log_path, "w") as log:
+        p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
+                             env=quiet.child_env())
+        assert p.stdout is not None
         for line in p.stdout:
             log.write(line)
-            if not NOISE.search(line) and line.strip():
-                print("    " + line.rstrip()[:160], flush=True)
-        if p.wait():
-            raise SystemExit(f"stage {name} failed (exit {p.returncode}); see {log.name}")
+            m = STEP.search(line)
+            if bar is not None and m:
+                bar.update(max(0, min(int(m.group(1)), bar.total or 1 << 62) - bar.n))
+        code = p.wait()
+    if bar is not None:
+        bar.close()
+    seconds = time.time() - t0
+    if code:
+        record(StageRecord(name, "failed", seconds, f"exit {code}", log_path), logs)  # the report shows it too
+        print(f"  ! {name} failed after {seconds:.0f} s; last lines of {log_path}:", flush=True)
+        for line in log_tail(log_path):
+            print("      " + line, flush=True)
+        raise SystemExit(f"stage {name} failed (exit {code}); see {log_path}")
     with open(stamp, "w") as f:
         json.dump(cmd, f)
-    print(f"  {name} done in {time.time() - t0:.0f} s", flush=True)
+    headline = figures(done)
+    record(StageRecord(name, "ran", seconds, headline, outputs), logs)
+    print(f"  {name} done in {seconds:.0f} s" + (f": {headline}" if headline else ""), flush=True)
     return True
+
+
+def record(rec: StageRecord, logs: str | None) -> None:
+    """Adds a row to STAGES and (with `logs`) keeps it as logs/<name>.stage.json for later reuse and the report."""
+    STAGES.append(rec)
+    if logs is not None:
+        os.makedirs(logs, exist_ok=True)
+        with open(os.path.join(logs, f"{rec.name}.stage.json"), "w") as f:
+            json.dump(dataclasses.asdict(rec), f, indent=1)
+
+
+def _read_record(logs: str, name: str) -> dict | None:
+    try:
+        return load_json(os.path.join(logs, f"{name}.stage.json"))
+    except (OSError, ValueError):
+        return None
+
+
+def display_command(cmd: Sequence[str]) -> str:
+    """The command as the user would type it: `python` for the interpreter's full path."""
+    if not cmd:
+        return ""
+    is_python = cmd[0] == sys.executable or os.path.basename(cmd[0]).startswith("python")
+    return " ".join(["python" if is_python else cmd[0], *cmd[1:]])
+
+
+def total_steps(cmd: Sequence[str]) -> int | None:
+    """train.total_steps of a trainer command: its --config.train.total_steps override, else the preset's value
+    (configs are pure functions of the preset name, so loading one here is cheap); None when unknown."""
+    for a in cmd:
+        if a.startswith("--config.train.total_steps="):
+            try:
+                return int(a.split("=", 1)[1])
+            except ValueError:
+                return None
+    arg = next((a.split("=", 1)[1] for a in cmd if a.startswith("--config=")), None)
+    if arg is None:
+        return None
+    path, _, preset = arg.partition(":")
+    try:
+        spec = importlib.util.spec_from_file_location("_stage_config", os.path.join(ROOT, path))
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+        config = mod.get_config(preset) if preset else mod.get_config()
+        return int(config.train.total_steps)
+    except Exception:  # only the progress bar's length depends on it: no bar is better than no run
+        return None
+
+
+def _bar(name: str, total: int | None):
+    """A tqdm bar on a terminal (stderr), None otherwise: a log file or a pipe gets no carriage-return frames."""
+    if not total or not sys.stderr.isatty():
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=f"    {name}", unit="step", dynamic_ncols=True, leave=False)
+
+
+def log_tail(path: str, n: int = FAIL_TAIL) -> list[str]:
+    """The last `n` lines of a log that are not third-party noise (what explains a failure)."""
+    with open(path, errors="replace") as f:
+        lines = [ln.rstrip()[:200] for ln in f if not NOISE.search(ln)]
+    return lines[-n:]
+
+
+# ------------------------------------------------------------------------------------------------- key figures
+def figures(done: str) -> str:
+    """One line of the key figures in a stage's result file (by its name); '' when it has none."""
+    try:
+        d = load_json(done) if done.endswith(".json") else None
+    except (OSError, ValueError):
+        return ""
+    if not isinstance(d, dict):
+        return ""
+    base = os.path.basename(done)
+    if base == "eval.json" and "psnr" in d:  # VQGAN
+        line = f"PSNR {d['psnr']:.2f} dB"
+        if "baseline_psnr" in d:
+            line += f" (same-bit-budget baseline {d['baseline_psnr']:.2f} dB)"
+        if "codebook_used_frac" in d:
+            line += f", {100 * d['codebook_used_frac']:.0f}% of codes used"
+        return line
+    if base == "metrics.json" and "codebook/perplexity" in d:  # LAM evaluation
+        parts = [f"perplexity {d['codebook/perplexity']:.2f} of {d.get('codebook/size', '?')}"]
+        if "probe/direction_acc" in d:
+            parts.append(f"direction probe {d['probe/direction_acc']:.3f} (majority "
+                         f"{d.get('probe/direction_majority', float('nan')):.3f})")
+        if "recon/psnr" in d:
+            copy_last = d.get("recon/psnr_copy_last", float("nan"))
+            parts.append(f"PSNR {d['recon/psnr']:.2f} dB vs copy-last {copy_last:.2f} dB")
+        return ", ".join(parts)
+    if base == "closed_loop.json" and "success_rate" in d:  # a policy's closed-loop evaluation
+        lo, hi = d.get("ci95", (float("nan"), float("nan")))
+        return (f"success {100 * d['success_rate']:.1f}% [{100 * lo:.1f}, {100 * hi:.1f}] "
+                f"({d.get('successes', '?')}/{d.get('episodes', '?')})")
+    if base == "summary.json" and isinstance(d.get("eval"), dict):  # VideoLLaMA pretraining
+        e, t = d["eval"], d.get("train", {})
+        parts = []
+        if "acc_latent" in e:
+            parts.append(f"latent-action acc {e['acc_latent']:.3f} (chance {e.get('latent_chance', float('nan')):.3f}"
+                         f", majority {e.get('latent_majority', float('nan')):.3f})")
+        if "acc_vision" in e:
+            parts.append(f"future-frame token acc {e['acc_vision']:.3f}")
+        if isinstance(t.get("loss_flow"), dict) and "loss_flow" in e:
+            parts.append(f"flow loss {t['loss_flow']['first_10pct']:.3f} -> {t['loss_flow']['last_10pct']:.3f} "
+                         f"(held-out {e['loss_flow']:.3f})")
+        return ", ".join(parts)
+    return ""
+
+
+def summary_table(stages: Sequence[StageRecord] | None = None) -> str:
+    """The end-of-run table: stage, status, time, headline figure, outputs (plain text, aligned)."""
+    rows = [("stage", "status", "time", "headline", "outputs")]
+    for s in STAGES if stages is None else stages:
+        rows.append((s.name, s.status, duration(s.seconds), s.headline or "-", s.outputs))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows)
+
+
+def duration(seconds: float) -> str:
+    if seconds < 60:
+        return f"{seconds:.0f} s"
+    m, s = divmod(round(seconds), 60)
+    return f"{m // 60}h{m % 60:02d}m" if m >= 60 else f"{m}m{s:02d}s"
 
 
 def load_json(path: str) -> dict:

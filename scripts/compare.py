@@ -60,6 +60,9 @@ def main(argv: list[str] | None = None) -> int:
     plot_success_vs_demos(results, os.path.join(a.out, "success_vs_demos.png"))
     print(table)
     print(f"wrote {a.out}/comparison.md and {a.out}/success_vs_demos.png")
+    import report
+
+    print("report: {} (also {})".format(*report.write_report(a.out)))
     return 0
 
 

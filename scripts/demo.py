@@ -7,8 +7,10 @@
      flow-matching co-training (ViPRA) (configs/{lapa,vipra}.py:demo)          OUT/vla/{lapa,vipra}
   5. policies fine-tuned on the same labelled demos (scratch, LAPA, ViPRA;
      configs/policy.py) and evaluated closed loop (scripts/compare.py)          OUT/compare
-and prints the figures of every stage. A stage whose outputs exist (same command) is reused; --redo NAME reruns
-one. Full logs: OUT/logs/<stage>.log.
+The console shows per stage its command, a progress bar (on a terminal) and one line of key figures, then a table
+of all stages; third-party noise is kept off (core/quiet.py). Full logs: OUT/logs/<stage>.log. The run report is
+OUT/index.html (open it in a browser; the same as OUT/report.md; rebuild with `python scripts/report.py OUT`).
+A stage whose outputs exist (same command) is reused; --redo NAME reruns one.
 
     python scripts/demo.py --out runs/demo
 """
@@ -19,11 +21,15 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from core import quiet
 
-from _stages import load_json, run_stage
+quiet.apply_env()  # before anything loads TensorFlow, here or in a stage's subprocess
 
-from data.demo import report, writer
+import _stages  # noqa: E402
+from _stages import StageRecord, record, run_stage  # noqa: E402
+
+from data.demo import report as data_report  # noqa: E402
+from data.demo import writer  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -40,21 +46,22 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--redo", action="append", default=[], help="rerun a stage: vqgan, lam_lapa, lam_vipra, "
                    "vla_lapa, vla_vipra")
     a = p.parse_args(argv)
-    start, out, py, redo = time.time(), a.out, sys.executable, set(a.redo)
+    start = time.time()
+    try:
+        return run_all(a)
+    finally:
+        finish(a.out, start)
+
+
+def run_all(a: argparse.Namespace) -> int:
+    """Stages 1-5 (each reused when its outputs exist and were made by the same command)."""
+    out, py, redo = a.out, sys.executable, set(a.redo)
     short = ([f"--config.train.total_steps={a.smoke}", f"--config.train.optimizer.warmup_steps={a.smoke // 10}"]
              if a.smoke else [])
     if a.smoke:
         a.vqgan_steps, a.compare_demos, a.compare_episodes = a.smoke, "4", 2
     data_dir = os.path.join(out, "data")
-    cfg = writer.GenerationConfig(episodes=a.episodes, seed=a.seed)
-    reused = writer.existing_summaries(data_dir, cfg)
-    if reused is None:
-        print(f"[1/5] generating demo datasets in {data_dir} ...", flush=True)
-        summaries = writer.write_datasets(data_dir, cfg, overwrite=True)
-    else:
-        print(f"[1/5] reusing demo datasets in {data_dir} (same generation config)", flush=True)
-        summaries = reused
-    print(report.format_summaries(summaries))
+    generate_data(data_dir, writer.GenerationConfig(episodes=a.episodes, seed=a.seed), out)
     if a.data_only:
         return 0
     vq = os.path.join(out, "vqgan")
@@ -86,7 +93,6 @@ def main(argv: list[str] | None = None) -> int:
                f"--config.latent.lam_workdir={os.path.join(out, 'lam', recipe)}",
                f"--config.text.tokenizer={os.path.join(out, 'text_tokenizer.model')}", *short]
         upstream |= run_stage(f"vla_{recipe}", cmd, out, os.path.join(wd, "summary.json"), redo)
-    print_figures(out)
     print("[5/5] policies: scratch vs LAPA vs ViPRA on the same labelled demos", flush=True)
     import compare
 
@@ -94,32 +100,54 @@ def main(argv: list[str] | None = None) -> int:
                   "--demos", a.compare_demos, "--episodes", str(a.compare_episodes)]
                  + (["--steps", str(a.smoke)] if a.smoke else [])
                  + (["--redo-all"] if upstream else []))
-    print(f"demo finished in {time.time() - start:.0f} s")
     return 0
 
 
-def print_figures(out: str) -> None:
-    vq = load_json(os.path.join(out, "vqgan", "eval.json"))
-    print(f"\nVQGAN: PSNR {vq['psnr']:.2f} dB (same-bit-budget baseline {vq['baseline_psnr']:.2f} dB), "
-          f"{100 * vq['codebook_used_frac']:.0f}% of codes used")
-    for fam in ("lapa", "vipra"):
-        m = load_json(os.path.join(out, "lam", fam, "eval", "metrics.json"))
-        print(f"LAM {fam}: perplexity {m['codebook/perplexity']:.2f} of {m['codebook/size']}, motion-direction probe "
-              f"{m['probe/direction_acc']:.3f} (majority {m['probe/direction_majority']:.3f}), position probe "
-              f"{m['probe/position_acc']:.3f} (majority {m['probe/position_majority']:.3f}), PSNR "
-              f"{m['recon/psnr']:.2f} dB vs copy-last {m['recon/psnr_copy_last']:.2f} dB")
-    for recipe in ("lapa", "vipra"):
-        s = load_json(os.path.join(out, "vla", recipe, "summary.json"))
-        e, t = s["eval"], s["train"]
-        line = (f"VideoLLaMA {recipe}: held-out latent-action accuracy {e['acc_latent']:.3f} (chance "
-                f"{e['latent_chance']:.3f}, majority code {e['latent_majority']:.3f})")
-        if "acc_vision" in e:
-            line += f", future-frame token accuracy {e['acc_vision']:.3f}"
-        if "loss_flow" in t:
-            line += (f", flow-matching loss {t['loss_flow']['first_10pct']:.3f} -> {t['loss_flow']['last_10pct']:.3f}"
-                     f" (first -> last 10% of steps; held-out {e['loss_flow']:.3f})")
-        print(line)
-    print(f"plots: {out}/lam/*/eval/*.png, {out}/vla/*/curves.png; TensorBoard: tensorboard --logdir {out}")
+def generate_data(data_dir: str, cfg: writer.GenerationConfig, out: str) -> None:
+    """Stage 1 (in this process): the demo datasets, reused when generated with the same config. The console gets
+    one line of figures; the per-dataset table goes to OUT/logs/data.log."""
+    reused = writer.existing_summaries(data_dir, cfg)
+    logs = os.path.join(out, "logs")
+    t0 = time.time()
+    if reused is None:
+        print(f"[1/5] demo datasets: generating {cfg.episodes} episodes per embodiment in {data_dir}", flush=True)
+        from data import tf_setup  # noqa: F401  (TensorFlow / TFDS loaded quietly: no TFDS bars, no notices)
+
+        summaries = writer.write_datasets(data_dir, cfg, overwrite=True, progress=sys.stderr.isatty())
+    else:
+        print(f"[1/5] demo datasets: reusing {data_dir} (same generation config)", flush=True)
+        summaries = reused
+    os.makedirs(logs, exist_ok=True)
+    with open(os.path.join(logs, "data.log"), "w") as f:
+        f.write(data_report.format_summaries(summaries) + "\n")
+    line = data_figures(summaries)
+    seconds = time.time() - t0 if reused is None else float((_stages._read_record(logs, "data") or {}).get(
+        "seconds", 0.0))
+    record(StageRecord("data", "ran" if reused is None else "reused", seconds, line, data_dir), logs)
+    print(f"  data {f'done in {seconds:.0f} s' if reused is None else 'reused'}: {line}", flush=True)
+
+
+def data_figures(summaries: list[dict]) -> str:
+    """'robot 170 ep / 9000 steps (expert 97%), human 170 ep / 9500 steps (expert 100%)' (train + val episodes)"""
+    return ", ".join(f"{s['dataset'].split('/')[0].removeprefix('demo_')} {s['episodes']} ep / {s['steps']} steps "
+                     f"(expert {100 * s['success_rate']:.0f}%)" for s in summaries)
+
+
+def finish(out: str, start: float) -> None:
+    """The summary table of every stage and the run report (OUT/index.html, OUT/report.md); also after a failed
+    stage, so a partial run still gets both. Nothing when no stage got as far as starting."""
+    if not _stages.STAGES:
+        return
+    import report
+
+    print(f"\ndemo finished in {time.time() - start:.0f} s\n" + _stages.summary_table(), flush=True)
+    try:
+        html, md = report.write_report(out)
+    except OSError as e:  # the run's own error (if any) is the one to report
+        print(f"run report not written: {e}", file=sys.stderr)
+        return
+    print(f"report: {html} (also {md}); full logs: {os.path.join(out, 'logs')}/; "
+          f"TensorBoard: tensorboard --logdir {out}", flush=True)
 
 
 if __name__ == "__main__":

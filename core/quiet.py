@@ -1,0 +1,74 @@
+"""The one place that silences third-party console noise (TensorFlow / TFDS / absl / oneDNN / gRPC).
+
+Two halves, because some of the noise is printed by C++ before any Python runs:
+
+* `ENV` — environment variables read by the native libraries at load time. `apply_env()` sets them in this
+  process (call it before TensorFlow is imported; `data/tf_setup.py` does) and `child_env()` returns an environment
+  for subprocesses (the demo's stages), so every child starts quiet too. A value the user already exported wins:
+  `TF_CPP_MIN_LOG_LEVEL=0 make demo` still shows everything (in the stage logs).
+* `silence_python()` — Python-side noise after import: TFDS's own progress bars ("Generating train examples…",
+  "Shuffling…"), TensorFlow's deprecation notices ("Instructions for updating: Use `tf.data.Dataset.counter(...)`"),
+  and `DeprecationWarning`/`FutureWarning` raised inside third-party packages.
+
+Our own logging (absl INFO lines of the trainers, their progress lines) is left alone: it is what a user reads.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import warnings
+from collections.abc import Mapping
+
+# TF_CPP_MIN_LOG_LEVEL=3: C++ INFO/WARNING/ERROR of TF and XLA (oneDNN notices, "All log messages before
+# absl::InitializeLog() ...", CPU-feature lines) are not printed; fatal errors still are. GLOG/GRPC: same for the
+# gRPC and glog-based parts.
+ENV: dict[str, str] = {
+    "TF_CPP_MIN_LOG_LEVEL": "3",
+    "GRPC_VERBOSITY": "ERROR",
+    "GLOG_minloglevel": "2",
+}
+_PACKAGES = ("tensorflow", "tensorflow_datasets", "absl", "keras", "tf_keras", "google.protobuf", "jax", "flax",
+             "orbax", "optax", "chex", "ml_collections", "array_record", "etils")
+
+
+def apply_env(env: Mapping[str, str] = ENV) -> None:
+    """Sets each of `env` in os.environ unless it is already set (call before importing TensorFlow)."""
+    for k, v in env.items():
+        os.environ.setdefault(k, v)
+
+
+def child_env(base: Mapping[str, str] | None = None) -> dict[str, str]:
+    """A copy of `base` (default os.environ) with the quiet defaults added (values already there win)."""
+    out = dict(os.environ if base is None else base)
+    for k, v in ENV.items():
+        out.setdefault(k, v)
+    out.setdefault("PYTHONUNBUFFERED", "1")  # a stage's lines reach its log (and the progress bar) as they happen
+    return out
+
+
+class ThirdPartyFilter(logging.Filter):
+    """Drops log records below ERROR that were emitted from inside TensorFlow / TFDS code."""
+
+    MARKERS = (f"{os.sep}tensorflow_datasets{os.sep}", f"{os.sep}tensorflow{os.sep}")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.ERROR or not any(m in record.pathname for m in self.MARKERS)
+
+
+def silence_python() -> None:
+    """Python-side noise off: third-party warnings, TF's deprecation logger, TFDS progress bars (if loaded)."""
+    for pkg in _PACKAGES:
+        for category in (DeprecationWarning, FutureWarning, PendingDeprecationWarning, UserWarning):
+            warnings.filterwarnings("ignore", category=category, module=pkg.replace(".", r"\.") + r"(\.|$)")
+    # TF's deprecation notices go through the "tensorflow" Python logger at WARNING level
+    logging.getLogger("tensorflow").setLevel(logging.ERROR)
+    # TFDS logs through absl's logger, which is also ours: drop only its records below ERROR ("Variant folder ...
+    # has no dataset_info.json" while a dataset is being written)
+    absl_logger = logging.getLogger("absl")
+    if not any(isinstance(f, ThirdPartyFilter) for f in absl_logger.filters):
+        absl_logger.addFilter(ThirdPartyFilter())
+    tfds = sys.modules.get("tensorflow_datasets")
+    if tfds is not None:
+        tfds.disable_progress_bar()
