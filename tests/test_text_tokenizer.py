@@ -80,8 +80,11 @@ def test_encode_batch_padding_and_truncation(tok: tt.TextTokenizer, caplog: pyte
 
 def test_demo_prompts_fit(tok: tt.TextTokenizer) -> None:
     instructions = tt.demo_instructions()
-    assert len(instructions) == len(set(instructions)) == 4 * 4 * 9 + 2 * 4 * 4 * 3
+    # phrasings x colours (x regions / other colours / directions): push_to_region, next_to + separate, touch_block,
+    # push_direction
+    assert len(instructions) == len(set(instructions)) == 4 * 4 * 9 + 2 * 4 * 4 * 3 + 4 * 4 + 4 * 4 * 4
     assert "push the red block to the top left corner" in instructions
+    assert {"touch the red block", "nudge the yellow block to the left", "push the blue block up"} <= set(instructions)
     lengths = [len(tok.encode(tt.format_prompt(i))) + 1 for i in instructions]  # + BOS
     print(f"demo prompt tokens (with BOS): max {max(lengths)}, mean {np.mean(lengths):.1f}")
     assert max(lengths) <= 64
