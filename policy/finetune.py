@@ -107,7 +107,8 @@ def finetune(config: ml_collections.ConfigDict, workdir: str, *, resume: bool = 
 
         policy = Policy.from_checkpoint(workdir)
         res = evaluate(policy, episodes=p.eval_episodes, seed=p.eval_seed,
-                       execute_steps=p.execute_steps or None, progress=False)
+                       execute_steps=p.execute_steps or None, progress=False,
+                       gif_dir=os.path.join(workdir, "rollouts"))  # the first episodes' GIFs, for the run report
         summary["closed_loop"] = res
         with open(os.path.join(workdir, "closed_loop.json"), "w") as f:
             json.dump(res, f, indent=2)
