@@ -20,7 +20,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from latent_pretraining.model.llama import LlamaForCausalLM, random_params
+from latent_pretraining.model.llama import LlamaForCausalLM, lm_loss, random_params
 from latent_pretraining.model.llama_config import LlamaConfig, preset
 
 
@@ -51,9 +51,7 @@ def make_step(cfg: LlamaConfig, lr: float = 1e-3) -> Callable:
     model = LlamaForCausalLM(cfg)
 
     def loss_fn(params: Any, tokens: jax.Array) -> jax.Array:
-        logits = model.apply(params, tokens[:, :-1]).logits
-        targets = tokens[:, 1:]
-        return jnp.mean(jax.nn.logsumexp(logits, -1) - jnp.take_along_axis(logits, targets[..., None], -1)[..., 0])
+        return lm_loss(model, params, tokens)
 
     def step(params: Any, tokens: jax.Array) -> tuple[Any, jax.Array]:
         loss, grads = jax.value_and_grad(loss_fn)(params, tokens)
