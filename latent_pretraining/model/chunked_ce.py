@@ -1,4 +1,4 @@
-"""Output head + cross-entropy over chunks of positions, rematerialized, so [B, n, V] float32 logits never exist at once.
+"""Output head + cross-entropy over chunks of positions, rematerialized: [B, n, V] f32 logits never exist at once.
 
 The plain path computes ``logits = hidden @ kernel`` for every scored position (f32 ``[B, n, V]``: 4 x 512 x 32000 x
 4 bytes = 262 MB for the benchmark config) and autodiff keeps them (plus the softmax) for the backward pass. Here the

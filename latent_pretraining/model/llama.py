@@ -23,7 +23,14 @@ import numpy as np
 from flax import struct
 
 from latent_pretraining.model import chunked_ce
-from latent_pretraining.model.attention import Attention, KVCache, MaskSpec, default_positions, make_attention_mask
+from latent_pretraining.model.attention import (
+    Attention,
+    KVCache,
+    MaskSpec,
+    default_positions,
+    key_block_ids,
+    make_attention_mask,
+)
 from latent_pretraining.model.llama_config import LlamaConfig, preset
 from latent_pretraining.model.llama_layers import MLP, Embed, Linear, RMSNorm, rope_sin_cos
 from latent_pretraining.training.sharding import with_logical_constraint
@@ -172,7 +179,16 @@ class LlamaModel(nn.Module):
             )
             kv, index = (cache.k, cache.v), cache.index
         sin, cos = rope_sin_cos(position_ids, cfg.dim_per_head, cfg.rope_theta)
-        spec = MaskSpec(attn_mask, causal=block_ids is None and mask is None)
+        causal = block_ids is None and mask is None
+        if mask is not None or plain:
+            spec = MaskSpec(attn_mask, causal=causal)
+        else:  # the mask's parts too, for blocked attention (LlamaConfig.attention_kv_block)
+            key_valid = attention_mask.astype(bool) if cache is None else valid
+            offset = 0 if cache is None else cache.index
+            k_block = None if block_ids is None else key_block_ids(block_ids, key_valid.shape[1], offset)
+            spec = MaskSpec(attn_mask, causal=causal, key_valid=key_valid, offset=offset,
+                            q_block=None if block_ids is None else block_ids.astype(jnp.int32), k_block=k_block,
+                            has_parts=True)
         x, new_kv = self.h(x, sin, cos, spec, kv, index)
         hidden = self.ln_f(x)
         new_cache = None
