@@ -139,3 +139,19 @@ def test_video_llama_objective_chunked_matches_plain() -> None:
         np.testing.assert_allclose(m1[k], m0[k], atol=1e-5, rtol=1e-5, err_msg=k)
     for a, b in zip(jax.tree.leaves(g1), jax.tree.leaves(g0), strict=True):
         np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.slow  # ~13 s on a busy machine (two compiles + steps)
+def test_benchmark_compare_lean_runs_interleaved(capsys) -> None:
+    from latent_pretraining import benchmark
+
+    assert benchmark.parse_lean("128, 0") == (128, 0)
+    with pytest.raises(SystemExit, match="LOSS_CHUNK,KV_BLOCK"):
+        benchmark.parse_lean("128")
+    argv = ["--hidden", "16", "--layers", "1", "--heads", "2", "--ffn", "32", "--vocab", "64", "--seq", "12",
+            "--batch", "1", "--steps", "1", "--rounds", "2", "--attention-chunk", "0", "--compare-lean", "5,4"]
+    assert benchmark.train_step_main(argv) == 0
+    out = capsys.readouterr().out
+    assert "5,4: loss_chunk=5 attention_kv_block=4" in out
+    lines = [line for line in out.splitlines() if "temporaries" in line]
+    assert len(lines) == 2 and "CPU / base" in lines[1]
