@@ -27,7 +27,8 @@ def base() -> ml_collections.ConfigDict:
             "tie_embeddings": placeholder(bool), "rope_theta": 1e4, "dtype": "float32", "param_dtype": "float32",
             "remat": "none", "scan_layers": True, "max_seq_len": 2048,
             "attention_impl": "auto",  # "xla", "cudnn" (GPU flash attention) or "auto" (JAX picks; XLA today)
-            "attention_q_chunk": placeholder(int)}),
+            "attention_q_chunk": placeholder(int), "loss_chunk": placeholder(int),
+            "attention_kv_block": placeholder(int)}),
         "vision_vocab_size": 0,  # 0 = VQGAN codebook + 2 (eof, eov); the lineage uses 8192 + 256 = 8448
         "latent_vocab_size": 0,  # 0 = LAM codebook (+ 1 separator when layout.latent_separator)
         "action_vocab_size": 256,  # action-bin head (LAPA fine-tuning); 0 = none

@@ -20,7 +20,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from latent_pretraining.model.llama import LlamaForCausalLM, random_params
+from latent_pretraining.model.llama import LlamaForCausalLM, lm_loss, random_params
 from latent_pretraining.model.llama_config import LlamaConfig, preset
 
 
@@ -51,9 +51,7 @@ def make_step(cfg: LlamaConfig, lr: float = 1e-3) -> Callable:
     model = LlamaForCausalLM(cfg)
 
     def loss_fn(params: Any, tokens: jax.Array) -> jax.Array:
-        logits = model.apply(params, tokens[:, :-1]).logits
-        targets = tokens[:, 1:]
-        return jnp.mean(jax.nn.logsumexp(logits, -1) - jnp.take_along_axis(logits, targets[..., None], -1)[..., 0])
+        return lm_loss(model, params, tokens)
 
     def step(params: Any, tokens: jax.Array) -> tuple[Any, jax.Array]:
         loss, grads = jax.value_and_grad(loss_fn)(params, tokens)
@@ -62,7 +60,8 @@ def make_step(cfg: LlamaConfig, lr: float = 1e-3) -> Callable:
     return jax.jit(step, donate_argnums=0)
 
 
-def time_ours(cfg: LlamaConfig, batch: int, seq: int, steps: int) -> tuple[tuple[list[float], list[float]], float]:
+def prepare_ours(cfg: LlamaConfig, batch: int, seq: int) -> tuple[Callable[[], None], Any, float]:
+    """``(run one step, compiled step, compile seconds)`` of our step on random tokens (params donated each call)."""
     params = random_params(cfg)
     tokens = jax.random.randint(jax.random.key(0), (batch, seq + 1), 0, cfg.vocab_size)
     step = make_step(cfg)
@@ -75,7 +74,43 @@ def time_ours(cfg: LlamaConfig, batch: int, seq: int, steps: int) -> tuple[tuple
         state["params"], loss = compiled(state["params"], tokens)
         loss.block_until_ready()
 
+    return run, compiled, compile_s
+
+
+def time_ours(cfg: LlamaConfig, batch: int, seq: int, steps: int) -> tuple[tuple[list[float], list[float]], float]:
+    run, _, compile_s = prepare_ours(cfg, batch, seq)
     return _timeit(run, steps), compile_s
+
+
+def temp_bytes(compiled: Any) -> int | None:
+    """XLA's temporary buffer bytes of a compiled executable (None where the backend does not say)."""
+    analysis = compiled.memory_analysis()
+    return None if analysis is None else int(analysis.temp_size_in_bytes)
+
+
+def interleaved(runs: dict[str, Callable[[], None]], rounds: int, steps: int) -> dict[str, tuple[list, list]]:
+    """Wall and CPU seconds per step of each runner, alternating runners every ``steps`` steps for ``rounds``
+    rounds (after one warm-up call each), so that load on a shared machine hits every variant alike."""
+    for fn in runs.values():
+        fn()
+    out: dict[str, tuple[list, list]] = {name: ([], []) for name in runs}
+    for _ in range(rounds):
+        for name, fn in runs.items():
+            wall, cpu = _timeit(fn, steps, warmup=0)
+            out[name][0].extend(wall)
+            out[name][1].extend(cpu)
+    return out
+
+
+def print_comparison(results: dict[str, tuple[list, list]], temps: dict[str, int | None], base: str) -> None:
+    """One line per variant: min / median wall, min CPU, temporaries, and the ratios to ``base``."""
+    bw, bc = min(results[base][0]), min(results[base][1])
+    for name, (wall, cpu) in results.items():
+        t = temps.get(name)
+        mb = f"{t / 2**20:.0f} MiB" if t is not None else "n/a"
+        print(f"{name:>8}: wall min {min(wall) * 1e3:.0f} ms (median {statistics.median(wall) * 1e3:.0f}), "
+              f"CPU min {min(cpu):.2f} s/step, temporaries {mb} | wall / {base} = {min(wall) / bw:.3f}, "
+              f"CPU / {base} = {min(cpu) / bc:.3f}")
 
 
 def time_hf(cfg: LlamaConfig, batch: int, seq: int, steps: int, threads: int | None) -> tuple[list[float], list[float]]:
@@ -122,6 +157,13 @@ def train_step_main(argv: list[str]) -> int:
     p.add_argument("--no-scan", action="store_true")
     p.add_argument("--attention-impl", default="auto", choices=["auto", "xla", "cudnn"])
     p.add_argument("--attention-chunk", type=int, default=128, help="attention_q_chunk (0: one attention call)")
+    p.add_argument("--loss-chunk", type=int, default=0, help="loss_chunk: chunked head + CE (0: all logits at once)")
+    p.add_argument("--attention-kv-block", type=int, default=0,
+                   help="attention_kv_block: online-softmax attention over key blocks (0: off)")
+    p.add_argument("--compare-lean", nargs="*", default=[], metavar="LOSS_CHUNK,KV_BLOCK",
+                   help="time the configured step ('base') against the same with these two fields (one variant per "
+                        "pair), interleaved for --rounds rounds of --steps; print temporaries and ratios")
+    p.add_argument("--rounds", type=int, default=3, help="rounds of --compare-lean")
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--no-hf", action="store_true", help="skip the transformers comparison")
     p.add_argument("--peak-size", type=int, default=2048, help="side of the square matmul measuring the peak")
@@ -133,6 +175,8 @@ def train_step_main(argv: list[str]) -> int:
         scan_layers=not args.no_scan,
         attention_impl=args.attention_impl,
         attention_q_chunk=args.attention_chunk,
+        loss_chunk=args.loss_chunk,
+        attention_kv_block=args.attention_kv_block,
     )
     if args.preset:
         cfg = preset(args.preset, **common)
@@ -150,6 +194,8 @@ def train_step_main(argv: list[str]) -> int:
         f"dtype={cfg.dtype} remat={cfg.remat} scan={cfg.scan_layers} q_chunk={cfg.attention_q_chunk}  "
         f"model TFLOP/step={flops / 1e12:.3f}"
     )
+    if args.compare_lean:
+        return compare_lean(cfg, args)
     peak_dtype = "bfloat16" if args.dtype == "bfloat16" else "float32"
     peak, peak_cpu = matmul_peak(args.peak_size, dtype=peak_dtype)
     (ours, ours_cpu), compile_s = time_ours(cfg, args.batch, args.seq, args.steps)
@@ -173,6 +219,33 @@ def train_step_main(argv: list[str]) -> int:
               f"CPU {min(hf_cpu):.2f} s/step")  # fmt: skip
         print(f"RESULT hf_step_time / our_step_time = {t_hf / t_ours:.2f}  (wall clock, best of {args.steps})")
         print(f"RESULT same, CPU time = {min(hf_cpu) / min(ours_cpu):.2f}")
+    return 0
+
+
+def parse_lean(text: str) -> tuple[int, int]:
+    """``"LOSS_CHUNK,KV_BLOCK"`` -> two ints >= 0 (one clear line otherwise)."""
+    parts = text.split(",")
+    if len(parts) != 2 or not all(p.strip().isdigit() for p in parts):
+        raise SystemExit(f"--compare-lean expects LOSS_CHUNK,KV_BLOCK (two integers >= 0, e.g. 128,128), got {text!r}")
+    return int(parts[0]), int(parts[1])
+
+
+def compare_lean(cfg: LlamaConfig, args: argparse.Namespace) -> int:
+    """Base vs lean steps, interleaved in one process (see ``--compare-lean``)."""
+    import dataclasses
+
+    variants = {"base": cfg}
+    for text in args.compare_lean:
+        loss_chunk, kv_block = parse_lean(text)
+        variants[f"{loss_chunk},{kv_block}"] = dataclasses.replace(cfg, loss_chunk=loss_chunk,
+                                                                   attention_kv_block=kv_block)
+    runs, temps = {}, {}
+    for name, c in variants.items():
+        run, compiled, compile_s = prepare_ours(c, args.batch, args.seq)
+        runs[name], temps[name] = run, temp_bytes(compiled)
+        print(f"{name}: loss_chunk={c.loss_chunk} attention_kv_block={c.attention_kv_block} "
+              f"q_chunk={c.attention_q_chunk}, compile {compile_s:.1f}s")
+    print_comparison(interleaved(runs, args.rounds, args.steps), temps, "base")
     return 0
 
 

@@ -30,8 +30,8 @@ import jax
 import jax.numpy as jnp
 
 from latent_pretraining import flow
-from latent_pretraining.model import vqgan
-from latent_pretraining.model.video_llama import VideoLlama
+from latent_pretraining.model import chunked_ce, vqgan
+from latent_pretraining.model.video_llama import VideoLlama, head_kernel
 from latent_pretraining.sequence import HEAD_FAMILIES, LayoutSpec, Sequence, action_weights, assemble, head_targets
 
 PyTree = Any
@@ -88,16 +88,23 @@ def cross_entropy(logits: jax.Array, targets: jax.Array, weights: jax.Array, acc
 
     loss: per-row mean over valid targets, then mean over rows with any; accuracy: token mean over `acc_weights`
     (default `weights`)."""
+    nll, hit = _plain_nll(logits, targets)
+    return cross_entropy_from_nll(nll, hit, weights, acc_weights)
+
+
+def _plain_nll(logits: jax.Array, targets: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Per-token NLL f32[B, n] and argmax hits bool[B, n] from full logits f32[B, n, V]."""
     logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
     nll = -jnp.take_along_axis(logp, targets[..., None].astype(jnp.int32), axis=-1)[..., 0]
-    w = weights.astype(jnp.float32)
-    count = jnp.sum(w, axis=1)
-    per_row = jnp.sum(nll * w, axis=1) / jnp.maximum(count, 1.0)
-    rows = (count > 0).astype(jnp.float32)
-    loss = jnp.sum(per_row * rows) / jnp.maximum(jnp.sum(rows), 1.0)
-    aw = w if acc_weights is None else acc_weights.astype(jnp.float32)
-    hit = (jnp.argmax(logits, axis=-1) == targets).astype(jnp.float32)
-    acc = jnp.sum(hit * aw) / jnp.maximum(jnp.sum(aw), 1.0)
+    return nll, jnp.argmax(logits, axis=-1) == targets
+
+
+def cross_entropy_from_nll(nll: jax.Array, hit: jax.Array, weights: jax.Array, acc_weights: jax.Array | None = None
+                           ) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """`cross_entropy` from per-token nll f32[B, n] and hits bool[B, n] (e.g. `chunked_ce.token_nll`)."""
+    loss = chunked_ce.masked_mean_loss(nll, weights)
+    aw = (weights if acc_weights is None else acc_weights).astype(jnp.float32)
+    acc = jnp.sum(hit.astype(jnp.float32) * aw) / jnp.maximum(jnp.sum(aw), 1.0)
     return loss, acc, jnp.sum(aw)
 
 
@@ -126,22 +133,35 @@ def forward(model: VideoLlama, spec: LayoutSpec, frozen: Frozen, flow_cfg: flow.
         x_t, t, v_target = flow.training_example(r_flow, actions, flow_cfg)
         kw = {"actions": x_t, "time": t, "action_positions": spec.action_positions}
         extra["v_target"] = v_target
-    out = model.apply({"params": params}, seq.ids, seq.family, head_positions=spec.head_positions(),
+    # With llama.loss_chunk > 0 the heads are evaluated by `losses` (chunked, rematerialized), not by the model.
+    head_positions = {} if model.config.llama.loss_chunk > 0 else spec.head_positions()
+    out = model.apply({"params": params}, seq.ids, seq.family, head_positions=head_positions,
                       attention_mask=seq.attention_mask,
                       block_ids=seq.block_ids if spec.bidirectional_actions else None, **kw)
     return seq, out, extra
 
 
-def losses(spec: LayoutSpec, seq: Sequence, out: Any, extra: Mapping[str, jax.Array], loss_weights: Mapping[str, float]
-           ) -> tuple[jax.Array, dict[str, jax.Array]]:
+def losses(spec: LayoutSpec, seq: Sequence, out: Any, extra: Mapping[str, jax.Array], loss_weights: Mapping[str, float],
+           model: VideoLlama | None = None, params: PyTree | None = None) -> tuple[jax.Array, dict[str, jax.Array]]:
     """Weighted total and per-head metrics (loss_*, acc_*; latent accuracy counts codes, not separators). Heads:
-    text, vision, latent, action_bins (weights from `loss_weights` by these names) and flow."""
+    text, vision, latent, action_bins (weights from `loss_weights` by these names) and flow. A head missing from
+    `out.logits` (`forward` with llama.loss_chunk > 0) is evaluated here from `out.hidden` and the head weights in
+    `params` by `chunked_ce.token_nll` (needs `model` and `params`)."""
     total = jnp.zeros((), jnp.float32)
     metrics: dict[str, jax.Array] = {}
     for head, pos in spec.head_positions().items():
         tgt, w = head_targets(seq, pos, HEAD_FAMILIES[head])
         acc_w = w & (tgt < spec.latent_codebook) if head == "latent" else None
-        loss, acc, n = cross_entropy(out.logits[head], tgt, w, acc_w)
+        if head in out.logits:
+            nll, hit = _plain_nll(out.logits[head], tgt)
+        else:
+            if model is None or params is None:
+                raise ValueError(f"head {head!r} has no logits; pass model and params to evaluate it chunked")
+            lc = model.config.llama
+            hidden = out.hidden[:, jnp.asarray(pos, jnp.int32)]
+            nll, hit = chunked_ce.token_nll(hidden, head_kernel(model.config, params, head), tgt,
+                                            chunk=lc.loss_chunk, compute_dtype=lc.compute_dtype)
+        loss, acc, n = cross_entropy_from_nll(nll, hit, w, acc_w)
         metrics[f"loss_{head}"], metrics[f"acc_{head}"], metrics[f"n_{head}"] = loss, acc, n
         total = total + float(loss_weights.get(head, 0.0)) * loss
     if spec.action_slots and out.velocity is not None:
@@ -159,7 +179,7 @@ def make_loss_fn(model: VideoLlama, spec: LayoutSpec, frozen: Frozen, loss_weigh
     def loss_fn(params, batch, rng, model_state):
         seq, out, extra = forward(model, spec, frozen, flow_cfg, cotrain_fraction, params, batch, rng,
                                   model_state["frozen"])
-        total, metrics = losses(spec, seq, out, extra, loss_weights)
+        total, metrics = losses(spec, seq, out, extra, loss_weights, model, params)
         return total, (metrics, model_state)
 
     return loss_fn
@@ -172,8 +192,8 @@ def make_eval_fn(model: VideoLlama, spec: LayoutSpec, frozen: Frozen, loss_weigh
     def eval_fn(params, model_state, batch, rng):
         seq, out, extra = forward(model, spec, frozen, flow_cfg, cotrain_fraction, params, batch, rng,
                                   model_state["frozen"])
-        _, metrics = losses(spec, seq, out, extra, loss_weights)
-        if "latent" in out.logits:
+        _, metrics = losses(spec, seq, out, extra, loss_weights, model, params)
+        if "latent" in spec.head_positions():
             tgt, w = head_targets(seq, spec.head_positions()["latent"], HEAD_FAMILIES["latent"])
             w = w & (tgt < spec.latent_codebook)
             metrics["latent_counts"] = jnp.zeros(spec.latent_codebook, jnp.int32).at[

@@ -15,6 +15,7 @@ Reports, from one run on one machine:
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import statistics
 from typing import Any
 
@@ -24,7 +25,7 @@ import numpy as np
 import optax
 
 from latent_pretraining import flow, objective
-from latent_pretraining.benchmark import _timeit, matmul_peak
+from latent_pretraining.benchmark import _timeit, interleaved, matmul_peak, parse_lean, print_comparison, temp_bytes
 from latent_pretraining.model.llama_config import preset
 from latent_pretraining.model.video_llama import VideoLlama, VideoLlamaConfig, init_params
 from latent_pretraining.sequence import LayoutSpec
@@ -33,14 +34,16 @@ from latent_pretraining.sequence import LayoutSpec
 DEMO = {"hidden_size": 192, "intermediate_size": 512, "num_layers": 3, "num_heads": 4, "vocab_size": 512}
 
 
-def layout(recipe: str, vision_codebook: int, tokens_per_frame: int, prompt_len: int) -> LayoutSpec:
+def layout(recipe: str, vision_codebook: int, tokens_per_frame: int, prompt_len: int,
+           bidirectional_actions: bool = False) -> LayoutSpec:
     """The demo geometry of a recipe (lapa: 1 frame, 4 codes; vipra: 2 frames + future, 6 x (16 + sep), 6 slots)."""
     vipra = recipe == "vipra"
     return LayoutSpec(prompt_len=prompt_len, num_frames=2 if vipra else 1, tokens_per_frame=tokens_per_frame,
                       vision_codebook=vision_codebook, future_frame=vipra, latent_steps=6 if vipra else 1,
                       codes_per_step=16 if vipra else 4, latent_codebook=8, latent_separator=vipra,
                       action_slots=6 if vipra else 0, bos_id=1, eos_id=2, pad_id=0, video_open=(5, 6, 7),
-                      video_close=(8, 9), action_open=(5, 10, 11), action_close=(12,))
+                      video_close=(8, 9), action_open=(5, 10, 11), action_close=(12,),
+                      bidirectional_actions=bidirectional_actions and vipra)
 
 
 def fake_batch(spec: LayoutSpec, batch: int, seed: int = 0) -> dict[str, np.ndarray]:
@@ -92,20 +95,42 @@ def model_flops(cfg: VideoLlamaConfig, seq: int, tokens: int) -> float:
     return 3.0 * (2 * ll.num_layers * per_layer + attn) * tokens
 
 
-def time_step(cfg: VideoLlamaConfig, spec: LayoutSpec, batch: int, steps: int, all_heads: bool) -> list[float]:
+def prepare_step(cfg: VideoLlamaConfig, spec: LayoutSpec, batch: int, all_heads: bool = False) -> tuple[Any, Any]:
+    """``(run one step, compiled step)`` on a fake batch (params and optimizer state donated each call)."""
     model = (_AllHeads if all_heads else VideoLlama)(cfg)
     step, tx = make_step(model, spec)
     params = init_params(cfg, jax.random.PRNGKey(0))["params"]
     opt = tx.init(params)
     data = jax.tree.map(jnp.asarray, fake_batch(spec, batch))
+    compiled = step.lower(params, opt, data, jax.random.PRNGKey(1)).compile()
     box = [params, opt]
 
     def once():
-        box[0], box[1], loss = step(box[0], box[1], data, jax.random.PRNGKey(1))
+        box[0], box[1], loss = compiled(box[0], box[1], data, jax.random.PRNGKey(1))
         loss.block_until_ready()
 
+    return once, compiled
+
+
+def time_step(cfg: VideoLlamaConfig, spec: LayoutSpec, batch: int, steps: int, all_heads: bool) -> list[float]:
+    once, _ = prepare_step(cfg, spec, batch, all_heads)
     wall, _ = _timeit(once, steps, warmup=1)
     return wall
+
+
+def compare_lean(cfg: VideoLlamaConfig, spec: LayoutSpec, a: argparse.Namespace) -> int:
+    """The configured step ('base') against variants with other loss_chunk / attention_kv_block, interleaved."""
+    variants = {"base": cfg}
+    for text in a.compare_lean:
+        loss_chunk, kv_block = parse_lean(text)
+        variants[f"{loss_chunk},{kv_block}"] = cfg.replace(
+            llama=dataclasses.replace(cfg.llama, loss_chunk=loss_chunk, attention_kv_block=kv_block))
+    runs, temps = {}, {}
+    for name, c in variants.items():
+        runs[name], compiled = prepare_step(c, spec, a.batch)
+        temps[name] = temp_bytes(compiled)
+    print_comparison(interleaved(runs, a.rounds, a.steps), temps, "base")
+    return 0
 
 
 def main(argv: list[str]) -> int:
@@ -120,18 +145,28 @@ def main(argv: list[str]) -> int:
     p.add_argument("--vision-codebook", type=int, default=1024, help="1024: the demo VQGAN; 8192: LWM's")
     p.add_argument("--prompt-len", type=int, default=40)
     p.add_argument("--no-reference", action="store_true", help="skip the all-heads reference timing")
+    p.add_argument("--loss-chunk", type=int, default=0, help="llama.loss_chunk (chunked heads + CE; 0: off)")
+    p.add_argument("--attention-kv-block", type=int, default=0, help="llama.attention_kv_block (0: off)")
+    p.add_argument("--compare-lean", nargs="*", default=[], metavar="LOSS_CHUNK,KV_BLOCK",
+                   help="interleave the configured step ('base') with these variants; print temporaries and ratios")
+    p.add_argument("--rounds", type=int, default=3, help="rounds of --compare-lean")
+    p.add_argument("--bidirectional-actions", action="store_true",
+                   help="vipra: the action slots see each other (block ids: a [B,1,T,S] mask on the dense path)")
     a = p.parse_args(argv)
+    lean = {"loss_chunk": a.loss_chunk, "attention_kv_block": a.attention_kv_block}
     if a.size == "demo":
-        llama = preset("debug", **DEMO, dtype=a.dtype)
+        llama = preset("debug", **DEMO, dtype=a.dtype, **lean)
     else:
-        llama = preset(a.size, dtype=a.dtype)
-    spec = layout(a.recipe, a.vision_codebook, a.tokens_per_frame, a.prompt_len)
+        llama = preset(a.size, dtype=a.dtype, **lean)
+    spec = layout(a.recipe, a.vision_codebook, a.tokens_per_frame, a.prompt_len, a.bidirectional_actions)
     cfg = VideoLlamaConfig(llama=llama, vision_vocab_size=a.vision_codebook + 2, latent_vocab_size=9,
                            action_vocab_size=0, action_dim=7 if spec.action_slots else 0)
     tokens = a.batch * spec.length
     print(f"VLA step: {a.recipe} layout, L={spec.length}, batch {a.batch}, {a.size} backbone "
           f"({llama.num_params() / 1e6:.1f}M params incl. text embedding/head), {a.dtype}, "
           f"{jax.devices()[0].device_kind} x{jax.device_count()}")
+    if a.compare_lean:
+        return compare_lean(cfg, spec, a)
     peak, _ = matmul_peak(dtype=a.dtype)
     ours = statistics.median(time_step(cfg, spec, a.batch, a.steps, all_heads=False))
     mfu = model_flops(cfg, spec.length, tokens) / ours / peak

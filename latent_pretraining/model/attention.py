@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
+from latent_pretraining.model.blocked_attention import blocked_attention
 from latent_pretraining.model.llama_config import LlamaConfig
 from latent_pretraining.model.llama_layers import Linear, apply_rope
 from latent_pretraining.training.sharding import with_logical_constraint
@@ -82,10 +83,19 @@ class MaskSpec:
       mask: ``[B, 1|N, T, S]`` bool, or None for plain causal attention over the current tokens (S = T).
       causal: True when no query can see a later slot (causal, padding); False with bidirectional blocks or a
         caller-supplied mask. Causal masks allow skipping the upper-triangle key blocks (``attention_q_chunk``).
+      key_valid, offset, q_block, k_block: the facts ``mask`` was built from (``[B, S]`` bool, first query slot,
+        ``[B, T]`` / ``[B, S]`` block ids), for ``blocked_attention`` (``attention_kv_block``), which rebuilds each
+        key block's mask instead of reading ``[B, 1, T, S]``. ``has_parts`` False (a caller-supplied full mask):
+        only the dense path applies.
     """
 
     mask: jax.Array | None
     causal: bool = struct.field(pytree_node=False, default=True)
+    key_valid: jax.Array | None = None
+    offset: jax.Array | int = 0
+    q_block: jax.Array | None = None
+    k_block: jax.Array | None = None
+    has_parts: bool = struct.field(pytree_node=False, default=False)
 
 
 def default_positions(attention_mask: jax.Array, start: jax.Array | int = 0) -> jax.Array:
@@ -127,12 +137,18 @@ def make_attention_mask(
     allowed = k_slot[None, :] <= q_slot[:, None]  # [T, S]
     allowed = jnp.broadcast_to(allowed[None], (b, t, s))
     if block_ids is not None:
-        k_block = jax.lax.dynamic_update_slice(
-            jnp.zeros((b, s), jnp.int32), block_ids.astype(jnp.int32), (0, jnp.asarray(offset, jnp.int32))
-        )
+        k_block = key_block_ids(block_ids, s, offset)
         same = (block_ids[:, :, None] == k_block[:, None, :]) & (block_ids[:, :, None] > 0)
         allowed = allowed | same
     return (allowed & key_valid[:, None, :])[:, None]
+
+
+def key_block_ids(block_ids: jax.Array, num_slots: int, offset: jax.Array | int = 0) -> jax.Array:
+    """Block ids ``[B, T]`` of the current tokens placed at key slots ``offset ..``: ``[B, S]`` (0 elsewhere)."""
+    b = block_ids.shape[0]
+    return jax.lax.dynamic_update_slice(
+        jnp.zeros((b, num_slots), jnp.int32), block_ids.astype(jnp.int32), (0, jnp.asarray(offset, jnp.int32))
+    )
 
 
 def causal_chunked_attention(
@@ -196,7 +212,12 @@ class Attention(nn.Module):
         impl = None if cfg.attention_impl == "auto" else cfg.attention_impl
         chunk = cfg.attention_q_chunk
         m = mask.mask
-        if kv is None and mask.causal and 0 < chunk < t and t % chunk == 0 and (m is None or m.shape[-1] == t):
+        if cfg.attention_kv_block > 0 and (mask.has_parts or m is None):
+            # Online softmax over key blocks; the dense mask (if any) is left unused and dropped by XLA.
+            out = blocked_attention(q, k, v, block=cfg.attention_kv_block, key_valid=mask.key_valid,
+                                    offset=mask.offset, q_block=mask.q_block, k_block=mask.k_block,
+                                    causal_self=kv is None and mask.causal)
+        elif kv is None and mask.causal and 0 < chunk < t and t % chunk == 0 and (m is None or m.shape[-1] == t):
             out = causal_chunked_attention(q, k, v, m, chunk, impl)
         else:
             out = jax.nn.dot_product_attention(q, k, v, mask=m, is_causal=m is None, implementation=impl)

@@ -22,7 +22,15 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
-from latent_pretraining.model.attention import Attention, KVCache, MaskSpec, default_positions, make_attention_mask
+from latent_pretraining.model import chunked_ce
+from latent_pretraining.model.attention import (
+    Attention,
+    KVCache,
+    MaskSpec,
+    default_positions,
+    key_block_ids,
+    make_attention_mask,
+)
 from latent_pretraining.model.llama_config import LlamaConfig, preset
 from latent_pretraining.model.llama_layers import MLP, Embed, Linear, RMSNorm, rope_sin_cos
 from latent_pretraining.training.sharding import with_logical_constraint
@@ -171,7 +179,16 @@ class LlamaModel(nn.Module):
             )
             kv, index = (cache.k, cache.v), cache.index
         sin, cos = rope_sin_cos(position_ids, cfg.dim_per_head, cfg.rope_theta)
-        spec = MaskSpec(attn_mask, causal=block_ids is None and mask is None)
+        causal = block_ids is None and mask is None
+        if mask is not None or plain:
+            spec = MaskSpec(attn_mask, causal=causal)
+        else:  # the mask's parts too, for blocked attention (LlamaConfig.attention_kv_block)
+            key_valid = attention_mask.astype(bool) if cache is None else valid
+            offset = 0 if cache is None else cache.index
+            k_block = None if block_ids is None else key_block_ids(block_ids, key_valid.shape[1], offset)
+            spec = MaskSpec(attn_mask, causal=causal, key_valid=key_valid, offset=offset,
+                            q_block=None if block_ids is None else block_ids.astype(jnp.int32), k_block=k_block,
+                            has_parts=True)
         x, new_kv = self.h(x, sin, cos, spec, kv, index)
         hidden = self.ln_f(x)
         new_cache = None
@@ -214,6 +231,28 @@ class LlamaForCausalLM(nn.Module):
     def __call__(self, input_ids: jax.Array | None = None, *, compute_logits: bool = True, **kwargs: Any) -> Any:
         hidden, cache = self.transformer(input_ids, **kwargs)
         return CausalLMOutput(logits=self.logits(hidden) if compute_logits else None, hidden=hidden, cache=cache)
+
+
+def lm_head_kernel(config: LlamaConfig, params: Any) -> jax.Array:
+    """The text head's ``[D, V]`` weights from ``{"params": ...}`` of ``LlamaForCausalLM`` (tied: ``wte`` transposed),
+    for ``chunked_ce.token_nll`` / ``lm_loss``."""
+    p = params["params"]
+    return p["transformer"]["wte"]["embedding"].T if config.tie_embeddings else p["lm_head"]["kernel"]
+
+
+def lm_loss(model: LlamaForCausalLM, params: Any, tokens: jax.Array) -> jax.Array:
+    """Mean next-token cross-entropy of ``tokens [B, T+1]`` (inputs ``[:, :-1]``, targets ``[:, 1:]``).
+
+    With ``config.loss_chunk > 0`` the head + CE run chunked and rematerialized (``chunked_ce``), else on full
+    ``[B, T, V]`` f32 logits; the value is the same."""
+    cfg = model.config
+    targets = tokens[:, 1:]
+    if cfg.loss_chunk > 0:
+        hidden = model.apply(params, tokens[:, :-1], compute_logits=False).hidden
+        return chunked_ce.lm_loss(hidden, lm_head_kernel(cfg, params), targets, chunk=cfg.loss_chunk,
+                                  compute_dtype=cfg.compute_dtype)
+    logits = model.apply(params, tokens[:, :-1]).logits
+    return jnp.mean(jax.nn.logsumexp(logits, -1) - jnp.take_along_axis(logits, targets[..., None], -1)[..., 0])
 
 
 def init_params(config: LlamaConfig, rng: jax.Array, batch: int = 1, length: int = 8, boxed: bool = False) -> Any:

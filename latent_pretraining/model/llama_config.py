@@ -39,6 +39,11 @@ class LlamaConfig:
       attention_impl: ``implementation`` of ``jax.nn.dot_product_attention`` ("xla", "cudnn") or "auto" (JAX picks).
       attention_q_chunk: > 0 splits causal self-attention (no cache) into query chunks of this size that skip the
         masked key blocks: about 2x faster attention on CPU at length 512 (chunk 128); leave 0 on GPU/TPU.
+      attention_kv_block: > 0 runs attention as an online softmax over key blocks of this size
+        (``model/blocked_attention.py``) for causal, padding, bidirectional-block and cache masks alike: no
+        [B, N, T, S] scores or mask. Overrides ``attention_q_chunk``; 0 = off (``jax.nn.dot_product_attention``).
+      loss_chunk: > 0 computes every discrete head + cross-entropy in chunks of this many positions, rematerialized
+        (``model/chunked_ce.py``): the [B, T, V] f32 logits never exist at once. 0 = plain (all logits at once).
     """
 
     vocab_size: int = 32000
@@ -61,6 +66,8 @@ class LlamaConfig:
     param_dtype: str = "float32"
     attention_impl: str = "auto"
     attention_q_chunk: int = 0
+    attention_kv_block: int = 0
+    loss_chunk: int = 0
 
     def __post_init__(self) -> None:
         if self.remat not in REMAT_POLICIES:
@@ -70,6 +77,10 @@ class LlamaConfig:
                 raise ValueError(f"LlamaConfig.{field}={getattr(self, field)!r}; expected one of {_DTYPES}")
         if self.attention_impl not in ("auto", "xla", "cudnn"):
             raise ValueError(f"LlamaConfig.attention_impl={self.attention_impl!r}; expected 'auto', 'xla' or 'cudnn'")
+        if self.attention_kv_block < 0:
+            raise ValueError(f"LlamaConfig.attention_kv_block={self.attention_kv_block}; expected >= 0 (0 = off)")
+        if self.loss_chunk < 0:
+            raise ValueError(f"LlamaConfig.loss_chunk={self.loss_chunk}; expected >= 0 (0 = off)")
         if self.head_dim == 0 and self.hidden_size % self.num_heads:
             raise ValueError(
                 f"hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads}; set head_dim"

@@ -339,6 +339,17 @@ class VideoLlama(nn.Module):
         return VideoLlamaOutput(logits=logits, velocity=velocity, hidden=hidden, cache=new_cache)
 
 
+def head_kernel(config: VideoLlamaConfig, params: Mapping[str, Any], name: str) -> jax.Array:
+    """The ``[D, V_head]`` weights of discrete head ``name`` from ``params`` (the ``"params"`` collection's content;
+    a tied text head returns ``wte/embedding`` transposed): what ``VideoLlama.head`` multiplies by, for
+    ``chunked_ce.token_nll``."""
+    if name not in config.active_heads:
+        raise ValueError(f"head {name!r} is not active; active heads: {config.active_heads}")
+    if name == "text" and config.llama.tie_embeddings:
+        return params["transformer"]["wte"]["embedding"].T
+    return params[_HEAD_MODULES[name]]["kernel"]
+
+
 def _dummy_inputs(config: VideoLlamaConfig, batch: int, length: int) -> tuple[tuple[Any, ...], dict[str, Any]]:
     ids = jnp.zeros((batch, length), jnp.int32)
     kw: dict[str, Any] = {}
