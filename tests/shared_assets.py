@@ -19,9 +19,10 @@ DEMO_DATA: dict[str, Any] = dict(episodes=3, val_episodes=2, resolution=64, num_
 
 
 @functools.cache
-def tiny_labeler(preset: str) -> tuple[Any, Any, dict[str, int]]:
-    """(label fn, folded LAM variables, latent info) of a random LAM `preset` ('lapa_tiny' / 'vipra_tiny'), as
-    `latent_pretraining.train.build` takes it. Float params ~ N(0, 0.2²) from a fixed seed; integer state zeros."""
+def random_labeler(preset: str) -> tuple[Any, tuple[Any, Any, dict[str, int]]]:
+    """(Labeler, (label fn, folded LAM variables, latent info)) of a random LAM `preset` ('lapa_tiny' /
+    'vipra_tiny'); the tuple is what `latent_pretraining.train.build` takes. Float params ~ N(0, 0.2²) from a fixed
+    seed; integer state zeros."""
     from configs import lam as lam_configs
     from lam import train as lam_train
     from lam.label import Labeler, fold_shift
@@ -36,4 +37,9 @@ def tiny_labeler(preset: str) -> tuple[Any, Any, dict[str, int]]:
     lab = Labeler(cfg, variables)
     info = {"codebook_size": int(cfg.model.codebook_size), "codes_per_step": lab.codes,
             "clip_len": int(cfg.data.clip_len), "offset": int(cfg.data.offset)}
-    return lab.fn, variables, info
+    return lab, (lab.fn, variables, info)
+
+
+def tiny_labeler(preset: str) -> tuple[Any, Any, dict[str, int]]:
+    """(label fn, folded LAM variables, latent info) of `random_labeler(preset)`."""
+    return random_labeler(preset)[1]

@@ -6,19 +6,17 @@ from __future__ import annotations
 
 import dataclasses
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from shared_assets import random_labeler
 from vla_fixtures import write_tokenizers
 
-from configs import lam as lam_configs
 from configs import lapa as lapa_configs
 from configs import vipra as vipra_configs
 from data.demo import writer
-from lam import train as lam_train
-from lam.label import Labeler, fold_shift, write_cache
+from lam.label import Labeler, write_cache
 from latent_pretraining import objective, token_cache, vqgan_data
 from latent_pretraining import train as vla_train
 from latent_pretraining.model import vqgan
@@ -29,17 +27,7 @@ DATASETS = ("demo_robot", "demo_human")
 def _labeler() -> tuple[Labeler, tuple]:
     """A random lapa_tiny LAM (clip_len 2, offset 3, 4 codes of 8): params drawn from the init's shapes, which is
     ~20x cheaper than compiling the init and labels just as deterministically."""
-    cfg = lam_configs.get_config("lapa_tiny")
-    cfg.data.cache_dir = ""
-    shapes = nn.meta.unbox(jax.eval_shape(lam_train.make_init_fn(cfg), jax.random.PRNGKey(0)))
-    rng = np.random.default_rng(0)
-    variables = fold_shift(jax.tree.map(
-        lambda s: (rng.normal(size=s.shape) * 0.2).astype(s.dtype) if np.issubdtype(s.dtype, np.floating)
-        else np.zeros(s.shape, s.dtype), shapes))
-    lab = Labeler(cfg, variables)
-    info = {"codebook_size": int(cfg.model.codebook_size), "codes_per_step": lab.codes,
-            "clip_len": int(cfg.data.clip_len), "offset": int(cfg.data.offset)}
-    return lab, (lab.fn, variables, info)
+    return random_labeler("lapa_tiny")
 
 
 @pytest.fixture(scope="module")
