@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from core.jsonable import jsonable
 from data import oxe, rlds, tf_setup
 from data.rlds import DataError
 
@@ -205,16 +206,8 @@ def fingerprint(sources: Sequence[EpisodeSource], **extra: Any) -> str:
         src, spec, opened, split = open_source(s)
         parts.append({**dataclasses.asdict(src), "split": split, "features": opened.features_hash(),
                       "conventions": spec.conventions()})
-    blob = json.dumps({"sources": parts, "extra": extra}, sort_keys=True, default=_jsonable)
+    blob = json.dumps(jsonable({"sources": parts, "extra": extra}), sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
-
-
-def _jsonable(x: Any) -> Any:
-    if dataclasses.is_dataclass(x):
-        return dataclasses.asdict(x)
-    if isinstance(x, np.ndarray):
-        return x.tolist()
-    return str(x)
 
 
 def require_valid_frames(episodes: Sequence[Episode] | int, source: EpisodeSource) -> None:
