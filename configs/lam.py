@@ -70,6 +70,7 @@ def base() -> ml_collections.ConfigDict:
         "train_split": "train", "eval_split": "val", "clip_len": 2, "offset": 30, "batch_size": 32,
         "cache_dir": "", "max_episodes": 0, "shuffle_buffer": 10_000,
         "camera": "",  # '' = the registry's default camera; 'primary' | 'secondary' | 'wrist'
+        "stats_dir": "",  # pipeline normalization stats; '' = next to each dataset; `python -m data.stats`
     })
     c.train = loop.default_config()
     t = c.train

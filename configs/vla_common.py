@@ -49,6 +49,7 @@ def base() -> ml_collections.ConfigDict:
         "camera": "",  # '' = each dataset's registry default camera; 'primary' | 'secondary' | 'wrist'
         "resolution": 64, "batch_size": 8, "shuffle_buffer": 10_000, "train_split": "train", "eval_split": "val",
         "eval_batches": 20, "reference_fps": 0.0,
+        "stats_dir": "",  # normalization stats; '' = next to each dataset (else ~/.cache); `python -m data.stats`
     })
     # offline token caches (latent_pretraining/token_cache.py); "" = tokenize inside the step. image: .npz path with
     # {split} (scripts/cache_image_tokens.py --split S, one file per split); latent: label dir (scripts/

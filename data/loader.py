@@ -32,7 +32,7 @@ import numpy as np
 
 from data import tf_setup
 from data.batch import BATCH_TYPES
-from data.mixture import Mixture, PipelineConfig, build, open_mixture
+from data.mixture import Mixture, PipelineConfig, build, check_host_slices, open_mixture
 from data.rlds import DataError, find_corrupt_shard, tf_error_line
 
 tf = tf_setup.tf
@@ -72,6 +72,7 @@ class DataIterator:
         self.mixture, self.cfg, self.sharding = mixture, cfg, sharding
         self.process_index, self.process_count = process_index, process_count
         self.handles = open_mixture(mixture, cfg)
+        check_host_slices(self.handles, process_index, process_count)
         self.batch_type = BATCH_TYPES[cfg.window.kind]
         self._fingerprint = fingerprint(mixture, cfg, process_index, process_count)
         self._consumed = 0

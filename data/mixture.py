@@ -246,6 +246,29 @@ def open_mixture(mixture: Mixture, cfg: PipelineConfig) -> list[DatasetHandle]:
     return handles
 
 
+def check_host_slices(handles: Sequence[DatasetHandle], process_index: int, process_count: int) -> None:
+    """Refuses, in one line, a member whose part of the split on this host has no episode left after the registry's
+    filter and the zero-length drop (e.g. kuka's success filter over a per-host slice of failures).
+
+    Without this check tf.data would quietly drop the member from `sample_from_datasets` on this host only (the
+    hosts would train on different mixtures) or end the stream. Reads at most up to the first kept episode of each
+    member, once, before any batch is built; every host runs it before the first collective, so a bad layout fails
+    fast instead of leaving the other hosts waiting.
+    """
+    for h in handles:
+        split, disjoint = rlds.host_split(h.opened, h.split, process_index, process_count)
+        first = standardized(h, split, seed=None, shuffle_files=False).take(1)
+        if next(iter(first.as_numpy_iterator()), None) is not None:
+            continue
+        where = (f"process {process_index} of {process_count} reads part {process_index + 1}/{process_count} of "
+                 f"split {h.split!r}" if disjoint and process_count > 1 else f"split {h.split!r}")
+        why = "the registry's episode filter and the zero-length drop" if h.spec.episode_filter is not None \
+            else "the zero-length drop"
+        raise DataError(f"dataset {h.spec.name!r} at {h.opened.path}: {where} and no episode is left after {why}; "
+                        "expected at least one usable episode per host (use fewer processes, a larger split, "
+                        "or leave the dataset out of the mixture)")
+
+
 def mixture_weights(mixture: Mixture, handles: Sequence[DatasetHandle]) -> np.ndarray:
     """Sampling probabilities per dataset (frame level)."""
     w = np.array([h.entry.weight for h in handles], np.float64)

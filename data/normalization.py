@@ -37,9 +37,13 @@ def _summary(x: np.ndarray, dim: int) -> dict[str, list[float]]:
             "q01": np.quantile(x, 0.01, axis=0).tolist(), "q99": np.quantile(x, 0.99, axis=0).tolist()}
 
 
+MAX_TRANSITIONS = 2_000_000
+
+
 def compute_stats(trajectories: Any, spec: DatasetSpec, features_hash: str,
-                  max_transitions: int = 2_000_000) -> dict[str, Any]:
-    """One pass over standardized trajectories (finite tf.data.Dataset). Caps at `max_transitions` (first N)."""
+                  max_transitions: int = MAX_TRANSITIONS, progress: Any = None) -> dict[str, Any]:
+    """One pass over standardized trajectories (finite tf.data.Dataset). Caps at `max_transitions` (first N).
+    `progress(n_transitions)` is called after each trajectory (e.g. a tqdm bar's update)."""
     actions, proprios, n_traj, n_trans = [], [], 0, 0
     for traj in trajectories.as_numpy_iterator():
         valid = traj["action_valid"]
@@ -47,6 +51,8 @@ def compute_stats(trajectories: Any, spec: DatasetSpec, features_hash: str,
         proprios.append(traj["proprio"])
         n_traj += 1
         n_trans += len(valid)
+        if progress is not None:
+            progress(len(valid))
         if n_trans >= max_transitions:
             break
     act = np.concatenate(actions) if actions else np.zeros((0, ACTION_DIM), np.float32)
@@ -73,17 +79,30 @@ def stats_path(opened: OpenedDataset, spec: DatasetSpec, split: str, cache_dir: 
     return os.path.join(cache_dir, fname)
 
 
-def load_or_compute(opened: OpenedDataset, spec: DatasetSpec, split: str, trajectories_fn: Any,
-                    cache_dir: str | None = None) -> dict[str, Any]:
-    """Reads cached stats JSON or computes them with `trajectories_fn()` (a finite dataset) and writes the cache."""
+def load_cached(opened: OpenedDataset, spec: DatasetSpec, split: str, cache_dir: str | None = None
+                ) -> dict[str, Any] | None:
+    """The cached stats of (dataset, split, feature spec, conventions), or None when there are none (or stale)."""
     path = stats_path(opened, spec, split, cache_dir)
-    if os.path.exists(path):
-        with open(path) as f:
-            stats = json.load(f)
-        if stats.get("format") == STATS_FORMAT and stats.get("features_hash") == opened.features_hash():
-            return stats
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        stats = json.load(f)
+    if stats.get("format") == STATS_FORMAT and stats.get("features_hash") == opened.features_hash():
+        return stats
+    return None
+
+
+def load_or_compute(opened: OpenedDataset, spec: DatasetSpec, split: str, trajectories_fn: Any,
+                    cache_dir: str | None = None, *, recompute: bool = False,
+                    max_transitions: int = MAX_TRANSITIONS, progress: Any = None) -> dict[str, Any]:
+    """Reads cached stats JSON or computes them with `trajectories_fn()` (a finite dataset) and writes the cache
+    (`python -m data.stats` runs the same computation offline, once, for large datasets)."""
+    path = stats_path(opened, spec, split, cache_dir)
+    cached = None if recompute else load_cached(opened, spec, split, cache_dir)
+    if cached is not None:
+        return cached
     try:
-        stats = compute_stats(trajectories_fn(), spec, opened.features_hash())
+        stats = compute_stats(trajectories_fn(), spec, opened.features_hash(), max_transitions, progress)
     except tf.errors.OpError as e:
         bad = find_corrupt_shard(opened) if isinstance(e, tf.errors.DataLossError) else None
         where = f" (corrupt shard {bad})" if bad else ""

@@ -131,7 +131,8 @@ def make_data(config: ml_collections.ConfigDict, *, split: str | None = None, se
         mixture = mixture_from_lists("lam", d.datasets, d.weights)  # entries name[:version][@root]
         cfg = PipelineConfig(data_root=d.root, window=lam_window(clip_len=d.clip_len, clip_stride=d.offset),
                              global_batch_size=d.batch_size, resolution=config.model.image_size, split=split,
-                             seed=seed, shuffle_buffer=d.shuffle_buffer)
+                             seed=seed, shuffle_buffer=d.shuffle_buffer, camera=str(d.camera),
+                             stats_dir=d.stats_dir or None)
         it = make_iterator(mixture, cfg)
     else:
         raise ValueError(f"data.source must be 'memory' or 'pipeline', got {d.source!r}")

@@ -147,7 +147,7 @@ def make_data(setup: Setup, split: str, seed: int) -> Iterator:
     mixture = mixture_from_lists(setup.config.recipe or "vla", d.datasets, d.weights)
     cfg = PipelineConfig(data_root=d.root, window=setup.window, global_batch_size=d.batch_size,
                          resolution=d.resolution, split=split, seed=seed, shuffle_buffer=d.shuffle_buffer,
-                         camera=d.camera)
+                         camera=d.camera, stats_dir=d.stats_dir or None)
     return make_iterator(mixture, cfg)
 
 
