@@ -1,5 +1,6 @@
-# Entry points for a fresh machine (see README): `make demo` and `make test` (what CI runs); `make test-fast` skips
-# the long integration tier (tests marked `slow`), `make test-slow` runs only that tier.
+# Entry points for a fresh machine (see README): `make demo` and `make test` (what CI runs: ruff + every test not
+# marked `slow`); `make test-slow` runs only the long integration tier (tests marked `slow`, each covered in
+# `make test` by a faster test of the same code path: CONTRIBUTING.md, "Test tiers").
 # Both create/reuse .venv and install the pinned requirements (requirements.lock as pip constraints).
 
 PYTHON ?= python3
@@ -11,7 +12,7 @@ DEMO_DIR ?= runs/demo
 export TF_CPP_MIN_LOG_LEVEL := 2
 export HF_HUB_OFFLINE := 1
 
-.PHONY: demo test test-fast test-slow lint venv clean-venv
+.PHONY: demo test test-slow lint venv clean-venv
 
 venv: $(STAMP)
 
@@ -26,10 +27,6 @@ demo: $(STAMP)
 # The tests share a persistent JAX compilation cache (~/.cache/latent-vla/jax-tests; LATENT_VLA_TEST_JAX_CACHE
 # moves it, an empty value switches it off): the first run compiles, later runs mostly read it back.
 test: $(STAMP)
-	$(PY) -m ruff check .
-	$(PY) -m pytest -q tests
-
-test-fast: $(STAMP)
 	$(PY) -m ruff check .
 	$(PY) -m pytest -q tests -m "not slow"
 

@@ -95,7 +95,6 @@ def _cfg(**kw) -> LlamaConfig:
                        max_seq_len=64, **kw)
 
 
-@pytest.mark.slow  # ~25 s on a busy 2-core machine (several model compiles)
 def test_model_with_blocked_attention_matches_dense() -> None:
     """Padding + bidirectional blocks through the whole model, then a cached prefix + decode step."""
     base, blocked = _cfg(), _cfg(attention_kv_block=3)

@@ -100,7 +100,6 @@ def test_llama_lm_loss_chunked_matches_plain(tie: bool) -> None:
         np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-4)
 
 
-@pytest.mark.slow  # ~15 s on a busy 2-core machine (two compiles of a model + backward)
 def test_video_llama_objective_chunked_matches_plain() -> None:
     """Every discrete head of the VideoLLaMA objective (text tied to the table, vision, latent): same losses,
     accuracies and grads."""
@@ -141,7 +140,6 @@ def test_video_llama_objective_chunked_matches_plain() -> None:
         np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-4)
 
 
-@pytest.mark.slow  # ~13 s on a busy machine (two compiles + steps)
 def test_benchmark_compare_lean_runs_interleaved(capsys) -> None:
     from latent_pretraining import benchmark
 

@@ -15,7 +15,7 @@ def _success_rate(policy, n: int, family: str | None = None) -> float:
     return float(np.mean([rollout(env, policy, seed)[0] for seed in range(n)]))
 
 
-@pytest.mark.slow
+@pytest.mark.slow  # fast counterparts: test_demo_ladder::test_expert_high_random_low, test_each_family_is_solvable
 def test_expert_succeeds_and_random_does_not():
     expert = _success_rate(ScriptedExpert(), 120)
     random = _success_rate(RandomPolicy(), 100)

@@ -66,7 +66,6 @@ def workdir(tmp_path_factory) -> str:
     return _write_checkpoint(tmp_path_factory.mktemp("policy"), discrete=False)
 
 
-@pytest.mark.slow
 def test_policy_acts_deterministically_and_denormalizes(workdir: str) -> None:
     pol = Policy.from_checkpoint(workdir)
     meta = pol.metadata()
@@ -116,7 +115,6 @@ def test_bin_decoding() -> None:
     np.testing.assert_allclose(out, [[[-0.5, 1.0], [0.5, 0.0], [0.5, 0.0]]])
 
 
-@pytest.mark.slow
 def test_policy_decodes_action_bins(tmp_path) -> None:
     pol = Policy.from_checkpoint(_write_checkpoint(tmp_path, discrete=True))
     meta = pol.metadata()

@@ -125,7 +125,6 @@ def test_progress_bar_length_comes_from_the_config():
     assert _stages.total_steps(["python", "-m", "lam.evaluate", "--workdir=x"]) is None
 
 
-@pytest.mark.slow
 def test_demo_data_stage_console(tmp_path):
     """The real first stage of `make demo` (tiny): TensorFlow + TFDS load and write, the console stays compact."""
     env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}  # the demo's own defaults apply

@@ -250,7 +250,6 @@ def test_mixture_across_roots(tmp_path) -> None:
     assert loader.data_fingerprint(moved, cfg) != loader.data_fingerprint(mix, cfg)
 
 
-@pytest.mark.slow
 def test_lam_train_evaluate_label_on_bridge(bridge_root, tmp_path) -> None:
     """lam.train (memory source) -> lam.evaluate -> labels on the Bridge layout (used to be KeyError: 'image')."""
     import math

@@ -15,8 +15,6 @@ from latent_pretraining.model.video_llama import ACTION_BIN, LATENT, VideoLlama,
 from latent_pretraining.sequence import LayoutSpec, assemble
 from policy import sampler
 
-pytestmark = pytest.mark.slow  # ~2 min on a busy 2-core CPU (compiles of the naive and cached samplers)
-
 B, A = 2, 3
 
 

@@ -50,7 +50,7 @@ def _losses(path: pathlib.Path) -> dict[int, str]:
     return out
 
 
-@pytest.mark.slow
+@pytest.mark.slow  # fast counterpart: test_training_preempt.py (the same kill/SIGTERM/resume sequence in process)
 def test_exact_resume_after_sigkill_and_sigterm(tmp_path: pathlib.Path) -> None:
     # Reference: uninterrupted, in this process (same 8 CPU devices, same config and data).
     ref_losses: dict[int, str] = {}
@@ -115,7 +115,6 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.mark.slow
 def test_two_processes_on_localhost(tmp_path: pathlib.Path) -> None:
     """2 processes x 4 CPU devices, one global 8-device mesh; each feeds half the batch; save + restore."""
     coord = f"127.0.0.1:{_free_port()}"

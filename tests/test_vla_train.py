@@ -118,7 +118,7 @@ def test_lapa_trains_from_a_from_lwm_checkpoint(assets, tmp_path) -> None:
     assert "dte" in params  # conversion keeps the file's names; train.py maps them (from_lineage)
 
 
-@pytest.mark.slow  # a 1-step LAM run (~80 s on a busy 2-core CPU)
+@pytest.mark.slow  # a 1-step LAM run (~45 s on a busy 2-core CPU); fast counterpart: tests/test_lam_api.py
 def test_the_trainer_loads_the_frozen_lam_through_lam_api(assets, tmp_path) -> None:
     """`--config.latent.lam_workdir` reaches a trained LAM run through lam.api (no hook in the config file), and the
     labeler equals one built from that checkpoint's variables."""
