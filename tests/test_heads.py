@@ -58,12 +58,7 @@ class ToyConfig(VideoLlamaConfig):
 class ActionValueHead(heads.Head):
     """A second continuous head: regresses the clean action chunk directly at the action slots (MSE)."""
 
-    name, family, size_field, module, discrete = "action_value", heads.ACTION, "action_value_dim", "value_head", False
-
-    def build(self, config):
-        from latent_pretraining.model.llama_layers import Linear
-
-        return Linear(self.size(config), ("embed", None), config.llama, out_dtype=jnp.float32, use_bias=True)
+    name, family, size_field, module = "action_value", heads.ACTION, "action_value_dim", "value_head"
 
     def positions(self, spec):
         return np.asarray(spec.action_positions, np.int32)
@@ -130,6 +125,17 @@ def test_action_head_picks_the_suffix_family() -> None:
         model, spec, _, _ = case(name)
         head = heads.action_head(spec, model.config)
         assert (head.name if head else None) == want, name
+
+
+def test_samplers_take_the_family_from_the_head() -> None:
+    from policy import sampler
+
+    with pytest.raises(ValueError, match="head 'latent' predicts family 2, not 1"):
+        sampler.greedy_decode(None, None, None, None, 1, 1, heads.VISION, "latent")
+    with pytest.raises(ValueError, match="'flow' is not a discrete head"):
+        sampler.greedy_decode(None, None, None, None, 1, 1, None, "flow")
+    with pytest.raises(ValueError, match=r"\.action_value_dim=-1 must be >= 0"):
+        ToyConfig(llama=case("lapa")[0].config.llama, action_value_dim=-1)
 
 
 def test_a_layout_family_without_its_head_fails_clearly() -> None:

@@ -79,7 +79,7 @@ class Head:
     size_field: str = ""  # VideoLlamaConfig attribute holding the output size (0 = head absent)
     module: str = ""  # parameter (module) name of its output layer; fixed by existing checkpoints
     table: str | None = None  # parameter name of its family's input embedding table (None: no table of its own)
-    discrete: bool = True
+    discrete: bool = False  # predicts token ids (scored by cross-entropy, decoded token by token)
 
     @property
     def weight_key(self) -> str:
@@ -93,8 +93,9 @@ class Head:
         return self.size(config) > 0
 
     def build(self, config: Any) -> nn.Module:
-        """The output layer (created under ``self.module`` in ``VideoLlama.setup``)."""
-        return Linear(self.size(config), ("embed", "vocab"), config.llama, out_dtype=jnp.float32)
+        """The output layer (created under ``self.module`` in ``VideoLlama.setup``): a biased projection D -> size
+        (a continuous head's default)."""
+        return Linear(self.size(config), ("embed", None), config.llama, out_dtype=jnp.float32, use_bias=True)
 
     def build_table(self, config: Any) -> nn.Module | None:
         """The family's input embedding ``[size, D]`` (None: positions of the family are embedded otherwise)."""
@@ -165,8 +166,13 @@ def token_loss(nll: jax.Array, hit: jax.Array, weights: jax.Array, acc_weights: 
 class TokenHead(Head):
     """A discrete head: logits over its family's table, next-token cross-entropy, argmax / categorical sampling."""
 
+    discrete = True
+
     def __init__(self, name: str, family: int, size_field: str, module: str, table: str | None) -> None:
         self.name, self.family, self.size_field, self.module, self.table = name, family, size_field, module, table
+
+    def build(self, config: Any) -> nn.Module:
+        return Linear(self.size(config), ("embed", "vocab"), config.llama, out_dtype=jnp.float32)
 
     def wants_logits(self, config: Any) -> bool:
         return config.llama.loss_chunk <= 0  # else evaluated in `token_nll` from hidden, chunked and rematerialized
@@ -263,10 +269,7 @@ class FlowHead(Head):
     """ViPRA flow matching: the velocity at the continuous action slots (same position, no shift), the MSE to
     v* = a − (1−σ)·ε averaged over all valid slots of the batch, and Euler / Heun integration from noise."""
 
-    name, family, size_field, module, discrete = "flow", ACTION, "action_dim", "velocity_head", False
-
-    def build(self, config: Any) -> nn.Module:
-        return Linear(self.size(config), ("embed", None), config.llama, out_dtype=jnp.float32, use_bias=True)
+    name, family, size_field, module = "flow", ACTION, "action_dim", "velocity_head"
 
     def positions(self, spec: Any) -> np.ndarray:
         return np.asarray(spec.action_positions, np.int32)

@@ -80,7 +80,7 @@ class VideoLlamaConfig:
     proprio_dim: int = 0
 
     def __post_init__(self) -> None:
-        for f in ("vision_vocab_size", "latent_vocab_size", "action_vocab_size", "action_dim", "proprio_dim"):
+        for f in (f.name for f in dataclasses.fields(self) if f.name != "llama"):  # every size, a new head's too
             if getattr(self, f) < 0:
                 raise ValueError(f"VideoLlamaConfig.{f}={getattr(self, f)} must be >= 0")
         if self.action_dim and self.llama.hidden_size % 4:
