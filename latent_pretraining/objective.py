@@ -15,6 +15,10 @@ With token caches (config.cache, latent_pretraining/token_cache.py) the host rep
 i32[B, W, g²] / `future_ids` i32[B, g²] and clip/clip_valid by `latent_ids` i32[B, S, C] / `latent_valid` bool[B, S];
 `tokenize` takes each part from the batch when present, else from the frozen model.
 
+Every loss is owned by a head of the table (latent_pretraining/model/heads.py): `forward` collects the heads'
+per-step model inputs (flow: noisy actions + time) and the positions they want evaluated, and `losses` sums
+`loss_weights[head.weight_key] * head.loss(...)` over the active heads in table order. No head is named here.
+
 Losses: each discrete head's cross-entropy is a per-row mean over its valid targets, then a mean over the rows that
 have any (the lineage averaged over all rows, counting empty rows as 0, which silently shrinks a head's weight when
 row kinds are mixed); flow matching is a mean over all valid action slots of the batch (as in ViPRA).
@@ -30,9 +34,9 @@ import jax
 import jax.numpy as jnp
 
 from latent_pretraining import flow
-from latent_pretraining.model import chunked_ce, vqgan
-from latent_pretraining.model.video_llama import VideoLlama, head_kernel
-from latent_pretraining.sequence import HEAD_FAMILIES, LayoutSpec, Sequence, action_weights, assemble, head_targets
+from latent_pretraining.model import heads, vqgan
+from latent_pretraining.model.video_llama import VideoLlama, VideoLlamaConfig
+from latent_pretraining.sequence import LayoutSpec, Sequence, assemble
 
 PyTree = Any
 LatentFn = Callable[[PyTree, jax.Array], jax.Array]  # (variables, clip u8[B, T, R, R, 3]) -> int32[B, T-1, C]
@@ -87,25 +91,23 @@ def cross_entropy(logits: jax.Array, targets: jax.Array, weights: jax.Array, acc
     """logits f32[B, n, V], targets i32[B, n], weights bool[B, n] → (loss, accuracy, number of scored targets).
 
     loss: per-row mean over valid targets, then mean over rows with any; accuracy: token mean over `acc_weights`
-    (default `weights`)."""
-    nll, hit = _plain_nll(logits, targets)
-    return cross_entropy_from_nll(nll, hit, weights, acc_weights)
+    (default `weights`). The discrete heads' loss (`heads.TokenHead.loss`) on given logits."""
+    nll, hit = heads.logits_nll(logits, targets)
+    return heads.token_loss(nll, hit, weights, acc_weights)
 
 
-def _plain_nll(logits: jax.Array, targets: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """Per-token NLL f32[B, n] and argmax hits bool[B, n] from full logits f32[B, n, V]."""
-    logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
-    nll = -jnp.take_along_axis(logp, targets[..., None].astype(jnp.int32), axis=-1)[..., 0]
-    return nll, jnp.argmax(logits, axis=-1) == targets
+# `cross_entropy` from per-token nll f32[B, n] and hits bool[B, n] (e.g. `chunked_ce.token_nll`)
+cross_entropy_from_nll = heads.token_loss
 
 
-def cross_entropy_from_nll(nll: jax.Array, hit: jax.Array, weights: jax.Array, acc_weights: jax.Array | None = None
-                           ) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """`cross_entropy` from per-token nll f32[B, n] and hits bool[B, n] (e.g. `chunked_ce.token_nll`)."""
-    loss = chunked_ce.masked_mean_loss(nll, weights)
-    aw = (weights if acc_weights is None else acc_weights).astype(jnp.float32)
-    acc = jnp.sum(hit.astype(jnp.float32) * aw) / jnp.maximum(jnp.sum(aw), 1.0)
-    return loss, acc, jnp.sum(aw)
+def _check_heads(config: VideoLlamaConfig, spec: LayoutSpec) -> None:
+    """Every token family the layout scores needs an active head of that family (else its tokens would silently
+    go untrained)."""
+    for head in heads.HEADS.values():
+        if head.positions(spec).size and not head.is_active(config) and not any(
+                h.family == head.family for h in heads.active(config)):
+            raise ValueError(f"the layout scores {heads.FAMILY_NAMES.get(head.family, head.family)} tokens but the "
+                             f"model has no {head.name!r} head: VideoLlamaConfig.{head.size_field} is 0")
 
 
 def forward(model: VideoLlama, spec: LayoutSpec, frozen: Frozen, flow_cfg: flow.FlowConfig, cotrain_fraction: float,
@@ -126,15 +128,21 @@ def forward(model: VideoLlama, spec: LayoutSpec, frozen: Frozen, flow_cfg: flow.
     seq = assemble(spec, batch["prompt_ids"], batch["prompt_mask"], tok["frames"], future_ids=tok.get("future"),
                    latent_ids=tok.get("latent"), latent_valid=tok.get("latent_valid"), action_row=action_row,
                    action_mask=batch.get("action_pad_mask"), action_token_ids=bins, action_token_valid=bins_valid)
+    _check_heads(model.config, spec)
     kw: dict[str, Any] = {}
     extra = dict(tok)
-    if spec.action_slots:
-        actions = batch["actions"].astype(jnp.float32)
-        x_t, t, v_target = flow.training_example(r_flow, actions, flow_cfg)
-        kw = {"actions": x_t, "time": t, "action_positions": spec.action_positions}
-        extra["v_target"] = v_target
-    # With llama.loss_chunk > 0 the heads are evaluated by `losses` (chunked, rematerialized), not by the model.
-    head_positions = {} if model.config.llama.loss_chunk > 0 else spec.head_positions()
+    head_positions = {}
+    for head in heads.active(model.config):
+        pos = head.positions(spec)
+        if not pos.size:
+            continue
+        # Heads share one key: the flow head is the only one drawing (noise, time), as before the table existed.
+        head_kw, head_extra = head.training_inputs(r_flow, batch, spec, flow_cfg)
+        kw.update(head_kw)
+        extra.update(head_extra)
+        # With llama.loss_chunk > 0 the discrete heads are evaluated by `losses` (chunked, rematerialized).
+        if head.wants_logits(model.config):
+            head_positions[head.name] = pos
     out = model.apply({"params": params}, seq.ids, seq.family, head_positions=head_positions,
                       attention_mask=seq.attention_mask,
                       block_ids=seq.block_ids if spec.bidirectional_actions else None, **kw)
@@ -143,33 +151,28 @@ def forward(model: VideoLlama, spec: LayoutSpec, frozen: Frozen, flow_cfg: flow.
 
 def losses(spec: LayoutSpec, seq: Sequence, out: Any, extra: Mapping[str, jax.Array], loss_weights: Mapping[str, float],
            model: VideoLlama | None = None, params: PyTree | None = None) -> tuple[jax.Array, dict[str, jax.Array]]:
-    """Weighted total and per-head metrics (loss_*, acc_*; latent accuracy counts codes, not separators). Heads:
-    text, vision, latent, action_bins (weights from `loss_weights` by these names) and flow. A head missing from
-    `out.logits` (`forward` with llama.loss_chunk > 0) is evaluated here from `out.hidden` and the head weights in
-    `params` by `chunked_ce.token_nll` (needs `model` and `params`)."""
+    """Weighted total and per-head metrics (loss_<head>, acc_<head>, n_<head> as each head reports them): the sum
+    over the active heads of the table (all heads with logits in `out` when `model` is None) of
+    `loss_weights[head.weight_key]` (0 when absent) times its loss. A discrete head missing from `out.logits`
+    (`forward` with llama.loss_chunk > 0) is evaluated from `out.hidden` and its weights in `params` by
+    `chunked_ce.token_nll` (needs `model` and `params`)."""
+    inputs = heads.LossInputs(spec=spec, seq=seq, out=out, extra=extra,
+                              config=None if model is None else model.config, params=params)
     total = jnp.zeros((), jnp.float32)
     metrics: dict[str, jax.Array] = {}
-    for head, pos in spec.head_positions().items():
-        tgt, w = head_targets(seq, pos, HEAD_FAMILIES[head])
-        acc_w = w & (tgt < spec.latent_codebook) if head == "latent" else None
-        if head in out.logits:
-            nll, hit = _plain_nll(out.logits[head], tgt)
-        else:
-            if model is None or params is None:
-                raise ValueError(f"head {head!r} has no logits; pass model and params to evaluate it chunked")
-            lc = model.config.llama
-            hidden = out.hidden[:, jnp.asarray(pos, jnp.int32)]
-            nll, hit = chunked_ce.token_nll(hidden, head_kernel(model.config, params, head), tgt,
-                                            chunk=lc.loss_chunk, compute_dtype=lc.compute_dtype)
-        loss, acc, n = cross_entropy_from_nll(nll, hit, w, acc_w)
-        metrics[f"loss_{head}"], metrics[f"acc_{head}"], metrics[f"n_{head}"] = loss, acc, n
-        total = total + float(loss_weights.get(head, 0.0)) * loss
-    if spec.action_slots and out.velocity is not None:
-        fl, n = flow.flow_loss(out.velocity, extra["v_target"], action_weights(seq, spec))
-        metrics["loss_flow"], metrics["n_flow"] = fl, n
-        total = total + float(loss_weights.get("flow", 0.0)) * fl
+    for head in _scored(inputs):
+        loss, head_metrics = head.loss(inputs)
+        metrics.update(head_metrics)
+        total = total + float(loss_weights.get(head.weight_key, 0.0)) * loss
     metrics["action_rows"] = jnp.mean(seq.action_row.astype(jnp.float32))
     return total, metrics
+
+
+def _scored(inputs: heads.LossInputs) -> list[heads.Head]:
+    """The heads that score this batch: those with something to score in the layout (and, given a model config,
+    active in it), in table order."""
+    candidates = heads.HEADS.values() if inputs.config is None else heads.active(inputs.config)
+    return [h for h in candidates if h.applies(inputs)]
 
 
 def make_loss_fn(model: VideoLlama, spec: LayoutSpec, frozen: Frozen, loss_weights: Mapping[str, float],
@@ -187,17 +190,16 @@ def make_loss_fn(model: VideoLlama, spec: LayoutSpec, frozen: Frozen, loss_weigh
 
 def make_eval_fn(model: VideoLlama, spec: LayoutSpec, frozen: Frozen, loss_weights: Mapping[str, float],
                  flow_cfg: flow.FlowConfig, cotrain_fraction: float) -> Callable:
-    """Jitted (params, model_state, batch, rng) -> metrics + "latent_counts" i32[codebook] of the scored targets."""
+    """Jitted (params, model_state, batch, rng) -> metrics + each head's evaluation metrics (e.g. the latent head's
+    "latent_counts" i32[codebook] of the scored targets)."""
 
     def eval_fn(params, model_state, batch, rng):
         seq, out, extra = forward(model, spec, frozen, flow_cfg, cotrain_fraction, params, batch, rng,
                                   model_state["frozen"])
         _, metrics = losses(spec, seq, out, extra, loss_weights, model, params)
-        if "latent" in spec.head_positions():
-            tgt, w = head_targets(seq, spec.head_positions()["latent"], HEAD_FAMILIES["latent"])
-            w = w & (tgt < spec.latent_codebook)
-            metrics["latent_counts"] = jnp.zeros(spec.latent_codebook, jnp.int32).at[
-                jnp.clip(tgt, 0, spec.latent_codebook - 1)].add(w.astype(jnp.int32))
+        inputs = heads.LossInputs(spec=spec, seq=seq, out=out, extra=extra, config=model.config, params=params)
+        for head in _scored(inputs):
+            metrics.update(head.eval_metrics(inputs))
         return metrics
 
     return jax.jit(eval_fn)

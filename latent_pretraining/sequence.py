@@ -37,9 +37,11 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
-from latent_pretraining.model.video_llama import ACTION, ACTION_BIN, LATENT, TEXT, VISION
+from latent_pretraining.model import heads
+from latent_pretraining.model.heads import ACTION, ACTION_BIN, LATENT, TEXT, VISION
 
-HEAD_FAMILIES = {"text": TEXT, "vision": VISION, "latent": LATENT, "action_bins": ACTION_BIN}
+# discrete head name -> the family it predicts: a live view of the head table (latent_pretraining/model/heads.py)
+HEAD_FAMILIES = heads.TOKEN_FAMILIES
 
 
 @dataclasses.dataclass(frozen=True)
@@ -160,7 +162,8 @@ class LayoutSpec:
         return [k for k, on in ((False, self.has_video_rows), (True, self.has_action_rows)) if on]
 
     def head_positions(self) -> dict[str, np.ndarray]:
-        """head name -> int32[n] positions i whose next token i+1 may be a target of that head (static)."""
+        """discrete head name -> int32[n] positions i whose next token i+1 may be a target of that head (static),
+        for every discrete head of the table whose family is scored in this layout."""
         out = {}
         for name, family in HEAD_FAMILIES.items():
             hit = np.zeros(self.length, bool)
@@ -309,14 +312,12 @@ def assemble(
 
 def head_targets(seq: Sequence, positions: np.ndarray, family: int) -> tuple[jax.Array, jax.Array]:
     """(target ids int32[B, n], weights bool[B, n]) of the head evaluated at `positions` (shifted by one)."""
-    nxt = np.asarray(positions) + 1
-    return seq.ids[:, nxt], seq.loss_mask[:, nxt] & (seq.family[:, nxt] == family)
+    return heads.shifted_targets(seq, positions, family)
 
 
 def action_weights(seq: Sequence, spec: LayoutSpec) -> jax.Array:
     """bool[B, H]: action slots that carry a flow-matching target (action rows, real actions)."""
-    pos = spec.action_positions
-    return seq.loss_mask[:, pos] & (seq.family[:, pos] == ACTION)
+    return heads.slot_weights(seq, spec.action_positions, ACTION)
 
 
 def describe(spec: LayoutSpec, action_row: bool = False) -> list[str]:

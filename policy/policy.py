@@ -52,9 +52,9 @@ import orbax.checkpoint as ocp
 
 from core.errors import UserError, unknown
 from latent_pretraining import flow
-from latent_pretraining.model import vqgan
+from latent_pretraining.model import heads, vqgan
 from latent_pretraining.model.text_tokenizer import PROMPT_TEMPLATE, TextTokenizer, format_prompt
-from latent_pretraining.model.video_llama import ACTION_BIN, LATENT, VISION, VideoLlama, VideoLlamaConfig
+from latent_pretraining.model.video_llama import VideoLlama, VideoLlamaConfig
 from latent_pretraining.sequence import LayoutSpec, assemble
 from latent_pretraining.training.checkpoint import read_assets, select_step
 from policy import sampler
@@ -330,6 +330,9 @@ class Policy:
             n_tok, fcfg, steps, integrator = self.action_tokens, self.flow_cfg, self.steps, self.integrator
             h, a = self.horizon, self.action_dim
             n_bins = max(len(c) for c in self.centers) if self.centers else None  # only ids that have a bin
+            head = heads.action_head(spec, model.config)
+            if head is None or head.discrete != bool(n_tok):
+                raise ValueError(f"the model has no head for this layout's action suffix (found {head!r})")
 
             def run(params, vq_params, frames, prompt_ids, prompt_mask, key):
                 b = frames.shape[0]
@@ -340,9 +343,9 @@ class Policy:
                 if spec.latent_steps:
                     kw["latent_ids"] = jnp.zeros((b, spec.latent_steps, spec.codes_per_step), jnp.int32)
                 seq = assemble(spec, prompt_ids, prompt_mask, ids, action_row=jnp.ones((b,), bool), **kw)
-                if n_tok:
+                if head.discrete:  # the head table's action head: token by token, else integrated from noise
                     start = spec.prefix_len + len(spec.action_open)
-                    return sampler.greedy_decode(model, params, seq, spec, start, n_tok, ACTION_BIN, "action_bins",
+                    return sampler.greedy_decode(model, params, seq, spec, start, n_tok, None, head.name,
                                                  vocab=n_bins)
                 # row i draws from fold_in(key, i): a row's chunk does not depend on the batch size
                 noise = jax.vmap(lambda i: jax.random.normal(jax.random.fold_in(key, i), (h, a), jnp.float32))(
@@ -373,13 +376,13 @@ class Policy:
                     kw["action_token_ids"] = jnp.zeros((b, spec.action_tokens), jnp.int32)
                 seq = assemble(spec, prompt_ids, prompt_mask, ids, action_row=jnp.zeros((b,), bool), **kw)
                 if spec.future_frame:
-                    fut = sampler.greedy_decode(model, params, seq, spec, spec.prefix_len, g, VISION, "vision",
+                    fut = sampler.greedy_decode(model, params, seq, spec, spec.prefix_len, g, None, "vision",
                                                 vocab=spec.vision_codebook)
                     seq = seq.replace(ids=seq.ids.at[:, spec.prefix_len:spec.prefix_len + g].set(fut))
                 force = None
                 if spec.latent_separator:  # codes < codebook, the separator where training puts it
                     force = tuple(([-1] * c + [spec.separator]) * s)
-                lat = sampler.greedy_decode(model, params, seq, spec, spec.latent_start, s * spec.step_len, LATENT,
+                lat = sampler.greedy_decode(model, params, seq, spec, spec.latent_start, s * spec.step_len, None,
                                             "latent", vocab=spec.latent_codebook, force=force)
                 return lat.reshape(b, s, spec.step_len)[..., :c]
 

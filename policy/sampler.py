@@ -19,6 +19,10 @@ the cache offsets, and a bidirectional chunk (``spec.bidirectional_actions``) pa
 padding) are invisible to the slots in both modes, so both samplers agree to float rounding (tests: <= 1e-5 in
 float32).
 
+The heads of the table (latent_pretraining/model/heads.py) own the per-step rule: a discrete head picks ids
+(``TokenHead.pick``: argmax or a seeded categorical draw), the flow head integrates its velocity from noise
+(``FlowHead.sample``); the decoded family is the head's family. These functions only run the model.
+
 Everything is a pure function of (params, arrays) with the model, spec, flow config and step counts static, so it
 can be wrapped in ``jax.jit`` (see ``jit_flow_sample`` / ``jit_greedy_decode``). No global mode switches: the same
 compiled function may be called from several threads.
@@ -34,8 +38,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from latent_pretraining import flow
+from latent_pretraining.model import heads
 from latent_pretraining.model.attention import KVCache
-from latent_pretraining.model.video_llama import ACTION, VideoLlama
+from latent_pretraining.model.video_llama import VideoLlama
 from latent_pretraining.sequence import LayoutSpec, Sequence
 
 __all__ = [
@@ -85,7 +90,23 @@ def flow_sample_naive(
                           head_positions={}, attention_mask=seq.attention_mask, block_ids=block)
         return out.velocity
 
-    return flow.integrate(velocity, noise.astype(jnp.float32), flow_cfg, steps, integrator)
+    return _flow_head().sample(velocity, noise, flow_cfg, steps, integrator)
+
+
+def _flow_head() -> heads.FlowHead:
+    head = heads.get("flow")
+    assert isinstance(head, heads.FlowHead), head
+    return head
+
+
+def _token_head(name: str, family: int | None) -> heads.TokenHead:
+    """The discrete head ``name`` of the table; ``family`` (if given) must be the one it predicts."""
+    head = heads.get(name)
+    if not isinstance(head, heads.TokenHead):
+        raise ValueError(f"head {name!r} is not a discrete head: it cannot be decoded token by token")
+    if family is not None and family != head.family:
+        raise ValueError(f"head {name!r} predicts family {head.family}, not {family}")
+    return head
 
 
 def prefill(model: VideoLlama, params: PyTree, seq: Sequence, length: int, capacity: int,
@@ -126,7 +147,7 @@ def flow_sample_cached(
     cache, _ = prefill(model, params, seq, start, start + h)
     b = seq.ids.shape[0]
     ids = jnp.zeros((b, h), jnp.int32)
-    family = jnp.full((b, h), ACTION, jnp.int32)
+    family = jnp.full((b, h), _flow_head().family, jnp.int32)
     attn = seq.attention_mask[:, pos]
     block = seq.block_ids[:, pos] if spec.bidirectional_actions else None
     local = np.arange(h, dtype=np.int32)
@@ -136,15 +157,7 @@ def flow_sample_cached(
                           attention_mask=attn, block_ids=block, cache=cache)
         return out.velocity
 
-    return flow.integrate(velocity, noise.astype(jnp.float32), flow_cfg, steps, integrator)
-
-
-def _pick(logits: jax.Array, rng: jax.Array | None, temperature: float, i: int | jax.Array) -> jax.Array:
-    """argmax (rng None or temperature 0) or a categorical draw at ``temperature`` with key fold_in(rng, i)."""
-    if rng is None or temperature <= 0:
-        return jnp.argmax(logits, axis=-1).astype(jnp.int32)
-    key = jax.random.fold_in(rng, i)
-    return jax.random.categorical(key, logits.astype(jnp.float32) / temperature, axis=-1).astype(jnp.int32)
+    return _flow_head().sample(velocity, noise, flow_cfg, steps, integrator)
 
 
 def _restrict(logits: jax.Array, vocab: int | None) -> jax.Array:
@@ -175,7 +188,7 @@ def greedy_decode(
     spec: LayoutSpec | None,
     start: int,
     n: int,
-    family: int,
+    family: int | None,
     head: str,
     *,
     rng: jax.Array | None = None,
@@ -188,8 +201,8 @@ def greedy_decode(
 
     Args:
       seq: context; only positions < start are read. spec: unused (kept for a uniform signature; may be None).
-      family / head: the decoded tokens' family (e.g. LATENT, ACTION_BIN) and the head that predicts it
-        ("latent", "action_bins").
+      family / head: the discrete head of the table that predicts the tokens ("latent", "action_bins", ...) and
+        its family (e.g. LATENT; None = the head's own family; a different one is refused).
       rng: None = greedy (argmax); else a key and ``temperature`` > 0 for seeded sampling (step i uses
         fold_in(rng, i), identical in ``decode_naive``).
       vocab: optional, only ids < vocab may be produced.
@@ -201,13 +214,14 @@ def greedy_decode(
     del spec
     if n < 1 or start < 1:
         raise ValueError(f"need n >= 1 and start >= 1, got n={n}, start={start}")
+    pick = _token_head(head, family).pick
     variables = _variables(params)
     b = seq.ids.shape[0]
     cache, logits = prefill(model, params, seq, start, start + n, head=head)
-    fam = jnp.full((b, 1), family, jnp.int32)
+    fam = jnp.full((b, 1), heads.get(head).family, jnp.int32)
     ones = jnp.ones((b, 1), jnp.int32)
     forced = _forced(force, n)
-    first = _apply_force(_pick(_restrict(logits, vocab), rng, temperature, 0), forced, 0)
+    first = _apply_force(pick(_restrict(logits, vocab), rng, temperature, 0), forced, 0)
     if n == 1:
         return first[:, None]
 
@@ -215,7 +229,7 @@ def greedy_decode(
         cache, tok = carry
         out = model.apply(variables, tok[:, None], fam, head_positions={head: (0,)}, attention_mask=ones,
                           cache=cache)
-        nxt = _apply_force(_pick(_restrict(out.logits[head][:, 0], vocab), rng, temperature, i), forced, i)
+        nxt = _apply_force(pick(_restrict(out.logits[head][:, 0], vocab), rng, temperature, i), forced, i)
         return (out.cache, nxt), nxt
 
     _, rest = jax.lax.scan(body, (cache, first), jnp.arange(1, n, dtype=jnp.int32))
@@ -229,7 +243,7 @@ def decode_naive(
     spec: LayoutSpec | None,
     start: int,
     n: int,
-    family: int,
+    family: int | None,
     head: str,
     *,
     rng: jax.Array | None = None,
@@ -240,6 +254,7 @@ def decode_naive(
     """Reference for ``greedy_decode``: every token is predicted by a full pass over positions [0, start + n) with
     the tokens decoded so far written into ``seq`` (n passes, no cache). int32[B, n]."""
     del spec
+    token_head = _token_head(head, family)
     variables = _variables(params)
     length = start + n
     ids, fam = seq.ids[:, :length], seq.family[:, :length]
@@ -248,10 +263,10 @@ def decode_naive(
     toks = []
     for i in range(n):
         out = model.apply(variables, ids, fam, head_positions={head: (start + i - 1,)}, attention_mask=attn)
-        tok = _apply_force(_pick(_restrict(out.logits[head][:, 0], vocab), rng, temperature, i), forced, i)
+        tok = _apply_force(token_head.pick(_restrict(out.logits[head][:, 0], vocab), rng, temperature, i), forced, i)
         toks.append(tok)
         ids = ids.at[:, start + i].set(tok)
-        fam = fam.at[:, start + i].set(family)
+        fam = fam.at[:, start + i].set(token_head.family)
         attn = attn.at[:, start + i].set(1)
     return jnp.stack(toks, axis=1)
 
@@ -265,7 +280,7 @@ def jit_flow_sample(model: VideoLlama, spec: LayoutSpec, flow_cfg: flow.FlowConf
 
 
 @functools.lru_cache(maxsize=64)
-def jit_greedy_decode(model: VideoLlama, start: int, n: int, family: int, head: str, sample: bool = False,
+def jit_greedy_decode(model: VideoLlama, start: int, n: int, family: int | None, head: str, sample: bool = False,
                       temperature: float = 1.0, vocab: int | None = None, cached: bool = True,
                       force: tuple[int, ...] | None = None) -> Any:
     """A jitted ``(params, seq, rng) -> int32[B, n]`` (rng ignored unless ``sample``; memoized)."""

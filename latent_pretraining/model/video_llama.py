@@ -14,6 +14,9 @@ Parameter tree (top-level siblings; each extra only when its size in ``VideoLlam
     action_encoder/linear_{1,2,3}/{kernel,bias}             ViPRA ActionEncoder (time-conditioned)
     proprio_encoder/linear_{1,2,3}/{kernel,bias}            ViPRA proprio Encoder
 
+The tables and heads are created from the head table (``latent_pretraining/model/heads.py``: each head names its
+family, its size field above, its table and output module), so the names above are the heads' declared names.
+
 Released LAPA / ViPRA files use other names (``dte``, ``delta_head``, a biased ``action_head``); ``from_lineage``
 renames a converted tree (``latent_pretraining.convert.lwm.read_lwm_params``) to this layout.
 
@@ -36,10 +39,12 @@ import numpy as np
 from flax import struct
 
 from core.lookup import check_names
+from latent_pretraining.model import heads
 from latent_pretraining.model.attention import KVCache
+from latent_pretraining.model.heads import ACTION, ACTION_BIN, LATENT, PROPRIO, TEXT, VISION
 from latent_pretraining.model.llama import LlamaModel
 from latent_pretraining.model.llama_config import LlamaConfig
-from latent_pretraining.model.llama_layers import Embed, Linear
+from latent_pretraining.model.llama_layers import Linear
 from latent_pretraining.training.sharding import with_logical_constraint
 
 __all__ = [
@@ -48,18 +53,8 @@ __all__ = [
     "init_params", "sinusoidal_embedding",
 ]  # fmt: skip
 
-TEXT, VISION, LATENT, ACTION_BIN, ACTION, PROPRIO = 0, 1, 2, 3, 4, 5
-
-# head name -> the family whose table it predicts
-HEAD_FAMILY: dict[str, int] = {"text": TEXT, "vision": VISION, "latent": LATENT, "action_bins": ACTION_BIN}
-
-# discrete head name -> its module (parameter) name
-_HEAD_MODULES = {
-    "text": "lm_head",
-    "vision": "vision_head",
-    "latent": "latent_actions_head",
-    "action_bins": "action_head",
-}
+# head name -> the family whose table it predicts (a live view of the head table, latent_pretraining/model/heads.py)
+HEAD_FAMILY: Mapping[str, int] = heads.TOKEN_FAMILIES
 
 Positions = Sequence[int] | jax.Array | np.ndarray
 
@@ -85,7 +80,7 @@ class VideoLlamaConfig:
     proprio_dim: int = 0
 
     def __post_init__(self) -> None:
-        for f in ("vision_vocab_size", "latent_vocab_size", "action_vocab_size", "action_dim", "proprio_dim"):
+        for f in (f.name for f in dataclasses.fields(self) if f.name != "llama"):  # every size, a new head's too
             if getattr(self, f) < 0:
                 raise ValueError(f"VideoLlamaConfig.{f}={getattr(self, f)} must be >= 0")
         if self.action_dim and self.llama.hidden_size % 4:
@@ -95,19 +90,12 @@ class VideoLlamaConfig:
 
     @property
     def active_heads(self) -> tuple[str, ...]:
-        """Names of the discrete heads present: a subset of ``("text", "vision", "latent", "action_bins")``."""
-        sizes = {"text": 1, "vision": self.vision_vocab_size, "latent": self.latent_vocab_size}
-        sizes["action_bins"] = self.action_vocab_size
-        return tuple(name for name, size in sizes.items() if size > 0)
+        """Names of the discrete heads present, in table order (e.g. ``("text", "vision", "latent")``)."""
+        return tuple(h.name for h in heads.active(self) if h.discrete)
 
     def head_vocab(self, name: str) -> int:
-        """Vocabulary size of a discrete head."""
-        return {
-            "text": self.llama.vocab_size,
-            "vision": self.vision_vocab_size,
-            "latent": self.latent_vocab_size,
-            "action_bins": self.action_vocab_size,
-        }[name]
+        """Output size of a head (vocabulary of a discrete head; ``action_dim`` for "flow")."""
+        return heads.get(name).size(self)
 
     def replace(self, **overrides: Any) -> VideoLlamaConfig:
         return dataclasses.replace(self, **overrides)
@@ -206,32 +194,24 @@ class VideoLlama(nn.Module):
     def setup(self) -> None:
         cfg, lc = self.config, self.config.llama
         self.transformer = LlamaModel(lc)
-        if not lc.tie_embeddings:
-            self.lm_head = Linear(lc.vocab_size, ("embed", "vocab"), lc, out_dtype=jnp.float32)
-        if cfg.vision_vocab_size:
-            self.vte = Embed(cfg.vision_vocab_size, lc)
-            self.vision_head = Linear(cfg.vision_vocab_size, ("embed", "vocab"), lc, out_dtype=jnp.float32)
-        if cfg.latent_vocab_size:
-            self.late = Embed(cfg.latent_vocab_size, lc)
-            self.latent_actions_head = Linear(cfg.latent_vocab_size, ("embed", "vocab"), lc, out_dtype=jnp.float32)
-        if cfg.action_vocab_size:
-            self.ate = Embed(cfg.action_vocab_size, lc)
-            self.action_head = Linear(cfg.action_vocab_size, ("embed", "vocab"), lc, out_dtype=jnp.float32)
-        if cfg.action_dim:
+        # every active head of the table: its family's input table (if it has one) and its output layer, under the
+        # parameter names the head declares (checkpoint layout)
+        for head in heads.active(cfg):
+            if head.table:
+                setattr(self, head.table, head.build_table(cfg))
+            out = head.build(cfg)
+            if out is not None:
+                setattr(self, head.module, out)
+        if cfg.action_dim:  # the input side of the flow head: noisy actions + time -> embeddings at the slots
             self.action_encoder = ActionEncoder(lc)
-            self.velocity_head = Linear(cfg.action_dim, ("embed", None), lc, out_dtype=jnp.float32, use_bias=True)
         if cfg.proprio_dim:
             self.proprio_encoder = ProprioEncoder(lc)
 
     def _tables(self) -> list[tuple[int, int, Any]]:
+        """(family, vocabulary, embed module) of every input table: the text table, then the heads' tables."""
         cfg = self.config
         out = [(TEXT, cfg.llama.vocab_size, self.transformer.embed)]
-        if cfg.vision_vocab_size:
-            out.append((VISION, cfg.vision_vocab_size, self.vte))
-        if cfg.latent_vocab_size:
-            out.append((LATENT, cfg.latent_vocab_size, self.late))
-        if cfg.action_vocab_size:
-            out.append((ACTION_BIN, cfg.action_vocab_size, self.ate))
+        out += [(h.family, h.size(cfg), getattr(self, h.table)) for h in heads.active(cfg) if h.table]
         return out
 
     def embed_inputs(
@@ -272,14 +252,20 @@ class VideoLlama(nn.Module):
         return x
 
     def head(self, name: str, hidden: jax.Array) -> jax.Array:
-        """Discrete head ``name`` on ``hidden [B, n, D]`` -> f32 logits ``[B, n, V_head]``."""
-        if name not in self.config.active_heads:
+        """Head ``name`` of the table on ``hidden [B, n, D]`` -> f32 ``[B, n, size]`` (logits of a discrete head)."""
+        head = heads.get(name)
+        if not head.is_active(self.config):
             raise ValueError(f"head {name!r} is not active; active heads: {self.config.active_heads}")
-        if name == "text":
-            out = self.transformer.attend(hidden) if self.config.llama.tie_embeddings else self.lm_head(hidden)
-        else:
-            out = getattr(self, _HEAD_MODULES[name])(hidden)
+        out = head.apply(self, hidden)
         return with_logical_constraint(out.astype(jnp.float32), ("batch", "length", "act_vocab"))
+
+    def init_all_heads(self, ids: jax.Array, family: jax.Array, **kw: Any) -> VideoLlamaOutput:
+        """``__call__`` plus every active head of the table on the hidden states, so that ``init`` creates the
+        parameters of heads the plain call does not reach (e.g. a continuous head evaluated only on request)."""
+        out = self(ids, family, **kw)
+        for head in heads.active(self.config):
+            self.head(head.name, out.hidden[:, :1])
+        return out
 
     def __call__(
         self,
@@ -305,8 +291,9 @@ class VideoLlama(nn.Module):
           actions: ``[B, S, action_dim]`` noisy actions x_t; time: ``[B]`` flow time; action_positions: ``[S]``
             slots in this call (static tuple or int array, shared by all rows).
           proprio: ``[B, P, proprio_dim]`` at ``proprio_positions [P]``.
-          head_positions: head name -> ``[n]`` positions where it is evaluated; unlisted heads are skipped;
-            None = every active head at every position.
+          head_positions: head name -> ``[n]`` positions where it is evaluated (any head of the table, discrete
+            or continuous: its output lands in ``logits[name]``); unlisted heads are skipped; None = every active
+            discrete head at every position.
           attention_mask, position_ids, block_ids, mask, cache: as in ``LlamaModel``.
         """
         x = self.embed_inputs(
@@ -334,8 +321,8 @@ class VideoLlama(nn.Module):
         for name, pos in wanted.items():
             logits[name] = self.head(name, hidden if pos is None else hidden[:, _positions(pos)])
         velocity = None
-        if actions is not None:
-            velocity = self.velocity_head(hidden[:, _positions(action_positions)])
+        if actions is not None:  # the flow head, read at the slots the noisy actions were fed to
+            velocity = self.head("flow", hidden[:, _positions(action_positions)])
         return VideoLlamaOutput(logits=logits, velocity=velocity, hidden=hidden, cache=new_cache)
 
 
@@ -345,9 +332,7 @@ def head_kernel(config: VideoLlamaConfig, params: Mapping[str, Any], name: str) 
     ``chunked_ce.token_nll``."""
     if name not in config.active_heads:
         raise ValueError(f"head {name!r} is not active; active heads: {config.active_heads}")
-    if name == "text" and config.llama.tie_embeddings:
-        return params["transformer"]["wte"]["embedding"].T
-    return params[_HEAD_MODULES[name]]["kernel"]
+    return heads.get(name).kernel(config, params)
 
 
 def _dummy_inputs(config: VideoLlamaConfig, batch: int, length: int) -> tuple[tuple[Any, ...], dict[str, Any]]:
@@ -367,7 +352,7 @@ def _dummy_inputs(config: VideoLlamaConfig, batch: int, length: int) -> tuple[tu
 def init_params(config: VideoLlamaConfig, rng: jax.Array, batch: int = 1, length: int = 4, boxed: bool = False) -> Any:
     """Random ``{"params": ...}`` with every active table, head and encoder (plain arrays unless ``boxed``)."""
     args, kw = _dummy_inputs(config, batch, length)
-    variables = VideoLlama(config).init(rng, *args, **kw)
+    variables = VideoLlama(config).init(rng, *args, method=VideoLlama.init_all_heads, **kw)
     return variables if boxed else nn.meta.unbox(variables)
 
 
