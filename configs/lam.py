@@ -121,8 +121,13 @@ SMALL_FAMILY: dict[str, dict[str, Any]] = {
     "lapa": {"model.encoder.spatial_depth": 1, "model.encoder.temporal_depth": 1, "model.code_pool": "mean",
              "model.quant_norm": True, "model.encoder.motion_stem": 32, "model.slot_codebooks": True,
              "loss.flow_weight": 4.0, "data.offset": 3, "data.clip_len": 2, "train.total_steps": 3500},
-    "vipra": {"model.encoder.kind": "patch", "model.encoder.depth": 1, "loss.flow_weight": 0.5, "data.offset": 1,
-              "data.clip_len": 4, "train.total_steps": 2000},
+    # ViPRA kept: multi-frame clips (3 frames, 2 transitions), one interleaved spatio-temporal encoder layer, the
+    # causal FiLM decoder, 16 codes per transition; lapa_demo's motion recipe on top (codes from feature differences,
+    # grid-mean slots, cosine codes, a codebook per slot, the motion stem, flow weight 4, clip offset 3)
+    "vipra": {"model.encoder.kind": "patch", "model.encoder.depth": 1, "model.encode_deltas": True,
+              "model.code_pool": "mean",
+              "model.quant_norm": True, "model.encoder.motion_stem": 32, "model.slot_codebooks": True,
+              "loss.flow_weight": 4.0, "data.offset": 3, "data.clip_len": 3, "train.total_steps": 2000},
 }
 # Tests: the demo presets shrunk further (a few seconds per run).
 TINY: dict[str, Any] = {
@@ -130,7 +135,8 @@ TINY: dict[str, Any] = {
     "model.quant_warmup_steps": 0, "model.decoder.depth": 1, "train.total_steps": 20,
     "train.optimizer.warmup_steps": 0, "eval.batches": 8,
 }
-TINY_FAMILY: dict[str, dict[str, Any]] = {"lapa": {"model.encoder.motion_stem": 16}, "vipra": {}}
+TINY_FAMILY: dict[str, dict[str, Any]] = {"lapa": {"model.encoder.motion_stem": 16},
+                                          "vipra": {"model.encoder.motion_stem": 16}}
 
 
 def _apply(c: ml_collections.ConfigDict, values: dict[str, Any]) -> None:

@@ -1,5 +1,10 @@
-"""ViPRA recipe: dynamics pretraining (frames t-2, t -> future frame t+H "latent state" + H × (16 codes + eola)),
+"""ViPRA recipe: dynamics pretraining (frames t-2, t -> future frame t+H "latent state" + S × (C codes + eola)),
 co-trained with a flow-matching action chunk on the rows that have actions.
+
+The S latent steps are the LAM's transitions t -> t+k -> ... -> t+S·k (k = the LAM's clip offset, the window's
+clip_stride), so S·k = H puts the last one on the future frame: 7b S = H = 14 with ViPRA's offset-1 LAM (16 codes of
+8 per transition); demo S = 2, k = 3, H = 6 with the `vipra_demo` LAM (16 codes, one codebook of 8 per code slot,
+clips of 3 frames: one LAM call labels both transitions; docs/lam_demo_experiments.md).
 
 Presets: `debug` (tests), `demo` (minutes on a 2-core CPU on the demo world), `7b` (the published setup).
     python -m latent_pretraining.train --config=configs/vipra.py:demo --workdir=runs/vla_demo/vipra --overwrite
@@ -52,8 +57,10 @@ def get_config(preset: str = "demo") -> ml_collections.ConfigDict:
     else:
         demo_model(c) if preset == "demo" else debug_model(c)
         c.latent.lam_workdir = "runs/lam_demo/vipra"
-        c.layout.update({"prompt_len": 40, "latent_steps": 6, "action_slots": 6})
         c.data.horizon = 6
+        # debug LAMs (lapa_tiny / vipra_tiny) are random test fixtures: 6 steps exercise the chunked labelling; demo:
+        # 2 transitions of the vipra_demo LAM's offset 3 span the horizon (tests/test_lam_vipra_layout.py)
+        c.layout.update({"prompt_len": 40, "latent_steps": 2 if preset == "demo" else 6, "action_slots": 6})
         c.cotrain_fraction = 0.5
         if preset == "demo":
             c.data.batch_size = 8
