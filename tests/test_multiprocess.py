@@ -47,6 +47,8 @@ def test_the_trainer_carries_only_the_lam_encoder(tmp_path: pathlib.Path, demo_d
         jax.tree.structure(setup.frozen_weights["lam"])
 
 
+@pytest.mark.slow  # two evaluation compiles: ~100 s on the busy shared CPU (test_vla_train's end-to-end run also
+# evaluates on params sharded over the 8 test devices, fast)
 def test_evaluate_on_sharded_params_equals_host_params(tmp_path: pathlib.Path, demo_data: str) -> None:
     setup = train.build(_config(tmp_path, demo_data), tiny_labeler("vipra_tiny"))
     mesh = mesh_lib.make_mesh(dict(setup.config.train.mesh))  # fsdp over the 8 test devices, as training
