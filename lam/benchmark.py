@@ -10,6 +10,7 @@ import argparse
 import json
 import time
 from collections.abc import Callable
+from typing import Any
 
 import jax
 import ml_collections
@@ -60,3 +61,47 @@ def main(argv: list[str] | None, get_config: Callable[[str], ml_collections.Conf
                       "devices": jax.device_count(), "step_s_median": round(med, 4),
                       "clips_per_s": round(args.batch / med, 2)}, indent=2))
     return 0
+
+
+def step_variants(args: Any, get_config: Callable[[str], ml_collections.ConfigDict]) -> tuple[list, str]:
+    """`scripts/benchmark.py train-step --model lam`: the LAM trainer's step (forward, NSVQ, replacement, backward,
+    the configured AdamW; state donated) for preset `--size` at `--batch` clips, on a one-device mesh, as one
+    `step_table.Variant` (FLOPs from XLA's cost analysis of the compiled step: no hand formula exists for the LAM)."""
+    from lam import train
+    from latent_pretraining.training import mesh as mesh_lib
+    from latent_pretraining.training import optim, step, step_table
+    from latent_pretraining.training import state as state_lib
+
+    cfg = get_config(args.size)
+    cfg.data.batch_size = args.batch
+    mesh = mesh_lib.make_mesh({"dp": 1, "fsdp": 1, "tp": 1, "sp": 1}, devices=jax.devices()[:1])
+    init_fn = train.make_init_fn(cfg)
+    with jax.set_mesh(mesh):
+        rng = jax.random.PRNGKey(0)
+        abstract = jax.eval_shape(init_fn, rng)["params"]
+        tx, schedule = optim.make_optimizer(cfg.train.optimizer, cfg.train.total_steps, abstract)
+        st, shardings, _ = state_lib.create_train_state(init_fn, tx, mesh, rng)
+        sharding = mesh_lib.batch_sharding(mesh, 1)
+        fn = step.jit_train_step(step.make_train_step(train.make_loss_fn(cfg), tx, schedule=schedule), shardings,
+                                 sharding)
+        r, n = cfg.model.image_size, cfg.data.clip_len
+        g = np.random.default_rng(0)
+        batch = {"clip": g.integers(0, 256, (args.batch, n, r, r, 3), dtype=np.uint8)}
+        if cfg.model.flow_head and cfg.loss.flow_weight > 0:
+            batch["flow"] = np.zeros((args.batch, n - 1, r, r, 2), np.float32)
+        batch = jax.device_put(batch, sharding)
+        compiled = fn.lower(st, batch).compile()
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, list | tuple) else cost
+    flops = float((cost or {}).get("flops", 0.0))
+    mem = compiled.memory_analysis()
+    box = [st]
+
+    def run() -> None:
+        box[0], m = compiled(box[0], batch)
+        jax.block_until_ready((box[0].params, m))
+
+    head = (f"LAM step: {args.size}, batch {args.batch} clips of {n} x {r}x{r}, XLA TFLOP/step={flops / 1e12:.4f} "
+            "(executed FLOPs from XLA's cost analysis); no HF reference")
+    temps = None if mem is None else int(mem.temp_size_in_bytes)
+    return [step_table.Variant("ours", run, flops, temp_bytes=temps)], head

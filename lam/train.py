@@ -150,13 +150,17 @@ def keep_train_keys(batch: dict) -> dict:
 
 
 class UsageLog:
-    """Hook: appends {step, counts, perplexity, psnr, psnr_copy} to <workdir>/codebook_usage.jsonl every `every`."""
+    """Hook: appends {step, counts, perplexity, psnr, psnr_copy} to <workdir>/codebook_usage.jsonl every `every`.
+
+    `every` is the log interval, so its steps are the loop's sync steps, where it gets the state (`deferred`)."""
+
+    deferred = True
 
     def __init__(self, workdir: str, every: int):
         self.path, self.every = os.path.join(workdir, "codebook_usage.jsonl"), every
 
     def __call__(self, step: int, state: Any, metrics: dict, logger: Any) -> None:
-        if step % self.every or jax.process_index():
+        if step % self.every or jax.process_index() or state is None:
             return
         ms = jax.device_get(state.model_state["nsvq"][QUANTIZER])
         row = {"step": step, "counts_since_reset": np.asarray(ms["counts"]).tolist(),

@@ -1,17 +1,25 @@
-"""``train-step`` benchmark: one LLaMA forward + backward + SGD update, ours (JAX) vs Hugging Face (torch).
+"""``train-step`` benchmark: the trainer's real step timed beside a reference, interleaved, in one process.
 
-Reports, from one run on one machine:
-- model FLOP/s of our jitted step divided by the machine's matmul peak measured in the same run (a square f32 matmul,
-  best of several): a CPU "MFU";
-- HF ``LlamaForCausalLM`` (torch, same config, same weights layout) step time divided by ours.
+``--model llama`` (default): the LLaMA step exactly as training runs it (``lm_loss`` next-token CE,
+``training/step.py`` with clipping + the project's AdamW from ``training/optim.py``, the state donated) beside HF
+``transformers`` LlamaForCausalLM (torch CPU, same shapes, same loss, clipping + torch AdamW with the same
+hyper-parameters), plus optional lean variants of ours (``--lean LOSS_CHUNK,KV_BLOCK``). ``--model vla``: the
+VideoLLaMA step with the real objective and the frozen VQGAN + LAM inside (raw frames in the batch).
+``--model lam``: the LAM step. Every run also times a square matmul in the same rounds: its FLOP per CPU-second is
+the peak that "fraction of peak" divides by. See ``step_table`` for what each column means.
 
-    python scripts/benchmark.py train-step                 # d=512, 8 layers, seq 512, batch 4, f32
+    python scripts/benchmark.py train-step                          # d=512, 8 layers, FFN 1408, seq 512, batch 4
+    python scripts/benchmark.py train-step --lean 128,0 0,128 128,128 --rounds 4
+    python scripts/benchmark.py train-step --model vla --size demo --batch 8
+    python scripts/benchmark.py train-step --model lam --size lapa_demo --batch 16
+    python scripts/benchmark.py train-step --small                  # seconds: tiny shapes (tests)
     python scripts/benchmark.py train-step --preset 1b --dtype bfloat16 --batch 8 --seq 2048 --no-hf   # on a GPU
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import statistics
 import time
 from collections.abc import Callable
@@ -19,9 +27,15 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 
-from latent_pretraining.model.llama import LlamaForCausalLM, lm_loss, random_params
+from latent_pretraining.model.llama import LlamaForCausalLM, init_params, lm_loss
 from latent_pretraining.model.llama_config import LlamaConfig, preset
+from latent_pretraining.training import mesh as mesh_lib
+from latent_pretraining.training import optim, step_table
+from latent_pretraining.training import sharding as sharding_lib
+from latent_pretraining.training import state as state_lib
+from latent_pretraining.training import step as step_lib
 
 
 def _timeit(fn: Callable[[], Any], steps: int, warmup: int = 1) -> tuple[list[float], list[float]]:
@@ -46,40 +60,47 @@ def matmul_peak(n: int = 2048, dtype: str = "float32", repeats: int = 10) -> tup
     return 2 * n**3 / min(wall), 2 * n**3 / min(cpu)
 
 
-def make_step(cfg: LlamaConfig, lr: float = 1e-3) -> Callable:
-    """Jitted ``(params, tokens) -> (params, loss)``: next-token CE, backward, SGD update; params donated."""
-    model = LlamaForCausalLM(cfg)
-
-    def loss_fn(params: Any, tokens: jax.Array) -> jax.Array:
-        return lm_loss(model, params, tokens)
-
-    def step(params: Any, tokens: jax.Array) -> tuple[Any, jax.Array]:
-        loss, grads = jax.value_and_grad(loss_fn)(params, tokens)
-        return jax.tree.map(lambda p, g: p - lr * g.astype(p.dtype), params, grads), loss
-
-    return jax.jit(step, donate_argnums=0)
+def llama_optimizer_config(lr: float = 1e-4, weight_decay: float = 0.1) -> ml_collections.ConfigDict:
+    """The trainer's optimizer section (`training/optim.py`: clip 1.0 -> AdamW b2 0.95, decay on matrices only)."""
+    c = optim.default_config()
+    c.lr, c.weight_decay, c.schedule = lr, weight_decay, "constant"
+    return c
 
 
 def prepare_ours(cfg: LlamaConfig, batch: int, seq: int) -> tuple[Callable[[], None], Any, float]:
-    """``(run one step, compiled step, compile seconds)`` of our step on random tokens (params donated each call)."""
-    params = random_params(cfg)
-    tokens = jax.random.randint(jax.random.key(0), (batch, seq + 1), 0, cfg.vocab_size)
-    step = make_step(cfg)
-    t = time.perf_counter()
-    compiled = step.lower(params, tokens).compile()
-    compile_s = time.perf_counter() - t
-    state = {"params": params}
+    """``(run one step, compiled step, compile seconds)`` of the trainer's real step on random tokens: next-token CE
+    (``lm_loss``), ``training/step.py`` (grad norm, clipping, AdamW from ``training/optim.py``, metrics) jitted by
+    ``step.jit_train_step`` with the state donated, on a one-device mesh."""
+    model = LlamaForCausalLM(cfg)
+    mesh = mesh_lib.make_mesh({"dp": 1, "fsdp": 1, "tp": 1, "sp": 1}, devices=jax.devices()[:1])
+
+    def init_fn(rng: jax.Array) -> Any:
+        return init_params(cfg, rng, boxed=True)
+
+    def loss_fn(params: Any, data: dict[str, jax.Array], rng: jax.Array) -> tuple[jax.Array, dict]:
+        del rng
+        return lm_loss(model, {"params": params}, data["tokens"]), {}
+
+    rng = jax.random.PRNGKey(0)
+    with jax.set_mesh(mesh):
+        abstract = sharding_lib.unbox(jax.eval_shape(init_fn, rng)["params"])
+        tx, schedule = optim.make_optimizer(llama_optimizer_config(), 1000, abstract)
+        state, shardings, _ = state_lib.create_train_state(init_fn, tx, mesh, rng)
+        data_sharding = mesh_lib.batch_sharding(mesh, 2)
+        tokens = jax.random.randint(jax.random.key(0), (batch, seq + 1), 0, cfg.vocab_size)
+        data = {"tokens": jax.device_put(tokens, data_sharding)}
+        fn = step_lib.jit_train_step(step_lib.make_train_step(loss_fn, tx, schedule=schedule), shardings,
+                                     {"tokens": data_sharding})
+        t = time.perf_counter()
+        compiled = fn.lower(state, data).compile()
+        compile_s = time.perf_counter() - t
+    box = [state]
 
     def run() -> None:
-        state["params"], loss = compiled(state["params"], tokens)
-        loss.block_until_ready()
+        box[0], metrics = compiled(box[0], data)
+        jax.block_until_ready((box[0].params, metrics))
 
     return run, compiled, compile_s
-
-
-def time_ours(cfg: LlamaConfig, batch: int, seq: int, steps: int) -> tuple[tuple[list[float], list[float]], float]:
-    run, _, compile_s = prepare_ours(cfg, batch, seq)
-    return _timeit(run, steps), compile_s
 
 
 def temp_bytes(compiled: Any) -> int | None:
@@ -113,8 +134,10 @@ def print_comparison(results: dict[str, tuple[list, list]], temps: dict[str, int
               f"CPU / {base} = {min(cpu) / bc:.3f}")
 
 
-def time_hf(cfg: LlamaConfig, batch: int, seq: int, steps: int, threads: int | None) -> tuple[list[float], list[float]]:
-    """The same step in HF transformers (torch, eager, SDPA attention)."""
+def prepare_hf(cfg: LlamaConfig, batch: int, seq: int, threads: int | None) -> Callable[[], None]:
+    """One HF ``transformers`` LlamaForCausalLM step (torch CPU, eager, SDPA attention) with the same loss (mean
+    next-token CE on f32 logits) and the same optimizer: global-norm clipping at 1.0, then torch AdamW (b1 0.9,
+    b2 0.95, eps 1e-8, decay 0.1 on matrices only, as ``llama_optimizer_config``)."""
     import torch
     import transformers
 
@@ -125,30 +148,89 @@ def time_hf(cfg: LlamaConfig, batch: int, seq: int, steps: int, threads: int | N
     hf_cfg = transformers.LlamaConfig(**{**config_to_hf(cfg), "torch_dtype": None, "dtype": cfg.param_dtype})
     hf_cfg._attn_implementation = "sdpa"
     model = transformers.LlamaForCausalLM(hf_cfg).to(getattr(torch, cfg.param_dtype)).train()
+    oc = llama_optimizer_config()
+    params = list(model.parameters())
+    groups = [{"params": [p for p in params if p.ndim >= 2], "weight_decay": oc.weight_decay},
+              {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]
+    opt = torch.optim.AdamW(groups, lr=oc.lr, betas=(oc.b1, oc.b2), eps=oc.eps)
     tokens = torch.randint(0, cfg.vocab_size, (batch, seq + 1))
-    lr = 1e-3
 
     def run() -> None:
-        out = model(tokens[:, :-1], labels=None)
-        loss = torch.nn.functional.cross_entropy(
-            out.logits.float().reshape(-1, cfg.vocab_size), tokens[:, 1:].reshape(-1)
-        )
+        logits = model(tokens[:, :-1]).logits
+        loss = torch.nn.functional.cross_entropy(logits.float().reshape(-1, cfg.vocab_size),
+                                                 tokens[:, 1:].reshape(-1))
         loss.backward()
-        with torch.no_grad():
-            for p in model.parameters():
-                p.add_(p.grad, alpha=-lr)
-                p.grad = None
+        torch.nn.utils.clip_grad_norm_(params, oc.clip_grad_norm)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
 
-    return _timeit(run, steps)
+    return run
 
 
-def train_step_main(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="benchmark.py train-step", description=__doc__)
-    p.add_argument("--preset", default="", help="size preset (default: d=512, 8 layers, 8 heads, ffn 1536)")
+def hf_available() -> str:
+    """'' when torch and transformers import, else the one-line reason."""
+    try:
+        import torch  # noqa: F401
+        import transformers  # noqa: F401
+    except ImportError as e:
+        return f"not installed ({e.name})"
+    return ""
+
+
+def llama_config(args: argparse.Namespace, **over: Any) -> LlamaConfig:
+    """The benchmark's LLaMA config from the command line (``--preset`` or the shape flags)."""
+    common = dict(dtype=args.dtype, remat=args.remat, scan_layers=not args.no_scan,
+                  attention_impl=args.attention_impl, attention_q_chunk=args.attention_chunk,
+                  loss_chunk=args.loss_chunk, attention_kv_block=args.attention_kv_block)
+    common.update(over)
+    if args.preset:
+        return preset(args.preset, **common)
+    return LlamaConfig(vocab_size=args.vocab, hidden_size=args.hidden, intermediate_size=args.ffn,
+                       num_layers=args.layers, num_heads=args.heads, max_seq_len=max(args.seq, 2048), **common)
+
+
+def llama_variants(args: argparse.Namespace) -> tuple[list[step_table.Variant], str]:
+    """Ours (the configured step, then each ``--lean`` variant) and HF; the header line."""
+    cfg = llama_config(args)
+    flops = cfg.flops_per_token(args.seq) * args.batch * args.seq
+    head = (f"LLaMA step: d={cfg.hidden_size} layers={cfg.num_layers} heads={cfg.num_heads} "
+            f"ffn={cfg.intermediate_size} vocab={cfg.vocab_size} params={cfg.num_params() / 1e6:.1f}M "
+            f"batch={args.batch} seq={args.seq} {cfg.dtype} remat={cfg.remat} q_chunk={cfg.attention_q_chunk} "
+            f"loss_chunk={cfg.loss_chunk} kv_block={cfg.attention_kv_block}, model TFLOP/step={flops / 1e12:.3f}")
+    out = []
+    configs = {"ours": cfg}
+    for text in args.lean:
+        lc, kv = parse_lean(text)
+        configs[f"ours lc={lc} kv={kv}"] = dataclasses.replace(cfg, loss_chunk=lc, attention_kv_block=kv)
+    for name, c in configs.items():
+        run, compiled, compile_s = prepare_ours(c, args.batch, args.seq)
+        out.append(step_table.Variant(name, run, flops, temp_bytes=temp_bytes(compiled),
+                                      note=f"compile {compile_s:.1f} s"))
+    if not args.no_hf:
+        why = hf_available()
+        if why:
+            print(f"HF transformers: {why}")
+        else:
+            out.append(step_table.Variant("hf", prepare_hf(cfg, args.batch, args.seq, args.torch_threads or None),
+                                          flops))
+    return out, head
+
+
+def train_step_main(argv: list[str], get_config: Callable[[str, str], ml_collections.ConfigDict] | None = None
+                    ) -> int:
+    """Runs the benchmark. ``get_config(kind, preset)`` resolves configs/ presets (kind "lapa" / "vipra" / "lam"),
+    passed in by the script layer (scripts/benchmark_presets.py); ``--model llama`` needs none."""
+    p = argparse.ArgumentParser(prog="benchmark.py train-step", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="llama", choices=("llama", "vla", "lam"),
+                   help="llama: the LM step vs HF transformers; vla: the VideoLLaMA step (frozen VQGAN + LAM "
+                        "inside); lam: the LAM step")
+    p.add_argument("--small", action="store_true", help="tiny shapes (a test runs the whole command in seconds)")
+    p.add_argument("--preset", default="", help="LLaMA size preset (default: the shape flags)")
     p.add_argument("--hidden", type=int, default=512)
     p.add_argument("--layers", type=int, default=8)
     p.add_argument("--heads", type=int, default=8)
-    p.add_argument("--ffn", type=int, default=1536)
+    p.add_argument("--ffn", type=int, default=1408)
     p.add_argument("--vocab", type=int, default=32000)
     p.add_argument("--seq", type=int, default=512)
     p.add_argument("--batch", type=int, default=4)
@@ -160,65 +242,46 @@ def train_step_main(argv: list[str]) -> int:
     p.add_argument("--loss-chunk", type=int, default=0, help="loss_chunk: chunked head + CE (0: all logits at once)")
     p.add_argument("--attention-kv-block", type=int, default=0,
                    help="attention_kv_block: online-softmax attention over key blocks (0: off)")
+    p.add_argument("--lean", nargs="*", default=[], metavar="LOSS_CHUNK,KV_BLOCK",
+                   help="extra 'ours' variants in the table, one per pair (llama and vla)")
     p.add_argument("--compare-lean", nargs="*", default=[], metavar="LOSS_CHUNK,KV_BLOCK",
-                   help="time the configured step ('base') against the same with these two fields (one variant per "
-                        "pair), interleaved for --rounds rounds of --steps; print temporaries and ratios")
-    p.add_argument("--rounds", type=int, default=3, help="rounds of --compare-lean")
-    p.add_argument("--steps", type=int, default=5)
+                   help="older output: the configured step ('base') against these variants only, with temporaries")
+    p.add_argument("--rounds", type=int, default=3, help="interleaved rounds (each variant --steps steps per round)")
+    p.add_argument("--steps", type=int, default=2)
     p.add_argument("--no-hf", action="store_true", help="skip the transformers comparison")
     p.add_argument("--peak-size", type=int, default=2048, help="side of the square matmul measuring the peak")
     p.add_argument("--torch-threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
+    p.add_argument("--size", default="demo", help="vla: 'demo' or a LLaMA preset; lam: a configs/lam.py preset")
+    p.add_argument("--recipe", default="vipra", choices=("lapa", "vipra"), help="vla: the layout")
     args = p.parse_args(argv)
-    common = dict(
-        dtype=args.dtype,
-        remat=args.remat,
-        scan_layers=not args.no_scan,
-        attention_impl=args.attention_impl,
-        attention_q_chunk=args.attention_chunk,
-        loss_chunk=args.loss_chunk,
-        attention_kv_block=args.attention_kv_block,
-    )
-    if args.preset:
-        cfg = preset(args.preset, **common)
-    else:
-        cfg = LlamaConfig(
-            vocab_size=args.vocab, hidden_size=args.hidden, intermediate_size=args.ffn, num_layers=args.layers,
-            num_heads=args.heads, max_seq_len=max(args.seq, 2048), **common,
-        )  # fmt: skip
-    tokens = args.batch * args.seq
-    flops = cfg.flops_per_token(args.seq) * tokens
-    print(f"device: {jax.devices()[0].device_kind} x{jax.device_count()}  jax {jax.__version__}")
-    print(
-        f"config: d={cfg.hidden_size} layers={cfg.num_layers} heads={cfg.num_heads} ffn={cfg.intermediate_size} "
-        f"vocab={cfg.vocab_size} params={cfg.num_params() / 1e6:.1f}M  batch={args.batch} seq={args.seq} "
-        f"dtype={cfg.dtype} remat={cfg.remat} scan={cfg.scan_layers} q_chunk={cfg.attention_q_chunk}  "
-        f"model TFLOP/step={flops / 1e12:.3f}"
-    )
+    if args.small:
+        args.hidden, args.layers, args.heads, args.ffn, args.vocab, args.seq, args.batch = 32, 1, 2, 64, 64, 16, 2
+        args.attention_chunk, args.peak_size = 8, 128
+        args.size = {"llama": args.size, "vla": "debug", "lam": "lapa_tiny"}[args.model]
+    print(f"device: {jax.devices()[0].device_kind} x{jax.device_count()}  jax {jax.__version__}  "
+          f"load average {step_table.loadavg()}")
     if args.compare_lean:
-        return compare_lean(cfg, args)
+        return compare_lean(llama_config(args), args)
+    if args.model != "llama" and get_config is None:
+        raise SystemExit(f"--model {args.model} needs configs/ presets: run it as scripts/benchmark.py train-step")
+    if args.model == "llama":
+        variants, head = llama_variants(args)
+    elif args.model == "vla":
+        from latent_pretraining import vla_benchmark
+
+        variants, head = vla_benchmark.step_variants(args, get_config)
+    else:
+        from lam import benchmark as lam_benchmark
+
+        variants, head = lam_benchmark.step_variants(args, lambda name: get_config("lam", name))
+    print(head)
     peak_dtype = "bfloat16" if args.dtype == "bfloat16" else "float32"
-    peak, peak_cpu = matmul_peak(args.peak_size, dtype=peak_dtype)
-    (ours, ours_cpu), compile_s = time_ours(cfg, args.batch, args.seq, args.steps)
-    peak2, peak_cpu2 = matmul_peak(args.peak_size, dtype=peak_dtype)  # shared machines are noisy: best of before/after
-    peak, peak_cpu = max(peak, peak2), max(peak_cpu, peak_cpu2)
-    t_ours = min(ours)
-    print(
-        f"matmul peak ({peak_dtype}, {args.peak_size}^3): {peak / 1e9:.1f} GFLOP/s wall, "
-        f"{peak_cpu / 1e9:.1f} GFLOP per CPU-s"
-    )
-    print(
-        f"ours: compile {compile_s:.1f}s, step min {t_ours * 1e3:.0f} ms (median {statistics.median(ours) * 1e3:.0f}),"
-        f" {tokens / t_ours:.0f} tokens/s, {flops / t_ours / 1e9:.1f} GFLOP/s, CPU {min(ours_cpu):.2f} s/step"
-    )
-    print(f"RESULT model_flops_per_s / matmul_peak = {flops / t_ours / peak:.3f}  (wall clock, best/best)")
-    print(f"RESULT same, per CPU-second = {flops / min(ours_cpu) / peak_cpu:.3f}  (robust to other processes)")
-    if not args.no_hf:
-        hf, hf_cpu = time_hf(cfg, args.batch, args.seq, args.steps, args.torch_threads or None)
-        t_hf = min(hf)
-        print(f"hf transformers (torch): step min {t_hf * 1e3:.0f} ms (median {statistics.median(hf) * 1e3:.0f}), "
-              f"CPU {min(hf_cpu):.2f} s/step")  # fmt: skip
-        print(f"RESULT hf_step_time / our_step_time = {t_hf / t_ours:.2f}  (wall clock, best of {args.steps})")
-        print(f"RESULT same, CPU time = {min(hf_cpu) / min(ours_cpu):.2f}")
+    variants.append(step_table.matmul_variant(args.peak_size, peak_dtype))
+    results = step_table.measure(variants, args.rounds, args.steps)
+    print(step_table.format_table(results, base="ours", ref="hf"))
+    for line in step_table.summary(results, base="ours", ref="hf"):
+        print(line)
+    print(f"load average after: {step_table.loadavg()}")
     return 0
 
 
@@ -232,8 +295,6 @@ def parse_lean(text: str) -> tuple[int, int]:
 
 def compare_lean(cfg: LlamaConfig, args: argparse.Namespace) -> int:
     """Base vs lean steps, interleaved in one process (see ``--compare-lean``)."""
-    import dataclasses
-
     variants = {"base": cfg}
     for text in args.compare_lean:
         loss_chunk, kv_block = parse_lean(text)

@@ -98,6 +98,8 @@ def build(config: ml_collections.ConfigDict, latent: LatentLabeler | None, *, to
     lay = config.layout
     if lay.latent_steps and latent is None:
         raise ValueError("this recipe predicts latent actions: set config.latent.lam_workdir to a trained LAM run")
+    if latent is not None:  # the step carries (shards, gathers) only what labelling reads: not the LAM decoder
+        latent = lam_api.encoder_only(latent, frame_size=config.data.resolution)
     lam_info = latent[2] if latent is not None else {"codebook_size": 0, "codes_per_step": 0, "clip_len": 2,
                                                      "offset": 1}
     enc = lambda s: tuple(tok.encode(s)) if s else ()
@@ -216,24 +218,36 @@ def _matching(loaded: PyTree | None, init_fn: Callable) -> PyTree | None:
     return unflatten({k: v for k, v in have.items() if k in want})
 
 
-def evaluate(setup: Setup, params: PyTree, model_state: PyTree, *, split: str, batches: int, seed: int = 1234
-             ) -> dict[str, float]:
-    """Held-out metrics averaged over `batches` batches (weighted by target counts), with chance levels."""
+def evaluate(setup: Setup, params: PyTree, model_state: PyTree, *, split: str, batches: int, seed: int = 1234,
+             mesh: Any = None) -> dict[str, float]:
+    """Held-out metrics averaged over `batches` batches (weighted by target counts), with chance levels.
+
+    A collective: every process calls it with the training state's (globally sharded) params, feeds its own slice of
+    each batch (the data iterator is per process) and gets the same result. `mesh` defaults to config.train.mesh."""
+    from latent_pretraining.training import distributed
+    from latent_pretraining.training import mesh as mesh_lib
+
     c = setup.config
+    mesh = mesh if mesh is not None else mesh_lib.make_mesh(dict(c.train.mesh))
     fn = objective.make_eval_fn(setup.model, setup.spec, setup.frozen, dict(c.loss), setup.flow, c.cotrain_fraction)
+    # metrics come back replicated so every process can read them (a process sees only its own devices' shards)
+    replicate = jax.jit(lambda t: t, out_shardings=mesh_lib.replicated(mesh))
+    batch_sharding = mesh_lib.batch_sharding(mesh, 1)
     it, prep = make_data(setup, split, seed), host_batch_fn(setup, split)
     sums: dict[str, float] = {}
     counts = np.zeros(max(setup.spec.latent_codebook, 1), np.int64)
-    for i in range(batches):
-        m = jax.device_get(fn(params, model_state, prep(next(it)), jax.random.PRNGKey(seed + i)))
-        if "latent_counts" in m:
-            counts += np.asarray(m.pop("latent_counts"))
-        for k, v in m.items():
-            if k.startswith(("loss_", "acc_")):
-                head = k.split("_", 1)[1]
-                w = float(m.get(f"n_{head}", 1.0))
-                sums[k] = sums.get(k, 0.0) + float(v) * w
-                sums[f"_w_{k}"] = sums.get(f"_w_{k}", 0.0) + w
+    with jax.set_mesh(mesh):
+        for i in range(batches):
+            batch = distributed.to_global(prep(next(it)), batch_sharding)
+            m = jax.device_get(replicate(fn(params, model_state, batch, jax.random.PRNGKey(seed + i))))
+            if "latent_counts" in m:
+                counts += np.asarray(m.pop("latent_counts"))
+            for k, v in m.items():
+                if k.startswith(("loss_", "acc_")):
+                    head = k.split("_", 1)[1]
+                    w = float(m.get(f"n_{head}", 1.0))
+                    sums[k] = sums.get(k, 0.0) + float(v) * w
+                    sums[f"_w_{k}"] = sums.get(f"_w_{k}", 0.0) + w
     out = {k: sums[k] / max(sums[f"_w_{k}"], 1e-9) for k in sums if not k.startswith("_w_")}
     if counts.sum():
         out["latent_chance"] = 1.0 / setup.spec.latent_codebook
@@ -265,12 +279,13 @@ class CurveHook(StepHistory):
             vals = [r[key] for r in self.rows if key in r]
             if len(vals) >= 2:
                 summary[key] = {"first_10pct": float(np.mean(vals[:n])), "last_10pct": float(np.mean(vals[-n:]))}
-        try:
-            from latent_pretraining.plots import plot_curves
+        if jax.process_index() == 0:
+            try:
+                from latent_pretraining.plots import plot_curves
 
-            plot_curves(self.rows, os.path.join(workdir, "curves.png"))
-        except ImportError:  # matplotlib missing: the JSON is enough
-            pass
+                plot_curves(self.rows, os.path.join(workdir, "curves.png"))
+            except ImportError:  # matplotlib missing: the JSON is enough
+                pass
         return summary
 
 
@@ -305,11 +320,12 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, resume: bool = Fal
                    batch_size=config.data.batch_size, data_fingerprint=getattr(data, "data_fingerprint", None))
     summary: dict[str, Any] = {"recipe": config.recipe, "preset": config.preset, "steps": res.step,
                                "sequence_length": spec.length, "train": curves.write(workdir)}
-    if config.data.eval_batches > 0 and jax.process_index() == 0:
+    if config.data.eval_batches > 0:  # every process: the params are sharded over all of them
         summary["eval"] = evaluate(setup, res.state.params, res.state.model_state, split=config.data.eval_split,
                                    batches=config.data.eval_batches)
-    with open(os.path.join(workdir, "summary.json"), "w") as f:
-        json.dump(summary, f, indent=2)
+    if jax.process_index() == 0:
+        with open(os.path.join(workdir, "summary.json"), "w") as f:
+            json.dump(summary, f, indent=2)
     return summary
 
 

@@ -177,3 +177,112 @@ def main(argv: list[str]) -> int:
         print(f"all heads at all positions: step {ref * 1e3:.1f} ms -> heads at target positions are "
               f"{ref / ours:.2f}x faster")
     return 0
+
+
+LAM_SUFFIX = {"demo": "_demo", "debug": "_tiny", "7b": ""}  # recipe preset -> its LAM preset (as the compile check)
+DEMO_VQGAN = dict(hidden_channels=16, channel_mult=(1, 2, 2, 4), num_res_blocks=1, z_channels=32,
+                  num_embeddings=1024, embed_dim=32, num_groups=8)  # configs/vqgan.py:demo
+TINY_VQGAN = dict(hidden_channels=8, channel_mult=(1, 1, 1, 1, 1), num_res_blocks=1, z_channels=8, num_embeddings=32,
+                  embed_dim=8, num_groups=4)
+
+
+def _random_like(tree: Any, seed: int = 0, scale: float = 0.02) -> Any:
+    """Concrete random arrays for abstract leaves: normal(0, scale) floats, zero integers."""
+    rng = np.random.default_rng(seed)
+    return jax.tree.map(lambda s: (rng.normal(size=s.shape) * scale).astype(s.dtype)
+                        if np.issubdtype(s.dtype, np.floating) else np.zeros(s.shape, s.dtype), tree)
+
+
+def _random_batch(abstract: dict[str, jax.ShapeDtypeStruct], vocab: int, seed: int = 0) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    out = {}
+    for k, s in abstract.items():
+        if s.dtype == jnp.uint8:
+            out[k] = rng.integers(0, 256, s.shape, dtype=np.uint8)
+        elif s.dtype == jnp.bool_:
+            out[k] = np.ones(s.shape, bool)
+        elif k == "prompt_ids":
+            out[k] = rng.integers(3, vocab, s.shape).astype(np.int32)
+        else:
+            out[k] = rng.normal(size=s.shape).astype(s.dtype)
+    return out
+
+
+def prepare_trainer_step(config: Any, lam_config: Any | None, tiny_vqgan: bool) -> tuple[Any, Any, float, int]:
+    """``(run one step, compiled step, model FLOPs per step, sequence length)`` of the VideoLLaMA trainer's step:
+    the recipe's objective with the frozen VQGAN + LAM inside (random weights; raw uint8 frames in the batch), its
+    optimizer, `step.make_train_step` and `step.jit_train_step` as `loop.run` builds them, on a one-device mesh."""
+    from lam import api as lam_api
+    from latent_pretraining import compile_check, train
+    from latent_pretraining.model import vqgan
+    from latent_pretraining.training import mesh as mesh_lib
+    from latent_pretraining.training import optim
+    from latent_pretraining.training import sharding as sharding_lib
+    from latent_pretraining.training import state as state_lib
+    from latent_pretraining.training import step as step_lib
+
+    latent = None
+    if lam_config is not None:
+        fn, variables, info = lam_api.abstract_latent_labeler(lam_config)
+        latent = (fn, _random_latent(variables), info)
+    res = config.data.resolution
+    vq_cfg = vqgan.VQGANConfig(resolution=res, **(TINY_VQGAN if tiny_vqgan else DEMO_VQGAN))
+    tok = compile_check.MarkerTokenizer(512)
+    setup = train.build(config, latent, tokenizer=tok, vision=(vq_cfg, vqgan.init_params(vq_cfg)))
+    tc = config.train
+    mesh = mesh_lib.make_mesh({"dp": 1, "fsdp": 1, "tp": 1, "sp": 1}, devices=jax.devices()[:1])
+    init_fn = train.make_init_fn(setup)
+    loss_fn = objective.make_loss_fn(setup.model, setup.spec, setup.frozen, dict(config.loss), setup.flow,
+                                     config.cotrain_fraction)
+    with jax.set_mesh(mesh):
+        rng = jax.random.PRNGKey(tc.seed)
+        abstract = sharding_lib.unbox(jax.eval_shape(init_fn, rng)["params"])
+        tx, schedule = optim.make_optimizer(tc.optimizer, tc.total_steps, abstract)
+        state, shardings, _ = state_lib.create_train_state(init_fn, tx, mesh, rng,
+                                                           loaded_model_state={"frozen": setup.frozen_weights})
+        trainable = optim.trainable_mask(abstract, tc.optimizer) if tc.optimizer.frozen else None
+        fn = step_lib.jit_train_step(
+            step_lib.make_train_step(loss_fn, tx, schedule=schedule, trainable=trainable,
+                                     grad_accum_steps=tc.optimizer.grad_accum_steps,
+                                     ema_decay=tc.optimizer.ema_decay, skip_nonfinite=tc.skip_nonfinite),
+            shardings, mesh_lib.batch_sharding(mesh, 1))
+        shapes = compile_check.abstract_batch(setup, mesh)
+        data = jax.device_put(_random_batch(shapes, tok.vocab_size), {k: s.sharding for k, s in shapes.items()})
+        compiled = fn.lower(state, data).compile()
+    box = [state]
+
+    def run() -> None:
+        box[0], metrics = compiled(box[0], data)
+        jax.block_until_ready((box[0].params, metrics))
+
+    length = setup.spec.length
+    flops = setup.model_config.llama.flops_per_token(length) * config.data.batch_size * length
+    return run, compiled, flops, length
+
+
+def _random_latent(variables: Any) -> Any:
+    return _random_like(variables, seed=1, scale=0.2)
+
+
+def step_variants(a: argparse.Namespace, get_config: Any) -> tuple[list, str]:
+    """`train-step --model vla`: the trainer's step for `--recipe` at `--size` (demo / debug / 7b), and one variant
+    per `--lean LOSS_CHUNK,KV_BLOCK`. No HF reference exists for this model."""
+    from latent_pretraining.benchmark import temp_bytes
+    from latent_pretraining.training import step_table
+
+    configs = {"ours": (0, 0, False)}
+    for text in a.lean:
+        lc, kv = parse_lean(text)
+        configs[f"ours lc={lc} kv={kv}"] = (lc, kv, True)
+    out, head = [], ""
+    for name, (lc, kv, lean) in configs.items():
+        config = get_config(a.recipe, a.size)
+        config.data.batch_size = a.batch
+        if lean:
+            config.model.llama.loss_chunk, config.model.llama.attention_kv_block = lc, kv
+        lam_config = get_config("lam", a.recipe + LAM_SUFFIX.get(a.size, "")) if config.layout.latent_steps else None
+        run, compiled, flops, length = prepare_trainer_step(config, lam_config, tiny_vqgan=a.size != "demo")
+        out.append(step_table.Variant(name, run, flops, temp_bytes=temp_bytes(compiled)))
+        head = head or (f"VideoLLaMA step: {a.recipe}:{a.size}, L={length}, batch {a.batch}, frozen VQGAN + LAM "
+                        f"inside, model TFLOP/step={flops / 1e12:.4f} (backbone); no HF reference")
+    return out, head

@@ -11,7 +11,7 @@ import importlib
 import sys
 
 SUBCOMMANDS: dict[str, str] = {
-    "train-step": "latent_pretraining.benchmark:train_step_main",
+    "train-step": "benchmark_presets:train_step_main",
     "data": "benchmark_presets:data_main",
     "lam": "benchmark_presets:lam_main",
     "vla": "latent_pretraining.vla_benchmark:main",

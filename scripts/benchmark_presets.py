@@ -18,3 +18,13 @@ def lam_main(argv: list[str] | None = None) -> int:
     from lam import benchmark
 
     return benchmark.main(argv, get_config=get_config)
+
+
+def train_step_main(argv: list[str] | None = None) -> int:
+    """`scripts/benchmark.py train-step ...`: latent_pretraining.benchmark.train_step_main with configs/ presets
+    (the VideoLLaMA recipes lapa / vipra and the LAM presets, for `--model vla` / `--model lam`)."""
+    from configs import lam, lapa, vipra
+    from latent_pretraining import benchmark
+
+    getters = {"lam": lam.get_config, "lapa": lapa.get_config, "vipra": vipra.get_config}
+    return benchmark.train_step_main(list(argv or []), get_config=lambda kind, name: getters[kind](name))

@@ -9,7 +9,7 @@
                                             # optional get_state() / set_state(s) for exact resume
         assets={"norm_stats.json": stats},  # extra checkpoint assets (config.json is added)
         items_per_step=global_batch * seq_len, item_name="tokens", flops_per_step=6 * n_params * tokens,
-        hooks=[eval_hook],                  # hook(step, state, host_metrics, logger) after every step
+        hooks=[eval_hook],                  # hook(step, state, host_metrics, logger); see `Hook` (deferred)
     )
 
 Step numbering: a step is named by the number of updates done, i.e. `state.step` after the update. The update that
@@ -43,7 +43,16 @@ from latent_pretraining.training import step as step_lib
 from latent_pretraining.training.metrics import MetricLogger
 
 PyTree = Any
-Hook = Callable[[int, state_lib.TrainState, Mapping[str, Any], MetricLogger], None]
+Hook = Callable[[int, state_lib.TrainState | None, Mapping[str, Any], MetricLogger], None]
+"""hook(step, state, host metrics of that step, logger). A plain hook is called right after every step (which makes
+the loop fetch metrics every step). A hook with the attribute `deferred = True` is called at the next sync step (a
+log, checkpoint or last step), once per step in step order with that step's metrics; `state` is the current state at
+the sync step itself and None for the earlier steps (their states are gone)."""
+
+
+def _fetch(metrics: list[dict[str, jax.Array]]) -> list[dict[str, Any]]:
+    """Device metrics of several steps -> host numpy, in one transfer (a module function so tests can count calls)."""
+    return jax.device_get(metrics)
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -190,7 +199,11 @@ def run(
         fast-forwards it by the number of steps done (exact for deterministic iterators, slow for long runs).
       assets: extra checkpoint files; `config.json` (of `full_config`, default `config`) is always included.
       items_per_step, item_name, flops_per_step: throughput / MFU logging (global per step).
-      hooks: called after every step on every process with (step, state, host metrics, logger).
+      hooks: called on every process with (step, state, host metrics, logger): after every step, or, for hooks
+        marked `deferred`, at the next sync step (see `Hook`). Metrics are fetched to the host only at sync steps
+        (log, checkpoint and last steps; every step while a plain hook is present), and the stop signal is checked
+        there too, so a SIGTERM stops the run at the next sync step. Checkpoints are sync steps, so a non-finite
+        step is still caught before its state is saved.
       mesh: default `mesh.make_mesh(config.mesh)`; batch_sharding: default batch over (dp, fsdp).
       batch_fn: host-side transform of each batch before it goes to devices (e.g. tokenize / drop text fields).
       loaded_params: partial weights for a fresh start (ignored when resuming from a checkpoint).
@@ -302,6 +315,11 @@ def _train(config, workdir, run_dir, init_fn, loss_fn, data, tx, schedule, train
 
     host_metrics: dict[str, Any] = {}
     interrupted = False
+    # Metrics stay on device between sync steps (log, checkpoint and last steps): fetching them every step would
+    # block the host on each step and stall asynchronous dispatch. A plain-function hook still needs them every
+    # step, so it makes every step a sync step (the old behaviour); `deferred` hooks (see `Hook`) do not.
+    every_step = any(not getattr(h, "deferred", False) for h in hooks)
+    pending: list[tuple[int, dict[str, Any]]] = []
     try:
         with _StopSignal() as stop:
             while step < config.total_steps:
@@ -315,14 +333,22 @@ def _train(config, workdir, run_dir, init_fn, loss_fn, data, tx, schedule, train
                 batch = distributed.to_global(batch, batch_sharding)
                 state, metrics = train_step(state, batch)
                 step += 1
-                host_metrics = jax.device_get(metrics)
-                if not step_lib.check_finite(host_metrics, step, skip=config.skip_nonfinite):
-                    logging.warning("step %d: non-finite loss or grads, update skipped", step)
-                logger.update(step, host_metrics)
-                for hook in hooks:
-                    hook(step, state, host_metrics, logger)
+                pending.append((step, metrics))
+                ckpt_step = step % config.checkpoint.every == 0 or step == config.total_steps
+                if not (every_step or ckpt_step or step % config.log.every == 0):
+                    continue
+                # one transfer for every step since the last sync; then each step is checked, logged and hooked
+                # in order, exactly as if it had been fetched on its own
+                fetched = _fetch([m for _, m in pending])
+                for (s, _), host_metrics in zip(pending, fetched, strict=True):
+                    if not step_lib.check_finite(host_metrics, s, skip=config.skip_nonfinite):
+                        logging.warning("step %d: non-finite loss or grads, update skipped", s)
+                    logger.update(s, host_metrics)
+                    for hook in hooks:
+                        hook(s, state if s == step else None, host_metrics, logger)
+                pending.clear()
                 interrupted = distributed.any_process(stop.flag)
-                if interrupted or step % config.checkpoint.every == 0 or step == config.total_steps:
+                if interrupted or ckpt_step:
                     save()
                 if first_save is not None and not run_dir.committed and ckpt.is_committed(first_save):
                     run_dir.commit()  # --overwrite: the old run goes once the new one has a checkpoint on disk

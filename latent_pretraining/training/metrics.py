@@ -136,8 +136,11 @@ class StepHistory:
 
     On its first call (step s, the first step this process runs) rows with step >= s are dropped: they were written
     by a run that stopped after its last checkpoint and are replayed now. Only process 0 writes; `read()` reads the
-    whole run's history back (one row per step, in step order).
+    whole run's history back (one row per step, in step order). It reads only each step's metrics, so the loop may
+    call it late (`deferred`: at the next log / checkpoint step) without fetching metrics every step.
     """
+
+    deferred = True
 
     def __init__(self, path: str, select: Callable[[str], bool] | None = None):
         self.path = path
