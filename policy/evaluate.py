@@ -20,6 +20,11 @@ Each query gets its own seed (a function of the episode seed and the query index
     python -m policy.evaluate --checkpoint RUN_DIR [--step N] [--episodes 50] [--seed 0] [--execute-steps K]
         [--gif-dir DIR] [--out results.json]
     python -m policy.evaluate --policy expert|random --episodes 200     # the harness's sanity figures
+    python -m policy.evaluate --world metaworld --policy expert --tasks reach-v3,drawer-open-v3   # Meta-World
+    python -m policy.evaluate --world metaworld --server http://127.0.0.1:8000                    # a served policy
+
+Worlds (``WORLDS``): the harness needs only a small ``World`` adapter per world (env factory, action conversion,
+episode seeds, task rows, references); ``policy/metaworld_eval.py`` is Meta-World's (docs/metaworld.md).
 """
 
 from __future__ import annotations
