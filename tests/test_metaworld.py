@@ -8,6 +8,7 @@ import os
 import numpy as np
 import pytest
 
+os.environ.setdefault("MUJOCO_GL", "egl")  # before metaworld imports mujoco (MuJoCo reads it once, at import)
 pytest.importorskip("metaworld")
 import tensorflow_datasets as tfds
 
