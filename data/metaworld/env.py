@@ -14,12 +14,15 @@ Rendering: one ``mujoco.Renderer`` per env, created once and reused for every fr
 through ``MUJOCO_GL`` (set to ``egl`` here when unset, before MuJoCo is imported). The cheap defaults
 (``RenderSettings``) switch off shadows, reflections and multi-sampling: at 64 px these change little in the picture
 and cost most of the time (docs/metaworld.md has the measured frames per second).
+Never render in a process that has imported TensorFlow (it segfaults; refused here with a RenderError): the writer
+and the evaluation harness render through ``data/metaworld/worker.py`` (a TF-free child process).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
+import sys
 from typing import Any
 
 import numpy as np
@@ -36,10 +39,26 @@ class RenderError(UserError, RuntimeError):
     """Off-screen rendering is unavailable (no usable OpenGL for the MUJOCO_GL backend)."""
 
 
+def _check_no_tensorflow() -> None:
+    """MuJoCo's EGL rendering segfaults (signal 11) in a process that has imported TensorFlow: refuse instead."""
+    if sys.modules.get("tensorflow") is not None:
+        raise RenderError("MuJoCo rendering crashes in a process that has imported TensorFlow (MUJOCO_GL="
+                          f"{os.environ.get('MUJOCO_GL')!r}): render through data.metaworld.worker (Worker + "
+                          "RemoteEnv) instead of MetaWorldEnv(images=True)")
+
+
+def _render_error(e: BaseException) -> RenderError:
+    first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    return RenderError(f"off-screen rendering unavailable with MUJOCO_GL={os.environ.get('MUJOCO_GL')!r} ({first}); "
+                       "install EGL (libegl1) or OSMesa (libosmesa6) and set MUJOCO_GL=egl or MUJOCO_GL=osmesa")
+
+
 def _import_mujoco() -> Any:
     os.environ.setdefault("MUJOCO_GL", "egl")  # off-screen without a display; must precede the first mujoco import
-    import mujoco
-
+    try:
+        import mujoco
+    except Exception as e:  # MuJoCo loads the MUJOCO_GL backend (via PyOpenGL) at import; any failure is "no GL"
+        raise _render_error(e) from None
     return mujoco
 
 
@@ -69,6 +88,8 @@ class MetaWorldEnv:
         self.max_steps = int(max_steps or self.task.max_steps)
         if self.max_steps < 1:
             raise ValueError(f"max_steps must be >= 1, got {self.max_steps}")
+        if images:
+            _check_no_tensorflow()  # before importing MuJoCo, which would fix the GL platform for this process
         mujoco = _import_mujoco()
         from metaworld.env_dict import ALL_V3_ENVIRONMENTS
 
@@ -89,10 +110,7 @@ class MetaWorldEnv:
             try:
                 self._renderer = mujoco.Renderer(env.model, self.resolution, self.resolution)
             except Exception as e:  # any GL failure means the same to the user
-                first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-                raise RenderError(f"off-screen rendering unavailable with MUJOCO_GL={os.environ.get('MUJOCO_GL')!r} "
-                                  f"({first}); install EGL (libegl1) or OSMesa (libosmesa6) and set MUJOCO_GL=egl "
-                                  "or MUJOCO_GL=osmesa") from None
+                raise _render_error(e) from None
             flags = self._renderer.scene.flags
             flags[mujoco.mjtRndFlag.mjRND_SHADOW] = render.shadows
             flags[mujoco.mjtRndFlag.mjRND_REFLECTION] = render.reflections
@@ -133,6 +151,7 @@ class MetaWorldEnv:
         """uint8[R, R, 3] from the fixed camera (the renderer is reused)."""
         if self._renderer is None:
             return np.zeros((self.resolution, self.resolution, 3), np.uint8)
+        _check_no_tensorflow()  # TF imported after the renderer was made: still a segfault on the next frame
         self._renderer.update_scene(self._env.data, camera=self.camera)
         # Meta-World's corner cameras look at the table upside down (their "up" axis points at the floor): flip rows
         return np.ascontiguousarray(self._renderer.render()[::-1])
@@ -169,3 +188,34 @@ class ScriptedExpert:
         if self.noise > 0:
             a = a + self._rng.normal(0.0, self.noise, a.shape)
         return np.clip(a, -1.0, 1.0).astype(np.float32)
+
+
+def generate_episode(env: MetaWorldEnv, seed: int, noise: float, with_actions: bool) -> dict[str, Any]:
+    """Roll out the noisy scripted expert from ``seed`` until success or the step limit; the RLDS example.
+
+    Runs where the env renders, i.e. in the render worker (data/metaworld/worker.py) when TensorFlow is loaded here.
+    """
+    expert = ScriptedExpert(env.task.name, noise=noise)
+    obs, info = env.reset(seed=seed)
+    expert.reset(int(np.random.SeedSequence([seed, 1]).generate_state(1)[0]))
+    steps: list[dict[str, Any]] = []
+    while True:
+        done = env.success or env.steps >= env.max_steps
+        action = np.zeros(4, np.float32) if done else expert.act(obs["raw"])
+        hand = env.hand_pos
+        step = {"observation": {"image": obs["image"]}, "discount": np.float32(1.0), "is_first": not steps,
+                "is_last": done, "is_terminal": done and env.success, "language_instruction": info["instruction"],
+                "ground_truth": {"hand_pos": hand, "hand_motion": np.zeros(3, np.float32),
+                                 "object_pos": obs["raw"][4:7].astype(np.float32)}}
+        if with_actions:
+            step["observation"]["state"] = obs["state"]
+            step["action"] = action
+        steps.append(step)
+        if done:
+            step["reward"] = np.float32(0.0)
+            break
+        obs, reward, _, _, _ = env.step(action)
+        step["reward"] = np.float32(reward)
+        step["ground_truth"]["hand_motion"] = env.hand_pos - hand
+    return {"steps": steps, "episode_metadata": {"seed": np.int64(seed), "task": env.task.name,
+                                                 "success": env.success, "episode_id": f"{seed:010d}"}}

@@ -32,7 +32,8 @@ import numpy as np
 
 from data.demo.writer import check_output_dir
 from data.metaworld import tasks as tasks_lib
-from data.metaworld.env import CAMERAS, DEFAULT_CAMERA, EXPERT_NOISE, MetaWorldEnv, ScriptedExpert
+from data.metaworld.env import CAMERAS, DEFAULT_CAMERA, EXPERT_NOISE, generate_episode  # noqa: F401 (re-export)
+from data.metaworld.worker import RemoteEnv, Worker
 
 VERSION = "1.0.0"
 FPS = 80.0  # Meta-World control rate: 5 physics steps of 2.5 ms per env step
@@ -123,100 +124,82 @@ def episode_seed(seed: int, kind: str, split: str, index: int) -> int:
     return int(np.random.SeedSequence(words).generate_state(1, np.uint32)[0]) % DATA_SEED_LIMIT
 
 
-def generate_episode(env: MetaWorldEnv, seed: int, noise: float, with_actions: bool) -> dict[str, Any]:
-    """Roll out the noisy scripted expert from ``seed`` until success or the step limit; the RLDS example."""
-    expert = ScriptedExpert(env.task.name, noise=noise)
-    obs, info = env.reset(seed=seed)
-    expert.reset(int(np.random.SeedSequence([seed, 1]).generate_state(1)[0]))
-    steps: list[dict[str, Any]] = []
-    while True:
-        done = env.success or env.steps >= env.max_steps
-        action = np.zeros(4, np.float32) if done else expert.act(obs["raw"])
-        hand = env.hand_pos
-        step = {"observation": {"image": obs["image"]}, "discount": np.float32(1.0), "is_first": not steps,
-                "is_last": done, "is_terminal": done and env.success, "language_instruction": info["instruction"],
-                "ground_truth": {"hand_pos": hand, "hand_motion": np.zeros(3, np.float32),
-                                 "object_pos": obs["raw"][4:7].astype(np.float32)}}
-        if with_actions:
-            step["observation"]["state"] = obs["state"]
-            step["action"] = action
-        steps.append(step)
-        if done:
-            step["reward"] = np.float32(0.0)
-            break
-        obs, reward, _, _, _ = env.step(action)
-        step["reward"] = np.float32(reward)
-        step["ground_truth"]["hand_motion"] = env.hand_pos - hand
-    return {"steps": steps, "episode_metadata": {"seed": np.int64(seed), "task": env.task.name,
-                                                 "success": env.success, "episode_id": f"{seed:010d}"}}
-
-
-def _episodes(cfg: GenerationConfig, kind: str, split: str, n: int, envs: dict[str, MetaWorldEnv],
+def _episodes(cfg: GenerationConfig, kind: str, split: str, n: int, worker: Worker, envs: dict[str, RemoteEnv],
               stats: dict) -> Iterator[tuple[str, dict]]:
     names = cfg.tasks(kind)
     for i in range(n):
         task = names[i % len(names)]
-        if task not in envs:  # one env (and renderer) per task, reused for all its episodes
-            envs[task] = MetaWorldEnv(task, cfg.resolution, cfg.camera, max_steps=cfg.max_steps or None)
-        t0 = time.process_time()
-        ep = generate_episode(envs[task], episode_seed(cfg.seed, kind, split, i), cfg.noise, kind == "robot")
+        if task not in envs:  # one env (and renderer) per task in the worker, reused for all its episodes
+            envs[task] = RemoteEnv(worker, task, cfg.resolution, cfg.camera, max_steps=cfg.max_steps or None)
+        ep = envs[task].episode(episode_seed(cfg.seed, kind, split, i), cfg.noise, kind == "robot")
         per = stats["per_task"].setdefault(task, {"episodes": 0, "steps": 0, "successes": 0})
         for d in (stats, per):
             d["episodes"] += 1
             d["steps"] += len(ep["steps"])
             d["successes"] += int(ep["episode_metadata"]["success"])
-        stats["cpu_seconds"] += time.process_time() - t0
         yield f"{split}_{i:06d}", ep
 
 
 def write_datasets(out: str, cfg: GenerationConfig, overwrite: bool = False, progress: bool = True) -> list[dict]:
     """Write one RLDS dataset per kind in ``cfg.datasets`` under ``out``; returns a summary dict per dataset."""
-    import tensorflow_datasets as tfds
-
     check_output_dir(out)
     for kind in cfg.datasets:
         final = os.path.join(out, DATASET_NAMES[kind], VERSION)
         if os.path.exists(final) and not overwrite:
             raise FileExistsError(f"{final} already exists: pass --overwrite to replace it")
     summaries = []
-    num_shards = min(cfg.num_shards, cfg.episodes, cfg.val_episodes or cfg.episodes)  # TFDS: one count per split
-    for kind in cfg.datasets:
-        name, start = DATASET_NAMES[kind], time.time()
-        partial = tempfile.mkdtemp(prefix=f".partial-{name}-", dir=out)
-        stats: dict[str, Any] = {"episodes": 0, "steps": 0, "successes": 0, "cpu_seconds": 0.0, "per_task": {}}
-        envs: dict[str, MetaWorldEnv] = {}
-        try:
-            splits = {"train": _episodes(cfg, kind, "train", cfg.episodes, envs, stats)}
-            if cfg.val_episodes:
-                splits["val"] = _episodes(cfg, kind, "val", cfg.val_episodes, envs, stats)
-            if progress:
-                from tqdm import tqdm
-
-                splits = {k: tqdm(v, total=cfg.episodes if k == "train" else cfg.val_episodes,
-                                  desc=f"{name} {k}", unit="ep", leave=False) for k, v in splits.items()}
-            with contextlib.redirect_stdout(io.StringIO()):  # TFDS prints the hidden .partial path as if final
-                tfds.dataset_builders.store_as_tfds_dataset(
-                    name=name, version=VERSION, features=features(cfg.resolution, kind == "robot"),
-                    split_datasets=splits, data_dir=partial, description=f"latent-vla Meta-World, {kind} dataset",
-                    download_config=tfds.download.DownloadConfig(num_shards=num_shards), disable_shuffling=True)
-            built = os.path.join(partial, name, VERSION)
-            summary = {"dataset": f"{name}/{VERSION}", **stats,
-                       "success_rate": stats["successes"] / max(stats["episodes"], 1),
-                       "frames_per_cpu_second": stats["steps"] / max(stats["cpu_seconds"], 1e-9),
-                       "bytes": sum(os.path.getsize(os.path.join(built, f)) for f in os.listdir(built))}
-            with open(os.path.join(built, "generation.json"), "w") as f:
-                json.dump({**dataclasses.asdict(cfg), "kind": kind, "fps": FPS, "summary": summary}, f, indent=1)
-            final = os.path.join(out, name, VERSION)
-            os.makedirs(os.path.dirname(final), exist_ok=True)
-            if os.path.exists(final):  # only with overwrite: swap the complete new copy in
-                shutil.rmtree(final)
-            os.replace(built, final)
-        finally:
-            shutil.rmtree(partial, ignore_errors=True)
-            for env in envs.values():
-                env.close()
-        summaries.append({**summary, "path": final, "seconds": time.time() - start})
+    worker = Worker()  # every MuJoCo render happens in this TF-free child (TFDS has loaded TensorFlow here)
+    envs: dict[str, RemoteEnv] = {}
+    try:
+        for kind in cfg.datasets:
+            summaries.append(_write_one(out, cfg, kind, worker, envs, progress))
+    finally:
+        worker.close()
     return summaries
+
+
+def _write_one(out: str, cfg: GenerationConfig, kind: str, worker: Worker, envs: dict[str, RemoteEnv],
+               progress: bool) -> dict:
+    """Build one dataset in ``<out>/.partial-*`` and rename it into place; its summary (CPU: parent + worker)."""
+    import tensorflow_datasets as tfds
+
+    num_shards = min(cfg.num_shards, cfg.episodes, cfg.val_episodes or cfg.episodes)  # TFDS: one count per split
+    name, start = DATASET_NAMES[kind], time.time()
+    cpu0, worker_cpu0 = time.process_time(), worker.cpu_seconds()
+    partial = tempfile.mkdtemp(prefix=f".partial-{name}-", dir=out)
+    stats: dict[str, Any] = {"episodes": 0, "steps": 0, "successes": 0, "per_task": {}}
+    try:
+        splits = {"train": _episodes(cfg, kind, "train", cfg.episodes, worker, envs, stats)}
+        if cfg.val_episodes:
+            splits["val"] = _episodes(cfg, kind, "val", cfg.val_episodes, worker, envs, stats)
+        if progress:
+            from tqdm import tqdm
+
+            splits = {k: tqdm(v, total=cfg.episodes if k == "train" else cfg.val_episodes,
+                              desc=f"{name} {k}", unit="ep", leave=False) for k, v in splits.items()}
+        with contextlib.redirect_stdout(io.StringIO()):  # TFDS prints the hidden .partial path as if final
+            tfds.dataset_builders.store_as_tfds_dataset(
+                name=name, version=VERSION, features=features(cfg.resolution, kind == "robot"),
+                split_datasets=splits, data_dir=partial, description=f"latent-vla Meta-World, {kind} dataset",
+                download_config=tfds.download.DownloadConfig(num_shards=num_shards), disable_shuffling=True)
+        built = os.path.join(partial, name, VERSION)
+        # CPU of the whole build: the worker's (physics, rendering, expert) + ours (TFDS encoding, JPEG, writing)
+        worker_cpu = worker.cpu_seconds() - worker_cpu0
+        cpu = time.process_time() - cpu0 + worker_cpu
+        summary = {"dataset": f"{name}/{VERSION}", **stats, "cpu_seconds": cpu, "worker_cpu_seconds": worker_cpu,
+                   "success_rate": stats["successes"] / max(stats["episodes"], 1),
+                   "frames_per_cpu_second": stats["steps"] / max(cpu, 1e-9),
+                   "bytes": sum(os.path.getsize(os.path.join(built, f)) for f in os.listdir(built))}
+        with open(os.path.join(built, "generation.json"), "w") as f:
+            json.dump({**dataclasses.asdict(cfg), "kind": kind, "fps": FPS, "summary": summary}, f, indent=1)
+        final = os.path.join(out, name, VERSION)
+        os.makedirs(os.path.dirname(final), exist_ok=True)
+        if os.path.exists(final):  # only with overwrite: swap the complete new copy in
+            shutil.rmtree(final)
+        os.replace(built, final)
+    finally:
+        shutil.rmtree(partial, ignore_errors=True)
+    return {**summary, "path": final, "seconds": time.time() - start}
 
 
 def format_summaries(summaries: list[dict]) -> str:
