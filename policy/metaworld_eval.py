@@ -1,9 +1,10 @@
 """Meta-World as a second world for the closed-loop harness (``policy/evaluate.py``, ``--world metaworld``).
 
 What the harness needs from a world is a small adapter (``evaluate.World``); this module provides it for Meta-World:
-  * ``MetaWorldSuite``: one env (and renderer) per evaluated task, reused; episode ``i`` of a run plays task
-    ``tasks[i % len(tasks)]`` with world seed ``EVAL_SEED_BASE + seed + i``. Generation seeds are < ``EVAL_SEED_BASE``
-    (data/metaworld/writer.py), so evaluation never replays a training episode's object and goal positions.
+  * ``MetaWorldSuite``: one env (and renderer) per evaluated task, reused, in a TF-free render worker process
+    (data/metaworld/worker.py); episode ``i`` of a run plays task ``tasks[i % len(tasks)]`` with world seed
+    ``EVAL_SEED_BASE + seed + i``. Generation seeds are < ``EVAL_SEED_BASE`` (data/metaworld/writer.py), so
+    evaluation never replays a training episode's object and goal positions.
   * action conversion between the 7-D registry layout (``metaworld_robot`` in data/oxe.py:
     ``[dx, dy, dz, 0, 0, 0, (1 - effort) / 2]``) and Meta-World's native ``[dx, dy, dz, effort]``;
   * the references: the noisy scripted expert (privileged: reads the simulator state via ``bind``) and uniform
@@ -22,7 +23,8 @@ from collections.abc import Sequence
 import numpy as np
 
 from data.metaworld import tasks as tasks_lib
-from data.metaworld.env import DEFAULT_CAMERA, EXPERT_NOISE, MetaWorldEnv, ScriptedExpert
+from data.metaworld.env import DEFAULT_CAMERA, EXPERT_NOISE, ScriptedExpert
+from data.metaworld.worker import RemoteEnv, Worker
 from data.metaworld.writer import DATA_SEED_LIMIT, EVAL_SEED_BASE
 
 ACTION_DIM = 7
@@ -82,17 +84,23 @@ def is_generation_seed(world_seed: int) -> bool:
 
 
 class MetaWorldSuite:
-    """Several Meta-World tasks behind the demo world's interface; ``reset(seed)`` picks the task from the seed."""
+    """Several Meta-World tasks behind the demo world's interface; ``reset(seed)`` picks the task from the seed.
+
+    The envs live in a render worker process (data/metaworld/worker.py, started on first use): a policy evaluated
+    here may have loaded TensorFlow, and MuJoCo's rendering segfaults next to it."""
 
     def __init__(self, cfg: MetaWorldEvalConfig) -> None:
         self.cfg = cfg
-        self._envs: dict[str, MetaWorldEnv] = {}
-        self.current: MetaWorldEnv | None = None
+        self._worker: Worker | None = None
+        self._envs: dict[str, RemoteEnv] = {}
+        self.current: RemoteEnv | None = None
 
-    def env(self, task: str) -> MetaWorldEnv:
+    def env(self, task: str) -> RemoteEnv:
         if task not in self._envs:
-            self._envs[task] = MetaWorldEnv(task, self.cfg.resolution, self.cfg.camera,
-                                            max_steps=self.cfg.max_steps or None)
+            if self._worker is None:
+                self._worker = Worker()
+            self._envs[task] = RemoteEnv(self._worker, task, self.cfg.resolution, self.cfg.camera,
+                                         max_steps=self.cfg.max_steps or None)
         return self._envs[task]
 
     def reset(self, seed: int) -> tuple[dict, dict]:
@@ -105,7 +113,7 @@ class MetaWorldSuite:
     def step(self, action: np.ndarray) -> tuple[dict, float, bool, bool, dict]:
         return self._require().step(action)
 
-    def _require(self) -> MetaWorldEnv:
+    def _require(self) -> RemoteEnv:
         if self.current is None:
             raise RuntimeError("MetaWorldSuite: call reset(seed) before step()")
         return self.current
@@ -123,9 +131,11 @@ class MetaWorldSuite:
         return self._require().steps
 
     def close(self) -> None:
-        for e in self._envs.values():
-            e.close()
         self._envs.clear()
+        self.current = None
+        if self._worker is not None:  # the worker closes its envs when it exits
+            self._worker.close()
+            self._worker = None
 
 
 class ExpertPolicy:

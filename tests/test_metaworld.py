@@ -16,6 +16,7 @@ from data import episodes, loader, windows
 from data import mixture as mx
 from data.metaworld import env as env_lib
 from data.metaworld import tasks as tasks_lib
+from data.metaworld import worker as worker_lib
 from data.metaworld import writer
 from policy import evaluate as ev
 from policy import metaworld_eval as mw
@@ -160,10 +161,92 @@ def test_render_failure_names_mujoco_gl(monkeypatch):
         raise RuntimeError("Cannot initialize a EGL device display.\nmore detail")
 
     monkeypatch.setattr(mujoco, "Renderer", broken)
+    monkeypatch.setattr(env_lib, "_check_no_tensorflow", lambda: None)  # the renderer is never made: safe with TF
     with pytest.raises(env_lib.RenderError) as err:
         env_lib.MetaWorldEnv("reach-v3", resolution=32)
     msg = str(err.value)
     assert "\n" not in msg and "MUJOCO_GL=" in msg and "EGL device" in msg
+
+
+def test_worker_render_failure_is_one_line_naming_mujoco_gl():
+    with worker_lib.Worker(mujoco_gl="no-such-backend") as w:
+        with pytest.raises(env_lib.RenderError) as err:
+            worker_lib.RemoteEnv(w, "reach-v3", resolution=32)
+        assert w.call("cpu") > 0, "the worker keeps serving after an error"
+    msg = str(err.value)
+    assert "\n" not in msg and "MUJOCO_GL='no-such-backend'" in msg, msg
+
+
+def test_in_process_rendering_is_refused_once_tensorflow_is_loaded():
+    import tensorflow  # noqa: F401  (MuJoCo's EGL rendering would segfault from here on)
+
+    with pytest.raises(env_lib.RenderError, match=r"data\.metaworld\.worker"):
+        env_lib.MetaWorldEnv("reach-v3", resolution=32)
+
+
+def test_remote_env_matches_the_in_process_physics():
+    """The proxy has MetaWorldEnv's interface: same raw observations, state and bookkeeping, plus real frames."""
+    local = env_lib.MetaWorldEnv("reach-v3", images=False, max_steps=3)
+    actions = np.random.default_rng(0).uniform(-1, 1, (3, 4)).astype(np.float32)
+    with worker_lib.Worker() as w:
+        remote = worker_lib.RemoteEnv(w, "reach-v3", resolution=32, max_steps=3)
+        assert remote.max_steps == 3 and remote.task.name == "reach-v3"
+        for env in (local, remote):
+            obs, info = env.reset(seed=5)
+            assert info["task"] == "reach-v3"
+            trace = [obs["raw"]]
+            for a in actions:
+                obs, _, terminated, truncated, _ = env.step(a)
+                trace.append(obs["raw"])
+            env.trace, env.last = np.stack(trace), (terminated, truncated, env.steps, env.seed)
+        np.testing.assert_array_equal(remote.trace, local.trace)
+        assert remote.last == local.last == (False, True, 3, 5)
+        np.testing.assert_array_equal(remote.raw_obs, local.raw_obs)
+        np.testing.assert_array_equal(remote.hand_pos, local.hand_pos)
+        frame = remote.render()
+        assert frame.shape == (32, 32, 3) and frame.dtype == np.uint8 and frame.std() > 5
+        with pytest.raises(ValueError, match="seed must be in"):
+            remote.reset(seed=-1)
+    local.close()
+
+
+def test_worker_crash_is_reported_and_close_reaps_it():
+    import signal
+
+    w = worker_lib.Worker()
+    assert w.cpu_seconds() > 0
+    with pytest.raises(ValueError, match="unknown worker request"):
+        w.call("no-such-op", 0)
+    with pytest.raises(ValueError, match="no env 7 in the render worker"):
+        w.call("reset", 7, 0)
+    os.kill(w.proc.pid, signal.SIGSEGV)  # what a render next to TensorFlow did to the whole process
+    with pytest.raises(worker_lib.WorkerError, match="died \\(signal SIGSEGV\\) during 'cpu'"):
+        w.call("cpu")
+    assert w.proc.returncode is not None
+    with pytest.raises(worker_lib.WorkerError, match="was closed"):
+        w.call("cpu")
+    w2 = worker_lib.Worker()
+    w2.close()
+    assert w2.proc.returncode == 0, "closing our end (EOF) lets the worker exit by itself"
+
+
+def test_worker_dies_with_its_parent():
+    import subprocess
+    import sys
+    import time
+
+    code = ("import os, sys; from data.metaworld.worker import Worker; w = Worker(); w.cpu_seconds(); "
+            "print(w.proc.pid, flush=True); os._exit(0)")  # no atexit, no close: the parent just vanishes
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    child = int(out.stdout.split()[0])
+    for _ in range(100):
+        try:
+            os.kill(child, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.05)
+    os.kill(child, 9)
+    raise AssertionError(f"render worker {child} outlived its parent")
 
 
 def test_eval_seeds_are_disjoint_from_generation():

@@ -39,7 +39,7 @@ from data.metaworld.env import DEFAULT_CAMERA, RenderError, RenderSettings
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 _ERRORS: dict[str, type[Exception]] = {"RenderError": RenderError, "ValueError": ValueError,
-                                       "UserError": ValueError, "KeyError": ValueError}
+                                       "UserError": ValueError}
 
 
 class WorkerError(RuntimeError):
@@ -189,6 +189,10 @@ def _serve(conn: Connection) -> None:
                 envs.pop(args[0]).close()
                 result = None
             else:
+                if op not in ("reset", "step", "render", "episode"):
+                    raise ValueError(f"unknown worker request {op!r}")
+                if args[0] not in envs:
+                    raise ValueError(f"no env {args[0]!r} in the render worker (closed or never made)")
                 env = envs[args[0]]
                 if op == "reset":
                     result = (*env.reset(args[1]), _state(env))
@@ -196,10 +200,8 @@ def _serve(conn: Connection) -> None:
                     result = (env.step(args[1]), _state(env))
                 elif op == "render":
                     result = env.render()
-                elif op == "episode":
-                    result = env_lib.generate_episode(env, *args[1:])
                 else:
-                    raise ValueError(f"unknown worker request {op!r}")
+                    result = env_lib.generate_episode(env, *args[1:])
             reply = ("ok", result)
         except Exception as e:  # one line back to the parent; the worker keeps serving
             lines = str(e).strip().splitlines()
