@@ -172,7 +172,9 @@ def _write_one(out: str, cfg: GenerationConfig, kind: str, worker: Worker, envs:
         splits = {"train": _episodes(cfg, kind, "train", cfg.episodes, worker, envs, stats)}
         if cfg.val_episodes:
             splits["val"] = _episodes(cfg, kind, "val", cfg.val_episodes, worker, envs, stats)
-        if progress:
+        if not progress:  # TFDS's own bars too ("Generating train examples...", "Shuffling ...")
+            tfds.disable_progress_bar()
+        else:
             from tqdm import tqdm
 
             splits = {k: tqdm(v, total=cfg.episodes if k == "train" else cfg.val_episodes,
