@@ -87,8 +87,11 @@ class Worker:
             self.conn.send((op, args))
             status, payload = self.conn.recv()
         except (EOFError, OSError):
-            code = self.proc.wait(timeout=10)
-            why = f"signal {signal.Signals(-code).name}" if code < 0 else f"exit code {code}"
+            try:
+                code = self.proc.wait(timeout=10)
+                why = f"signal {signal.Signals(-code).name}" if code < 0 else f"exit code {code}"
+            except subprocess.TimeoutExpired:  # the pipe broke but the process lingers: close() terminates it
+                why = "its pipe broke"
             self.close()
             raise WorkerError(f"the Meta-World render worker died ({why}) during {op!r}; its stderr is above") from None
         if status == "error":
