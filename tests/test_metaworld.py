@@ -10,6 +10,7 @@ import pytest
 
 os.environ.setdefault("MUJOCO_GL", "egl")  # before metaworld imports mujoco (MuJoCo reads it once, at import)
 pytest.importorskip("metaworld")
+import tensorflow  # noqa: F401  on purpose: rendering segfaults next to TF, so every render must use the worker
 import tensorflow_datasets as tfds
 
 from data import episodes, loader, windows
@@ -178,8 +179,6 @@ def test_worker_render_failure_is_one_line_naming_mujoco_gl():
 
 
 def test_in_process_rendering_is_refused_once_tensorflow_is_loaded():
-    import tensorflow  # noqa: F401  (MuJoCo's EGL rendering would segfault from here on)
-
     with pytest.raises(env_lib.RenderError, match=r"data\.metaworld\.worker"):
         env_lib.MetaWorldEnv("reach-v3", resolution=32)
 
