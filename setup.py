@@ -10,6 +10,7 @@ PACKAGES = [
     "core",
     "data",
     "data.demo",
+    "data.metaworld",
     "lam",
     "latent_pretraining",
     "latent_pretraining.model",
@@ -43,7 +44,10 @@ INSTALL_REQUIRES = [
 
 HF = ["torch==2.13.0", "transformers>=5.0"]
 SERVE = ["fastapi>=0.110", "uvicorn>=0.29", "httpx>=0.27", "python-multipart>=0.0.13"]
-TEST = ["pytest>=8.0", "pytest-timeout>=2.3", "ruff>=0.6", *HF, *SERVE]
+# Meta-World (MuJoCo) as a second, standard 3-D world (data/metaworld, policy/metaworld_eval.py); renders off-screen
+# through MUJOCO_GL (egl by default), which needs the system's EGL or OSMesa library
+METAWORLD = ["metaworld==3.1.1", "mujoco>=3.3.0", "gymnasium>=1.1"]
+TEST = ["pytest>=8.0", "pytest-timeout>=2.3", "ruff>=0.6", *HF, *SERVE, *METAWORLD]
 
 setup(
     name="latent-vla",
@@ -52,5 +56,5 @@ setup(
     python_requires=">=3.11",
     packages=PACKAGES,
     install_requires=INSTALL_REQUIRES,
-    extras_require={"hf": HF, "serve": SERVE, "test": TEST},
+    extras_require={"hf": HF, "serve": SERVE, "metaworld": METAWORLD, "test": TEST},
 )

@@ -325,6 +325,14 @@ def _demo_robot(r: Reader) -> dict:
                 r.get("steps/observation/image"), _no_wrist(r))
 
 
+def _metaworld_robot(r: Reader) -> dict:
+    a = r.get("steps/action")  # f32[T, 4]: xyz hand motion, gripper effort (+1 closes, -1 opens)
+    grip = tf.clip_by_value((1.0 - a[:, 3:4]) / 2.0, 0.0, 1.0)  # -> the standard 1 = open, 0 = closed
+    action = tf.concat([a[:, :3], tf.zeros([r.length(), 3]), grip], -1)
+    return _std(action, _valid(r), r.get("steps/observation/state"), _first_text(r.get("steps/language_instruction")),
+                r.get("steps/observation/image"), _no_wrist(r))
+
+
 def _video_only(image_key: str, language_key: str | None, wrist_key: str | None) -> StandardizeFn:
     def fn(r: Reader) -> dict:
         lang = _first_text(r.get(language_key)) if language_key else tf.constant("")
@@ -397,6 +405,13 @@ _SPECS = [
         {"steps/action": T(2), _O + "image": IMG, _O + "state": T(2), "steps/language_instruction": TXT},
         _demo_robot),), proprio_dim=2, last_action_valid=False,
         notes="built-in world; [dx, dy, 0, 0, 0, 0, 1]; last step's action is invalid"),
+    DatasetSpec("metaworld_robot", 80, "1.0.0", (Layout(
+        {"steps/action": T(4), _O + "image": IMG, _O + "state": T(4), "steps/language_instruction": TXT},
+        _metaworld_robot),), proprio_dim=4, last_action_valid=False,
+        notes="Meta-World scripted experts (data/metaworld): [dx, dy, dz, 0, 0, 0, (1 - effort) / 2]; proprio = hand "
+              "xyz + gripper opening; last step's action is invalid"),
+    video_only_spec("metaworld_video", 80,
+                    notes="Meta-World, action-free video of tasks disjoint from metaworld_robot"),
     video_only_spec("demo_human", 10, notes="built-in world, human embodiment, action-free"),
     video_only_spec("ssv2", 12, notes="Something-Something-v2 converted to RLDS (image + language_instruction)"),
 ]

@@ -20,6 +20,11 @@ Each query gets its own seed (a function of the episode seed and the query index
     python -m policy.evaluate --checkpoint RUN_DIR [--step N] [--episodes 50] [--seed 0] [--execute-steps K]
         [--gif-dir DIR] [--out results.json]
     python -m policy.evaluate --policy expert|random --episodes 200     # the harness's sanity figures
+    python -m policy.evaluate --world metaworld --policy expert --tasks reach-v3,drawer-open-v3   # Meta-World
+    python -m policy.evaluate --world metaworld --server http://127.0.0.1:8000                    # a served policy
+
+Worlds (``WORLDS``): the harness needs only a small ``World`` adapter per world (env factory, action conversion,
+episode seeds, task rows, references); ``policy/metaworld_eval.py`` is Meta-World's (docs/metaworld.md).
 """
 
 from __future__ import annotations
@@ -35,7 +40,7 @@ import struct
 import sys
 import time
 import zlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 import numpy as np
@@ -264,6 +269,51 @@ def write_rollout(frames: Sequence[np.ndarray], path_stem: str, fmt: str = "auto
     return path
 
 
+# ----------------------------------------------------------------------------------------------------- worlds
+@dataclasses.dataclass(frozen=True)
+class World:
+    """What the harness needs from a world. ``make(cfg)`` returns an env with ``reset(seed) -> (obs
+    {"image"}, info {"instruction", "task"})``, ``step(native) -> (obs, reward, terminated, truncated, info)`` and
+    ``success`` / ``progress`` / ``steps``; ``episode_seed(seed, i)`` is episode i's world seed; ``families(cfg)``
+    orders the per-task rows; ``expert()`` / ``random()`` build the reference policies."""
+
+    name: str
+    make: Callable[[Any], Any]
+    default_config: Callable[[], Any]
+    to_native: Callable[[np.ndarray], np.ndarray]
+    native_dim: int
+    episode_seed: Callable[[int, int], int]
+    families: Callable[[Any], Sequence[str]]
+    expert: Callable[[], Any]
+    random: Callable[[], Any]
+
+
+def _demo_world(cfg: WorldConfig) -> DemoWorld:
+    return DemoWorld(dataclasses.replace(cfg, images=True))
+
+
+def _metaworld() -> World:
+    from policy import metaworld_eval as mw  # lazy: MuJoCo only when Meta-World is evaluated
+
+    return World("metaworld", mw.MetaWorldSuite, mw.MetaWorldEvalConfig, mw.padded_to_native, mw.NATIVE_DIM,
+                 mw.eval_seed, lambda cfg: tuple(cfg.tasks), mw.ExpertPolicy, mw.RandomPolicy)
+
+
+WORLDS: dict[str, Callable[[], World]] = {
+    "demo": lambda: World("demo", _demo_world, default_world_config, padded_to_native, len(NATIVE_DIMS),
+                          lambda seed, i: seed + i, lambda cfg: tasks_lib.TASK_FAMILIES, ExpertPolicy, RandomPolicy),
+    "metaworld": _metaworld,
+}
+
+
+def get_world(name: str) -> World:
+    if name not in WORLDS:
+        from core.errors import unknown
+
+        raise ValueError(unknown("world", name, WORLDS))
+    return WORLDS[name]()
+
+
 # ------------------------------------------------------------------------------------------------- evaluation
 def _query_seed(episode_seed: int, query: int) -> int:
     return int(np.random.SeedSequence([episode_seed & 0xFFFFFFFF, query]).generate_state(1, np.uint32)[0] >> 1)
@@ -277,8 +327,11 @@ def _int_or(meta: dict, key: str, default: Any) -> Any:
 def evaluate(policy: PolicyLike, *, episodes: int = 50, seed: int = 0, world_config: WorldConfig | None = None,
              execute_steps: int | None = None, max_steps: int | None = None, gif_dir: str | None = None,
              gif_episodes: int = 4, gif_format: str = "auto", jpeg_quality: int | None = None,
-             name: str | None = None, progress: bool = True) -> dict:
+             name: str | None = None, progress: bool = True, world: str = "demo") -> dict:
     """Run ``episodes`` seeded closed-loop episodes (episode i: world seed ``seed + i``) and return the figures.
+
+    world: "demo" (default) or "metaworld" (``WORLDS``; world_config is then a ``MetaWorldEvalConfig``, episode i
+        plays task ``tasks[i % len(tasks)]`` with a seed disjoint from data generation: policy/metaworld_eval.py).
 
     world_config: default ``default_world_config()`` (the demo_robot generation config; ``world_config_from_dataset``
         reads another dataset's). max_steps overrides its episode step limit.
@@ -296,11 +349,10 @@ def evaluate(policy: PolicyLike, *, episodes: int = 50, seed: int = 0, world_con
     if episodes < 1:
         raise ValueError(f"episodes must be >= 1, got {episodes}")
     meta = dict(policy.metadata())
-    cfg = world_config or default_world_config()
+    adapter = get_world(world)
+    cfg = world_config or adapter.default_config()
     if max_steps is not None:
         cfg = dataclasses.replace(cfg, max_steps=int(max_steps))
-    if not cfg.images:
-        cfg = dataclasses.replace(cfg, images=True)
     image_size = int(_int_or(meta, "image_size", cfg.resolution))
     offsets = [int(o) for o in _int_or(meta, "history_offsets", [0])]
     if not offsets or any(o > 0 for o in offsets):
@@ -312,7 +364,7 @@ def evaluate(policy: PolicyLike, *, episodes: int = 50, seed: int = 0, world_con
         raise ValueError(f"execute_steps must be >= 1, got {k_exec}")
     label = name or meta.get("name") or type(policy).__name__
 
-    env = DemoWorld(cfg)
+    env = adapter.make(cfg)
     if hasattr(policy, "bind"):
         policy.bind(env)
     if gif_dir:
@@ -327,7 +379,7 @@ def evaluate(policy: PolicyLike, *, episodes: int = 50, seed: int = 0, world_con
         bar = tqdm(bar, desc=f"eval {label}", unit="ep", dynamic_ncols=True)
     start = time.perf_counter()
     for i in bar:
-        ep_seed = seed + i
+        ep_seed = adapter.episode_seed(seed, i)
         obs, info = env.reset(seed=ep_seed)
         policy.reset()
         instruction, family = info["instruction"], info["task"]
@@ -347,11 +399,11 @@ def evaluate(policy: PolicyLike, *, episodes: int = 50, seed: int = 0, world_con
                 out = out[None]
             if out.ndim != 2 or out.shape[0] < 1:
                 raise ValueError(f"policy.act must return f32[H, A] with H >= 1, got shape {out.shape}")
-            actions = padded_to_native(out[:k_exec])
+            actions = adapter.to_native(out[:k_exec])
             for a in actions:
                 if not np.all(np.isfinite(a)):
                     nonfinite += 1
-                    a = np.zeros(2, np.float32)  # counted; the episode goes on with a no-op instead of crashing
+                    a = np.zeros(adapter.native_dim, np.float32)  # counted; the episode goes on with a no-op
                 obs, _, terminated, truncated, _ = env.step(a)
                 raw.append(obs["image"])
                 img = obs["image"] if jpeg_quality is None else _jpeg_roundtrip(obs["image"], jpeg_quality)
@@ -372,10 +424,12 @@ def evaluate(policy: PolicyLike, *, episodes: int = 50, seed: int = 0, world_con
             k = sum(r["success"] for r in records)
             bar.set_postfix(success=f"{k}/{len(records)}")
     total = time.perf_counter() - start
+    if hasattr(env, "close"):
+        env.close()
 
     k = sum(r["success"] for r in records)
     per_family = {}
-    for fam in tasks_lib.TASK_FAMILIES:
+    for fam in adapter.families(cfg):
         rs = [r for r in records if r["family"] == fam]
         if rs:
             kf = sum(r["success"] for r in rs)
@@ -402,6 +456,7 @@ def evaluate(policy: PolicyLike, *, episodes: int = 50, seed: int = 0, world_con
         "queries": queries,
         "queries_per_second": queries / act_seconds if act_seconds > 0 else None,
         "nonfinite_actions": nonfinite,
+        "world": adapter.name,
         "settings": {"seed": seed, "execute_steps": k_exec, "chunk": chunk, "history_offsets": offsets,
                      "frame_stride": stride, "image_size": image_size, "jpeg_quality": jpeg_quality,
                      "world_config": {**dataclasses.asdict(cfg), "tasks": list(cfg.tasks)}},
@@ -426,7 +481,7 @@ def _progress_cell(r: dict) -> str:
 def format_table(results: list[dict]) -> str:
     """Markdown table: name, demos, success %, 95% CI, progress % with its bootstrap CI, one column per task family
     (success % / progress % and n)."""
-    families = [f for f in tasks_lib.TASK_FAMILIES if any(f in r.get("per_family", {}) for r in results)]
+    families = list(dict.fromkeys(f for r in results for f in r.get("per_family", {})))  # first-seen order
     head = ["name", "demos", "success %", "95% CI", "progress % [95% CI]", *families]
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] + ["---:"] * (len(head) - 1)) + "|"]
     for r in results:
@@ -494,6 +549,9 @@ def _parser() -> argparse.ArgumentParser:
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--checkpoint", help="fine-tuning run dir (policy.policy.Policy.from_checkpoint)")
     src.add_argument("--policy", choices=("expert", "random"), help="a baseline instead of a checkpoint")
+    src.add_argument("--server", default=None, help="evaluate the policy served at this URL (policy/serve.py)")
+    p.add_argument("--world", default="demo", choices=tuple(WORLDS), help="demo (default) or metaworld")
+    p.add_argument("--tasks", default=None, help="metaworld: comma-separated tasks (default: the robot tasks)")
     p.add_argument("--step", type=int, default=None, help="checkpoint step (default: the latest)")
     p.add_argument("--episodes", type=int, default=50)
     p.add_argument("--seed", type=int, default=0, help="episode i uses world seed SEED + i")
@@ -518,18 +576,32 @@ def main(argv: Sequence[str] | None = None) -> dict:
             raise SystemExit(f"--{flag.replace('_', '-')} must be positive, got {v}")
     if args.jpeg_quality is not None and not 1 <= args.jpeg_quality <= 100:
         raise SystemExit(f"--jpeg-quality must be in [1, 100], got {args.jpeg_quality}")
+    adapter = get_world(args.world)
     if args.policy == "expert":
-        policy: Any = ExpertPolicy()
+        policy: Any = adapter.expert()
     elif args.policy == "random":
-        policy = RandomPolicy()
+        policy = adapter.random()
+    elif args.server:
+        from policy.client import PolicyClient
+
+        policy = PolicyClient(args.server)
     else:
         from policy.policy import Policy  # lazy: JAX/model code only when a checkpoint is evaluated
 
         policy = Policy.from_checkpoint(args.checkpoint, args.step)  # step None: the latest (as policy.serve)
-    cfg = world_config_from_dataset(args.data) if args.data else None
+    if args.world == "metaworld":
+        if args.data:
+            raise SystemExit("--data sets the demo world's config; Meta-World takes --tasks")
+        from policy.metaworld_eval import MetaWorldEvalConfig
+
+        cfg = MetaWorldEvalConfig(**({"tasks": tuple(t for t in args.tasks.split(",") if t)} if args.tasks else {}))
+    elif args.tasks:
+        raise SystemExit("--tasks applies to --world metaworld (the demo world samples its task families)")
+    else:
+        cfg = world_config_from_dataset(args.data) if args.data else None
     res = evaluate(policy, episodes=args.episodes, seed=args.seed, world_config=cfg, execute_steps=args.execute_steps,
                    max_steps=args.max_steps, gif_dir=args.gif_dir, gif_episodes=args.gif_episodes,
-                   jpeg_quality=args.jpeg_quality, name=args.name, progress=not args.no_progress)
+                   jpeg_quality=args.jpeg_quality, name=args.name, progress=not args.no_progress, world=args.world)
     if args.checkpoint:
         res["checkpoint"] = {"run_dir": os.path.abspath(args.checkpoint), "step": args.step}
     if args.out:
