@@ -12,7 +12,7 @@ LAM training), preset, and for a trained run workdir and step.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import jax
@@ -71,6 +71,8 @@ def encoder_only(latent: LatentLabeler, frame_size: int) -> LatentLabeler:
     checked by tracing `latent_fn` on the pruned tree; if that trace fails the full tree is kept (with a warning).
     `frame_size`: the side of the frames the trainer feeds (any size works: the labeler resizes)."""
     fn, variables, info = latent
+    if not callable(fn) or not all(isinstance(t, Mapping) for t in dict(variables).values()):
+        return latent  # no labeler (e.g. a policy run that never labels) or not a Flax variables dict: nothing to prune
     clip = jax.ShapeDtypeStruct((1, int(info["clip_len"]), frame_size, frame_size, 3), np.uint8)
     used = iter(_used_leaves(fn, variables, clip))
     used_tree = jax.tree.map(lambda _: next(used), variables)
