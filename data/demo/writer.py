@@ -10,12 +10,9 @@ interrupted or failed run never leaves anything that looks like a finished datas
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import io
 import json
 import os
-import shutil
 import tempfile
 import time
 from collections.abc import Iterator
@@ -23,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from data import rlds_writer
 from data.demo import render as render_lib
 from data.demo.expert import ScriptedExpert
 from data.demo.tasks import MAX_BLOCKS
@@ -190,46 +188,25 @@ def existing_summaries(out: str, cfg: GenerationConfig) -> list[dict] | None:
 
 def write_datasets(out: str, cfg: GenerationConfig, overwrite: bool = False, progress: bool = True) -> list[dict]:
     """Write one RLDS dataset per embodiment under ``out``; returns a summary dict per dataset."""
-    import tensorflow_datasets as tfds
-
     check_output_dir(out)
-    for e in cfg.embodiments:
-        final = os.path.join(out, DATASET_NAMES[e], VERSION)
-        if os.path.exists(final) and not overwrite:
-            raise FileExistsError(f"{final} already exists: pass --overwrite to replace it")
+    rlds_writer.check_can_write(out, (DATASET_NAMES[e] for e in cfg.embodiments), VERSION, overwrite)
     summaries = []
-    # TFDS uses one shard count for every split and refuses more shards than examples
-    num_shards = min(cfg.num_shards, cfg.episodes, cfg.val_episodes or cfg.episodes)
+    shards = rlds_writer.num_shards(cfg.num_shards, cfg.episodes, cfg.val_episodes)
     for e in cfg.embodiments:
         name, start = DATASET_NAMES[e], time.time()
-        partial = tempfile.mkdtemp(prefix=f".partial-{name}-", dir=out)
         stats = {"episodes": 0, "steps": 0, "successes": 0}
-        try:
+        with rlds_writer.partial_dir(out, name) as partial:
             splits = {"train": _episodes(cfg, e, "train", cfg.episodes, stats)}
             if cfg.val_episodes:
                 splits["val"] = _episodes(cfg, e, "val", cfg.val_episodes, stats)
-            if progress:
-                from tqdm import tqdm
-
-                splits = {k: tqdm(v, total=cfg.episodes if k == "train" else cfg.val_episodes,
-                                  desc=f"{name} {k}", unit="ep", leave=False) for k, v in splits.items()}
-            with contextlib.redirect_stdout(io.StringIO()):  # TFDS prints the hidden .partial path as if final
-                tfds.dataset_builders.store_as_tfds_dataset(
-                    name=name, version=VERSION, features=features(cfg.resolution, e == "robot"),
-                    split_datasets=splits, data_dir=partial, description=f"latent-vla demo world, {e} embodiment",
-                    download_config=tfds.download.DownloadConfig(num_shards=num_shards), disable_shuffling=True)
-            built = os.path.join(partial, name, VERSION)
+            built = rlds_writer.store_splits(
+                partial, name, VERSION, features(cfg.resolution, e == "robot"), splits,
+                totals={"train": cfg.episodes, "val": cfg.val_episodes},
+                description=f"latent-vla demo world, {e} embodiment", shards=shards, progress=progress)
             summary = {"dataset": f"{name}/{VERSION}", **stats,
                        "success_rate": stats["successes"] / max(stats["episodes"], 1),
-                       "bytes": sum(os.path.getsize(os.path.join(built, f)) for f in os.listdir(built))}
-            with open(os.path.join(built, "generation.json"), "w") as f:
-                json.dump({**dataclasses.asdict(cfg), "embodiment": e, "fps": FPS, "summary": summary}, f, indent=1)
-            final = os.path.join(out, name, VERSION)
-            os.makedirs(os.path.dirname(final), exist_ok=True)
-            if os.path.exists(final):  # only with overwrite: swap the complete new copy in
-                shutil.rmtree(final)
-            os.replace(built, final)
-        finally:
-            shutil.rmtree(partial, ignore_errors=True)
+                       "bytes": rlds_writer.dir_bytes(built)}
+            final = rlds_writer.commit(built, out, name, VERSION, {**dataclasses.asdict(cfg), "embodiment": e,
+                                                                   "fps": FPS, "summary": summary})
         summaries.append({**summary, "path": final, "seconds": time.time() - start})
     return summaries

@@ -17,19 +17,14 @@ is the noisy expert's, the last step's action is zero (invalid, as in demo_robot
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import io
-import json
-import os
-import shutil
-import tempfile
 import time
 from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 
+from data import rlds_writer
 from data.demo.writer import check_output_dir
 from data.metaworld import tasks as tasks_lib
 from data.metaworld.env import CAMERAS, DEFAULT_CAMERA, EXPERT_NOISE, generate_episode  # noqa: F401 (re-export)
@@ -143,10 +138,7 @@ def _episodes(cfg: GenerationConfig, kind: str, split: str, n: int, worker: Work
 def write_datasets(out: str, cfg: GenerationConfig, overwrite: bool = False, progress: bool = True) -> list[dict]:
     """Write one RLDS dataset per kind in ``cfg.datasets`` under ``out``; returns a summary dict per dataset."""
     check_output_dir(out)
-    for kind in cfg.datasets:
-        final = os.path.join(out, DATASET_NAMES[kind], VERSION)
-        if os.path.exists(final) and not overwrite:
-            raise FileExistsError(f"{final} already exists: pass --overwrite to replace it")
+    rlds_writer.check_can_write(out, (DATASET_NAMES[k] for k in cfg.datasets), VERSION, overwrite)
     summaries = []
     worker = Worker()  # every MuJoCo render happens in this TF-free child (TFDS has loaded TensorFlow here)
     envs: dict[str, RemoteEnv] = {}
@@ -161,46 +153,26 @@ def write_datasets(out: str, cfg: GenerationConfig, overwrite: bool = False, pro
 def _write_one(out: str, cfg: GenerationConfig, kind: str, worker: Worker, envs: dict[str, RemoteEnv],
                progress: bool) -> dict:
     """Build one dataset in ``<out>/.partial-*`` and rename it into place; its summary (CPU: parent + worker)."""
-    import tensorflow_datasets as tfds
-
-    num_shards = min(cfg.num_shards, cfg.episodes, cfg.val_episodes or cfg.episodes)  # TFDS: one count per split
     name, start = DATASET_NAMES[kind], time.time()
     cpu0, worker_cpu0 = time.process_time(), worker.cpu_seconds()
-    partial = tempfile.mkdtemp(prefix=f".partial-{name}-", dir=out)
     stats: dict[str, Any] = {"episodes": 0, "steps": 0, "successes": 0, "per_task": {}}
-    try:
+    with rlds_writer.partial_dir(out, name) as partial:
         splits = {"train": _episodes(cfg, kind, "train", cfg.episodes, worker, envs, stats)}
         if cfg.val_episodes:
             splits["val"] = _episodes(cfg, kind, "val", cfg.val_episodes, worker, envs, stats)
-        if not progress:  # TFDS's own bars too ("Generating train examples...", "Shuffling ...")
-            tfds.disable_progress_bar()
-        else:
-            from tqdm import tqdm
-
-            splits = {k: tqdm(v, total=cfg.episodes if k == "train" else cfg.val_episodes,
-                              desc=f"{name} {k}", unit="ep", leave=False) for k, v in splits.items()}
-        with contextlib.redirect_stdout(io.StringIO()):  # TFDS prints the hidden .partial path as if final
-            tfds.dataset_builders.store_as_tfds_dataset(
-                name=name, version=VERSION, features=features(cfg.resolution, kind == "robot"),
-                split_datasets=splits, data_dir=partial, description=f"latent-vla Meta-World, {kind} dataset",
-                download_config=tfds.download.DownloadConfig(num_shards=num_shards), disable_shuffling=True)
-        built = os.path.join(partial, name, VERSION)
+        built = rlds_writer.store_splits(
+            partial, name, VERSION, features(cfg.resolution, kind == "robot"), splits,
+            totals={"train": cfg.episodes, "val": cfg.val_episodes},
+            description=f"latent-vla Meta-World, {kind} dataset",
+            shards=rlds_writer.num_shards(cfg.num_shards, cfg.episodes, cfg.val_episodes), progress=progress)
         # CPU of the whole build: the worker's (physics, rendering, expert) + ours (TFDS encoding, JPEG, writing)
         worker_cpu = worker.cpu_seconds() - worker_cpu0
         cpu = time.process_time() - cpu0 + worker_cpu
         summary = {"dataset": f"{name}/{VERSION}", **stats, "cpu_seconds": cpu, "worker_cpu_seconds": worker_cpu,
                    "success_rate": stats["successes"] / max(stats["episodes"], 1),
-                   "frames_per_cpu_second": stats["steps"] / max(cpu, 1e-9),
-                   "bytes": sum(os.path.getsize(os.path.join(built, f)) for f in os.listdir(built))}
-        with open(os.path.join(built, "generation.json"), "w") as f:
-            json.dump({**dataclasses.asdict(cfg), "kind": kind, "fps": FPS, "summary": summary}, f, indent=1)
-        final = os.path.join(out, name, VERSION)
-        os.makedirs(os.path.dirname(final), exist_ok=True)
-        if os.path.exists(final):  # only with overwrite: swap the complete new copy in
-            shutil.rmtree(final)
-        os.replace(built, final)
-    finally:
-        shutil.rmtree(partial, ignore_errors=True)
+                   "frames_per_cpu_second": stats["steps"] / max(cpu, 1e-9), "bytes": rlds_writer.dir_bytes(built)}
+        final = rlds_writer.commit(built, out, name, VERSION, {**dataclasses.asdict(cfg), "kind": kind, "fps": FPS,
+                                                               "summary": summary})
     return {**summary, "path": final, "seconds": time.time() - start}
 
 
