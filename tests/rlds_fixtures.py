@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from data.metaworld import writer as metaworld_writer
 from data.tf_setup import tfds
 
 F = tfds.features
@@ -96,6 +97,9 @@ def layouts(res: int = 32) -> dict[str, tuple[str, Any]]:
         "demo_human": ("1.0.0", _rlds({"image": _img(res, res)}, None, demo_steps, demo_meta)),
         "ssv2": ("1.0.0", _rlds({"image": _img(res, res)}, None, {"language_instruction": F.Text()},
                                 {"episode_metadata": {"video_id": F.Text()}})),
+        # Meta-World: the writer's own feature specs (data/metaworld/writer.py), so the fixture cannot drift from it
+        "metaworld_robot": ("1.0.0", metaworld_writer.features(res, True)),
+        "metaworld_video": ("1.0.0", metaworld_writer.features(res, False)),
     }
 
 
@@ -174,7 +178,7 @@ def make_episode(name: str, features: Any, index: int, length: int, seed: int) -
         if name == "demo_robot":
             obs["state"] = np.array([0.1 * index, 0.01 * t], np.float32)
             s["action"] = np.zeros(2, np.float32) if t == length - 1 else np.array([0.01, -0.02 * index], np.float32)
-        if "ground_truth" in s:
+        if "flow" in s.get("ground_truth", {}):
             s["ground_truth"]["flow"] = np.zeros(steps_feat["ground_truth"]["flow"].shape, np.float16)
         steps.append(s)
     ep: dict[str, Any] = {"steps": steps}

@@ -72,6 +72,15 @@ def test_standardized_layout_and_values(name: str) -> None:
             assert not a[-1].any()
             np.testing.assert_allclose(p[:, :2], _col(steps, "observation", "state"))
             continue
+        if name == "metaworld_robot":  # hand xyz motion, no rotation, effort (+1 closes) -> 1 = open; last step invalid
+            assert tr["action_valid"][:-1].all() and not tr["action_valid"][-1]
+            raw = _col(steps, "action")
+            np.testing.assert_allclose(a[:-1, :3], raw[:-1, :3])
+            assert not a[:, 3:6].any()
+            np.testing.assert_allclose(a[:-1, 6], np.clip((1.0 - raw[:-1, 3]) / 2.0, 0.0, 1.0), rtol=1e-6)
+            np.testing.assert_allclose(p[:, :4], _col(steps, "observation", "state"))
+            assert not p[:, 4:].any()
+            continue
         assert tr["action_valid"].all()
         if name in ("fractal20220817_data", "kuka"):
             np.testing.assert_allclose(a[:, :3], _col(steps, "action", "world_vector"))
