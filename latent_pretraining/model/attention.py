@@ -1,4 +1,4 @@
-"""LLaMA self-attention (GQA, RoPE) through ``jax.nn.dot_product_attention``, attention masks and the KV cache.
+"""LLaMA self-attention (GQA, RoPE), attention masks and the KV cache; the kernels are in ``attention_kernels.py``.
 
 Masks are boolean, True = may attend, shaped ``[B, 1, T, S]``. They are built from
 - causality over *slots* (query slot ``offset + i`` sees key slots ``<= offset + i``),
@@ -13,10 +13,9 @@ from __future__ import annotations
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import struct
 
-from latent_pretraining.model.blocked_attention import blocked_attention
+from latent_pretraining.model.attention_kernels import attend
 from latent_pretraining.model.llama_config import LlamaConfig
 from latent_pretraining.model.llama_layers import Linear, apply_rope
 from latent_pretraining.training.sharding import with_logical_constraint
@@ -151,25 +150,6 @@ def key_block_ids(block_ids: jax.Array, num_slots: int, offset: jax.Array | int 
     )
 
 
-def causal_chunked_attention(
-    q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | None, chunk: int, impl: str | None
-) -> jax.Array:
-    """Causal attention in query chunks of ``chunk`` that skip the key blocks after the chunk (~half the work).
-
-    ``q [B,T,N,H]``, ``k, v [B,T,K,H]``, optional causal-style ``mask [B,1|N,T,T]`` -> ``[B,T,N,H]``. Each chunk
-    is one ``jax.nn.dot_product_attention`` call; worth it on CPU, where attention is memory bound.
-    """
-    t = q.shape[1]
-    outs = []
-    for lo in range(0, t, chunk):
-        hi = lo + chunk
-        m = jnp.asarray(np.arange(hi)[None, :] <= np.arange(lo, hi)[:, None])[None, None]
-        if mask is not None:
-            m = m & mask[:, :, lo:hi, :hi]
-        outs.append(jax.nn.dot_product_attention(q[:, lo:hi], k[:, :hi], v[:, :hi], mask=m, implementation=impl))
-    return jnp.concatenate(outs, axis=1)
-
-
 class Attention(nn.Module):
     """Multi-head / grouped-query self-attention with RoPE.
 
@@ -209,18 +189,10 @@ class Attention(nn.Module):
             v = jax.lax.dynamic_update_slice(v_cache, v.astype(v_cache.dtype), start)
             new_kv = (k, v)
             k, v = k.astype(q.dtype), v.astype(q.dtype)
-        impl = None if cfg.attention_impl == "auto" else cfg.attention_impl
-        chunk = cfg.attention_q_chunk
-        m = mask.mask
-        if cfg.attention_kv_block > 0 and (mask.has_parts or m is None):
-            # Online softmax over key blocks; the dense mask (if any) is left unused and dropped by XLA.
-            out = blocked_attention(q, k, v, block=cfg.attention_kv_block, key_valid=mask.key_valid,
-                                    offset=mask.offset, q_block=mask.q_block, k_block=mask.k_block,
-                                    causal_self=kv is None and mask.causal)
-        elif kv is None and mask.causal and 0 < chunk < t and t % chunk == 0 and (m is None or m.shape[-1] == t):
-            out = causal_chunked_attention(q, k, v, m, chunk, impl)
-        else:
-            out = jax.nn.dot_product_attention(q, k, v, mask=m, is_causal=m is None, implementation=impl)
+        # The kernel (cuDNN / splash / blocked / chunked / XLA) is picked at trace time from static facts:
+        # model/attention_kernels.py (KERNELS, choose_kernel).
+        out = attend(q, k, v, mask, impl=cfg.attention_impl, cache=kv is not None, q_chunk=cfg.attention_q_chunk,
+                     kv_block=cfg.attention_kv_block)
         out = with_logical_constraint(out, ("batch", "length", "act_heads", "head_dim"))
         out = Linear(cfg.hidden_size, ("heads", "embed"), cfg, name="wo")(out.reshape(b, t, n * hd))
         return out, new_kv

@@ -23,6 +23,9 @@ from core.lookup import check_names, lookup
 
 REMAT_POLICIES = ("none", "dots_saveable", "dots_with_no_batch_dims_saveable", "nothing_saveable")
 _DTYPES = ("float32", "bfloat16", "float16")
+# "auto" picks by backend at trace time (GPU: cuDNN flash, TPU: Pallas splash, else the portable kernels); the
+# others force one kernel where it fits the call. The kernel table is ``model/attention_kernels.py``.
+ATTENTION_IMPLS = ("auto", "xla", "cudnn", "splash")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,7 +39,9 @@ class LlamaConfig:
         (``h/0``, ``h/1``, ...).
       remat: one of ``REMAT_POLICIES`` (gradient checkpointing of each block).
       dtype / param_dtype: compute and storage dtypes by name; logits are always float32.
-      attention_impl: ``implementation`` of ``jax.nn.dot_product_attention`` ("xla", "cudnn") or "auto" (JAX picks).
+      attention_impl: one of ``ATTENTION_IMPLS``: "auto" = cuDNN flash attention on GPU (bf16/fp16), Pallas splash
+        attention on TPU, else the portable kernels below; "xla", "cudnn", "splash" force one kernel where it fits
+        the call (``model/attention_kernels.py``: table, fallbacks).
       attention_q_chunk: > 0 splits causal self-attention (no cache) into query chunks of this size that skip the
         masked key blocks: about 2x faster attention on CPU at length 512 (chunk 128); leave 0 on GPU/TPU.
       attention_kv_block: > 0 runs attention as an online softmax over key blocks of this size
@@ -75,8 +80,7 @@ class LlamaConfig:
         for field in ("dtype", "param_dtype"):
             if getattr(self, field) not in _DTYPES:
                 raise ValueError(f"LlamaConfig.{field}={getattr(self, field)!r}; expected one of {_DTYPES}")
-        if self.attention_impl not in ("auto", "xla", "cudnn"):
-            raise ValueError(f"LlamaConfig.attention_impl={self.attention_impl!r}; expected 'auto', 'xla' or 'cudnn'")
+        lookup(ATTENTION_IMPLS, self.attention_impl, "LlamaConfig.attention_impl")
         if self.attention_kv_block < 0:
             raise ValueError(f"LlamaConfig.attention_kv_block={self.attention_kv_block}; expected >= 0 (0 = off)")
         if self.loss_chunk < 0:
