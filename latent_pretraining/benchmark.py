@@ -30,7 +30,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from latent_pretraining.model.llama import LlamaForCausalLM, init_params, lm_loss
-from latent_pretraining.model.llama_config import LlamaConfig, preset
+from latent_pretraining.model.llama_config import ATTENTION_IMPLS, LlamaConfig, preset
 from latent_pretraining.training import mesh as mesh_lib
 from latent_pretraining.training import optim, step_table
 from latent_pretraining.training import sharding as sharding_lib
@@ -237,7 +237,7 @@ def train_step_main(argv: list[str], get_config: Callable[[str, str], ml_collect
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     p.add_argument("--remat", default="none")
     p.add_argument("--no-scan", action="store_true")
-    p.add_argument("--attention-impl", default="auto", choices=["auto", "xla", "cudnn"])
+    p.add_argument("--attention-impl", default="auto", choices=list(ATTENTION_IMPLS))
     p.add_argument("--attention-chunk", type=int, default=128, help="attention_q_chunk (0: one attention call)")
     p.add_argument("--loss-chunk", type=int, default=0, help="loss_chunk: chunked head + CE (0: all logits at once)")
     p.add_argument("--attention-kv-block", type=int, default=0,
