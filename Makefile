@@ -26,9 +26,14 @@ demo: $(STAMP)
 
 # The tests share a persistent JAX compilation cache (~/.cache/latent-vla/jax-tests; LATENT_VLA_TEST_JAX_CACHE
 # moves it, an empty value switches it off): the first run compiles, later runs mostly read it back.
+# `make test` runs on TEST_WORKERS pytest-xdist processes (tracing and XLA compiling a program are single-threaded, so
+# one process keeps ~1 of 2 cores busy); whole files go to one worker (--dist loadfile) so module-scoped fixtures are
+# built once. Each worker takes up to ~6 GB of memory; TEST_WORKERS=0 runs in a single process.
+TEST_WORKERS ?= 2
+
 test: $(STAMP)
 	$(PY) -m ruff check .
-	$(PY) -m pytest -q tests -m "not slow"
+	$(PY) -m pytest -q tests -m "not slow" -n $(TEST_WORKERS) --dist loadfile
 
 test-slow: $(STAMP)
 	$(PY) -m pytest -q tests -m slow

@@ -47,7 +47,8 @@ SERVE = ["fastapi>=0.110", "uvicorn>=0.29", "httpx>=0.27", "python-multipart>=0.
 # Meta-World (MuJoCo) as a second, standard 3-D world (data/metaworld, policy/metaworld_eval.py); renders off-screen
 # through MUJOCO_GL (egl by default), which needs the system's EGL or OSMesa library
 METAWORLD = ["metaworld==3.1.1", "mujoco>=3.3.0", "gymnasium>=1.1"]
-TEST = ["pytest>=8.0", "pytest-timeout>=2.3", "ruff>=0.6", *HF, *SERVE, *METAWORLD]
+# pytest-xdist: `make test` runs the suite on 2 worker processes (tracing and XLA compiling are single-threaded)
+TEST = ["pytest>=8.0", "pytest-timeout>=2.3", "pytest-xdist>=3.5", "ruff>=0.6", *HF, *SERVE, *METAWORLD]
 
 setup(
     name="latent-vla",

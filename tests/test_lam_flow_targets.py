@@ -10,7 +10,6 @@ import pytest
 
 from data.demo import render as render_lib
 from data.demo import world as world_lib
-from data.demo import writer
 from lam import flow_targets
 
 
@@ -54,14 +53,13 @@ def test_clip_flow_masks_invalid_frames_and_checks_input() -> None:
         flow_targets.clip_flow(clip.astype(np.float32))
 
 
-def test_lam_trains_on_rlds_pipeline_with_farneback_flow(tmp_path) -> None:
+def test_lam_trains_on_rlds_pipeline_with_farneback_flow(demo_data, tmp_path) -> None:
     from configs import lam as lam_configs
     from lam import train as lam_train
 
-    root = str(tmp_path / "data")
-    writer.write_datasets(root, writer.GenerationConfig(episodes=2, val_episodes=1, num_shards=1), progress=False)
+    # the session's shared demo RLDS shards (conftest.py; read-only: cache_dir "" writes nothing next to them)
     cfg = lam_configs.get_config("lapa_tiny")
-    cfg.data.source, cfg.data.root, cfg.data.cache_dir, cfg.data.shuffle_buffer = "pipeline", root, "", 64
+    cfg.data.source, cfg.data.root, cfg.data.cache_dir, cfg.data.shuffle_buffer = "pipeline", demo_data, "", 64
     cfg.data.batch_size = 8
     cfg.loss.flow_weight = 1.0
     with pytest.raises(ValueError, match="farneback"):
