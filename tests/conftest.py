@@ -58,3 +58,22 @@ def demo_data_written(tmp_path_factory) -> tuple[str, list[dict]]:
 def demo_data(demo_data_written) -> str:
     """Root of the session's shared demo RLDS datasets (see `demo_data_written`)."""
     return demo_data_written[0]
+
+
+# The modules that cost most (~20–55 s each in a one-process run of the default tier, 2026-12). `make test` hands
+# whole files to 2 xdist workers in collection order (`--dist loadfile`); alphabetical order would start several of
+# these last and leave one worker idle while the other finishes them. Starting them first leaves only small files
+# for the end. Order only: a stale list costs time, never correctness.
+HEAVY_MODULES = ("test_real_layouts", "test_data_mixture", "test_lam", "test_vla_train", "test_token_cache",
+                 "test_faults_cli", "test_vqgan", "test_sampler", "test_blocked_attention", "test_vqgan_train",
+                 "test_reference_policies", "test_chunked_ce", "test_lam_flow_targets", "test_lam_api")
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    """Heaviest modules first (see HEAVY_MODULES); the order inside a module and among the rest is kept."""
+    rank = {name: i for i, name in enumerate(HEAVY_MODULES)}
+    def key(item) -> int:
+        module = getattr(item, "module", None)
+        return rank.get(module.__name__.rsplit(".", 1)[-1] if module else "", len(rank))
+
+    items.sort(key=key)
