@@ -505,7 +505,9 @@ class Policy:
 
         Deterministic: the flow noise comes from `seed` (the same seed gives the same chunk). The gripper dimension
         is post-processed as metadata()["gripper"] says (step 6 of the module docstring)."""
-        a = self.denormalize(self.act_normalized(images, instruction, seed=seed, proprio=proprio))
+        # proprio only when given: act_normalized overrides / stand-ins without the argument keep working
+        kw = {"proprio": proprio} if proprio is not None else {}
+        a = self.denormalize(self.act_normalized(images, instruction, seed=seed, **kw))
         g = self.gripper
         if g["mode"] == "none":
             return a
