@@ -33,6 +33,9 @@ def base() -> ml_collections.ConfigDict:
         "latent_vocab_size": 0,  # 0 = LAM codebook (+ 1 separator when layout.latent_separator)
         "action_vocab_size": 256,  # action-bin head (LAPA fine-tuning); 0 = none
         "action_dim": 7,  # continuous action encoder / velocity head; 0 = none
+        # effector state as input: the first proprio_dim dims of the normalized 8-D proprio go through the proprio
+        # encoder into one slot after the frames (layout.json proprio_slots = 1); 0 = no proprio input
+        "proprio_dim": 0,
     })
     c.layout = ml_collections.ConfigDict({
         "prompt_len": 64, "template": "", "future_frame": False, "latent_steps": 1, "latent_separator": False,

@@ -65,6 +65,8 @@ def abstract_batch(setup: Setup, mesh: Mesh) -> dict[str, jax.ShapeDtypeStruct]:
         "history": ((b, spec.num_frames, *img), jnp.uint8), "future": ((b, *img), jnp.uint8),
         "actions": ((b, h, 7), jnp.float32), "action_pad_mask": ((b, h), jnp.bool_), "action_valid": ((b,), jnp.bool_),
         "prompt_ids": ((b, spec.prompt_len), jnp.int32), "prompt_mask": ((b, spec.prompt_len), jnp.bool_)}
+    if spec.proprio_slots:  # host_batch_fn sends the normalized 8-D proprio for a layout with a proprio slot
+        shapes["proprio"] = ((b, 8), jnp.float32)
     if w.vla_clip:
         shapes.update(clip=((b, w.clip_len, *img), jnp.uint8), clip_valid=((b, w.clip_len), jnp.bool_))
     return {k: jax.ShapeDtypeStruct(s, d, sharding=sh) for k, (s, d) in shapes.items()}

@@ -127,7 +127,8 @@ def forward(model: VideoLlama, spec: LayoutSpec, frozen: Frozen, flow_cfg: flow.
         bins_valid = jnp.repeat(pad, bins.shape[1] // pad.shape[1], axis=1)
     seq = assemble(spec, batch["prompt_ids"], batch["prompt_mask"], tok["frames"], future_ids=tok.get("future"),
                    latent_ids=tok.get("latent"), latent_valid=tok.get("latent_valid"), action_row=action_row,
-                   action_mask=batch.get("action_pad_mask"), action_token_ids=bins, action_token_valid=bins_valid)
+                   action_mask=batch.get("action_pad_mask"), action_token_ids=bins, action_token_valid=bins_valid,
+                   proprio=batch["proprio"][:, :model.config.proprio_dim] if spec.proprio_slots else None)
     _check_heads(model.config, spec)
     kw: dict[str, Any] = {}
     extra = dict(tok)
@@ -145,7 +146,7 @@ def forward(model: VideoLlama, spec: LayoutSpec, frozen: Frozen, flow_cfg: flow.
             head_positions[head.name] = pos
     out = model.apply({"params": params}, seq.ids, seq.family, head_positions=head_positions,
                       attention_mask=seq.attention_mask,
-                      block_ids=seq.block_ids if spec.bidirectional_actions else None, **kw)
+                      block_ids=seq.block_ids if spec.bidirectional_actions else None, **kw, **seq.model_inputs())
     return seq, out, extra
 
 

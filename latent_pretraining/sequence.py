@@ -5,6 +5,8 @@ Every row of a batch has the same length L and the same prefix; the suffix is on
     prefix (all rows)
       prompt   P text ids, LEFT-padded: BOS + "<template with the instruction> <vision>"        no loss
       frames   W × (g² vision ids + terminator)   terminator: eof, except eov on the last frame of the vision span
+      [proprio slot]  `proprio_slots` (0 or 1) PROPRIO positions: the proprio encoder's output replaces their
+               embedding (Sequence.proprio, fed by the caller)                                   no loss
     video suffix ("dynamics" rows: action-free video, or robot rows not drawn for flow matching)
       [future frame: g² ids + eov]                   ViPRA "latent state" (vision loss)   — `future_frame`
       open marker  e.g. "</vision> <dynamics>"        text loss
@@ -31,6 +33,7 @@ example), and the lineage's literal "<s> " text before the template is replaced 
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -38,7 +41,7 @@ import numpy as np
 from flax import struct
 
 from latent_pretraining.model import heads
-from latent_pretraining.model.heads import ACTION, ACTION_BIN, LATENT, TEXT, VISION
+from latent_pretraining.model.heads import ACTION, ACTION_BIN, LATENT, PROPRIO, TEXT, VISION
 
 # discrete head name -> the family it predicts: a live view of the head table (latent_pretraining/model/heads.py)
 HEAD_FAMILIES = heads.TOKEN_FAMILIES
@@ -67,6 +70,7 @@ class LayoutSpec:
     action_close: tuple[int, ...] = ()
     bidirectional_actions: bool = False
     action_tokens: int = 0  # discrete action-bin tokens in the action suffix (LAPA fine-tuning: 7 per step)
+    proprio_slots: int = 0  # PROPRIO slots after the frames (effector state as input; 0 = none, old checkpoints)
 
     def __post_init__(self) -> None:
         if self.action_slots and self.action_tokens:
@@ -74,6 +78,8 @@ class LayoutSpec:
         if self.prompt_len < 2 or self.num_frames < 1 or self.tokens_per_frame < 1:
             raise ValueError(f"LayoutSpec: prompt_len {self.prompt_len} (>= 2), num_frames {self.num_frames} (>= 1) "
                              f"and tokens_per_frame {self.tokens_per_frame} (>= 1) are required")
+        if self.proprio_slots not in (0, 1):
+            raise ValueError(f"LayoutSpec: proprio_slots {self.proprio_slots} must be 0 or 1 (one state per row)")
         if not self.has_video_rows and not self.has_action_rows:
             raise ValueError("LayoutSpec has neither a video suffix (latent_steps / future_frame) nor action slots")
 
@@ -104,7 +110,13 @@ class LayoutSpec:
 
     @property
     def prefix_len(self) -> int:
-        return self.prompt_len + self.num_frames * (self.tokens_per_frame + 1)
+        return self.prompt_len + self.num_frames * (self.tokens_per_frame + 1) + self.proprio_slots
+
+    @property
+    def proprio_positions(self) -> np.ndarray:
+        """int32[proprio_slots]: absolute positions of the proprio slots (right after the frames, every row)."""
+        start = self.prompt_len + self.num_frames * (self.tokens_per_frame + 1)
+        return np.arange(start, start + self.proprio_slots, dtype=np.int32)
 
     @property
     def video_suffix_len(self) -> int:
@@ -140,6 +152,8 @@ class LayoutSpec:
         fam, loss = [TEXT] * self.prompt_len, [False] * self.prompt_len
         fam += [VISION] * (self.num_frames * (self.tokens_per_frame + 1))
         loss += [False] * (self.num_frames * (self.tokens_per_frame + 1))
+        fam += [PROPRIO] * self.proprio_slots
+        loss += [False] * self.proprio_slots
         if action_row:
             n_open, n_close = len(self.action_open), len(self.action_close)
             fam += [TEXT] * n_open + [ACTION] * self.action_slots + [ACTION_BIN] * self.action_tokens
@@ -186,6 +200,8 @@ class Sequence:
     attention_mask int32[B, L]  0 on padding (prompt left padding, suffix right padding)
     block_ids      int32[B, L]  1 on the action slots of action rows when the chunk is bidirectional, else 0
     action_row     bool[B]      the row carries the action suffix
+    proprio        f32[B, S, P] the proprio encoder's input at the proprio slots (None: the layout has none)
+    proprio_positions           static: the slots' positions (spec.proprio_positions)
     """
 
     ids: jax.Array
@@ -194,6 +210,16 @@ class Sequence:
     attention_mask: jax.Array
     block_ids: jax.Array
     action_row: jax.Array
+    proprio: jax.Array | None = None
+    proprio_positions: tuple[int, ...] = struct.field(pytree_node=False, default=())
+
+    def model_inputs(self, length: int | None = None) -> dict[str, Any]:
+        """Keyword arguments of ``VideoLlama.__call__`` for the proprio slots among the first ``length`` positions
+        (default all): ``{}`` when there are none, so callers can always splat it."""
+        pos = tuple(p for p in self.proprio_positions if length is None or p < length)
+        if self.proprio is None or not pos:
+            return {}
+        return {"proprio": self.proprio[:, :len(pos)], "proprio_positions": pos}
 
 
 def _const(x: list[int] | tuple[int, ...], b: int) -> jax.Array:
@@ -217,6 +243,7 @@ def assemble(
     action_mask: jax.Array | None = None,
     action_token_ids: jax.Array | None = None,
     action_token_valid: jax.Array | None = None,
+    proprio: jax.Array | None = None,
 ) -> Sequence:
     """Builds the rows on device from fixed-length pieces.
 
@@ -229,6 +256,7 @@ def assemble(
       action_mask bool[B, H]: real actions per slot (default all True).
       action_token_ids int32[B, N], action_token_valid bool[B, N]: discrete action tokens (layouts with
         action_tokens; ids local to the action-bin table).
+      proprio f32[B, P]: normalized proprio (required when spec.proprio_slots; P = the model's proprio_dim).
     """
     b = prompt_ids.shape[0]
     g, w = spec.tokens_per_frame, spec.num_frames
@@ -246,7 +274,11 @@ def assemble(
     last = jnp.where(action_row | (not spec.future_frame), spec.eov, spec.eof)
     term = term.at[:, -1].set(last)
     frames = jnp.concatenate([frame_ids.astype(jnp.int32), term[..., None]], -1).reshape(b, -1)
-    prefix = jnp.concatenate([prompt_ids.astype(jnp.int32), frames], 1)
+    if spec.proprio_slots and (proprio is None or proprio.ndim != 2 or proprio.shape[0] != b):
+        got = None if proprio is None else proprio.shape
+        raise ValueError(f"this layout has a proprio slot: pass proprio f32[B={b}, P] (normalized), got {got}")
+    prefix = jnp.concatenate([prompt_ids.astype(jnp.int32), frames, jnp.zeros((b, spec.proprio_slots), jnp.int32)],
+                             1)
     suffix_len = spec.length - spec.prefix_len
 
     # dynamic validity (on top of the static templates)
@@ -306,8 +338,10 @@ def assemble(
     if spec.bidirectional_actions and spec.has_action_rows:
         slots = jnp.zeros((spec.length,), jnp.int32).at[spec.action_positions].set(1)
         block = jnp.where(action_row[:, None], slots[None], 0)
+    slots = tuple(int(p) for p in spec.proprio_positions)
     return Sequence(ids=ids, family=family, loss_mask=loss, attention_mask=attn.astype(jnp.int32), block_ids=block,
-                    action_row=action_row)
+                    action_row=action_row, proprio=proprio[:, None, :].astype(jnp.float32) if slots else None,
+                    proprio_positions=slots)
 
 
 def head_targets(seq: Sequence, positions: np.ndarray, family: int) -> tuple[jax.Array, jax.Array]:
@@ -327,6 +361,7 @@ def describe(spec: LayoutSpec, action_row: bool = False) -> list[str]:
     for i in range(spec.num_frames):
         last = i == spec.num_frames - 1 and (action_row or not spec.future_frame)
         out.append(f"frame{i}[{g}]+{'eov' if last else 'eof'}")
+    out += ["proprio"] * spec.proprio_slots
     if action_row:
         body = f"action_tokens[{spec.action_tokens}]" if spec.action_tokens else f"action_slots[{spec.action_slots}]"
         out += [f"text{list(spec.action_open)}", body, f"text{list(spec.action_close)}", "eos"]

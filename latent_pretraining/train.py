@@ -87,6 +87,7 @@ def build(config: ml_collections.ConfigDict, latent: LatentLabeler | None, *, to
 
     `tokenizer` / `vision` (VQGAN config, params) replace the files named by the config (e.g. abstract stand-ins for
     the ahead-of-time compile check, latent_pretraining/compile_check.py)."""
+    from data.oxe import PROPRIO_DIM
     from data.windows import WindowSpec
 
     tok = tokenizer if tokenizer is not None else load_text_tokenizer(config)
@@ -103,6 +104,9 @@ def build(config: ml_collections.ConfigDict, latent: LatentLabeler | None, *, to
     lam_info = latent[2] if latent is not None else {"codebook_size": 0, "codes_per_step": 0, "clip_len": 2,
                                                      "offset": 1}
     enc = lambda s: tuple(tok.encode(s)) if s else ()
+    proprio_dim = int(config.model.get("proprio_dim", 0))  # effector state as input (one slot after the frames)
+    if not 0 <= proprio_dim <= PROPRIO_DIM:
+        raise ValueError(f"model.proprio_dim {proprio_dim} must be in [0, {PROPRIO_DIM}] (the batch's padded proprio)")
     spec = LayoutSpec(
         prompt_len=lay.prompt_len, num_frames=len(config.data.history_offsets), tokens_per_frame=gh * gw,
         vision_codebook=vq_cfg.num_embeddings, future_frame=lay.future_frame, latent_steps=lay.latent_steps,
@@ -110,7 +114,8 @@ def build(config: ml_collections.ConfigDict, latent: LatentLabeler | None, *, to
         latent_separator=lay.latent_separator, action_slots=lay.action_slots, bos_id=tok.bos_id,
         eos_id=tok.eos_id, pad_id=tok.pad_id, video_open=enc(lay.video_open), video_close=enc(lay.video_close),
         action_open=enc(lay.action_open), action_close=enc(lay.action_close),
-        bidirectional_actions=lay.bidirectional_actions, action_tokens=lay.get("action_tokens", 0))
+        bidirectional_actions=lay.bidirectional_actions, action_tokens=lay.get("action_tokens", 0),
+        proprio_slots=int(proprio_dim > 0))
     if lay.action_slots and lay.action_slots != config.data.horizon:
         raise ValueError(f"layout.action_slots {lay.action_slots} must equal data.horizon {config.data.horizon}")
     m = config.model
@@ -119,7 +124,8 @@ def build(config: ml_collections.ConfigDict, latent: LatentLabeler | None, *, to
         vision_vocab_size=m.vision_vocab_size or vq_cfg.num_embeddings + 2,
         latent_vocab_size=(m.latent_vocab_size or lam_info["codebook_size"] + int(lay.latent_separator))
         if lay.latent_steps else 0,
-        action_vocab_size=m.action_vocab_size, action_dim=m.action_dim if lay.action_slots or m.action_dim else 0)
+        action_vocab_size=m.action_vocab_size, action_dim=m.action_dim if lay.action_slots or m.action_dim else 0,
+        proprio_dim=proprio_dim)
     if mcfg.vision_vocab_size < vq_cfg.num_embeddings + 2:
         raise ValueError(f"model.vision_vocab_size {mcfg.vision_vocab_size} < VQGAN codebook + 2 specials")
     if spec.length > mcfg.llama.max_seq_len:
@@ -160,6 +166,7 @@ def host_batch_fn(setup: Setup, split: str | None = None) -> Callable[[Any], dic
 
     template = setup.config.layout.template or None
     join = token_cache.from_config(setup.config, setup.window, setup.spec, split or setup.config.data.train_split)
+    keys = BATCH_KEYS + (("proprio",) if setup.spec.proprio_slots else ())  # normalized, f32[B, 8]
 
     def fn(batch: Any) -> dict:
         d = batch.to_dict() if hasattr(batch, "to_dict") else dict(batch)
@@ -167,7 +174,7 @@ def host_batch_fn(setup: Setup, split: str | None = None) -> Callable[[Any], dic
         tasks = [x.decode() if isinstance(x, bytes) else str(x) for x in np.asarray(d["language"]).tolist()]
         prompts = [format_prompt(t, template) if template else format_prompt(t) for t in tasks]
         ids, mask = setup.tokenizer.encode_batch(prompts, setup.spec.prompt_len, bos=True, left_pad=True)
-        out = {**{k: d[k] for k in BATCH_KEYS if k in d}, "prompt_ids": ids, "prompt_mask": mask}
+        out = {**{k: d[k] for k in keys if k in d}, "prompt_ids": ids, "prompt_mask": mask}
         return setup.batch_transform(out) if setup.batch_transform is not None else out
 
     return fn

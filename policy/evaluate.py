@@ -7,6 +7,9 @@ are the baselines that give the harness its sanity figures)::
                          # optional: "frame_stride" (default 1), "execute_steps", "name", "recipe", "num_demos"
     reset() -> None      # called once at the start of every episode (after the world was reset)
     act(images uint8[W, R, R, 3] oldest first, instruction, *, seed) -> f32[H, A] de-normalized actions
+                         # with metadata()["proprio_dim"] > 0 also proprio=obs["state"]: the world's RAW state at
+                         # the newest frame, what the RLDS writer stores as observation/state (the dataset's
+                         # proprio); the policy normalizes it as its training data was (policy/policy.py step 2b)
     bind(env) -> None    # OPTIONAL: called once per ``evaluate`` with the DemoWorld, before the first episode;
                          # privileged baselines (the scripted expert) read the world state through it
 
@@ -200,6 +203,15 @@ class RandomPolicy:
         return native_to_padded(rng.uniform(-MAX_STEP, MAX_STEP, (self.chunk, 2)))
 
 
+def world_state(obs: dict) -> np.ndarray:
+    """The raw state f32[S] of a world observation, as the RLDS writer stores it (data/demo/writer.py
+    ``observation/state`` = ``obs["state"]`` of the same step): the proprio a state-input policy was trained on."""
+    if "state" not in obs:
+        raise ValueError(f"this policy takes the effector state (proprio) but the world's observations have no "
+                         f"'state' (keys: {sorted(obs)})")
+    return np.asarray(obs["state"], np.float32)
+
+
 # ----------------------------------------------------------------------------------------------------- images
 def _resize(img: np.ndarray, size: int) -> np.ndarray:
     """Bilinear (antialiased when shrinking), like data/augment.py decode_frames."""
@@ -363,6 +375,7 @@ def evaluate(policy: PolicyLike, *, episodes: int = 50, seed: int = 0, world_con
     if k_exec < 1:
         raise ValueError(f"execute_steps must be >= 1, got {k_exec}")
     label = name or meta.get("name") or type(policy).__name__
+    wants_state = int(_int_or(meta, "proprio_dim", 0)) > 0
 
     env = adapter.make(cfg)
     if hasattr(policy, "bind"):
@@ -391,7 +404,8 @@ def evaluate(policy: PolicyLike, *, episodes: int = 50, seed: int = 0, world_con
             t = len(seen) - 1
             images = np.stack([seen[j] for j in history_indices(t, offsets, stride)])
             q0 = time.perf_counter()
-            out = np.asarray(policy.act(images, instruction, seed=_query_seed(ep_seed, ep_queries)), np.float32)
+            kw = {"proprio": world_state(obs)} if wants_state else {}
+            out = np.asarray(policy.act(images, instruction, seed=_query_seed(ep_seed, ep_queries), **kw), np.float32)
             act_seconds += time.perf_counter() - q0
             queries += 1
             ep_queries += 1

@@ -99,7 +99,8 @@ def finetune(config: ml_collections.ConfigDict, workdir: str, *, resume: bool = 
         setup.assets["action_bins.json"] = tok.to_json()
         setup.batch_transform = bins_transform(tok)
     setup.assets["policy.json"] = {"recipe": config.recipe, "pretrained": p.pretrained, "num_demos": p.num_demos,
-                                   "execute_steps": p.execute_steps}
+                                   "execute_steps": p.execute_steps,
+                                   "proprio_dim": setup.model_config.proprio_dim}
     summary = vla_train.train(config, workdir, resume=resume, overwrite=overwrite, setup=setup)
     if p.eval_episodes > 0:
         from policy.evaluate import evaluate

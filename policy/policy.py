@@ -4,6 +4,7 @@
     policy.warmup()                                                # compiles once (batch 1)
     meta = policy.metadata()                                       # resolution, history_offsets, H, A, ...
     chunk = policy.act(frames_u8, "push the red block to the left", seed=0)    # f32[H, A]
+    chunk = policy.act(frames_u8, text, proprio=state)    # a policy with the effector state as input (proprio_dim)
 
 Everything the transforms need comes from the checkpoint: params (`params` item), the frozen VQGAN weights
 (`train_state` item, `model_state["frozen"]["vqgan"]`, restored alone), and the assets written by
@@ -15,6 +16,11 @@ What `act` does, exactly as training (latent_pretraining/train.py host_batch_fn 
    training resolution (bilinear, antialiased, rounded, like data/augment.decode_frames) when their size differs;
 2. the instruction is formatted with the run's template (text_tokenizer.format_prompt) and tokenized left-padded to
    `spec.prompt_len` with BOS;
+2b. a layout with a proprio slot (layout.json proprio_slots = 1, video_llama.json proprio_dim = P; the
+   fine-tuning config's model.proprio_dim) needs `proprio`: the RAW state the dataset stores as its proprio (the demo
+   world: observation/state, effector xy), at most 8 values; it is zero-padded to the pipeline's 8 dims, normalized
+   with the same statistics and mode as training (norm_stats.json "proprio" of metadata()["dataset"]) and its first
+   P values go into the slot. act() without it raises one UserError; a policy without the slot ignores it;
 3. the VQGAN encodes the frames (jitted with the rest) and `sequence.assemble(..., action_row=True)` builds the
    action-suffix layout;
 4. continuous slots (`spec.action_slots`): `sampler.flow_sample_cached` from noise N(0, I) drawn from `seed`
@@ -187,6 +193,7 @@ class Policy:
         if len(self.history_offsets) != spec.num_frames:
             raise ValueError(f"config.data.history_offsets {self.history_offsets} vs {spec.num_frames} frames")
         self.action_tokens = int(getattr(spec, "action_tokens", 0) or 0)
+        self.proprio_dim = int(model_config.proprio_dim) if spec.proprio_slots else 0  # 0: no state input
         if self.action_tokens:
             if action_bins is None:
                 raise ValueError("this layout decodes discrete action tokens but the checkpoint has no "
@@ -310,6 +317,8 @@ class Policy:
             dataset=self.dataset,
             normalization=(self.norm_mode if self.stats is not None else "none (no norm_stats.json: raw model output)"),
             gripper=dict(self.gripper),
+            # only a policy with the effector state as input says so (older consumers see the same record as before)
+            extra={"proprio_dim": self.proprio_dim} if self.proprio_dim else {},
         )
 
     def metadata(self) -> dict[str, Any]:
@@ -334,7 +343,7 @@ class Policy:
             if head is None or head.discrete != bool(n_tok):
                 raise ValueError(f"the model has no head for this layout's action suffix (found {head!r})")
 
-            def run(params, vq_params, frames, prompt_ids, prompt_mask, key):
+            def run(params, vq_params, frames, prompt_ids, prompt_mask, key, proprio):
                 b = frames.shape[0]
                 ids = vqgan.encode_fn(vq_params, frames, config=vq_cfg).reshape(b, spec.num_frames, -1)
                 kw = {"action_token_ids": jnp.zeros((b, n_tok), jnp.int32)} if n_tok else {}
@@ -342,7 +351,8 @@ class Policy:
                     kw["future_ids"] = jnp.zeros((b, spec.tokens_per_frame), jnp.int32)
                 if spec.latent_steps:
                     kw["latent_ids"] = jnp.zeros((b, spec.latent_steps, spec.codes_per_step), jnp.int32)
-                seq = assemble(spec, prompt_ids, prompt_mask, ids, action_row=jnp.ones((b,), bool), **kw)
+                seq = assemble(spec, prompt_ids, prompt_mask, ids, action_row=jnp.ones((b,), bool),
+                               proprio=proprio if spec.proprio_slots else None, **kw)
                 if head.discrete:  # the head table's action head: token by token, else integrated from noise
                     start = spec.prefix_len + len(spec.action_open)
                     return sampler.greedy_decode(model, params, seq, spec, start, n_tok, None, head.name,
@@ -432,7 +442,32 @@ class Policy:
         texts = [format_prompt(t, self.template) if self.template else format_prompt(t) for t in instructions]
         return self.tokenizer.encode_batch(texts, self.spec.prompt_len, bos=True, left_pad=True)
 
-    def act_normalized(self, images: Any, instruction: str | Sequence[str], *, seed: int = 0) -> np.ndarray:
+    def normalize_proprio(self, proprio: Any, b: int) -> np.ndarray:
+        """Raw state f32[p] or [B, p] (p <= 8, the dataset's proprio units) -> the model's input f32[B, proprio_dim]:
+        zero-padded to 8, normalized exactly as the data pipeline does (data.normalization.normalize with this
+        policy's stats and mode), first proprio_dim values (step 2b of the module docstring)."""
+        from data.oxe import PROPRIO_DIM
+
+        if proprio is None:
+            raise UserError(f"this policy takes the effector state as input (proprio_dim {self.proprio_dim}): pass "
+                            f"proprio=<the raw state, {self.proprio_dim} to {PROPRIO_DIM} floats, as the dataset's "
+                            "proprio> to act()")
+        x = np.asarray(proprio, np.float32)
+        x = x[None] if x.ndim == 1 else x
+        if x.ndim != 2 or x.shape[0] != b or not self.proprio_dim <= x.shape[1] <= PROPRIO_DIM:
+            raise UserError(f"proprio must be f32[p] or [B={b}, p] with {self.proprio_dim} <= p <= {PROPRIO_DIM}, "
+                            f"got shape {np.shape(proprio)}")
+        if not np.all(np.isfinite(x)):
+            raise UserError("proprio has non-finite values")
+        x = np.pad(x, ((0, 0), (0, PROPRIO_DIM - x.shape[1])))
+        if self.stats is not None and "proprio" in self.stats:
+            from data.normalization import normalize
+
+            x = np.asarray(normalize(x, self.stats, "proprio", self.norm_mode), np.float32)
+        return x[:, :self.proprio_dim]
+
+    def act_normalized(self, images: Any, instruction: str | Sequence[str], *, seed: int = 0,
+                       proprio: Any = None) -> np.ndarray:
         """The model's action chunk before de-normalization, f32[H, A] or [B, H, A] (bins: their centres)."""
         if not self.horizon:
             raise ValueError("this checkpoint's layout has no action suffix (neither action_slots nor action_tokens):"
@@ -441,7 +476,8 @@ class Policy:
         b = frames.shape[0]
         ids, mask = self.prompt(self._texts(instruction, b))
         key = jax.random.PRNGKey(int(seed))
-        out = np.asarray(self._normalized_fn(b)(self.params, self.vqgan_params, frames, ids, mask, key))
+        state = self.normalize_proprio(proprio, b) if self.proprio_dim else np.zeros((b, 0), np.float32)
+        out = np.asarray(self._normalized_fn(b)(self.params, self.vqgan_params, frames, ids, mask, key, state))
         if self.action_tokens:
             out = decode_bins(out, self.centers)
         out = out.astype(np.float32)
@@ -460,12 +496,18 @@ class Policy:
             raise ValueError(f"actions have {a.shape[-1]} dims but the stats of {self.dataset!r} have {width}")
         return np.asarray(unnormalize(a, self.stats, "action", self.norm_mode), np.float32)
 
-    def act(self, images: Any, instruction: str | Sequence[str], *, seed: int = 0) -> np.ndarray:
+    def act(self, images: Any, instruction: str | Sequence[str], *, seed: int = 0, proprio: Any = None
+            ) -> np.ndarray:
         """De-normalized action chunk f32[H, A] (images uint8[W, R, R, 3]) or f32[B, H, A] ([B, W, R, R, 3]).
+
+        proprio: the raw effector state f32[p] / [B, p], required when the policy has a proprio slot (step 2b);
+        ignored otherwise.
 
         Deterministic: the flow noise comes from `seed` (the same seed gives the same chunk). The gripper dimension
         is post-processed as metadata()["gripper"] says (step 6 of the module docstring)."""
-        a = self.denormalize(self.act_normalized(images, instruction, seed=seed))
+        # proprio only when given: act_normalized overrides / stand-ins without the argument keep working
+        kw = {"proprio": proprio} if proprio is not None else {}
+        a = self.denormalize(self.act_normalized(images, instruction, seed=seed, **kw))
         g = self.gripper
         if g["mode"] == "none":
             return a
@@ -475,4 +517,5 @@ class Policy:
         """Compiles (and runs once) the act function for each batch size."""
         r, w = self.resolution, self.spec.num_frames
         for b in batch_sizes:
-            self.act(np.zeros((b, w, r, r, 3), np.uint8), ["warm up"] * b)
+            state = np.zeros((b, self.proprio_dim), np.float32) if self.proprio_dim else None
+            self.act(np.zeros((b, w, r, r, 3), np.uint8), ["warm up"] * b, proprio=state)

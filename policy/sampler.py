@@ -87,7 +87,7 @@ def flow_sample_naive(
 
     def velocity(x: jax.Array, t: jax.Array) -> jax.Array:
         out = model.apply(variables, seq.ids, seq.family, actions=x, time=t, action_positions=pos,
-                          head_positions={}, attention_mask=seq.attention_mask, block_ids=block)
+                          head_positions={}, attention_mask=seq.attention_mask, block_ids=block, **seq.model_inputs())
         return out.velocity
 
     return _flow_head().sample(velocity, noise, flow_cfg, steps, integrator)
@@ -121,7 +121,7 @@ def prefill(model: VideoLlama, params: PyTree, seq: Sequence, length: int, capac
     cache = KVCache.init(model.config.llama, b, capacity)
     hp = {} if head is None else {head: (length - 1,)}
     out = model.apply(_variables(params), seq.ids[:, :length], seq.family[:, :length], head_positions=hp,
-                      attention_mask=seq.attention_mask[:, :length], cache=cache)
+                      attention_mask=seq.attention_mask[:, :length], cache=cache, **seq.model_inputs(length))
     return out.cache, (None if head is None else out.logits[head][:, 0])
 
 
@@ -262,7 +262,8 @@ def decode_naive(
     forced = _forced(force, n)
     toks = []
     for i in range(n):
-        out = model.apply(variables, ids, fam, head_positions={head: (start + i - 1,)}, attention_mask=attn)
+        out = model.apply(variables, ids, fam, head_positions={head: (start + i - 1,)}, attention_mask=attn,
+                          **seq.model_inputs(length))
         tok = _apply_force(token_head.pick(_restrict(out.logits[head][:, 0], vocab), rng, temperature, i), forced, i)
         toks.append(tok)
         ids = ids.at[:, start + i].set(tok)
