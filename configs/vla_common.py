@@ -26,7 +26,7 @@ def base() -> ml_collections.ConfigDict:
             "rms_eps": placeholder(float), "initializer_range": placeholder(float),
             "tie_embeddings": placeholder(bool), "rope_theta": 1e4, "dtype": "float32", "param_dtype": "float32",
             "remat": "none", "scan_layers": True, "max_seq_len": 2048,
-            "attention_impl": "auto",  # "xla", "cudnn" (GPU flash attention) or "auto" (JAX picks; XLA today)
+            "attention_impl": "auto",  # auto: cuDNN on GPU (bf16/fp16), splash on TPU, else XLA
             "attention_q_chunk": placeholder(int), "loss_chunk": placeholder(int),
             "attention_kv_block": placeholder(int)}),
         "vision_vocab_size": 0,  # 0 = VQGAN codebook + 2 (eof, eov); the lineage uses 8192 + 256 = 8448
