@@ -72,6 +72,12 @@ def load_episodes(root: str, name: str, split: str, *, with_flow: bool = True, m
     if with_flow and GT_FLOW not in opened.features:
         raise DataError(f"dataset {src.name!r} has no {GT_FLOW} (ground-truth flow exists only in the demo world): "
                         "set loss.flow_target='farneback' or turn the flow loss off")
+    flow_size = tuple(opened.features[GT_FLOW].shape[:2]) if with_flow else ()
+    if with_flow and resolution > 0 and flow_size != (resolution, resolution):
+        # the flow is in the stored frames' pixels; resizing the frames alone would train against the wrong targets
+        raise DataError(f"dataset {src.name!r} stores ground-truth flow at {flow_size[0]}x{flow_size[1]} px but the "
+                        f"LAM reads frames at {resolution} px: set model.image_size={flow_size[0]} or "
+                        "loss.flow_target='farneback'")
     extras = (GT_EFFECTOR,) + ((GT_FLOW,) if with_flow else ()) if has_gt else ()
     out: dict[str, list] = {k: [] for k in ("frames", "effector", "flow", "action", "action_valid")}
     out["ground_truth"] = []

@@ -51,6 +51,19 @@ def use_pretrained(config: ml_collections.ConfigDict, src: str, weights: bool = 
         raise ValueError(f"config.model does not match the pretrained run {src} (field: (config, pretrained)): {bad}")
 
 
+def require_actions(datasets: tuple[str, ...] | list[str]) -> None:
+    """Refuses video-only datasets up front: a policy learns actions, and their rows carry none (action_valid all
+    false), so fine-tuning on them would train on padding. Entries are `name[:version][@root][:weight]`."""
+    from core.errors import UserError
+    from data import oxe
+
+    for entry in datasets:
+        name = str(entry).partition("@")[0].partition(":")[0].partition("=")[0]
+        if not oxe.get_spec(name).has_actions:
+            raise UserError(f"dataset {name!r} is video-only (no actions in the registry entry): policy.finetune "
+                            "needs datasets with actions in config.data.datasets")
+
+
 def fit_action_bins(setup: vla_train.Setup, num_bins: int, batches: int) -> ActionTokenizer:
     """Quantile bins from `batches` training batches of normalized actions (padding excluded)."""
     it = vla_train.make_data(setup, setup.config.data.train_split, seed=setup.config.train.seed + 17)
@@ -80,6 +93,7 @@ def finetune(config: ml_collections.ConfigDict, workdir: str, *, resume: bool = 
 
     # before fitting bins / building data
     loop.validate(config.train, batch_size=config.data.batch_size, batch_name="data.batch_size")
+    require_actions(tuple(config.data.datasets))
     workdir = os.path.abspath(workdir)
     p = config.policy
     if p.pretrained:
