@@ -189,8 +189,12 @@ def make_model(cfg: RefConfig, vocab_size: int) -> Any:
         @nn.compact
         def __call__(self, states, images, words):
             x = images.astype(jnp.float32) / 255.0 - 0.5
-            for feat, k in ((32, 4), (64, 4), (64, 3)):  # 64 px -> 8 x 8
-                x = nn.relu(nn.Conv(feat, (k, k), strides=(2, 2))(x))
+            # 64 px -> 16 x 16 (4-px patches) -> 8 x 8 -> 8 x 8. A patchify stem, because three stride-2 convs from
+            # full resolution (32 / 64 / 64 channels, 13 MMAC per image) cost ~0.55 CPU-s per step of 128 on this
+            # 2-core CPU (27 CPU-min for 3000 steps; XLA's strided-conv weight gradients dominate); this stack is
+            # 3.6 MMAC, ~5x cheaper per step, and keeps the 8 x 8 x 64 map the head reads.
+            for feat, k, stride in ((32, 4, 4), (64, 3, 2), (64, 3, 1)):
+                x = nn.relu(nn.Conv(feat, (k, k), strides=(stride, stride))(x))
             x = nn.relu(nn.Dense(cfg.hidden)(x.reshape(x.shape[0], -1)))
             emb = nn.Embed(vocab_size, 64)(words)
             mask = (words > 0)[..., None].astype(jnp.float32)
