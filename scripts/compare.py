@@ -31,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--redo", action="append", default=[], help="rerun one run, e.g. lapa_20")
     p.add_argument("--redo-all", action="store_true", help="rerun every run (e.g. after new pretraining)")
     a = p.parse_args(argv)
-    from policy.evaluate import format_table, plot_success_vs_demos
+    from policy.eval_report import format_table, plot_success_vs_demos
 
     results = []
     for n in [int(x) for x in a.demos.split(",")]:

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from data.demo.world import DemoWorld, WorldConfig
+from policy import eval_report as er
 from policy import evaluate as ev
 
 
@@ -42,17 +43,17 @@ class SpyPolicy:
 
 
 def test_wilson_known_values():
-    lo, hi = ev.wilson_interval(0, 10)
+    lo, hi = er.wilson_interval(0, 10)
     assert lo == 0.0 and hi == pytest.approx(0.27754, abs=1e-4)
-    lo, hi = ev.wilson_interval(5, 10)
+    lo, hi = er.wilson_interval(5, 10)
     assert (lo, hi) == (pytest.approx(0.23659, abs=1e-4), pytest.approx(0.76341, abs=1e-4))
-    lo, hi = ev.wilson_interval(10, 10)
+    lo, hi = er.wilson_interval(10, 10)
     assert lo == pytest.approx(0.72246, abs=1e-4) and hi == 1.0
-    lo, hi = ev.wilson_interval(198, 200)
+    lo, hi = er.wilson_interval(198, 200)
     assert (lo, hi) == (pytest.approx(0.96425, abs=1e-4), pytest.approx(0.99725, abs=1e-4))
-    assert ev.wilson_interval(0, 0) == (0.0, 1.0)
+    assert er.wilson_interval(0, 0) == (0.0, 1.0)
     with pytest.raises(ValueError):
-        ev.wilson_interval(3, 2)
+        er.wilson_interval(3, 2)
 
 
 def test_action_conversion_round_trip():
@@ -171,17 +172,17 @@ def test_rollout_files(tmp_path, fmt):
 def test_table_and_plot(tmp_path):
     def fake(name, recipe, demos, k, n):
         return {"name": name, "recipe": recipe, "demos": demos, "episodes": n, "successes": k,
-                "success_rate": k / n, "ci95": list(ev.wilson_interval(k, n)),
+                "success_rate": k / n, "ci95": list(er.wilson_interval(k, n)),
                 "per_family": {"separate": {"rate": k / n, "ci95": [0, 1], "n": n, "successes": k}}}
 
     results = [fake("vipra-50", "vipra", 50, 20, 50), fake("vipra-200", "vipra", 200, 40, 50),
                fake("scratch-50", "scratch", 50, 5, 50)]
-    table = ev.format_table(results)
+    table = er.format_table(results)
     lines = table.splitlines()
     assert len(lines) == 5
     assert lines[0].startswith("| name | demos | success % | 95% CI | progress % [95% CI] | separate")
     assert "| vipra-50 | 50 | 40.0 (20/50) |" in lines[2]
-    path = ev.plot_success_vs_demos(results, str(tmp_path / "plot.png"))
+    path = er.plot_success_vs_demos(results, str(tmp_path / "plot.png"))
     with open(path, "rb") as f:
         assert f.read(8) == b"\x89PNG\r\n\x1a\n"
 

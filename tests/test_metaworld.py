@@ -19,6 +19,7 @@ from data.metaworld import env as env_lib
 from data.metaworld import tasks as tasks_lib
 from data.metaworld import worker as worker_lib
 from data.metaworld import writer
+from policy import eval_report as er
 from policy import evaluate as ev
 from policy import metaworld_eval as mw
 
@@ -276,12 +277,12 @@ def test_evaluation_bookkeeping_and_references(tmp_path):
     assert [r["seed"] for r in rnd["records"]] == [writer.EVAL_SEED_BASE + i for i in range(4)]
     assert all(r["steps"] == 6 and not r["success"] for r in rnd["records"])
     assert set(rnd["per_family"]) == set(cfg.tasks) and rnd["per_family"]["reach-v3"]["n"] == 2
-    assert rnd["ci95"] == list(ev.wilson_interval(0, 4)) and rnd["world"] == "metaworld"
+    assert rnd["ci95"] == list(er.wilson_interval(0, 4)) and rnd["world"] == "metaworld"
     assert len(rnd["gifs"]) == 1 and os.path.getsize(rnd["gifs"][0]) > 0
-    assert "reach-v3" in ev.format_table([rnd])
+    assert "reach-v3" in er.format_table([rnd])
     expert = ev.evaluate(mw.ExpertPolicy(image_size=32), episodes=2, world="metaworld",
                          world_config=mw.MetaWorldEvalConfig(tasks=("reach-v3",), resolution=32), progress=False)
-    assert expert["successes"] == 2 and expert["per_family"]["reach-v3"]["ci95"] == list(ev.wilson_interval(2, 2))
+    assert expert["successes"] == 2 and expert["per_family"]["reach-v3"]["ci95"] == list(er.wilson_interval(2, 2))
 
 
 def test_evaluation_through_the_policy_server():
