@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -74,3 +76,34 @@ class ActionTokenizer:
         if edges.ndim != 2 or edges.shape[1] != d["num_bins"] + 1 or (np.diff(edges, axis=1) < 0).any():
             raise ValueError(f"action-bins file: edges must be [A, num_bins + 1] and non-decreasing, got {edges.shape}")
         return cls(edges)
+
+
+# ---------------------------------------------- the policy side: bin ids back to actions from action_bins.json
+def bin_centers(bins: Mapping[str, Any] | Sequence[Any]) -> list[np.ndarray]:
+    """Per-dimension bin centres from action_bins.json: {"edges": [[...] per dim], ...} (policy/action_tokenizer.py
+    "action-bins-v1", LAPA: centre of bin k = (e[k] + e[k+1]) / 2), {"centers": [[...] per dim]}, or a bare list
+    of edge lists. Edges are over NORMALIZED actions unless the file says {"normalized": false}."""
+    if isinstance(bins, Mapping) and "centers" in bins:
+        return [np.asarray(c, np.float32) for c in bins["centers"]]
+    edges = bins["edges"] if isinstance(bins, Mapping) else bins
+    out = []
+    for e in edges:
+        e = np.asarray([x for x in e if x is not None and x != ""], np.float64)
+        if e.size < 2:
+            raise ValueError(f"action_bins.json: a dimension has {e.size} edges (need >= 2)")
+        out.append(((e[:-1] + e[1:]) / 2).astype(np.float32))
+    return out
+
+
+def decode_bins(ids: np.ndarray, centers: Sequence[np.ndarray]) -> np.ndarray:
+    """int[..., H·A] bin ids (H-major, A = len(centers)) -> f32[..., H, A] bin centres (ids clipped into range,
+    unlike LAPA's `return 1` on an out-of-range id)."""
+    a = len(centers)
+    ids = np.asarray(ids)
+    if ids.shape[-1] % a:
+        raise ValueError(f"{ids.shape[-1]} action tokens are not a multiple of {a} action dimensions")
+    ids = ids.reshape(*ids.shape[:-1], ids.shape[-1] // a, a)
+    out = np.empty(ids.shape, np.float32)
+    for d, c in enumerate(centers):
+        out[..., d] = c[np.clip(ids[..., d], 0, len(c) - 1)]
+    return out

@@ -64,9 +64,10 @@ from latent_pretraining.model.video_llama import VideoLlama, VideoLlamaConfig
 from latent_pretraining.sequence import LayoutSpec, assemble
 from latent_pretraining.training.checkpoint import read_assets, select_step
 from policy import sampler
+from policy.action_tokenizer import bin_centers, decode_bins
 from policy.metadata import GRIPPER_MODES, PolicyMetadata
 
-__all__ = ["Policy", "bin_centers", "checkpoint_dir", "decode_bins", "gripper_postprocess", "layout_from_dict"]
+__all__ = ["Policy", "checkpoint_dir", "gripper_postprocess", "layout_from_dict"]
 
 OXE_GRIPPER_DIM = 6  # data/oxe.py: action = xyz(3), rpy(3), gripper(1), 1 = open
 
@@ -114,36 +115,6 @@ def layout_from_dict(d: Mapping[str, Any]) -> LayoutSpec:
     if unknown:
         raise ValueError(f"layout.json has fields this LayoutSpec does not know: {sorted(unknown)}")
     return LayoutSpec(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
-
-
-def bin_centers(bins: Mapping[str, Any] | Sequence[Any]) -> list[np.ndarray]:
-    """Per-dimension bin centres from action_bins.json: {"edges": [[...] per dim], ...} (policy/action_tokenizer.py
-    "action-bins-v1", LAPA: centre of bin k = (e[k] + e[k+1]) / 2), {"centers": [[...] per dim]}, or a bare list
-    of edge lists. Edges are over NORMALIZED actions unless the file says {"normalized": false}."""
-    if isinstance(bins, Mapping) and "centers" in bins:
-        return [np.asarray(c, np.float32) for c in bins["centers"]]
-    edges = bins["edges"] if isinstance(bins, Mapping) else bins
-    out = []
-    for e in edges:
-        e = np.asarray([x for x in e if x is not None and x != ""], np.float64)
-        if e.size < 2:
-            raise ValueError(f"action_bins.json: a dimension has {e.size} edges (need >= 2)")
-        out.append(((e[:-1] + e[1:]) / 2).astype(np.float32))
-    return out
-
-
-def decode_bins(ids: np.ndarray, centers: Sequence[np.ndarray]) -> np.ndarray:
-    """int[..., H·A] bin ids (H-major, A = len(centers)) -> f32[..., H, A] bin centres (ids clipped into range,
-    unlike LAPA's `return 1` on an out-of-range id)."""
-    a = len(centers)
-    ids = np.asarray(ids)
-    if ids.shape[-1] % a:
-        raise ValueError(f"{ids.shape[-1]} action tokens are not a multiple of {a} action dimensions")
-    ids = ids.reshape(*ids.shape[:-1], ids.shape[-1] // a, a)
-    out = np.empty(ids.shape, np.float32)
-    for d, c in enumerate(centers):
-        out[..., d] = c[np.clip(ids[..., d], 0, len(c) - 1)]
-    return out
 
 
 def gripper_postprocess(actions: np.ndarray, dim: int, mode: str, lo: float, hi: float) -> np.ndarray:

@@ -19,8 +19,9 @@ from latent_pretraining.model.video_llama import init_params
 from latent_pretraining.training.checkpoint import Checkpointer
 from latent_pretraining.training.loop import _config_json
 from latent_pretraining.training.state import TrainState
+from policy.action_tokenizer import bin_centers, decode_bins
 from policy.metadata import PolicyMetadata
-from policy.policy import Policy, bin_centers, decode_bins, gripper_postprocess
+from policy.policy import Policy, gripper_postprocess
 
 H = 6
 BINS = 16
