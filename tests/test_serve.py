@@ -1,6 +1,8 @@
 """Policy server and client (policy/serve.py, policy/client.py) around a fake policy: endpoints, the three encodings,
 a table of malformed requests (each 4xx, and the server keeps serving), policy failures (500, then serving again),
-and a concurrent load test on a real localhost uvicorn server."""
+and a concurrent load test on a real localhost uvicorn server.
+
+One file (~600 lines) on purpose: every test here shares the fake policy and the live-server fixture below."""
 
 from __future__ import annotations
 

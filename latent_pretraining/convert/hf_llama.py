@@ -24,6 +24,9 @@ against every tensor header before reading any data: each expected name present 
 ``model.*`` / ``lm_head`` tensor (e.g. a third layer when two are declared), each shape exactly the one config.json
 implies, float dtypes only; then every tensor read is checked for NaN/inf. ``to-hf`` checks our checkpoint the same
 way (``checkpoint.validate_params``) and writes the checkpoint's own float dtype unless ``dtype`` says otherwise.
+
+One file of ~510 lines on purpose: both directions follow the one mapping table above (import and export are its
+two halves), so splitting them would put the table's two readers in different places.
 """
 
 from __future__ import annotations
