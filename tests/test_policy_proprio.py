@@ -50,6 +50,32 @@ def test_the_proprio_slot_follows_the_frames_and_carries_the_state() -> None:
     assert assemble(off, *args).model_inputs() == {}  # the old layout is unchanged
 
 
+def test_act_normalizes_the_raw_state_like_the_pipeline_and_refuses_a_missing_one() -> None:
+    """`Policy.normalize_proprio` (what `act` does with `proprio=`) on hand-worked numbers, without a checkpoint: the
+    default-tier counterpart of the two slow tests below, which check the same on a trained policy."""
+    from policy.evaluate import world_state
+    from policy.policy import Policy
+
+    pol = object.__new__(Policy)  # only the three fields normalize_proprio reads
+    pol.proprio_dim, pol.norm_mode = 2, "normal"
+    mask = [True, True] + [False] * 6
+    pol.stats = {"proprio": {"mean": [1.0, -2.0] + [0.0] * 6, "std": [2.0, 4.0] + [1.0] * 6}, "proprio_mask": mask}
+    # (3 - 1) / 2 = 1 and (2 - -2) / 4 = 1 (the std's 1e-8 epsilon is below float32 resolution here)
+    np.testing.assert_allclose(pol.normalize_proprio([3.0, 2.0], 1), [[1.0, 1.0]], rtol=1e-6)
+    np.testing.assert_allclose(pol.normalize_proprio([[3.0, 2.0], [1.0, -6.0]], 2), [[1.0, 1.0], [0.0, -1.0]],
+                               rtol=1e-6)
+    with pytest.raises(UserError, match="takes the effector state as input"):
+        pol.normalize_proprio(None, 1)
+    with pytest.raises(UserError, match="proprio must be"):
+        pol.normalize_proprio([1.0], 1)  # fewer values than proprio_dim
+    with pytest.raises(UserError, match="non-finite"):
+        pol.normalize_proprio([np.nan, 0.0], 1)
+    # the evaluator's side: the world's raw state, as the RLDS writer stores it
+    np.testing.assert_array_equal(world_state({"state": [0.25, 0.75]}), np.float32([0.25, 0.75]))
+    with pytest.raises(ValueError, match="no 'state'"):
+        world_state({"image": None})
+
+
 @pytest.fixture(scope="module")
 def run(tmp_path_factory, demo_data) -> dict:
     """A 2-step `vipra_debug` fine-tune with model.proprio_dim = 2 on the session's demo data."""
