@@ -23,9 +23,13 @@ from collections.abc import Mapping
 
 # TF_CPP_MIN_LOG_LEVEL=3: C++ INFO/WARNING/ERROR of TF and XLA (oneDNN notices, "All log messages before
 # absl::InitializeLog() ...", CPU-feature lines) are not printed; fatal errors still are. GLOG/GRPC: same for the
-# gRPC and glog-based parts.
+# gRPC and glog-based parts. TF_ENABLE_ONEDNN_OPTS=0: on CPUs where TensorFlow turns its oneDNN custom ops on by
+# default (AVX-512 VNNI / AMX), TF 2.21 logs "oneDNN custom operations are on ..." through absl before its log level
+# applies, so TF_CPP_MIN_LOG_LEVEL does not hide it (nor absl's "All log messages before ..." line that it triggers).
+# TensorFlow only runs input pipelines here (decode, resize, shuffle), none of which uses those ops.
 ENV: dict[str, str] = {
     "TF_CPP_MIN_LOG_LEVEL": "3",
+    "TF_ENABLE_ONEDNN_OPTS": "0",
     "GRPC_VERBOSITY": "ERROR",
     "GLOG_minloglevel": "2",
 }
