@@ -46,7 +46,7 @@ def store_splits(partial: str, name: str, version: str, features: Any, splits: M
                  totals: Mapping[str, int], description: str, shards: int, progress: bool) -> str:
     """Writes ``splits`` (split -> iterable of (key, example)) as a TFDS dataset under ``partial``; returns its
     directory. ``progress``: one tqdm bar per split (``totals`` examples); without it TFDS's own bars are off too."""
-    import tensorflow_datasets as tfds
+    from data.tf_setup import tfds  # quiet environment first (core/quiet.py)
 
     if progress:
         from tqdm import tqdm

@@ -66,7 +66,7 @@ class GenerationConfig:
 
 def features(resolution: int, with_actions: bool) -> Any:
     """The TFDS feature spec of one episode (see the module docstring)."""
-    import tensorflow_datasets as tfds
+    from data.tf_setup import tfds  # quiet environment first (core/quiet.py)
 
     f = tfds.features
     observation = {"image": f.Image(shape=(resolution, resolution, 3), dtype=np.uint8, encoding_format="jpeg")}

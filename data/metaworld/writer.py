@@ -88,7 +88,7 @@ class GenerationConfig:
 
 def features(resolution: int, with_actions: bool) -> Any:
     """The TFDS feature spec of one episode (see the module docstring)."""
-    import tensorflow_datasets as tfds
+    from data.tf_setup import tfds  # quiet environment first (core/quiet.py)
 
     f = tfds.features
     vec3 = f.Tensor(shape=(3,), dtype=np.float32)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import glob
 import hashlib
+import importlib
 import json
 import logging
 import os
@@ -52,11 +53,10 @@ class EventWriter:
     def __init__(self, logdir: str):
         import socket
 
-        import tensorflow as tf  # lazy: a few seconds to import
-        from tensorflow.core.framework import summary_pb2
-        from tensorflow.core.util import event_pb2
+        from data.tf_setup import tf  # lazy (a few seconds); first, so TensorFlow loads quiet and off accelerators
 
-        tf.config.set_visible_devices([], "GPU")
+        summary_pb2 = importlib.import_module("tensorflow.core.framework.summary_pb2")
+        event_pb2 = importlib.import_module("tensorflow.core.util.event_pb2")
         os.makedirs(logdir, exist_ok=True)
         self._tf, self._summary_pb2, self._event_pb2 = tf, summary_pb2, event_pb2
         name = f"events.out.tfevents.{int(time.time())}.{socket.gethostname()}.{os.getpid()}"
@@ -100,8 +100,9 @@ def prune_events(logdir: str, after_step: int) -> int:
     paths = sorted(glob.glob(os.path.join(logdir, "events.out.tfevents.*")))
     if not paths:
         return 0
-    import tensorflow as tf  # lazy
-    from tensorflow.core.util import event_pb2
+    from data.tf_setup import tf  # lazy; first, so TensorFlow loads quiet
+
+    event_pb2 = importlib.import_module("tensorflow.core.util.event_pb2")
 
     removed = 0
     for path in paths:
