@@ -16,12 +16,13 @@ A stage whose outputs exist (same command) is reused; --redo NAME reruns one.
 """
 
 import argparse
+import json
 import os
 import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from core import quiet
+from core import machine, quiet
 
 quiet.apply_env()  # before anything loads TensorFlow, here or in a stage's subprocess
 
@@ -30,6 +31,8 @@ from _stages import StageRecord, record, run_stage  # noqa: E402
 
 from data.demo import report as data_report  # noqa: E402
 from data.demo import writer  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -46,11 +49,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--redo", action="append", default=[], help="rerun a stage: vqgan, lam_lapa, lam_vipra, "
                    "vla_lapa, vla_vipra")
     a = p.parse_args(argv)
-    start = time.time()
+    start = machine.snapshot()
     try:
         return run_all(a)
     finally:
-        finish(a.out, start)
+        finish(a.out, start, argv if argv is not None else sys.argv[1:])
 
 
 def run_all(a: argparse.Namespace) -> int:
@@ -133,14 +136,20 @@ def data_figures(summaries: list[dict]) -> str:
                      f"(expert {100 * s['success_rate']:.0f}%)" for s in summaries)
 
 
-def finish(out: str, start: float) -> None:
-    """The summary table of every stage and the run report (OUT/index.html, OUT/report.md); also after a failed
-    stage, so a partial run still gets both. Nothing when no stage got as far as starting."""
+def finish(out: str, start: dict, argv: list[str]) -> None:
+    """The summary table of every stage, OUT/logs/run.json (arguments, total time, machine and load at start and
+    end: what `scripts/readme_results.py` quotes) and the run report (OUT/index.html, OUT/report.md); also after a
+    failed stage, so a partial run still gets all three. Nothing when no stage got as far as starting."""
     if not _stages.STAGES:
         return
     import report
 
-    print(f"\ndemo finished in {time.time() - start:.0f} s\n" + _stages.summary_table(), flush=True)
+    seconds = max(0.0, time.time() - start["time"])
+    run = {"argv": argv, "seconds": round(seconds, 1), "revision": machine.git_revision(ROOT),
+           "stages": [s.name for s in _stages.STAGES], "start": start, "end": machine.snapshot()}
+    with open(os.path.join(out, "logs", "run.json"), "w") as f:
+        json.dump(run, f, indent=1)
+    print(f"\ndemo finished in {seconds:.0f} s\n" + _stages.summary_table(), flush=True)
     try:
         html, md = report.write_report(out)
     except OSError as e:  # the run's own error (if any) is the one to report

@@ -9,7 +9,9 @@ to an empty string to switch it off) and is set through the environment, so the 
 (training workers, script CLIs) share it. JAX treats the cache directory as trusted: keep it private to your user.
 """
 
+import json
 import os
+import time
 
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
@@ -31,6 +33,8 @@ if JAX_CACHE_DIR:
 import jax  # noqa: E402  (the environment above must be set first)
 import pytest  # noqa: E402
 from shared_assets import DEMO_DATA  # noqa: E402
+
+from core import machine  # noqa: E402
 
 assert jax.device_count() == 8, f"expected 8 fake CPU devices, got {jax.device_count()} (was JAX imported earlier?)"
 if JAX_CACHE_DIR:  # the environment is what subprocesses inherit; this process gets the same settings explicitly
@@ -77,3 +81,33 @@ def pytest_collection_modifyitems(config, items) -> None:
         return rank.get(module.__name__.rsplit(".", 1)[-1] if module else "", len(rank))
 
     items.sort(key=key)
+
+
+# The session's outcome and the machine it ran on, for `scripts/readme_results.py` (the README's test figures):
+# runs/tests/last.json, or $LATENT_VLA_TEST_SUMMARY (empty: not written). Written by the controlling process only
+# (xdist workers carry `workerinput`), after the run, so it never changes an outcome.
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SUMMARY_PATH = os.environ.get("LATENT_VLA_TEST_SUMMARY", os.path.join(ROOT, "runs", "tests", "last.json"))
+
+
+def pytest_configure(config) -> None:
+    if not hasattr(config, "workerinput"):
+        config._latent_vla_start = machine.snapshot()
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
+    start = getattr(config, "_latent_vla_start", None)
+    if not SUMMARY_PATH or start is None:
+        return
+    stats = terminalreporter.stats
+    counts = {k: len(stats.get(k, [])) for k in ("passed", "failed", "error", "skipped", "deselected")}
+    record = {"counts": counts, "exit_status": int(exitstatus), "markexpr": config.option.markexpr,
+              "workers": getattr(config.option, "numprocesses", None) or 0,
+              "seconds": round(time.time() - start["time"], 1), "revision": machine.git_revision(ROOT),
+              "start": start, "end": machine.snapshot()}
+    try:
+        os.makedirs(os.path.dirname(SUMMARY_PATH), exist_ok=True)
+        with open(SUMMARY_PATH, "w") as f:
+            json.dump(record, f, indent=1)
+    except OSError as e:
+        terminalreporter.write_line(f"test summary not written to {SUMMARY_PATH}: {e}")
