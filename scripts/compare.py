@@ -3,7 +3,8 @@ first-N labelled demos, paired closed-loop evaluation on the same world seeds, i
 
     python scripts/compare.py --out runs/compare --data-root runs/demo/data \
         --vla robot+human=runs/demo/vla --vla robot=runs/demo/vla_robot \
-        --demos 10,25,50,100 --seeds 0,1,2 --episodes 100 --eval-seed 1000
+        --demos 10,25,50,100 --seeds 0,1,2 --episodes 100 --eval-seed 1000      # = --preset full's grid
+    python scripts/compare.py --preset demo --out runs/demo/compare --vla runs/demo/vla   # make demo's stage 5
 
 Per (recipe, pretraining variant, N demos, fine-tuning seed) one run directory OUT/<recipe>[-<variant>]_<N>_s<seed>:
 a fine-tune (`policy.finetune` with train.seed = the seed and no closed-loop evaluation of its own, or
@@ -49,6 +50,10 @@ class Recipe:
 RECIPES = {"scratch": Recipe("finetune", "scratch_demo", False), "lapa": Recipe("finetune", "lapa_demo", True),
            "vipra": Recipe("finetune", "vipra_demo", True), "state_bc": Recipe("reference", "state", False),
            "image_bc": Recipe("reference", "image", False)}
+# grid presets (--preset); an explicit --demos / --seeds / --episodes / --recipes wins. "demo" is make demo's stage 5:
+# about the cost of its former single-seed comparison (one demo count, 30 episodes, plus the seconds-cheap state BC)
+GRIDS = {"full": {"demos": "10,25,50,100", "seeds": "0,1,2", "episodes": 100, "recipes": ",".join(RECIPES)},
+         "demo": {"demos": "50", "seeds": "0", "episodes": 30, "recipes": "scratch,lapa,vipra,state_bc"}}
 VARIANT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_+.]*")
 
 
@@ -234,10 +239,13 @@ def main(argv: list[str] | None = None) -> int:
                    help="pretrained runs DIR/lapa and DIR/vipra; repeat as NAME=DIR per pretraining variant "
                         "(default runs/demo/vla)")
     p.add_argument("--data-root", default="runs/demo/data", help="make_demo_data --out of the labelled demos")
-    p.add_argument("--recipes", default=",".join(RECIPES))
-    p.add_argument("--demos", default="10,25,50,100", help="numbers of labelled demos (the first N train episodes)")
-    p.add_argument("--seeds", default="0,1,2", help="fine-tuning seeds (train.seed / policy.reference --seed)")
-    p.add_argument("--episodes", type=int, default=100, help="closed-loop episodes per policy")
+    p.add_argument("--preset", default="full", choices=tuple(GRIDS), help="grid defaults (GRIDS): full or demo")
+    p.add_argument("--recipes", default=None, help=f"comma-separated, of {', '.join(RECIPES)} (default: all)")
+    p.add_argument("--demos", default=None, help="numbers of labelled demos, the first N train episodes "
+                                                 "(full: 10,25,50,100)")
+    p.add_argument("--seeds", default=None, help="fine-tuning seeds: train.seed, policy.reference --seed "
+                                                 "(full: 0,1,2)")
+    p.add_argument("--episodes", type=int, default=None, help="closed-loop episodes per policy (full: 100)")
     p.add_argument("--eval-seed", type=int, default=1000, help="episode i plays world seed EVAL_SEED + i")
     p.add_argument("--steps", type=int, default=0, help="fine-tuning steps (default: the preset's)")
     p.add_argument("--ref-steps", type=int, default=0, help="reference-policy steps (default: policy.reference's)")
@@ -248,6 +256,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--redo-all", action="store_true", help="rerun every run (e.g. after new pretraining)")
     p.add_argument("--report-only", action="store_true", help="run nothing: report on the finished runs")
     a = p.parse_args(argv)
+    for k, v in GRIDS[a.preset].items():
+        setattr(a, k, v if getattr(a, k) is None else getattr(a, k))
     a.demos, a.seeds = _ints(a.demos, "--demos"), _ints(a.seeds, "--seeds")
     a.recipes = [r for r in a.recipes.split(",") if r]
     for r in a.recipes:

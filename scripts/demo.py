@@ -39,9 +39,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--episodes", type=int, default=writer.GenerationConfig.episodes)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--vqgan-steps", type=int, default=800)
-    p.add_argument("--compare-demos", default="50", help="labelled demos for stage 5 (comma-separated)")
-    p.add_argument("--compare-episodes", type=int, default=30, help="closed-loop episodes per policy in stage 5")
-    p.add_argument("--compare-recipes", default="scratch,lapa,vipra,state_bc",
+    # stage 5 is scripts/compare.py --preset demo (50 demos, seed 0, 30 episodes, scratch/lapa/vipra/state_bc)
+    p.add_argument("--compare-demos", default=None, help="labelled demos for stage 5 (comma-separated)")
+    p.add_argument("--compare-episodes", type=int, default=None, help="closed-loop episodes per policy in stage 5")
+    p.add_argument("--compare-recipes", default=None,
                    help="stage 5's recipes (scripts/compare.py RECIPES; image_bc adds ~6 CPU-min per demo count)")
     p.add_argument("--data-only", action="store_true", help="stop after generating the datasets")
     p.add_argument("--smoke", type=int, default=0, metavar="STEPS",
@@ -99,9 +100,9 @@ def run_all(a: argparse.Namespace) -> int:
     print("[5/5] policies on the same labelled demos and world seeds (a reduced scripts/compare.py)", flush=True)
     import compare
 
-    compare.main(["--out", os.path.join(out, "compare"), "--vla", os.path.join(out, "vla"), "--data-root", data_dir,
-                  "--demos", a.compare_demos, "--seeds", "0", "--episodes", str(a.compare_episodes),
-                  "--recipes", a.compare_recipes]
+    given = (("--demos", a.compare_demos), ("--episodes", a.compare_episodes), ("--recipes", a.compare_recipes))
+    compare.main(["--preset", "demo", "--out", os.path.join(out, "compare"), "--vla", os.path.join(out, "vla"),
+                  "--data-root", data_dir, *(x for flag, v in given if v is not None for x in (flag, str(v)))]
                  + (["--steps", str(a.smoke), "--ref-steps", str(a.smoke)] if a.smoke else [])
                  + (["--redo-all"] if upstream else []))
     return 0

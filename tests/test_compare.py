@@ -244,9 +244,12 @@ def test_demo_stage_5_runs_a_reduced_comparison(tmp_path, monkeypatch):
     assert demo.main(["--out", str(tmp_path)]) == 0
     assert demo.main(["--out", str(tmp_path), "--smoke", "3"]) == 0
     full, smoke = (dict(zip(c[::2], c[1::2], strict=True)) for c in calls)
-    assert full["--seeds"] == "0" and full["--demos"] == "50" and full["--episodes"] == "30"
-    assert full["--recipes"] == "scratch,lapa,vipra,state_bc" and "--steps" not in full
+    assert full["--preset"] == "demo" and not {"--demos", "--seeds", "--episodes", "--steps"} & set(full)
     assert (smoke["--demos"], smoke["--episodes"], smoke["--steps"], smoke["--ref-steps"]) == ("4", "2", "3", "3")
+    # the preset: one demo count, one seed, make demo's former 30 episodes, of the references only the cheap one
+    g = compare.GRIDS["demo"]
+    assert "," not in g["demos"] and g["seeds"] == "0" and g["episodes"] == 30
+    assert set(g["recipes"].split(",")) == {"scratch", "lapa", "vipra", "state_bc"}
 
 
 def test_bootstrap_of_world_means_is_not_the_episode_bootstrap():
