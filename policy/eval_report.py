@@ -7,7 +7,8 @@ comparison (``scripts/compare.py``) and the run report use these directly.
 - ``bootstrap_ci(values)``: percentile bootstrap interval of a mean (progress; paired per-episode differences).
 - ``write_rollout(frames, stem)``: an episode as an animated GIF, or a PNG filmstrip without PIL.
 - ``format_table(results)``, ``plot_success_vs_demos(results, path)``: the markdown table and the plot of
-  ``evaluate()`` results (one dict per policy, see ``policy.evaluate.evaluate``).
+  ``evaluate()`` results (one dict per policy, see ``policy.evaluate.evaluate``); ``plot_vs_demos`` plots any
+  rate-like figure with its interval (the comparison's progress plot, policy/compare_report.py).
 """
 
 from __future__ import annotations
@@ -132,8 +133,15 @@ def format_table(results: list[dict]) -> str:
 
 
 def plot_success_vs_demos(results: list[dict], path: str, title: str = "Closed-loop success vs. labelled demos") -> str:
-    """Success rate (with 95% Wilson error bars) vs. number of demos, one line per recipe (``recipe`` or ``name``).
-    Results without ``demos`` are skipped. Writes ``path`` (format from its extension) with matplotlib Agg."""
+    """Success rate (with 95% Wilson error bars) vs. number of demos, one line per recipe: ``plot_vs_demos``."""
+    return plot_vs_demos(results, path, title=title)
+
+
+def plot_vs_demos(results: list[dict], path: str, *, value: str = "success_rate", ci: str = "ci95",
+                  ylabel: str = "success rate (95% CI)", title: str = "Closed-loop success vs. labelled demos") -> str:
+    """``results[value]`` with its interval ``results[ci]`` = (lo, hi) vs. number of demos, one line per ``label``
+    (else ``recipe``, else ``name``); results without ``demos`` are skipped. Values are in [0, 1]. Writes ``path``
+    (format from its extension) with matplotlib Agg."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -142,8 +150,8 @@ def plot_success_vs_demos(results: list[dict], path: str, title: str = "Closed-l
     groups: dict[str, list[dict]] = {}
     for r in results:
         if r.get("demos") is not None:
-            groups.setdefault(str(r.get("recipe") or r.get("name")), []).append(r)
-    fig, ax = plt.subplots(figsize=(5.5, 4))
+            groups.setdefault(str(r.get("label") or r.get("recipe") or r.get("name")), []).append(r)
+    fig, ax = plt.subplots(figsize=(6, 4.2))
     xs_all = [float(r["demos"]) for rs in groups.values() for r in rs]
     log = bool(xs_all) and min(xs_all) > 0 and max(xs_all) / min(xs_all) >= 4
     span = (max(xs_all) - min(xs_all)) if xs_all else 0.0
@@ -151,25 +159,27 @@ def plot_success_vs_demos(results: list[dict], path: str, title: str = "Closed-l
         rs = sorted(rs, key=lambda r: float(r["demos"]))
         x = np.array([float(r["demos"]) for r in rs])
         dodge = 0.02 * (g - (len(groups) - 1) / 2)  # side by side, so overlapping error bars stay readable
-        x = x * (1 + dodge) if log else x + dodge * (span or 1.0)
-        y = np.array([r["success_rate"] for r in rs])
-        err = np.array([[max(0.0, yi - r["ci95"][0]) for yi, r in zip(y, rs, strict=True)],
-                        [max(0.0, r["ci95"][1] - yi) for yi, r in zip(y, rs, strict=True)]])
+        x = x * (1 + dodge) if log else x + dodge * (span or 0.25 * (x[0] or 1.0))
+        y = np.array([r[value] for r in rs])
+        err = np.array([[max(0.0, yi - r[ci][0]) for yi, r in zip(y, rs, strict=True)],
+                        [max(0.0, r[ci][1] - yi) for yi, r in zip(y, rs, strict=True)]])
         ax.errorbar(x, y, yerr=err, marker="o", capsize=3, label=label)
     if log:
         ax.set_xscale("log")
         ax.minorticks_off()
+    if xs_all and not span:  # one demo count: a fixed window, so the dodged points stay near their tick
+        ax.set_xlim(xs_all[0] * 0.8 - 0.5, xs_all[0] * 1.2 + 0.5)
     if xs_all:
         ticks = sorted(set(xs_all))
         ax.set_xticks(ticks)
         ax.set_xticklabels([f"{t:g}" for t in ticks])
     ax.set_ylim(-0.02, 1.02)
     ax.set_xlabel("labelled demos")
-    ax.set_ylabel("success rate (95% CI)")
+    ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.grid(alpha=0.3)
     if groups:
-        ax.legend()
+        ax.legend(fontsize=8)
     fig.tight_layout()
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     fig.savefig(path, dpi=120)

@@ -21,7 +21,7 @@ converts each 7-D action back to the world's native (dx, dy) (the inverse of the
 Each query gets its own seed (a function of the episode seed and the query index), so a run is deterministic.
 
     python -m policy.evaluate --checkpoint RUN_DIR [--step N] [--episodes 50] [--seed 0] [--execute-steps K]
-        [--gif-dir DIR] [--out results.json]
+        [--gif-dir DIR] [--out results.json]          # RUN_DIR: a policy.finetune or a policy.reference run
     python -m policy.evaluate --policy expert|random --episodes 200     # the harness's sanity figures
     python -m policy.evaluate --world metaworld --policy expert --tasks reach-v3,drawer-open-v3   # Meta-World
     python -m policy.evaluate --world metaworld --server http://127.0.0.1:8000                    # a served policy
@@ -402,7 +402,8 @@ def evaluate(policy: PolicyLike, *, episodes: int = 50, seed: int = 0, world_con
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m policy.evaluate", description=__doc__.split("\n\n")[0])
     src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--checkpoint", help="fine-tuning run dir (policy.policy.Policy.from_checkpoint)")
+    src.add_argument("--checkpoint", help="fine-tuning run dir (policy.policy.Policy.from_checkpoint) or a "
+                     "policy.reference run dir (reference.json)")
     src.add_argument("--policy", choices=("expert", "random"), help="a baseline instead of a checkpoint")
     src.add_argument("--server", default=None, help="evaluate the policy served at this URL (policy/serve.py)")
     p.add_argument("--world", default="demo", choices=tuple(WORLDS), help="demo (default) or metaworld")
@@ -440,6 +441,10 @@ def main(argv: Sequence[str] | None = None) -> dict:
         from policy.client import PolicyClient
 
         policy = PolicyClient(args.server)
+    elif os.path.isfile(os.path.join(args.checkpoint, "reference.json")):  # a policy.reference run (no steps)
+        from policy.reference import ReferencePolicy
+
+        policy = ReferencePolicy.load(args.checkpoint)
     else:
         from policy.policy import Policy  # lazy: JAX/model code only when a checkpoint is evaluated
 

@@ -21,7 +21,7 @@ import re
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -46,26 +46,55 @@ class StageRecord:
     outputs: str
 
 
+Runner = Callable[..., None]  # run_command's signature: (name, cmd, out, done, *, total) -> None
 STAGES: list[StageRecord] = []  # every stage of this process, in order (demo.py and compare.py append to it)
 
 
-def run_stage(name: str, cmd: list[str], out: str, done: str, redo: set[str], *, total: int | None = None) -> bool:
-    """Runs `cmd` unless `done` exists and was made by the same command (returns whether it ran).
+def run_stage(name: str, cmd: list[str], out: str, done: str, redo: set[str], *, total: int | None = None,
+              valid: Callable[[str], bool] | None = None, runner: Runner | None = None) -> bool:
+    """Runs `cmd` unless `done` exists (and passes `valid`, when given) and was made by the same command (returns
+    whether it ran).
 
     Console: a start line with the command and the log path, a progress bar over the trainer's steps (on a
     terminal, when the number of steps is known: `total`, else read from the command's config), and one line of key
-    figures read from `done`. A failure prints the tail of the log and exits with one line naming the log."""
-    logs = os.path.join(out, "logs")
-    stamp = os.path.join(logs, f"{name}.cmd.json")
-    outputs = os.path.dirname(done) or "."
-    if name not in redo and os.path.exists(done) and os.path.exists(stamp):
+    figures read from `done`. A failure prints the tail of the log and exits with one line naming the log.
+    `runner` (default `run_command`) does the running; tests pass one that counts its calls."""
+    if name not in redo and reusable(name, cmd, out, done, valid):
+        logs, outputs = os.path.join(out, "logs"), os.path.dirname(done) or "."
+        prev = _read_record(logs, name)
+        headline = figures(done) or (prev or {}).get("headline", "")
+        record(StageRecord(name, "reused", float((prev or {}).get("seconds", 0.0)), headline, outputs), logs)
+        print(f"  = {name}: reusing {outputs}" + (f": {headline}" if headline else ""), flush=True)
+        return False
+    stamp = os.path.join(out, "logs", f"{name}.cmd.json")
+    os.makedirs(os.path.dirname(stamp), exist_ok=True)
+    if os.path.exists(stamp):  # a rerun: the old stamp must not vouch for a half-written output if this one dies
+        os.remove(stamp)
+    (runner or run_command)(name, cmd, out, done, total=total)
+    with open(stamp, "w") as f:  # written only after a success
+        json.dump(cmd, f)
+    return True
+
+
+def reusable(name: str, cmd: list[str], out: str, done: str, valid: Callable[[str], bool] | None = None) -> bool:
+    """Whether stage `name`'s output `done` exists, passes `valid` and was made by exactly `cmd` (its stamp
+    OUT/logs/<name>.cmd.json, written after the command succeeded). A killed run has no stamp or an invalid output."""
+    stamp = os.path.join(out, "logs", f"{name}.cmd.json")
+    if not (os.path.exists(done) and os.path.exists(stamp)):
+        return False
+    try:
         with open(stamp) as f:
-            if json.load(f) == cmd:
-                prev = _read_record(logs, name)
-                headline = figures(done) or (prev or {}).get("headline", "")
-                record(StageRecord(name, "reused", float((prev or {}).get("seconds", 0.0)), headline, outputs), logs)
-                print(f"  = {name}: reusing {outputs}" + (f": {headline}" if headline else ""), flush=True)
-                return False
+            same = json.load(f) == cmd
+    except (OSError, ValueError):
+        return False
+    return same and (valid is None or valid(done))
+
+
+def run_command(name: str, cmd: list[str], out: str, done: str, *, total: int | None = None) -> None:
+    """Runs one stage's command with its output in OUT/logs/<name>.log (see `run_stage`); raises SystemExit on a
+    failure after printing the log's tail."""
+    logs = os.path.join(out, "logs")
+    outputs = os.path.dirname(done) or "."
     os.makedirs(logs, exist_ok=True)
     log_path = os.path.join(logs, f"{name}.log")
     print(f"  > {name}: {display_command(cmd)}  (log: {log_path})", flush=True)
@@ -91,12 +120,9 @@ def run_stage(name: str, cmd: list[str], out: str, done: str, redo: set[str], *,
         for line in log_tail(log_path):
             print("      " + line, flush=True)
         raise SystemExit(f"stage {name} failed (exit {code}); see {log_path}")
-    with open(stamp, "w") as f:
-        json.dump(cmd, f)
     headline = figures(done)
     record(StageRecord(name, "ran", seconds, headline, outputs), logs)
     print(f"  {name} done in {seconds:.0f} s" + (f": {headline}" if headline else ""), flush=True)
-    return True
 
 
 def record(rec: StageRecord, logs: str | None) -> None:
@@ -188,10 +214,16 @@ def figures(done: str) -> str:
             copy_last = d.get("recon/psnr_copy_last", float("nan"))
             parts.append(f"PSNR {d['recon/psnr']:.2f} dB vs copy-last {copy_last:.2f} dB")
         return ", ".join(parts)
-    if base == "closed_loop.json" and "success_rate" in d:  # a policy's closed-loop evaluation
+    if base in ("closed_loop.json", "test.json") and "success_rate" in d:  # a policy's closed-loop evaluation
         lo, hi = d.get("ci95", (float("nan"), float("nan")))
-        return (f"success {100 * d['success_rate']:.1f}% [{100 * lo:.1f}, {100 * hi:.1f}] "
+        line = (f"success {100 * d['success_rate']:.1f}% [{100 * lo:.1f}, {100 * hi:.1f}] "
                 f"({d.get('successes', '?')}/{d.get('episodes', '?')})")
+        if isinstance(d.get("progress"), float):
+            plo, phi = d.get("progress_ci95", (float("nan"), float("nan")))
+            line += f", progress {d['progress']:.3f} [{plo:.3f}, {phi:.3f}]"
+        return line
+    if base == "reference.json" and d.get("curve"):  # a reference policy's training (policy/reference.py)
+        return f"final training loss {d['curve'][-1][1]:.4f} over {d['curve'][-1][0]} steps"
     if base == "summary.json" and isinstance(d.get("eval"), dict):  # VideoLLaMA pretraining
         e, t = d["eval"], d.get("train", {})
         parts = []

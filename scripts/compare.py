@@ -1,68 +1,310 @@
-"""Scratch vs LAPA vs ViPRA on the demo world: the same labelled demos, closed-loop success with 95% CIs.
+"""The demo-world comparison (issue #20 part 3): scratch vs LAPA vs ViPRA vs the reference policies, on the same
+first-N labelled demos, paired closed-loop evaluation on the same world seeds, intervals on every figure.
 
-For each number of demos N and each recipe it runs `python -m policy.finetune` (configs/policy.py presets: scratch =
-the ViPRA flow-matching layout from a random init; lapa / vipra = the recipes from their pretrained VideoLLaMA runs),
-which also evaluates the policy closed loop; then writes OUT/comparison.md (table) and OUT/success_vs_demos.png.
+    python scripts/compare.py --out runs/compare --data-root runs/demo/data \
+        --vla robot+human=runs/demo/vla --vla robot=runs/demo/vla_robot \
+        --demos 10,25,50,100 --seeds 0,1,2 --episodes 100 --eval-seed 1000      # = --preset full's grid
+    python scripts/compare.py --preset demo --out runs/demo/compare --vla runs/demo/vla   # make demo's stage 5
 
-    python scripts/compare.py --out runs/demo/compare --vla runs/demo/vla --demos 20,100 --episodes 50
+Per (recipe, pretraining variant, N demos, fine-tuning seed) one run directory OUT/<recipe>[-<variant>]_<N>_s<seed>:
+a fine-tune (`policy.finetune` with train.seed = the seed and no closed-loop evaluation of its own, or
+`policy.reference` for the reference policies), then `policy.evaluate --seed EVAL --episodes E --data <the robot
+dataset>` into test.json, so every policy plays the same world seeds. The evaluation range must be disjoint from
+every world seed the datasets were generated from (the data root's and the pretrained runs'): checked first.
+
+Recipes (RECIPES): scratch (flow matching, random init, the text/image tokenizers of the first variant's ViPRA
+run), lapa and vipra (fine-tuned from <vla dir>/lapa and /vipra of each `--vla NAME=DIR` pretraining variant; one
+plain `--vla DIR` is a single unnamed variant), state_bc and image_bc (`python -m policy.reference --kind
+state|image`). Resumable: a run whose output exists, is valid and was made by the same command is reused; a killed
+or partial one is redone (a redone fine-tune also redoes its evaluation); `--redo PATTERN` (e.g. `lapa_20` for all
+its seeds, `'vipra-robot_*'`) and `--redo-all` force reruns. OUT/manifest.json and OUT/commands.sh list every
+command. At the end: OUT/report.md (policy/compare_report.py), OUT/comparison.md, the plots, and OUT/index.html.
+Docs: docs/demo_world.md, section "The comparison".
 """
 
 import argparse
+import dataclasses
+import fnmatch
+import json
 import os
+import re
+import shlex
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from _stages import load_json, run_stage
+from _stages import Runner, display_command, run_stage
 
-RECIPES = ("scratch", "lapa", "vipra")
+from core.errors import UserError
+from data.demo import writer
+
+
+@dataclasses.dataclass(frozen=True)
+class Recipe:
+    kind: str  # "finetune" (python -m policy.finetune) | "reference" (python -m policy.reference)
+    preset: str  # the configs/policy.py preset, or the reference kind
+    pretrained: bool  # fine-tuned from each pretraining variant's run <vla dir>/<recipe>
+
+
+RECIPES = {"scratch": Recipe("finetune", "scratch_demo", False), "lapa": Recipe("finetune", "lapa_demo", True),
+           "vipra": Recipe("finetune", "vipra_demo", True), "state_bc": Recipe("reference", "state", False),
+           "image_bc": Recipe("reference", "image", False)}
+# grid presets (--preset); an explicit --demos / --seeds / --episodes / --recipes wins. "demo" is make demo's stage 5:
+# about the cost of its former single-seed comparison (one demo count, 30 episodes, plus the seconds-cheap state BC)
+GRIDS = {"full": {"demos": "10,25,50,100", "seeds": "0,1,2", "episodes": 100, "recipes": ",".join(RECIPES)},
+         "demo": {"demos": "50", "seeds": "0", "episodes": 30, "recipes": "scratch,lapa,vipra,state_bc"}}
+VARIANT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_+.]*")
+
+
+@dataclasses.dataclass(frozen=True)
+class Job:
+    """One policy of the grid: its fine-tune (or reference training) and its evaluation."""
+
+    name: str
+    recipe: str
+    variant: str
+    demos: int
+    seed: int
+    workdir: str
+    train: list[str]
+    train_done: str
+    evaluate: list[str]
+    eval_done: str
+
+
+def _ints(text: str, flag: str) -> list[int]:
+    try:
+        vals = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise UserError(f"{flag} {text!r}: expected comma-separated integers, e.g. 10,25,50") from None
+    if not vals or len(set(vals)) != len(vals):
+        raise UserError(f"{flag} {text!r}: expected distinct comma-separated integers")
+    return vals
+
+
+def parse_variants(values: list[str] | None) -> dict[str, str]:
+    """`--vla` values -> {variant name: pretrained-runs dir}: one plain DIR is the unnamed variant ""; several need
+    NAME=DIR each (NAME: letters, digits, _ + .)."""
+    values = values or ["runs/demo/vla"]
+    if len(values) == 1 and "=" not in values[0]:
+        return {"": values[0]}
+    out: dict[str, str] = {}
+    for v in values:
+        name, eq, path = v.partition("=")
+        if not eq or not VARIANT_NAME.fullmatch(name) or not path or name in out:
+            raise UserError(f"--vla {v!r}: with several pretraining variants each must be NAME=DIR with a distinct "
+                            "NAME of letters, digits, '_', '+', '.' (e.g. robot+human=runs/demo/vla)")
+        out[name] = path
+    return out
+
+
+def check_eval_seeds(roots: list[str], eval_seed: int, episodes: int) -> int:
+    """Refuses (one line) an evaluation range [eval_seed, eval_seed + episodes) holding a world seed any dataset under
+    `roots` was generated from; returns how many data-generation seeds were checked."""
+    seeds: dict[int, str] = {}
+    for root in dict.fromkeys(roots):
+        seeds.update(writer.world_seeds(root))
+    clash = [s for s in range(eval_seed, eval_seed + episodes) if s in seeds]
+    if clash:
+        raise UserError(f"evaluation world seeds {eval_seed}-{eval_seed + episodes - 1} (--eval-seed, --episodes) "
+                        f"include {len(clash)} data-generation seed(s), e.g. {clash[0]} ({seeds[clash[0]]}): choose "
+                        "an --eval-seed whose range avoids every training episode's world seed")
+    return len(seeds)
+
+
+def plan(a: argparse.Namespace, variants: dict[str, str]) -> list[Job]:
+    """Every job of the grid, seed-major (a partial comparison has whole grids of the first seeds)."""
+    py, robot = sys.executable, os.path.join(a.data_root, writer.DATASET_NAMES["robot"], writer.VERSION)
+    jobs = []
+    for seed in a.seeds:
+        for n in a.demos:
+            for recipe in a.recipes:
+                r = RECIPES[recipe]
+                for variant in (variants if r.pretrained else [""]):
+                    name = f"{recipe}{'-' + variant if variant else ''}_{n}_s{seed}"
+                    wd = os.path.join(a.out, name)
+                    if r.kind == "reference":
+                        train = [py, "-m", "policy.reference", "--kind", r.preset, "--data-root", a.data_root,
+                                 "--num-demos", str(n), "--workdir", wd, "--seed", str(seed), "--no-progress",
+                                 *(["--steps", str(a.ref_steps)] if a.ref_steps else [])]
+                        done = os.path.join(wd, "reference.json")
+                    else:
+                        train = [py, "-m", "policy.finetune", f"--config=configs/policy.py:{r.preset}",
+                                 f"--workdir={wd}", "--overwrite", f"--config.data.root={a.data_root}",
+                                 f"--config.policy.num_demos={n}", "--config.policy.eval_episodes=0",
+                                 f"--config.train.seed={seed}"]
+                        if r.pretrained:
+                            train.append(f"--config.policy.pretrained={os.path.join(variants[variant], recipe)}")
+                        else:  # scratch shares the pretrained runs' text and image tokenizers, not their weights
+                            first = next(iter(variants.values()))
+                            train.append(f"--config.policy.tokenizers_from={os.path.join(first, 'vipra')}")
+                        if a.steps:
+                            train += [f"--config.train.total_steps={a.steps}",
+                                      f"--config.train.optimizer.warmup_steps={min(30, a.steps // 10)}"]
+                        train += a.finetune_arg
+                        done = os.path.join(wd, "summary.json")
+                    test = os.path.join(wd, "test.json")
+                    evaluate = [py, "-m", "policy.evaluate", "--checkpoint", wd, "--episodes", str(a.episodes),
+                                "--seed", str(a.eval_seed), "--data", robot, "--no-progress", "--gif-dir",
+                                os.path.join(wd, "rollouts"), "--gif-episodes", str(a.gif_episodes), "--out", test]
+                    jobs.append(Job(name, recipe, variant, n, seed, wd, train, done, evaluate, test))
+    return jobs
+
+
+# ----------------------------------------------------------------------------------------------- validity
+def _json(path: str) -> dict:
+    try:
+        with open(path) as f:
+            d = json.load(f)
+    except (OSError, ValueError):
+        return {}
+    return d if isinstance(d, dict) else {}
+
+
+def trained(done: str) -> bool:
+    """A finished fine-tune (summary.json with its steps, checkpoints/) or reference training (reference.json with
+    its curve, params.msgpack): what a killed run lacks."""
+    d, wd = _json(done), os.path.dirname(done)
+    if os.path.basename(done) == "reference.json":
+        params = os.path.join(wd, "params.msgpack")
+        return bool(d.get("curve")) and os.path.isfile(params) and os.path.getsize(params) > 0
+    return int(d.get("steps") or 0) >= 1 and os.path.isdir(os.path.join(wd, "checkpoints"))
+
+
+def evaluated(episodes: int, eval_seed: int):
+    """Validity of a test.json: complete, with exactly the grid's episodes and world seeds."""
+
+    def check(done: str) -> bool:
+        d = _json(done)
+        recs = d.get("records")
+        return (d.get("episodes") == episodes and d.get("settings", {}).get("seed") == eval_seed
+                and isinstance(recs, list) and [r.get("seed") for r in recs] == list(range(eval_seed,
+                                                                                             eval_seed + episodes)))
+    return check
+
+
+def _matches(name: str, patterns: list[str]) -> bool:
+    return any(fnmatch.fnmatchcase(name, p) or name.startswith(p + "_s") for p in patterns)
+
+
+def run_jobs(jobs: list[Job], out: str, *, redo: list[str], redo_all: bool, episodes: int, eval_seed: int,
+             runner: Runner | None = None) -> None:
+    """Runs what is not already done (see the module docstring); `runner` replaces the subprocess runner in tests."""
+    from policy.compare_report import label
+
+    ok = evaluated(episodes, eval_seed)
+    for i, j in enumerate(jobs, 1):
+        print(f"[{i}/{len(jobs)}] {label(j.recipe, j.variant)}, {j.demos} demos, fine-tuning seed {j.seed}", flush=True)
+        test = j.name + ".test"
+        force = {j.name, test} if redo_all or _matches(j.name, redo) else ({test} if _matches(test, redo) else set())
+        ran = run_stage(j.name, j.train, out, j.train_done, force, valid=trained, runner=runner)
+        run_stage(test, j.evaluate, out, j.eval_done, force | ({test} if ran else set()), valid=ok, runner=runner)
+
+
+def finished_runs(jobs: list[Job], episodes: int, eval_seed: int) -> list:
+    """compare_report.Run of every job whose evaluation is complete (GIF paths made absolute)."""
+    from policy.compare_report import Run
+
+    ok, runs = evaluated(episodes, eval_seed), []
+    for j in jobs:
+        if ok(j.eval_done):
+            res = _json(j.eval_done)
+            res["gifs"] = [g if os.path.isfile(g) else os.path.join(j.workdir, "rollouts", os.path.basename(g))
+                           for g in res.get("gifs", [])]
+            res["gifs"] = [os.path.abspath(g) for g in res["gifs"]]
+            runs.append(Run.from_result(res, recipe=j.recipe, variant=j.variant, demos=j.demos, seed=j.seed,
+                                        name=j.name))
+    return runs
+
+
+def write_manifest(out: str, jobs: list[Job], setup: dict, variants: dict[str, str]) -> list[str]:
+    """OUT/manifest.json (every job's exact argv) and OUT/commands.sh (the same, runnable); returns the lines."""
+    os.makedirs(out, exist_ok=True)
+    with open(os.path.join(out, "manifest.json"), "w") as f:
+        json.dump({"kind": "comparison", "setup": setup, "variants": variants,
+                   "jobs": [dataclasses.asdict(j) for j in jobs]}, f, indent=1)
+    lines = [shlex.join(["python" if c[0] == sys.executable else c[0], *c[1:]]) for j in jobs
+             for c in (j.train, j.evaluate)]
+    with open(os.path.join(out, "commands.sh"), "w") as f:
+        f.write("#!/bin/sh\n# every run of this comparison, in order (python = the project's .venv/bin/python)\n"
+                "set -e\n" + "\n".join(lines) + "\n")
+    return lines
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="runs/demo/compare")
-    p.add_argument("--vla", default="runs/demo/vla", help="directory with the pretrained runs lapa/ and vipra/")
-    p.add_argument("--data-root", default="runs/demo/data")
-    p.add_argument("--demos", default="20,100", help="comma-separated numbers of labelled demos")
-    p.add_argument("--episodes", type=int, default=50, help="closed-loop episodes per policy")
+    p.add_argument("--vla", action="append", default=None, metavar="[NAME=]DIR",
+                   help="pretrained runs DIR/lapa and DIR/vipra; repeat as NAME=DIR per pretraining variant "
+                        "(default runs/demo/vla)")
+    p.add_argument("--data-root", default="runs/demo/data", help="make_demo_data --out of the labelled demos")
+    p.add_argument("--preset", default="full", choices=tuple(GRIDS), help="grid defaults (GRIDS): full or demo")
+    p.add_argument("--recipes", default=None, help=f"comma-separated, of {', '.join(RECIPES)} (default: all)")
+    p.add_argument("--demos", default=None, help="numbers of labelled demos, the first N train episodes "
+                                                 "(full: 10,25,50,100)")
+    p.add_argument("--seeds", default=None, help="fine-tuning seeds: train.seed, policy.reference --seed "
+                                                 "(full: 0,1,2)")
+    p.add_argument("--episodes", type=int, default=None, help="closed-loop episodes per policy (full: 100)")
+    p.add_argument("--eval-seed", type=int, default=1000, help="episode i plays world seed EVAL_SEED + i")
     p.add_argument("--steps", type=int, default=0, help="fine-tuning steps (default: the preset's)")
-    p.add_argument("--recipes", default=",".join(RECIPES))
-    p.add_argument("--redo", action="append", default=[], help="rerun one run, e.g. lapa_20")
+    p.add_argument("--ref-steps", type=int, default=0, help="reference-policy steps (default: policy.reference's)")
+    p.add_argument("--finetune-arg", action="append", default=[], metavar="--config.X=V",
+                   help="extra policy.finetune flag for every VLA fine-tune (repeatable; use the = form)")
+    p.add_argument("--gif-episodes", type=int, default=2, help="rollout GIFs per policy (its first episodes)")
+    p.add_argument("--redo", action="append", default=[], help="rerun runs matching this pattern, e.g. lapa_20")
     p.add_argument("--redo-all", action="store_true", help="rerun every run (e.g. after new pretraining)")
+    p.add_argument("--report-only", action="store_true", help="run nothing: report on the finished runs")
     a = p.parse_args(argv)
-    from policy.eval_report import format_table, plot_success_vs_demos
+    for k, v in GRIDS[a.preset].items():
+        setattr(a, k, v if getattr(a, k) is None else getattr(a, k))
+    a.demos, a.seeds = _ints(a.demos, "--demos"), _ints(a.seeds, "--seeds")
+    a.recipes = [r for r in a.recipes.split(",") if r]
+    for r in a.recipes:
+        if r not in RECIPES:
+            from core.errors import unknown
 
-    results = []
-    for n in [int(x) for x in a.demos.split(",")]:
-        for recipe in a.recipes.split(","):
-            wd = os.path.join(a.out, f"{recipe}_{n}")
-            cmd = [sys.executable, "-m", "policy.finetune", f"--config=configs/policy.py:{recipe}_demo",
-                   f"--workdir={wd}", "--overwrite", f"--config.data.root={a.data_root}",
-                   f"--config.policy.num_demos={n}", f"--config.policy.eval_episodes={a.episodes}"]
-            if recipe != "scratch":
-                cmd.append(f"--config.policy.pretrained={os.path.join(a.vla, recipe)}")
-            else:  # the scratch baseline shares the pretrained runs' text and image tokenizers, not their weights
-                cmd.append(f"--config.policy.tokenizers_from={os.path.join(a.vla, 'vipra')}")
-            if a.steps:
-                cmd += [f"--config.train.total_steps={a.steps}",
-                        f"--config.train.optimizer.warmup_steps={min(30, a.steps // 10)}"]
-            print(f"[{recipe}, {n} demos]", flush=True)
-            redo = {f"{recipe}_{n}"} if a.redo_all else set(a.redo)
-            run_stage(f"{recipe}_{n}", cmd, a.out, os.path.join(wd, "closed_loop.json"), redo)
-            r = load_json(os.path.join(wd, "closed_loop.json"))
-            r.update({"name": f"{recipe} ({n} demos)", "recipe": recipe, "demos": n})
-            r.pop("records", None)
-            results.append(r)
-    table = format_table(results)
-    with open(os.path.join(a.out, "comparison.md"), "w") as f:
-        f.write(table + "\n")
-    plot_success_vs_demos(results, os.path.join(a.out, "success_vs_demos.png"))
-    print(table)
-    print(f"wrote {a.out}/comparison.md and {a.out}/success_vs_demos.png")
+            raise UserError(unknown("recipe", r, RECIPES))
+    if a.episodes < 1 or a.eval_seed < 0 or a.gif_episodes < 0 or min(a.demos) < 1:
+        raise UserError("--episodes and every --demos must be >= 1, --eval-seed and --gif-episodes >= 0")
+    variants = parse_variants(a.vla)
+    from policy import compare_report
+
+    pre = {v: {r: compare_report.pretrained_info(os.path.join(d, r)) for r in a.recipes if RECIPES[r].pretrained}
+           for v, d in variants.items()}
+    robot = os.path.join(a.data_root, writer.DATASET_NAMES["robot"], writer.VERSION)
+    gen = _json(os.path.join(robot, "generation.json"))
+    if not gen:
+        raise UserError(f"--data-root {a.data_root!r}: no demo_robot dataset (expected make_demo_data --out)")
+    if max(a.demos) > int(gen["episodes"]):
+        raise UserError(f"--demos {max(a.demos)}: {robot} has {gen['episodes']} train episodes")
+    roots = [a.data_root] + [r for v in pre.values() for i in v.values() for r in i.get("data_roots", [])]
+    setup = {"demos": a.demos, "seeds": a.seeds, "episodes": a.episodes, "eval_seed": a.eval_seed,
+             "data_root": a.data_root, "data_seeds": check_eval_seeds(roots, a.eval_seed, a.episodes),
+             "recipes": a.recipes, "command": display_command([sys.executable, "scripts/compare.py",
+                                                               *(argv if argv is not None else sys.argv[1:])])}
+    if not a.report_only:
+        missing = [i["run"] for v in pre.values() for i in v.values() if i.get("missing")]
+        if "scratch" in a.recipes:  # its tokenizers come from the first variant's ViPRA run
+            tok = os.path.join(next(iter(variants.values())), "vipra")
+            missing += [tok] if compare_report.pretrained_info(tok).get("missing") else []
+        if missing:
+            raise UserError(f"pretrained run {missing[0]} has no checkpoint: train it first (docs/demo_world.md, "
+                            "'The comparison'), or leave its recipe out of --recipes")
+    jobs = plan(a, variants)
+    commands = write_manifest(a.out, jobs, setup, variants)
+    if not a.report_only:
+        run_jobs(jobs, a.out, redo=a.redo, redo_all=a.redo_all, episodes=a.episodes, eval_seed=a.eval_seed)
+    runs = finished_runs(jobs, a.episodes, a.eval_seed)
+    paths = compare_report.write_report(a.out, runs, recipes=a.recipes, variants=list(variants), setup=setup,
+                                        pretrained=pre, commands=commands)
+    with open(paths[1]) as f:
+        print(f.read())
     import report
 
-    print("report: {} (also {})".format(*report.write_report(a.out)))
+    html, _ = report.write_report(a.out)
+    print(f"comparison: {len(runs)} of {len(jobs)} policies evaluated; report {paths[0]} (plots "
+          f"{', '.join(os.path.basename(x) for x in paths[2:])}), page {html}")
     return 0
 
 

@@ -5,8 +5,9 @@
   3. latent action models, LAPA and ViPRA presets (configs/lam.py:*_demo)      OUT/lam/{lapa,vipra}
   4. VideoLLaMA latent pretraining (LAPA) and dynamics pretraining +
      flow-matching co-training (ViPRA) (configs/{lapa,vipra}.py:demo)          OUT/vla/{lapa,vipra}
-  5. policies fine-tuned on the same labelled demos (scratch, LAPA, ViPRA;
-     configs/policy.py) and evaluated closed loop (scripts/compare.py)          OUT/compare
+  5. policies fine-tuned on the same labelled demos (scratch, LAPA, ViPRA,
+     the state-BC reference) and evaluated closed loop on the same world
+     seeds: a reduced scripts/compare.py (one demo count, one seed)             OUT/compare/report.md
 The console shows per stage its command, a progress bar (on a terminal) and one line of key figures, then a table
 of all stages; third-party noise is kept off (core/quiet.py). Full logs: OUT/logs/<stage>.log. The run report is
 OUT/index.html (open it in a browser; the same as OUT/report.md; rebuild with `python scripts/report.py OUT`).
@@ -41,8 +42,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--episodes", type=int, default=writer.GenerationConfig.episodes)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--vqgan-steps", type=int, default=800)
-    p.add_argument("--compare-demos", default="50", help="labelled demos for stage 5 (comma-separated)")
-    p.add_argument("--compare-episodes", type=int, default=30, help="closed-loop episodes per policy in stage 5")
+    # stage 5 is scripts/compare.py --preset demo (50 demos, seed 0, 30 episodes, scratch/lapa/vipra/state_bc)
+    p.add_argument("--compare-demos", default=None, help="labelled demos for stage 5 (comma-separated)")
+    p.add_argument("--compare-episodes", type=int, default=None, help="closed-loop episodes per policy in stage 5")
+    p.add_argument("--compare-recipes", default=None,
+                   help="stage 5's recipes (scripts/compare.py RECIPES; image_bc adds ~6 CPU-min per demo count)")
     p.add_argument("--data-only", action="store_true", help="stop after generating the datasets")
     p.add_argument("--smoke", type=int, default=0, metavar="STEPS",
                    help="wiring check: every training stage runs only STEPS steps (numbers are meaningless)")
@@ -96,12 +100,13 @@ def run_all(a: argparse.Namespace) -> int:
                f"--config.latent.lam_workdir={os.path.join(out, 'lam', recipe)}",
                f"--config.text.tokenizer={os.path.join(out, 'text_tokenizer.model')}", *short]
         upstream |= run_stage(f"vla_{recipe}", cmd, out, os.path.join(wd, "summary.json"), redo)
-    print("[5/5] policies: scratch vs LAPA vs ViPRA on the same labelled demos", flush=True)
+    print("[5/5] policies on the same labelled demos and world seeds (a reduced scripts/compare.py)", flush=True)
     import compare
 
-    compare.main(["--out", os.path.join(out, "compare"), "--vla", os.path.join(out, "vla"), "--data-root", data_dir,
-                  "--demos", a.compare_demos, "--episodes", str(a.compare_episodes)]
-                 + (["--steps", str(a.smoke)] if a.smoke else [])
+    given = (("--demos", a.compare_demos), ("--episodes", a.compare_episodes), ("--recipes", a.compare_recipes))
+    compare.main(["--preset", "demo", "--out", os.path.join(out, "compare"), "--vla", os.path.join(out, "vla"),
+                  "--data-root", data_dir, *(x for flag, v in given if v is not None for x in (flag, str(v)))]
+                 + (["--steps", str(a.smoke), "--ref-steps", str(a.smoke)] if a.smoke else [])
                  + (["--redo-all"] if upstream else []))
     return 0
 

@@ -11,9 +11,14 @@ Sections, each left out when the run has none of its files (a partial run still 
   Latent action models    lam/<family>/eval/{codebook_usage,training,probes,psnr,reconstructions,latent_transfer}.png,
                           lam/<family>/eval/metrics.json
   VideoLLaMA pretraining  vla/<recipe>/curves.png, vla/<recipe>/summary.json
-  Policy comparison       compare/comparison.md (as a table), compare/success_vs_demos.png
-  Rollouts                per policy run compare/<recipe>_<demos>/: the rollouts listed in closed_loop.json "gifs"
-                          and any *.gif under the run, a few successes and failures each
+  Policy comparison       compare/comparison.md (as a table), a link to the comparison's own report
+                          compare/report.md (policy/compare_report.py), compare/{success,progress}_vs_demos.png,
+                          compare/families_*_demos.png
+  Rollouts                per policy run compare/<run>/: the rollouts listed in its test.json (or closed_loop.json)
+                          "gifs" and any *.gif under the run, a few successes and failures each
+
+In a comparison directory (one with the manifest.json scripts/compare.py writes) the markdown twin of the page is
+overview.md, because report.md there is the comparison's statistical report.
 """
 
 from __future__ import annotations
@@ -45,7 +50,8 @@ IMAGE_EXTS = (".gif", ".png", ".jpg", ".jpeg")
 
 @dataclasses.dataclass
 class Section:
-    """A heading and its blocks; a block is ("text", str) | ("table", rows) | ("image", relpath, caption)."""
+    """A heading and its blocks; a block is ("text", str) | ("table", rows) | ("image", relpath, caption) |
+    ("link", relpath, caption)."""
 
     title: str
     blocks: list[tuple] = dataclasses.field(default_factory=list)
@@ -58,6 +64,9 @@ class Section:
 
     def image(self, rel: str, caption: str) -> None:
         self.blocks.append(("image", rel, caption))
+
+    def link(self, rel: str, caption: str) -> None:
+        self.blocks.append(("link", rel, caption))
 
 
 def collect(root: str) -> list[Section]:
@@ -132,10 +141,25 @@ def _comparison_section(root: str, compare_dir: str) -> Section:
             rows = markdown_table(f.read())
         if rows:
             sec.table(rows)
-    for name, caption in (("success_vs_demos.png", "closed-loop success vs. labelled demos (95% CIs)"),):
+    if _is_comparison(compare_dir) and os.path.isfile(os.path.join(compare_dir, "report.md")):
+        sec.link(_rel(os.path.join(compare_dir, "report.md"), root), "the full comparison report (per family, paired "
+                 "differences, ablation, commands, versions)")
+    plots = [("success_vs_demos.png", "closed-loop success vs. labelled demos (95% CIs)"),
+             ("progress_vs_demos.png", "task progress vs. labelled demos (95% CIs)")]
+    plots += [(os.path.basename(p), "per task family at the largest demo count")
+              for p in sorted(glob.glob(os.path.join(compare_dir, "families_*_demos.png")))]
+    for name, caption in plots:
         if os.path.isfile(os.path.join(compare_dir, name)):
             sec.image(_rel(os.path.join(compare_dir, name), root), caption)
     return sec
+
+
+def _is_comparison(path: str) -> bool:
+    """A scripts/compare.py output directory (its manifest.json)."""
+    try:
+        return _load(os.path.join(path, "manifest.json")).get("kind") == "comparison"
+    except (OSError, ValueError):
+        return False
 
 
 def _rollouts_section(root: str, compare_dir: str) -> Section:
@@ -143,10 +167,13 @@ def _rollouts_section(root: str, compare_dir: str) -> Section:
     for run in _policy_runs(compare_dir):
         wd = os.path.join(compare_dir, run)
         found = []
-        try:
-            listed = _load(os.path.join(wd, "closed_loop.json")).get("gifs", [])
-        except (OSError, ValueError):
-            listed = []
+        listed = []
+        for result in ("test.json", "closed_loop.json"):
+            try:
+                listed = _load(os.path.join(wd, result)).get("gifs", [])
+                break
+            except (OSError, ValueError):
+                continue
         for p in listed if isinstance(listed, list) else []:
             # written relative to the process's working directory, or absolute; a moved run dir: try the run's own
             for cand in (p, os.path.join(wd, p), os.path.join(wd, os.path.basename(os.path.dirname(p)),
@@ -167,9 +194,17 @@ def _rollouts_section(root: str, compare_dir: str) -> Section:
 
 
 def _policy_runs(compare_dir: str) -> list[str]:
-    """The comparison's per-policy run directories (those with a closed_loop.json), sorted."""
-    return sorted(os.path.basename(os.path.dirname(p)) for p in glob.glob(os.path.join(compare_dir, "*",
-                                                                                          "closed_loop.json")))
+    """The comparison's per-policy run directories (those with a test.json or closed_loop.json), sorted; of a
+    scripts/compare.py grid only those at its largest demo count and first seed (one page, not every run)."""
+    runs = sorted({os.path.basename(os.path.dirname(p)) for name in ("test.json", "closed_loop.json")
+                   for p in glob.glob(os.path.join(compare_dir, "*", name))})
+    if _is_comparison(compare_dir):
+        jobs = _load(os.path.join(compare_dir, "manifest.json")).get("jobs", [])
+        if jobs:
+            top, first = max(j["demos"] for j in jobs), min(j["seed"] for j in jobs)
+            keep = {j["name"] for j in jobs if j["demos"] == top and j["seed"] == first}
+            runs = [r for r in runs if r in keep]
+    return runs
 
 
 # ------------------------------------------------------------------------------------------------------ rendering
@@ -195,6 +230,8 @@ def render_html(title: str, sections: list[Section]) -> str:
                 out.append("<table><tr>" + "".join(f"<th>{html.escape(c)}</th>" for c in head) + "</tr>")
                 out += ["<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in body]
                 out.append("</table>")
+            elif b[0] == "link":
+                out.append(f'<p><a href="{html.escape(_url(b[1]))}">{html.escape(b[2])}</a></p>')
             else:
                 src = html.escape(_url(b[1]))
                 out.append(f'<figure><a href="{src}"><img src="{src}" alt="{html.escape(b[2])}"></a>'
@@ -218,6 +255,8 @@ def render_markdown(title: str, sections: list[Section]) -> str:
                 out.append("|" + "|".join("---" for _ in head) + "|")
                 out += ["| " + " | ".join(_md_cell(c) for c in r) + " |" for r in body]
                 out.append("")
+            elif b[0] == "link":
+                out += [f"[{b[2]}]({_url(b[1])})", ""]
             else:
                 out += [f"![{b[2]}]({_url(b[1])})", ""]
     return "\n".join(out)
@@ -240,13 +279,13 @@ def markdown_table(text: str) -> list[list[str]]:
 
 
 def write_report(root: str, title: str | None = None) -> tuple[str, str]:
-    """Writes root/index.html and root/report.md; returns their paths."""
+    """Writes root/index.html and root/report.md (overview.md in a comparison directory); returns their paths."""
     if not os.path.isdir(root):
         raise UserError(f"run directory {root!r} not found: expected the --out directory of scripts/demo.py or "
                         "scripts/compare.py")
     title = title or f"latent-vla run: {os.path.basename(os.path.abspath(root))}"
     sections = collect(root)
-    paths = os.path.join(root, "index.html"), os.path.join(root, "report.md")
+    paths = os.path.join(root, "index.html"), os.path.join(root, "overview.md" if _is_comparison(root) else "report.md")
     for path, text in zip(paths, (render_html(title, sections), render_markdown(title, sections)), strict=True):
         tmp = path + ".tmp"
         with open(tmp, "w") as f:

@@ -210,3 +210,20 @@ def write_datasets(out: str, cfg: GenerationConfig, overwrite: bool = False, pro
                                                                    "fps": FPS, "summary": summary})
         summaries.append({**summary, "path": final, "seconds": time.time() - start})
     return summaries
+
+
+def world_seeds(root: str) -> dict[int, str]:
+    """Every world seed the demo datasets under ``root`` (a ``make_demo_data --out`` directory) were generated from,
+    recomputed from each dataset's ``generation.json``: seed -> "demo_robot train episode 17". Empty when ``root``
+    holds no demo dataset. Closed-loop evaluation seeds must avoid all of them (scripts/compare.py checks)."""
+    seeds: dict[int, str] = {}
+    for embodiment, name in DATASET_NAMES.items():
+        try:
+            with open(os.path.join(root, name, VERSION, "generation.json")) as f:
+                g = json.load(f)
+        except (OSError, ValueError):
+            continue
+        for split, n in (("train", int(g["episodes"])), ("val", int(g["val_episodes"]))):
+            for i in range(n):
+                seeds.setdefault(episode_seed(int(g["seed"]), embodiment, split, i), f"{name} {split} episode {i}")
+    return seeds

@@ -1,0 +1,310 @@
+"""The comparison harness (scripts/compare.py, policy/compare_report.py): paired-seed bookkeeping, the statistics on
+hand-worked numbers, the report of a tiny run, resuming a killed comparison, the evaluation-seed refusal, and the
+reduced call of `make demo`'s stage 5."""
+
+import argparse
+import dataclasses
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "scripts"))
+import _stages  # noqa: E402
+import compare  # noqa: E402  (scripts/compare.py)
+import report  # noqa: E402  (scripts/report.py)
+
+from core.errors import UserError  # noqa: E402
+from data.demo import writer  # noqa: E402
+from policy import compare_report as cr  # noqa: E402
+
+WORLDS = [1000, 1001, 1002, 1003]
+FAMS = ["touch_block", "push_direction", "touch_block", "push_direction"]
+
+
+def _run(recipe, variant, seed, success, progress, *, demos=10, worlds=WORLDS, fams=FAMS, world="{}") -> cr.Run:
+    recs = tuple({"seed": w, "family": f, "success": bool(s), "progress": p}
+                 for w, f, s, p in zip(worlds, fams, success, progress, strict=True))
+    name = f"{recipe}{'-' + variant if variant else ''}_{demos}_s{seed}"
+    return cr.Run(recipe, variant, demos, seed, recs, world, name)
+
+
+# per-world progress means over the two seeds: scratch [0.1, 0.1, 0.8, 0.1], lapa (robot+human) [0.7, 0.2, 1.0, 0.65]
+SCRATCH = [_run("scratch", "", 0, [0, 0, 1, 0], [0.2, 0.0, 1.0, 0.1]),
+           _run("scratch", "", 1, [0, 0, 0, 0], [0.0, 0.2, 0.6, 0.1])]
+LAPA = [_run("lapa", "robot+human", 0, [1, 0, 1, 0], [1.0, 0.3, 1.0, 0.3]),
+        _run("lapa", "robot+human", 1, [0, 0, 1, 1], [0.4, 0.1, 1.0, 1.0])]
+LAPA_ROBOT = [_run("lapa", "robot", 0, [1, 0, 1, 0], [0.9, 0.2, 0.9, 0.2]),  # every episode 0.1 less progress
+              _run("lapa", "robot", 1, [0, 0, 1, 1], [0.3, 0.0, 0.9, 0.9])]
+
+
+@pytest.fixture(autouse=True)
+def _fresh_stages(monkeypatch):
+    monkeypatch.setattr(_stages, "STAGES", [])
+
+
+def test_paired_differences_use_matched_world_seeds_and_refuse_a_mismatch():
+    d = cr.paired(LAPA, SCRATCH, "progress")
+    # per world: (0.7 - 0.1, 0.2 - 0.1, 1.0 - 0.8, 0.65 - 0.1) = (0.6, 0.1, 0.2, 0.55), mean 0.3625
+    assert d["mean"] == pytest.approx(0.3625) and d["worlds"] == 4
+    s = cr.paired(LAPA, SCRATCH, "success")  # (0.5 - 0, 0 - 0, 1 - 0.5, 0.5 - 0)
+    assert s["mean"] == pytest.approx(0.375)
+    # touch_block only (worlds 1000, 1002): differences 0.6 and 0.2; the bootstrap means of two values are 0.2, 0.4
+    # or 0.6 with probabilities 1/4, 1/2, 1/4, so the 2.5 % and 97.5 % quantiles are exactly 0.2 and 0.6
+    t = cr.paired(LAPA, SCRATCH, "progress", "touch_block")
+    assert t["mean"] == pytest.approx(0.4) and t["ci95"] == pytest.approx([0.2, 0.6]) and t["worlds"] == 2
+    abl = cr.paired(LAPA, LAPA_ROBOT, "progress")  # a constant difference: a zero-width interval at it
+    assert abl["mean"] == pytest.approx(0.1) and abl["ci95"] == pytest.approx([0.1, 0.1])
+
+    shifted = _run("lapa", "robot+human", 2, [0, 0, 0, 0], [0.0] * 4, worlds=[1001, 1002, 1003, 1004])
+    want = r"scratch_10_s0 and lapa-robot\+human_10_s2 played different world seeds \(only in the first: \[1000\], "
+    with pytest.raises(cr.PairingError, match=want + r"only in the second: \[1004\]\)"):
+        cr.paired([shifted], SCRATCH, "progress")
+    with pytest.raises(cr.PairingError, match="different world seeds"):  # also among one policy's fine-tuning seeds
+        cr.pooled([*LAPA, shifted])
+    swapped = _run("lapa", "robot+human", 2, [0] * 4, [0.0] * 4, fams=list(reversed(FAMS)))
+    with pytest.raises(cr.PairingError, match="or other tasks"):
+        cr.paired([swapped], SCRATCH, "success")
+    other_world = _run("lapa", "robot+human", 2, [0] * 4, [0.0] * 4, world='{"tasks": ["touch_block"]}')
+    with pytest.raises(cr.PairingError, match="another world config"):
+        cr.paired([other_world], SCRATCH, "success")
+
+
+def test_pooled_figures_by_hand():
+    worlds = list(range(2000, 2005))
+    runs = [_run("x", "", 0, [1, 0, 0, 0, 0], [1.0, 0.0, 0.2, 0.0, 0.3], worlds=worlds, fams=["separate"] * 5),
+            _run("x", "", 1, [1, 1, 0, 0, 0], [1.0, 1.0, 0.4, 0.1, 0.1], worlds=worlds, fams=["separate"] * 5)]
+    p = cr.pooled(runs)
+    # 3 successes in 10 episodes: Wilson 95 % (z = 1.96) = [0.1078, 0.6032]
+    assert (p["successes"], p["episodes"], p["worlds"]) == (3, 10, 5)
+    assert p["ci95"] == pytest.approx([0.10779, 0.60323], abs=1e-5)
+    assert p["progress"] == pytest.approx(0.41)
+    assert p["seed_success"] == pytest.approx([0.2, 0.4]) and p["seed_progress"] == pytest.approx([0.3, 0.52])
+    # the progress interval resamples the 5 world seeds' means (1.0, 0.5, 0.3, 0.05, 0.2), not the 10 episodes
+    lo, hi = p["progress_ci95"]
+    assert 0.05 <= lo < 0.41 < hi <= 1.0
+    assert cr.pooled(runs, "touch_block") == {}
+
+
+def test_report_of_a_tiny_run(tmp_path):
+    gif = tmp_path / "lapa-robot+human_10_s0" / "rollouts" / "000_seed1000_success_touch.gif"
+    gif.parent.mkdir(parents=True)
+    gif.write_bytes(b"GIF89a" + b"\0" * 16)
+    runs = [*SCRATCH, dataclasses.replace(LAPA[0], gifs=(str(gif),)), LAPA[1], *LAPA_ROBOT]
+    setup = {"demos": [10], "seeds": [0, 1], "episodes": 4, "eval_seed": 1000, "data_root": "data", "data_seeds": 440,
+             "command": "python scripts/compare.py --demos 10"}
+    paths = cr.write_report(str(tmp_path), runs, recipes=["scratch", "lapa"], variants=["robot+human", "robot"],
+                            setup=setup, commands=["python -m policy.finetune --x"],
+                            version_info={"git": "abc", "jax": "0.0"})
+    for p in paths:
+        assert Path(p).is_file(), p
+    md = (tmp_path / "report.md").read_text()
+    for heading in ("## Overall", "## Family: touch_block", "## Family: push_direction", "## Example rollouts",
+                    "## Versions", "## Commands"):
+        assert heading in md, heading
+    assert "world seeds 1000–1003" in md and "440 data-generation world seeds" in md
+    assert "| scratch | — | 10 | 0,1 | 12.5 [2.2, 47.1] (1/8) |" in md  # Wilson(1, 8), per seed 25 / 0 %
+    assert "| 25 / 0 |" in md
+    touch = md.split("## Family: touch_block")[1].split("## Family:")[0]
+    assert "| lapa | robot+human | 10 | 2 | +50.0 [+50.0, +50.0] | +0.400 [+0.200, +0.600] |" in touch
+    assert "| lapa | robot+human − robot | 10 | 4 | +0.0 [+0.0, +0.0] | +0.100 [+0.100, +0.100] |" in md
+    assert "(lapa-robot+human_10_s0/rollouts/000_seed1000_success_touch.gif)" in md
+    assert "python -m policy.finetune --x" in md and "git abc" in md
+    # comparison.md is what the run report (scripts/report.py) shows as the comparison table
+    rows = report.markdown_table((tmp_path / "comparison.md").read_text())
+    assert rows[0][:2] == ["policy", "demos"] and [r[0] for r in rows[1:]] == ["scratch", "lapa (robot+human)",
+                                                                              "lapa (robot)"]
+
+
+def _args(tmp_path: Path, **kw) -> argparse.Namespace:
+    a = {"out": str(tmp_path / "cmp"), "data_root": "data", "recipes": ["scratch", "state_bc"], "demos": [4, 8],
+         "seeds": [0, 1], "episodes": 3, "eval_seed": 1000, "steps": 0, "ref_steps": 0, "finetune_arg": [],
+         "gif_episodes": 0}
+    return argparse.Namespace(**{**a, **kw})
+
+
+class FakeRunner:
+    """Writes what each command would (a finished training, a complete test.json) and counts the calls; with
+    `kill_at` it dies on that call after leaving a partial output, as a killed process would."""
+
+    def __init__(self, episodes: int, eval_seed: int, kill_at: int = 0) -> None:
+        self.calls: list[str] = []
+        self.episodes, self.eval_seed, self.kill_at = episodes, eval_seed, kill_at
+
+    def __call__(self, name, cmd, out, done, *, total=None) -> None:
+        self.calls.append(name)
+        path = Path(done)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        killed = len(self.calls) == self.kill_at
+        if name.endswith(".test"):
+            recs = [{"seed": self.eval_seed + i, "family": "touch_block", "success": i % 2 == 0, "progress": 0.5}
+                    for i in range(self.episodes)]
+            text = json.dumps({"episodes": self.episodes, "settings": {"seed": self.eval_seed}, "records": recs})
+            path.write_text(text[:len(text) // 2] if killed else text)
+        elif path.name == "reference.json":
+            (path.parent / "params.msgpack").write_bytes(b"\x80")
+            if not killed:
+                path.write_text(json.dumps({"curve": [[1, 0.5], [20, 0.1]]}))
+        else:
+            (path.parent / "checkpoints").mkdir(exist_ok=True)
+            if not killed:
+                path.write_text(json.dumps({"steps": 5}))
+        if killed:
+            raise KeyboardInterrupt  # what Ctrl-C or a kill leaves: no stamp, a partial output
+
+
+def _go(jobs, a, runner, redo=()) -> list[str]:
+    compare.run_jobs(jobs, a.out, redo=list(redo), redo_all=False, episodes=a.episodes, eval_seed=a.eval_seed,
+                     runner=runner)
+    return runner.calls
+
+
+def test_a_killed_comparison_resumes_and_redoes_only_what_is_unfinished(tmp_path):
+    a = _args(tmp_path)
+    jobs = compare.plan(a, {"": "vla"})
+    assert [j.name for j in jobs[:4]] == ["scratch_4_s0", "state_bc_4_s0", "scratch_8_s0", "state_bc_8_s0"]
+    assert len(jobs) == 8 and {j.seed for j in jobs[4:]} == {1}  # seed-major
+    sc = jobs[0]
+    assert "--config.train.seed=0" in sc.train and "--config.policy.eval_episodes=0" in sc.train
+    assert "--config.policy.tokenizers_from=vla/vipra" in sc.train
+    assert sc.evaluate[sc.evaluate.index("--seed") + 1] == "1000" and "--data" in sc.evaluate
+    assert jobs[1].train[2] == "policy.reference" and jobs[1].train[jobs[1].train.index("--seed") + 1] == "0"
+
+    first = FakeRunner(a.episodes, a.eval_seed, kill_at=6)  # dies writing jobs[2]'s test.json
+    with pytest.raises(KeyboardInterrupt):
+        _go(jobs, a, first)
+    second = FakeRunner(a.episodes, a.eval_seed, kill_at=2)  # redoes that evaluation, dies training jobs[3]
+    with pytest.raises(KeyboardInterrupt):
+        _go(jobs, a, second)
+    assert second.calls == ["scratch_8_s0.test", "state_bc_8_s0"]
+    third = FakeRunner(a.episodes, a.eval_seed)
+    assert _go(jobs, a, third) == ["state_bc_8_s0", "state_bc_8_s0.test"] + [
+        n for j in jobs[4:] for n in (j.name, j.name + ".test")]
+    assert _go(jobs, a, FakeRunner(a.episodes, a.eval_seed)) == []  # everything finished: nothing reruns
+
+    Path(jobs[1].eval_done).write_text('{"episodes": 3, "records": [')  # a truncated evaluation
+    (Path(jobs[4].workdir) / "summary.json").unlink()  # a fine-tune without its summary: redone, and its evaluation
+    assert _go(jobs, a, FakeRunner(a.episodes, a.eval_seed)) == ["state_bc_4_s0.test", "scratch_4_s1",
+                                                                 "scratch_4_s1.test"]
+    assert _go(jobs, a, FakeRunner(a.episodes, a.eval_seed), redo=["scratch_4"]) == [
+        "scratch_4_s0", "scratch_4_s0.test", "scratch_4_s1", "scratch_4_s1.test"]
+    more = compare.plan(_args(tmp_path, episodes=4), {"": "vla"})  # another grid: every evaluation, no training
+    assert _go(more, _args(tmp_path, episodes=4), FakeRunner(4, a.eval_seed)) == [j.name + ".test" for j in more]
+    assert len(compare.finished_runs(more, 4, a.eval_seed)) == 8
+
+
+def test_variants_and_recipes_from_the_command_line():
+    assert compare.parse_variants(None) == {"": "runs/demo/vla"}
+    assert compare.parse_variants(["x/vla"]) == {"": "x/vla"}
+    assert compare.parse_variants(["robot+human=a", "robot=b"]) == {"robot+human": "a", "robot": "b"}
+    for bad in (["a", "robot=b"], ["r=a", "r=b"], ["bad name=a", "r=b"]):
+        with pytest.raises(UserError, match="NAME=DIR"):
+            compare.parse_variants(bad)
+    a = _args(Path("/t"), recipes=["lapa", "vipra", "scratch"], demos=[4], seeds=[0])
+    jobs = compare.plan(a, {"robot+human": "v1", "robot": "v2"})
+    assert [j.name for j in jobs] == ["lapa-robot+human_4_s0", "lapa-robot_4_s0", "vipra-robot+human_4_s0",
+                                      "vipra-robot_4_s0", "scratch_4_s0"]
+    assert "--config.policy.pretrained=v2/lapa" in jobs[1].train
+    assert "--config.policy.tokenizers_from=v1/vipra" in jobs[4].train
+
+
+def test_world_seeds_are_the_datasets_and_an_overlapping_eval_range_is_refused(demo_data, tmp_path):
+    from data.tf_setup import tfds
+
+    seeds = writer.world_seeds(demo_data)
+    stored = set()
+    for name in ("demo_robot", "demo_human"):
+        b = tfds.builder_from_directory(str(Path(demo_data) / name / "1.0.0"))
+        for split in ("train", "val"):
+            stored |= {int(ep["episode_metadata"]["seed"]) for ep in tfds.as_numpy(b.as_dataset(split=split))}
+    assert set(seeds) == stored and len(stored) == 10
+    s = min(seeds)
+    assert compare.check_eval_seeds([demo_data], s - 5, 5) == 10  # ends just before the first one: accepted
+    with pytest.raises(UserError, match=rf"evaluation world seeds {s - 3}-{s + 1} .* e\.g\. {s} \(demo_"):
+        compare.check_eval_seeds([demo_data, str(tmp_path)], s - 3, 5)
+    with pytest.raises(UserError, match=rf"e\.g\. {s} "):  # the CLI refuses before running anything
+        compare.main(["--out", str(tmp_path / "o"), "--data-root", demo_data, "--recipes", "state_bc", "--demos",
+                      "2", "--seeds", "0", "--episodes", "5", "--eval-seed", str(s - 3)])
+    assert not (tmp_path / "o" / "logs").exists()
+    with pytest.raises(UserError, match="has 3 train episodes"):
+        compare.main(["--out", str(tmp_path / "o"), "--data-root", demo_data, "--recipes", "state_bc", "--demos",
+                      "4"])
+
+
+def test_demo_stage_5_runs_a_reduced_comparison(tmp_path, monkeypatch):
+    import demo  # scripts/demo.py
+
+    calls = []
+    monkeypatch.setattr(demo, "generate_data", lambda *a, **k: None)
+    monkeypatch.setattr(demo, "run_stage", lambda *a, **k: False)  # stages 2-4 "reused"
+    monkeypatch.setattr(compare, "main", lambda argv: calls.append(argv) or 0)
+    assert demo.main(["--out", str(tmp_path)]) == 0
+    assert demo.main(["--out", str(tmp_path), "--smoke", "3"]) == 0
+    full, smoke = (dict(zip(c[::2], c[1::2], strict=True)) for c in calls)
+    assert full["--preset"] == "demo" and not {"--demos", "--seeds", "--episodes", "--steps"} & set(full)
+    assert (smoke["--demos"], smoke["--episodes"], smoke["--steps"], smoke["--ref-steps"]) == ("4", "2", "3", "3")
+    # the preset: one demo count, one seed, make demo's former 30 episodes, of the references only the cheap one
+    g = compare.GRIDS["demo"]
+    assert "," not in g["demos"] and g["seeds"] == "0" and g["episodes"] == 30
+    assert set(g["recipes"].split(",")) == {"scratch", "lapa", "vipra", "state_bc"}
+
+
+def test_bootstrap_of_world_means_is_not_the_episode_bootstrap():
+    """The progress interval treats the S policies on one world seed as one observation: a policy whose seeds agree
+    exactly has the interval of its world means, however many seeds ran."""
+    one = [_run("y", "", 0, [0] * 4, [0.0, 1.0, 0.0, 1.0])]
+    three = [_run("y", "", s, [0] * 4, [0.0, 1.0, 0.0, 1.0]) for s in range(3)]
+    assert cr.pooled(one)["progress_ci95"] == cr.pooled(three)["progress_ci95"]
+    assert np.isclose(cr.pooled(three)["progress"], 0.5)
+
+
+def test_a_real_tiny_state_bc_comparison_runs_reports_and_is_reused(demo_data, tmp_path):
+    """The real subprocesses (policy.reference, then policy.evaluate on a reference run), the report and the page;
+    the same command again reuses both runs."""
+    out = tmp_path / "cmp"
+    argv = ["--out", str(out), "--data-root", demo_data, "--recipes", "state_bc", "--demos", "2", "--seeds", "0",
+            "--episodes", "2", "--ref-steps", "20", "--gif-episodes", "1"]
+    assert compare.main(argv) == 0
+    res = json.loads((out / "state_bc_2_s0" / "test.json").read_text())
+    assert [r["seed"] for r in res["records"]] == [1000, 1001] and res["recipe"] == "bc_state" and res["demos"] == 2
+    md = (out / "report.md").read_text()
+    assert md.startswith("# Demo-world comparison") and "| state_bc | — | 2 | 0 |" in md
+    assert "(state_bc_2_s0/rollouts/000_seed1000_" in md
+    assert (out / "index.html").is_file() and (out / "overview.md").is_file()  # the page did not overwrite report.md
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["jobs"][0]["train"][1:3] == ["-m", "policy.reference"]
+    assert compare.main(argv) == 0
+    assert [s.status for s in _stages.STAGES] == ["ran", "ran", "reused", "reused"]
+
+
+def test_the_report_records_what_each_pretrained_run_was(tmp_path):
+    """The VLA run's checkpoint assets (config.json, frozen.json) and its LAM run's config.json, newest step."""
+    lam, vla = tmp_path / "lam_robot" / "lapa", tmp_path / "vla_robot" / "lapa"
+    lam_cfg = {"preset": "lapa_demo", "data": {"root": "d", "datasets": ["demo_robot"]},
+               "model": {"encoder": {"kind": "patch", "layout": "factorized", "motion_stem": 2}, "code_pool": "grid",
+                         "slot_codebooks": True, "quant_norm": True}}
+    for step, cfg in ((100, {"preset": "old"}), (3500, lam_cfg)):
+        (lam / "checkpoints" / str(step) / "assets").mkdir(parents=True)
+        (lam / "checkpoints" / str(step) / "assets" / "config.json").write_text(json.dumps(cfg))
+    assets = vla / "checkpoints" / "600" / "assets"
+    assets.mkdir(parents=True)
+    assets.joinpath("config.json").write_text(json.dumps({
+        "recipe": "lapa", "preset": "demo", "train": {"total_steps": 600},
+        "data": {"root": "runs/demo/data", "datasets": ["demo_robot", "demo_human@runs/human400"]}}))
+    assets.joinpath("frozen.json").write_text(json.dumps({"lam": {
+        "preset": "lapa_demo", "codebook_size": 8, "codes_per_step": 16, "offset": 3, "workdir": str(lam)}}))
+    info = cr.pretrained_info(str(vla))
+    assert (info["preset"], info["steps"], info["lam_preset"], info["lam_codes"]) == ("lapa:demo", 600, "lapa_demo",
+                                                                                     "16 × 8")
+    assert info["lam_datasets"] == ["demo_robot"] and info["data_roots"] == ["runs/demo/data", "runs/human400", "d"]
+    assert info["lam_layout"].startswith("patch/factorized, motion stem 2")
+    assert cr.pretrained_info(str(tmp_path / "nope")) == {"run": str(tmp_path / "nope"), "missing": True}
+    setup = {"demos": [10], "seeds": [0, 1], "episodes": 4, "eval_seed": 1000}
+    cr.write_report(str(tmp_path), SCRATCH, recipes=["scratch"], variants=["robot"], setup=setup,
+                    pretrained={"robot": {"lapa": info}}, version_info={"git": "abc"})
+    md = (tmp_path / "report.md").read_text()
+    row = f"| robot | lapa | {vla} | lapa:demo | demo_robot+demo_human@runs/human400 | 600 | lapa_demo | demo_robot |"
+    assert row in md
