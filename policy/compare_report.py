@@ -23,11 +23,11 @@ import importlib.metadata
 import json
 import os
 import platform
-import subprocess
 from collections.abc import Sequence
 
 import numpy as np
 
+from core import machine
 from core.errors import UserError
 from data.demo import tasks as tasks_lib
 from policy.eval_report import bootstrap_ci, plot_vs_demos, wilson_interval
@@ -288,16 +288,9 @@ def pretrained_info(run_dir: str) -> dict:
 
 
 def versions() -> dict:
-    """git commit (+ '-dirty'), Python and the packages that decide the numbers."""
+    """git commit (+ '+dirty'), Python and the packages that decide the numbers."""
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    try:
-        sha = subprocess.run(["git", "-C", root, "rev-parse", "HEAD"], capture_output=True, text=True,
-                             check=True).stdout.strip()
-        dirty = subprocess.run(["git", "-C", root, "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, check=True).stdout.strip()
-        sha += "-dirty" if dirty else ""
-    except (OSError, subprocess.CalledProcessError):
-        sha = "unknown (not a git checkout)"
+    sha = machine.git_revision(root) or "unknown (not a git checkout)"
     out = {"git": sha, "python": platform.python_version()}
     for pkg in ("jax", "jaxlib", "flax", "optax", "numpy"):
         try:
