@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import threading
 import time
 from typing import Any
@@ -106,15 +107,20 @@ class PolicyClient:
     def reset(self) -> dict:
         return self._request("POST", "/reset")
 
-    def act(self, images: np.ndarray, instruction: str, seed: int = 0, encoding: str = "npz") -> np.ndarray:
-        """``images`` uint8[W, R, R, 3], oldest frame first -> float32[H, A] de-normalized actions."""
+    def act(self, images: np.ndarray, instruction: str, seed: int = 0, encoding: str = "npz", *,
+            proprio: np.ndarray | None = None) -> np.ndarray:
+        """``images`` uint8[W, R, R, 3], oldest frame first (and, for a policy whose metadata has ``proprio_dim`` >
+        0, ``proprio``: the raw effector state f32[p]) -> float32[H, A] de-normalized actions."""
         images = np.asarray(images)
         if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
             raise ValueError(f"images must be uint8[W, R, R, 3], got {images.dtype}{list(images.shape)}")
+        state = None if proprio is None else [float(v) for v in np.asarray(proprio, np.float64).reshape(-1)]
         if encoding == "json":
-            kwargs: dict = {"json": {"images": images.tolist(), "instruction": instruction, "seed": int(seed)}}
+            kwargs: dict = {"json": {"images": images.tolist(), "instruction": instruction, "seed": int(seed),
+                                     **({} if state is None else {"proprio": state})}}
         elif encoding in ("npz", "png", "jpeg"):
-            data = {"instruction": instruction, "seed": str(int(seed))}
+            data = {"instruction": instruction, "seed": str(int(seed)),
+                    **({} if state is None else {"proprio": json.dumps(state)})}
             if encoding == "npz":
                 buf = io.BytesIO()
                 np.savez(buf, images=images)

@@ -1,5 +1,9 @@
 """Request payload decoding for the policy server: bytes of an ``/act`` body -> (images uint8[W, R, R, 3],
-instruction, seed), or an :class:`APIError` naming the field and what was expected.
+instruction, seed, proprio f32[p] or None), or an :class:`APIError` naming the field and what was expected.
+
+``proprio`` is the raw effector state (the dataset's units; the policy normalizes it) of a policy whose metadata has
+``proprio_dim`` P > 0: required for such a policy, refused for any other; P to ``MAX_PROPRIO`` finite numbers, as a
+JSON list (``"proprio": [0.1, -0.2]``) or, in a multipart form, a field holding that JSON list.
 
 Pure functions of bytes (no I/O, no event loop, no JAX): the server runs them in its thread pool. The three
 encodings (JSON lists or base64 files, multipart image files, multipart npz) and the validation decisions are
@@ -25,6 +29,7 @@ from python_multipart.multipart import MultipartParser, parse_options_header
 from policy.metadata import PolicyMetadata
 
 DEFAULT_MAX_INSTRUCTION_CHARS = 1000
+MAX_PROPRIO = 8  # data/oxe.py PROPRIO_DIM: the standardized proprio width every dataset is padded to
 SEED_RANGE = (0, 2**32)
 ENCODINGS = ("json:images", "json:image_b64_jpeg", "multipart:image{i}", "multipart:npz")
 _IMAGE_FORMATS = ("JPEG", "PNG")
@@ -59,6 +64,7 @@ class Spec:
         if self.H < 1:
             raise ValueError(f"policy metadata has chunk={self.H}: this policy has no action output to serve")
         self.max_instruction_chars = max_instruction_chars
+        self.P = int(meta.extra.get("proprio_dim") or 0)  # > 0: the policy takes the effector state as input
 
     @property
     def max_json_bytes(self) -> int:
@@ -121,6 +127,34 @@ def _check_seed(value: Any) -> int:
     if not lo <= value < hi:
         raise APIError(422, f"seed {value} is out of range", field="seed", expected=expected)
     return value
+
+
+def _check_proprio(value: Any, spec: Spec) -> np.ndarray | None:
+    """The raw effector state f32[p] (P <= p <= MAX_PROPRIO) for a state-input policy; None for any other."""
+    expected = (f"a list of {spec.P} to {MAX_PROPRIO} finite numbers: the raw effector state in the dataset's units"
+                if spec.P else "no 'proprio' field (this policy takes no effector state)")
+    if value is None:
+        if spec.P:
+            raise APIError(422, f"missing field 'proprio' (this policy takes the effector state, proprio_dim "
+                           f"{spec.P})", field="proprio", expected=expected)
+        return None
+    if not spec.P:
+        raise APIError(422, "this policy takes no effector state", field="proprio", expected=expected)
+    if isinstance(value, str):  # multipart fields are strings holding the JSON list
+        try:
+            value = json.loads(value)
+        except ValueError:
+            raise APIError(422, f"proprio is not a JSON list: {value[:40]!r}", field="proprio",
+                           expected=expected) from None
+    if not isinstance(value, list) or not all(isinstance(v, int | float) and not isinstance(v, bool) for v in value):
+        raise APIError(422, f"proprio must be a list of numbers, got {type(value).__name__}", field="proprio",
+                       expected=expected)
+    if not spec.P <= len(value) <= MAX_PROPRIO:
+        raise APIError(422, f"proprio has {len(value)} values", field="proprio", expected=expected)
+    x = np.asarray(value, np.float64)
+    if not np.isfinite(x).all() or np.abs(x).max() > 3.4e38:
+        raise APIError(422, "proprio has non-finite values", field="proprio", expected=expected)
+    return x.astype(np.float32)
 
 
 def _check_images_array(arr: np.ndarray, spec: Spec, field: str) -> np.ndarray:
@@ -266,8 +300,8 @@ def check_json_size(size: int, spec: Spec) -> None:
         )
 
 
-def parse_json_act(body: bytes, spec: Spec) -> tuple[np.ndarray, str, int]:
-    """A JSON /act body -> (images uint8[W, R, R, 3], instruction, seed)."""
+def parse_json_act(body: bytes, spec: Spec) -> tuple[np.ndarray, str, int, np.ndarray | None]:
+    """A JSON /act body -> (images uint8[W, R, R, 3], instruction, seed, proprio f32[p] or None)."""
     check_json_size(len(body), spec)
     try:
         payload = json.loads(body)
@@ -280,14 +314,15 @@ def parse_json_act(body: bytes, spec: Spec) -> tuple[np.ndarray, str, int]:
             422,
             f"JSON body must be an object, got {type(payload).__name__}",
             field="body",
-            expected='{"instruction": str, "images" | "image_b64_jpeg": ..., "seed": int}',
+            expected='{"instruction": str, "images" | "image_b64_jpeg": ..., "seed": int, "proprio": [float]}',
         )
-    allowed = {"instruction", "seed", "images", "image_b64_jpeg"}
+    allowed = {"instruction", "seed", "images", "image_b64_jpeg", "proprio"}
     unknown = sorted(set(payload) - allowed)
     if unknown:
         raise APIError(422, f"unknown field(s) {unknown[:5]}", field=unknown[0], expected=f"only {sorted(allowed)}")
     instruction = _check_instruction(payload.get("instruction"), spec)
     seed = _check_seed(payload.get("seed"))
+    proprio = _check_proprio(payload.get("proprio"), spec)
     has_lists, has_b64 = "images" in payload, "image_b64_jpeg" in payload
     if has_lists == has_b64:
         raise APIError(
@@ -296,7 +331,7 @@ def parse_json_act(body: bytes, spec: Spec) -> tuple[np.ndarray, str, int]:
     images = (
         _images_from_lists(payload["images"], spec) if has_lists else _images_from_b64(payload["image_b64_jpeg"], spec)
     )
-    return images, instruction, seed
+    return images, instruction, seed, proprio
 
 
 _MAX_PARTS = 16
@@ -365,10 +400,11 @@ def _split_multipart(body: bytes, content_type: str) -> list[tuple[str, str | No
     return out
 
 
-def parse_multipart_act(body: bytes, content_type: str, spec: Spec) -> tuple[np.ndarray, str, int]:
-    """A multipart/form-data /act body -> (images uint8[W, R, R, 3], instruction, seed)."""
+def parse_multipart_act(body: bytes, content_type: str, spec: Spec
+                        ) -> tuple[np.ndarray, str, int, np.ndarray | None]:
+    """A multipart/form-data /act body -> (images uint8[W, R, R, 3], instruction, seed, proprio f32[p] or None)."""
     files_expected = f"files {spec.image_names} (JPEG/PNG) or one file 'npz'"
-    allowed_fields, allowed_files = {"instruction", "seed"}, {*spec.image_names, "npz"}
+    allowed_fields, allowed_files = {"instruction", "seed", "proprio"}, {*spec.image_names, "npz"}
     fields: dict[str, str] = {}
     files: dict[str, bytes] = {}
     for name, filename, data in _split_multipart(body, content_type):
@@ -395,6 +431,7 @@ def parse_multipart_act(body: bytes, content_type: str, spec: Spec) -> tuple[np.
                 raise APIError(422, f"form field {name!r} is not UTF-8", field=name) from None
     instruction = _check_instruction(fields.get("instruction"), spec)
     seed = _check_seed(fields.get("seed"))
+    proprio = _check_proprio(fields.get("proprio"), spec)
     if "npz" in files:
         if len(files) > 1:
             extra = sorted(set(files) - {"npz"})
@@ -405,5 +442,5 @@ def parse_multipart_act(body: bytes, content_type: str, spec: Spec) -> tuple[np.
         if missing:
             raise APIError(422, f"missing image file(s) {missing}", field=missing[0], expected=files_expected)
         images = np.stack([_decode_image_file(files[n], spec, n) for n in spec.image_names])
-    return images, instruction, seed
+    return images, instruction, seed, proprio
 

@@ -28,6 +28,10 @@ Endpoints (every error is JSON ``{"error": message, "field": name-or-null, "expe
   3. ``multipart/form-data`` with fields ``instruction``, optional ``seed``, and one file ``npz``: an ``.npz`` (or
      ``.npy``) holding ``images`` uint8[W, R, R, 3]; loaded with ``allow_pickle=False``. Fastest and lossless.
 
+  A policy with the effector state as input (metadata ``proprio_dim`` P > 0) also needs ``proprio``: the raw state
+  (the dataset's units, P to 8 numbers) as a JSON list, in the JSON body or as a multipart field; any other policy
+  refuses it (422). ``policy/payload.py`` has the rules.
+
   Frames are ordered oldest first, i.e. frame i is the observation at ``history_offsets[i]`` relative to now
   (e.g. offsets [-2, 0]: frame t-2 then frame t).
 
@@ -248,6 +252,9 @@ def create_app(
             raise APIError(500, f"policy.reset failed: {type(e).__name__}: {e}") from None
         return {"ok": True}
 
+    proprio_doc = ({"proprio": {"type": "array", "items": {"type": "number"}, "minItems": spec.P, "maxItems": 8,
+                                "description": "the raw effector state (required: this policy's proprio_dim > 0)"}}
+                   if spec.P else {})
     act_doc = {
         "requestBody": {
             "required": True,
@@ -255,10 +262,11 @@ def create_app(
                 "application/json": {
                     "schema": {
                         "type": "object",
-                        "required": ["instruction"],
+                        "required": ["instruction", *(["proprio"] if spec.P else [])],
                         "properties": {
                             "instruction": {"type": "string", "maxLength": max_instruction_chars},
                             "seed": {"type": "integer", "minimum": 0, "default": 0},
+                            **proprio_doc,
                             "images": {"description": f"W x R x R x 3 integers 0..255, shape {list(spec.shape)}"},
                             "image_b64_jpeg": {
                                 "type": "array",
@@ -275,6 +283,8 @@ def create_app(
                         "properties": {
                             "instruction": {"type": "string"},
                             "seed": {"type": "integer"},
+                            **({"proprio": {"type": "string", "description": "the proprio JSON list"}}
+                               if spec.P else {}),
                             "npz": {"type": "string", "format": "binary", "description": "npz with 'images'"},
                             **{n: {"type": "string", "format": "binary"} for n in spec.image_names},
                         },
@@ -310,10 +320,12 @@ def create_app(
             if not body:
                 raise APIError(400, "empty request body", field="body", expected="a JSON object or a multipart form")
             if media_type == "application/json":
-                images, instruction, seed = await asyncio.to_thread(parse_json_act, body, spec)
+                images, instruction, seed, proprio = await asyncio.to_thread(parse_json_act, body, spec)
             else:
                 content_type = request.headers["content-type"]
-                images, instruction, seed = await asyncio.to_thread(parse_multipart_act, body, content_type, spec)
+                images, instruction, seed, proprio = await asyncio.to_thread(
+                    parse_multipart_act, body, content_type, spec)
+            kw = {} if proprio is None else {"proprio": proprio}  # only a state-input policy gets (and needs) it
             if state["pending"] >= max_queue:
                 raise APIError(503, f"server busy: {state['pending']} requests queued (max_queue={max_queue})")
             state["pending"] += 1
@@ -323,7 +335,7 @@ def create_app(
                     # np.asarray inside the worker: with JAX's async dispatch, the time then includes the device
                     # computation and the device->host copy, and the event loop never blocks on a device array
                     actions, run_s = await runner.call(
-                        lambda: np.asarray(policy.act(images, instruction, seed=seed), dtype=np.float32)
+                        lambda: np.asarray(policy.act(images, instruction, seed=seed, **kw), dtype=np.float32)
                     )
                 except Exception as e:
                     log.exception("policy.act failed")
