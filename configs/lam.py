@@ -44,6 +44,7 @@ def base() -> ml_collections.ConfigDict:
         "cpb_hidden": 1024, "ff_mult": 4.0, "quant_dim": 32, "codebook_size": 8, "code_grid": 2,
         "encode_deltas": True, "code_time_kernel": 1, "code_pool": "grid",
         "flow_head": False, "flow_scale": 1.0, "quant_warmup_steps": 0, "quant_norm": False, "slot_codebooks": False,
+        "stabilize": False,  # register each clip frame to the first (camera shake; lam/stabilize.py)
         "encoder": {"kind": "patch", "layout": "factorized", "spatial_depth": 8, "temporal_depth": 8, "depth": 0,
                     "peg": True, "motion_stem": 0},
         "decoder": {"kind": "cross_attention", "patch_size": 0, "depth": 8, "residual": False, "detach_queries": True,

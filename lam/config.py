@@ -40,7 +40,7 @@ LEGACY_DEFAULTS: dict[str, Any] = {
     "model.quant_warmup_steps": 0, "model.encoder.motion_stem": 0, "model.encoder.peg": True,
     "model.decoder.patch_size": 0,
     "loss.flow": "l1", "loss.flow_moving_weight": 0.0, "loss.flow_target": "ground_truth",
-    "loss.farneback_winsize": 9, "data.camera": "",
+    "loss.farneback_winsize": 9, "data.camera": "", "model.stabilize": False,
 }
 # model.decoder.peg was added with a kind-dependent default (cross_attention: off, film: on)
 LEGACY_DECODER_PEG = {"cross_attention": False, "film": True}

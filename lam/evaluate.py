@@ -92,6 +92,7 @@ def collect(labeler: Labeler, table: lam_data.Table, cfg: ml_collections.ConfigD
     sampler = lam_data.ClipSampler(table, batch_size=bs, clip_len=d.clip_len, offset=d.offset, seed=seed,
                                    weights=d.weights)
     dec = labeler.decode() if recon else None
+    prepare = jax.jit(labeler.prepare)
     out: dict[str, list] = {k: [] for k in ("ids", "disp", "pos", "psnr", "psnr_copy", "dataset")}
     for _ in range(n_batches):
         b = next(sampler)
@@ -102,8 +103,8 @@ def collect(labeler: Labeler, table: lam_data.Table, cfg: ml_collections.ConfigD
         out["disp"].append((eff[:, 1:] - eff[:, :-1]).reshape(-1, 2) * PIXELS_PER_UNIT)
         out["pos"].append(eff[:, :-1].reshape(-1, 2))
         out["dataset"].append(np.repeat(b["dataset"], n))
-        if recon:
-            x = b["clip"].astype(np.float32) / 255.0
+        if recon:  # in the frames the LAM reads (registered to frame 0 for a stabilized LAM, copy-last as well)
+            x = np.asarray(prepare(jnp.asarray(b["clip"])))
             pred = np.clip(np.asarray(dec(jnp.asarray(x[:, :-1]), jnp.asarray(ids))), 0, 1)
             mse = lambda a, c: np.mean((a - c) ** 2, axis=(2, 3, 4)).reshape(-1)
             out["psnr"].append(-10 * np.log10(np.maximum(mse(pred, x[:, 1:]), 1e-10)))

@@ -33,6 +33,7 @@ import numpy as np
 
 from lam import config as lam_config
 from lam.model import LatentActionModel
+from lam.stabilize import stabilize
 
 PyTree = Any
 CACHE_FORMAT = "lam-ids-v1"
@@ -82,13 +83,18 @@ class Labeler:
         self.codes = int(config.model.code_grid) ** 2
         self._jit = jax.jit(self.fn)
 
-    def fn(self, variables: PyTree, frames: jax.Array) -> jax.Array:
-        """frames uint8/float[B, T, H, W, 3] (uint8 0..255 or float 0..1) → int32[B, T-1, C]."""
+    def prepare(self, frames: jax.Array) -> jax.Array:
+        """frames uint8/float[B, T, H, W, 3] → what the encoder reads: float 0..1 at the LAM's size, registered to
+        frame 0 when the LAM was trained so (`model.stabilize`)."""
         x = frames.astype(jnp.float32) / 255.0 if frames.dtype == jnp.uint8 else frames.astype(jnp.float32)
         r = int(self.config.model.image_size)
         if x.shape[2:4] != (r, r):
             x = jax.image.resize(x, (*x.shape[:2], r, r, 3), "bilinear")
-        ids = self.model.apply(variables, x, method=LatentActionModel.label)
+        return stabilize(x)[0] if self.config.model.get("stabilize", False) else x
+
+    def fn(self, variables: PyTree, frames: jax.Array) -> jax.Array:
+        """frames uint8/float[B, T, H, W, 3] (uint8 0..255 or float 0..1) → int32[B, T-1, C]."""
+        ids = self.model.apply(variables, self.prepare(frames), method=LatentActionModel.label)
         return ids.reshape(ids.shape[0], ids.shape[1], -1)
 
     def __call__(self, frames: Any) -> jax.Array:

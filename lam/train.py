@@ -21,7 +21,7 @@ import numpy as np
 
 from lam import config as lam_config
 from lam import data as lam_data
-from lam import losses
+from lam import losses, stabilize
 from lam.model import LatentActionModel, count_params
 from lam.quantizer import perplexity, replace_dead_codes, usage
 
@@ -65,6 +65,10 @@ def make_loss_fn(config: ml_collections.ConfigDict, feature_fn: losses.FeatureFn
 
     def loss_fn(params, batch, rng, model_state):
         clip = to_float(batch["clip"])
+        flow = batch.get("flow")
+        if config.model.stabilize:  # the camera's shift out of frames and flow target alike (lam/stabilize.py)
+            clip = stabilize.stabilize(clip)[0]
+            flow = None if flow is None else stabilize.compensate_flow(flow)
         r_q, r_rep = jax.random.split(rng)
         out, new_vars = model.apply({"params": params, **model_state}, clip, train=True, rngs={"nsvq": r_q},
                                     mutable=["nsvq"])
@@ -81,8 +85,8 @@ def make_loss_fn(config: ml_collections.ConfigDict, feature_fn: losses.FeatureFn
         if lc.perceptual_weight > 0:
             perc = losses.perceptual_loss(feature_fn, out["pred"], target, mask)
             loss, metrics["perceptual"] = loss + lc.perceptual_weight * perc, perc
-        if config.model.flow_head and "flow" in batch:
-            fl = losses.flow_loss(out["flow"], batch["flow"], mask, kind=lc.flow,
+        if config.model.flow_head and flow is not None:
+            fl = losses.flow_loss(out["flow"], flow, mask, kind=lc.flow,
                                   moving_weight=lc.flow_moving_weight)
             loss = loss + losses.flow_weight(step, lc.flow_weight, lc.flow_start, lc.flow_warmup) * fl
             metrics["flow"] = fl
