@@ -17,6 +17,7 @@ A stage whose outputs exist (same command) is reused; --redo NAME reruns one.
 """
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -151,7 +152,7 @@ def finish(out: str, start: dict, argv: list[str]) -> None:
 
     seconds = max(0.0, time.time() - start["time"])
     run = {"argv": argv, "seconds": round(seconds, 1), "revision": machine.git_revision(ROOT),
-           "stages": [s.name for s in _stages.STAGES], "start": start, "end": machine.snapshot()}
+           "stages": [dataclasses.asdict(s) for s in _stages.STAGES], "start": start, "end": machine.snapshot()}
     with open(os.path.join(out, "logs", "run.json"), "w") as f:
         json.dump(run, f, indent=1)
     print(f"\ndemo finished in {seconds:.0f} s\n" + _stages.summary_table(), flush=True)

@@ -4,8 +4,8 @@ Two blocks of README.md are written by this command, never by hand, each between
 
 * `tests` — from `runs/tests/last.json`, which every pytest session writes at its end (`tests/conftest.py`):
   outcome counts, pytest wall time, workers, the machine (CPU model, cores) and the load average at start and end;
-* `demo` — from a `make demo` run directory: `logs/run.json` (total time, machine, load; `scripts/demo.py`) and
-  `logs/<stage>.stage.json` (each stage's time and headline figure, in the order the stages ran).
+* `demo` — from a `make demo` run directory: `logs/run.json` (`scripts/demo.py`: total time, machine, load, and
+  every stage's time and headline figure in the order the stages ran, the comparison's runs included).
 
 A block whose source is missing is left as it is, so regenerating after `make test` alone keeps the demo figures.
 
@@ -78,12 +78,11 @@ def demo_block(run_dir: str) -> list[str]:
     rows = ["| stage | time | headline figure |", "|---|---:|---|",
             f"| **whole run** (`scripts/demo.py {' '.join(run.get('argv', []))}`) | {_clock(float(run['seconds']))} "
             f"| {_where(run['start'], run['end'], run.get('revision', ''))} |"]
-    for name in run.get("stages", []):
-        path = os.path.join(logs, f"{name}.stage.json")
-        if not os.path.exists(path):
-            rows.append(f"| {name} | – | no record ({path} missing) |")
-            continue
-        st = _load(path, "stage record")
+    for st in run.get("stages", []):
+        if not isinstance(st, dict) or "name" not in st:
+            raise UserError(f"{os.path.join(logs, 'run.json')}: stages must be records with a name, got {st!r}; "
+                            "rerun `make demo` with this version")
+        name = st["name"]
         status = "" if st.get("status") == "ran" else f" ({st.get('status')})"
         headline = str(st.get("headline") or "–").replace("|", "\\|")
         rows.append(f"| {name}{status} | {_clock(float(st.get('seconds', 0)))} | {headline} |")

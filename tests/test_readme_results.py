@@ -49,13 +49,11 @@ def _records(tmp_path) -> tuple[str, str]:
         "markexpr": "not slow", "workers": 2, "seconds": 222.4, "revision": "a9648aa",
         "start": SNAP, "end": {**SNAP, "time": T0 + 222.4, "load": [2.46, 1.9, 1.0]}})
     demo = tmp_path / "demo"
+    stages = [{"name": "data", "status": "reused", "seconds": 40.2, "headline": "robot 220 ep", "outputs": "x"},
+              {"name": "vqgan", "status": "ran", "seconds": 612, "headline": "PSNR 30.1 dB | a pipe", "outputs": "y"},
+              {"name": "lam_lapa", "status": "ran", "seconds": 512, "headline": "", "outputs": "z"}]
     _write(demo / "logs" / "run.json", {"argv": ["--out", "runs/demo"], "seconds": 3725, "revision": "abc1234",
-                                         "stages": ["data", "vqgan", "lam_lapa"], "start": SNAP,
-                                         "end": {**SNAP, "load": [2.0, 2.0, 2.0]}})
-    _write(demo / "logs" / "data.stage.json", {"name": "data", "status": "reused", "seconds": 40.2,
-                                                "headline": "robot 220 ep", "outputs": "x"})
-    _write(demo / "logs" / "vqgan.stage.json", {"name": "vqgan", "status": "ran", "seconds": 612,
-                                                 "headline": "PSNR 30.1 dB | a pipe", "outputs": "y"})
+                                         "stages": stages, "start": SNAP, "end": {**SNAP, "load": [2.0, 2.0, 2.0]}})
     return tests, str(demo)
 
 
@@ -79,7 +77,7 @@ def test_blocks_are_rewritten_from_the_records_and_the_rest_is_kept(tmp_path, ca
 rev abc1234 |
 | data (reused) | 0:40 | robot 220 ep |
 | vqgan | 10:12 | PSNR 30.1 dB \\| a pipe |
-| lam_lapa | – | no record ({demo}/logs/lam_lapa.stage.json missing) |
+| lam_lapa | 8:32 | – |
 """)
     # a second run changes nothing; --check agrees, and notices a hand edit
     assert readme_results.main(["--readme", str(readme), "--tests", tests, "--demo", demo]) == 0
@@ -112,6 +110,11 @@ def test_bad_readme_or_record_is_one_clear_error(tmp_path):
     bad.write_text("{not json")
     with pytest.raises(UserError, match="is not valid JSON"):
         readme_results.main(["--readme", str(readme), "--tests", str(bad), "--demo", "-"])
+    with open(os.path.join(demo, "logs", "run.json")) as f:
+        run = json.load(f)
+    _write(os.path.join(demo, "logs", "run.json"), {**run, "stages": ["vqgan"]})  # an older record: names only
+    with pytest.raises(UserError, match="stages must be records with a name"):
+        readme_results.main(["--readme", str(tmp_path / "README.md"), "--tests", "-", "--demo", demo])
     _write(bad, {"counts": {}})
     with pytest.raises(UserError, match="test summary lacks"):
         readme_results.main(["--readme", str(readme), "--tests", str(bad), "--demo", "-"])
@@ -145,7 +148,7 @@ def test_demo_finish_writes_the_run_record(tmp_path, monkeypatch):
     _stages.record(_stages.StageRecord("vqgan", "ran", 61.0, "PSNR 29.00 dB", "vqgan"), str(out / "logs"))
     demo.finish(str(out), machine.snapshot(), ["--out", str(out), "--smoke", "2"])
     run = json.loads((out / "logs" / "run.json").read_text())
-    assert run["argv"] == ["--out", str(out), "--smoke", "2"] and run["stages"] == ["vqgan"]
+    assert run["argv"] == ["--out", str(out), "--smoke", "2"] and [s["name"] for s in run["stages"]] == ["vqgan"]
     rows = readme_results.demo_block(str(out))
     assert rows[3] == "| vqgan | 1:01 | PSNR 29.00 dB |"
     assert (out / "index.html").exists()
