@@ -269,7 +269,8 @@ def evaluate(policy: PolicyLike, *, episodes: int = 50, seed: int = 0, world_con
         whole chunk H.
     jpeg_quality: if set, every frame is JPEG round-tripped at that quality before the policy sees it (the training
         frames were stored as JPEG); None passes the rendered frames.
-    gif_dir: rollouts of the first ``gif_episodes`` episodes are written there (GIF, or PNG filmstrips).
+    gif_dir: rollouts of the first ``gif_episodes`` episodes are written there (GIF, or PNG filmstrips), plus the
+        first successful and the first failed episode after them when the first ones have no such outcome.
 
     Returns a JSON-serializable dict: success_rate, ci95 (Wilson), successes, episodes, progress (mean per-episode
     task progress in [0, 1], ``tasks.Task.progress``) and progress_ci95 (bootstrap), per_family {family: {rate, ci95,
@@ -301,7 +302,7 @@ def evaluate(policy: PolicyLike, *, episodes: int = 50, seed: int = 0, world_con
     if gif_dir:
         os.makedirs(gif_dir, exist_ok=True)
 
-    records, gifs = [], []
+    records, gifs, gif_outcomes = [], [], []
     queries, act_seconds, nonfinite = 0, 0.0, 0
     bar = range(episodes)
     if progress:
@@ -348,7 +349,10 @@ def evaluate(policy: PolicyLike, *, episodes: int = 50, seed: int = 0, world_con
                "progress": float(env.progress), "steps": int(env.steps), "queries": ep_queries,
                "seconds": time.perf_counter() - t0}
         records.append(rec)
-        if gif_dir and i < gif_episodes:
+        # the first gif_episodes episodes, plus the first success and the first failure when those lack one (a
+        # report then shows what the policy does right and wrong; at most gif_episodes + 1 files)
+        if gif_dir and gif_episodes and (i < gif_episodes or success not in gif_outcomes):
+            gif_outcomes.append(success)
             stem = os.path.join(gif_dir, f"{i:03d}_seed{ep_seed}_{'success' if success else 'failure'}_"
                                          f"{_slug(instruction)}")
             gifs.append(write_rollout(raw, stem, gif_format, fps=10))

@@ -169,6 +169,34 @@ def test_rollout_files(tmp_path, fmt):
             assert im.n_frames == res["records"][0]["steps"] + 1
 
 
+class FirstEpisodeIdle(ev.ExpertPolicy):
+    """Stands still in its first episode (a failure), then is the scripted expert."""
+
+    def __init__(self):
+        super().__init__()
+        self.episodes = 0
+
+    def reset(self) -> None:
+        super().reset()
+        self.episodes += 1
+
+    def act(self, images, instruction, *, seed=0):
+        out = super().act(images, instruction, seed=seed)
+        return np.zeros_like(out) if self.episodes == 1 else out
+
+
+def test_rollouts_show_a_success_and_a_failure(tmp_path):
+    """gif_episodes=1: episode 0 (a failure) is written, then the first later success too, and nothing more."""
+    res = ev.evaluate(FirstEpisodeIdle(), episodes=4, seed=0, max_steps=60, gif_dir=str(tmp_path), gif_episodes=1,
+                      progress=False)
+    outcomes = [r["success"] for r in res["records"]]
+    assert outcomes[0] is False and True in outcomes[1:], outcomes
+    first_success = outcomes.index(True)
+    assert len(res["gifs"]) == 2
+    assert os.path.basename(res["gifs"][0]).startswith("000_") and "_failure_" in res["gifs"][0]
+    assert os.path.basename(res["gifs"][1]).startswith(f"{first_success:03d}_") and "_success_" in res["gifs"][1]
+
+
 def test_table_and_plot(tmp_path):
     def fake(name, recipe, demos, k, n):
         return {"name": name, "recipe": recipe, "demos": demos, "episodes": n, "successes": k,
