@@ -66,9 +66,13 @@ def tests_block(summary: dict) -> list[str]:
                         or k in ("passed", "failed"))
     tier = f"`-m \"{summary['markexpr']}\"`" if summary.get("markexpr") else "every tier"
     workers = summary.get("workers") or 0
+    cache = summary.get("compile_cache_entries_at_start")
+    cache = "" if cache is None else (f", warm compilation cache ({cache} entries)" if cache else
+                                      ", cold compilation cache")
     return ["| what | figure | measured |", "|---|---|---|",
             f"| tests ({tier}, {workers or 'no'} xdist workers) | {outcome}; {_clock(seconds)} of pytest "
-            f"(exit status {summary.get('exit_status', '?')}) | {_where(start, end, summary.get('revision', ''))} |"]
+            f"(exit status {summary.get('exit_status', '?')}{cache}) "
+            f"| {_where(start, end, summary.get('revision', ''))} |"]
 
 
 def demo_block(run_dir: str) -> list[str]:

@@ -93,6 +93,9 @@ SUMMARY_PATH = os.environ.get("LATENT_VLA_TEST_SUMMARY", os.path.join(ROOT, "run
 def pytest_configure(config) -> None:
     if not hasattr(config, "workerinput"):
         config._latent_vla_start = machine.snapshot()
+        # warm or cold: a first run on a new machine compiles everything, later runs mostly read the cache
+        config._latent_vla_cache = len(os.listdir(JAX_CACHE_DIR)) if JAX_CACHE_DIR and os.path.isdir(
+            JAX_CACHE_DIR) else 0
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
@@ -104,6 +107,7 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
     record = {"counts": counts, "exit_status": int(exitstatus), "markexpr": config.option.markexpr,
               "workers": getattr(config.option, "numprocesses", None) or 0,
               "seconds": round(time.time() - start["time"], 1), "revision": machine.git_revision(ROOT),
+              "compile_cache_entries_at_start": getattr(config, "_latent_vla_cache", 0),
               "start": start, "end": machine.snapshot()}
     try:
         os.makedirs(os.path.dirname(SUMMARY_PATH), exist_ok=True)

@@ -134,6 +134,9 @@ def test_the_pytest_session_writes_its_summary(tmp_path):
     assert rec["start"]["cores"] == os.cpu_count() and len(rec["end"]["load"]) == 3
     assert rec["end"]["time"] >= rec["start"]["time"]
     assert "| tests (every tier, no xdist workers) | 1 passed, 0 failed;" in "\n".join(readme_results.tests_block(rec))
+    assert rec["compile_cache_entries_at_start"] >= 0
+    text = "\n".join(readme_results.tests_block({**rec, "compile_cache_entries_at_start": 0}))
+    assert "(exit status 0, cold compilation cache)" in text
 
 
 def test_demo_finish_writes_the_run_record(tmp_path, monkeypatch):
