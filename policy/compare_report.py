@@ -241,7 +241,8 @@ def _latest_assets(run_dir: str) -> str | None:
     return None
 
 
-def _load(path: str) -> dict:
+def read_json_object(path: str) -> dict:
+    """The JSON object in ``path``; {} when the file is missing, unreadable or not an object (a killed run's)."""
     try:
         with open(path) as f:
             d = json.load(f)
@@ -267,7 +268,8 @@ def pretrained_info(run_dir: str) -> dict:
     assets = _latest_assets(run_dir)
     if assets is None:
         return {"run": run_dir, "missing": True}
-    cfg, frozen = _load(os.path.join(assets, "config.json")), _load(os.path.join(assets, "frozen.json"))
+    cfg = read_json_object(os.path.join(assets, "config.json"))
+    frozen = read_json_object(os.path.join(assets, "frozen.json"))
     lam = frozen.get("lam", {})
     info = {"run": run_dir, "preset": f"{cfg.get('recipe', '?')}:{cfg.get('preset', '?')}",
             "datasets": list(cfg.get("data", {}).get("datasets", [])), "steps": cfg.get("train", {}).get("total_steps"),
@@ -277,7 +279,7 @@ def pretrained_info(run_dir: str) -> dict:
             "lam_offset": lam.get("offset"), "lam_workdir": lam.get("workdir")}
     lam_assets = _latest_assets(lam["workdir"]) if lam.get("workdir") else None
     if lam_assets:
-        lc = _load(os.path.join(lam_assets, "config.json"))
+        lc = read_json_object(os.path.join(lam_assets, "config.json"))
         enc, model = lc.get("model", {}).get("encoder", {}), lc.get("model", {})
         info["lam_datasets"] = list(lc.get("data", {}).get("datasets", []))
         info["data_roots"] += data_roots(lc.get("data", {}).get("root"), info["lam_datasets"])

@@ -32,12 +32,13 @@ import shlex
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from _stages import Runner, display_command, run_stage
 
 from core.errors import UserError
 from data.demo import writer
+from policy import compare_report
+from policy.compare_report import read_json_object
 
 
 @dataclasses.dataclass(frozen=True)
@@ -153,19 +154,10 @@ def plan(a: argparse.Namespace, variants: dict[str, str]) -> list[Job]:
 
 
 # ----------------------------------------------------------------------------------------------- validity
-def _json(path: str) -> dict:
-    try:
-        with open(path) as f:
-            d = json.load(f)
-    except (OSError, ValueError):
-        return {}
-    return d if isinstance(d, dict) else {}
-
-
 def trained(done: str) -> bool:
     """A finished fine-tune (summary.json with its steps, checkpoints/) or reference training (reference.json with
     its curve, params.msgpack): what a killed run lacks."""
-    d, wd = _json(done), os.path.dirname(done)
+    d, wd = read_json_object(done), os.path.dirname(done)
     if os.path.basename(done) == "reference.json":
         params = os.path.join(wd, "params.msgpack")
         return bool(d.get("curve")) and os.path.isfile(params) and os.path.getsize(params) > 0
@@ -176,7 +168,7 @@ def evaluated(episodes: int, eval_seed: int):
     """Validity of a test.json: complete, with exactly the grid's episodes and world seeds."""
 
     def check(done: str) -> bool:
-        d = _json(done)
+        d = read_json_object(done)
         recs = d.get("records")
         return (d.get("episodes") == episodes and d.get("settings", {}).get("seed") == eval_seed
                 and isinstance(recs, list) and [r.get("seed") for r in recs] == list(range(eval_seed,
@@ -191,11 +183,10 @@ def _matches(name: str, patterns: list[str]) -> bool:
 def run_jobs(jobs: list[Job], out: str, *, redo: list[str], redo_all: bool, episodes: int, eval_seed: int,
              runner: Runner | None = None) -> None:
     """Runs what is not already done (see the module docstring); `runner` replaces the subprocess runner in tests."""
-    from policy.compare_report import label
-
     ok = evaluated(episodes, eval_seed)
     for i, j in enumerate(jobs, 1):
-        print(f"[{i}/{len(jobs)}] {label(j.recipe, j.variant)}, {j.demos} demos, fine-tuning seed {j.seed}", flush=True)
+        print(f"[{i}/{len(jobs)}] {compare_report.label(j.recipe, j.variant)}, {j.demos} demos, "
+              f"fine-tuning seed {j.seed}", flush=True)
         test = j.name + ".test"
         force = {j.name, test} if redo_all or _matches(j.name, redo) else ({test} if _matches(test, redo) else set())
         ran = run_stage(j.name, j.train, out, j.train_done, force, valid=trained, runner=runner)
@@ -204,17 +195,15 @@ def run_jobs(jobs: list[Job], out: str, *, redo: list[str], redo_all: bool, epis
 
 def finished_runs(jobs: list[Job], episodes: int, eval_seed: int) -> list:
     """compare_report.Run of every job whose evaluation is complete (GIF paths made absolute)."""
-    from policy.compare_report import Run
-
     ok, runs = evaluated(episodes, eval_seed), []
     for j in jobs:
         if ok(j.eval_done):
-            res = _json(j.eval_done)
+            res = read_json_object(j.eval_done)
             res["gifs"] = [g if os.path.isfile(g) else os.path.join(j.workdir, "rollouts", os.path.basename(g))
                            for g in res.get("gifs", [])]
             res["gifs"] = [os.path.abspath(g) for g in res["gifs"]]
-            runs.append(Run.from_result(res, recipe=j.recipe, variant=j.variant, demos=j.demos, seed=j.seed,
-                                        name=j.name))
+            runs.append(compare_report.Run.from_result(res, recipe=j.recipe, variant=j.variant, demos=j.demos,
+                                                       seed=j.seed, name=j.name))
     return runs
 
 
@@ -268,12 +257,10 @@ def main(argv: list[str] | None = None) -> int:
     if a.episodes < 1 or a.eval_seed < 0 or a.gif_episodes < 0 or min(a.demos) < 1:
         raise UserError("--episodes and every --demos must be >= 1, --eval-seed and --gif-episodes >= 0")
     variants = parse_variants(a.vla)
-    from policy import compare_report
-
     pre = {v: {r: compare_report.pretrained_info(os.path.join(d, r)) for r in a.recipes if RECIPES[r].pretrained}
            for v, d in variants.items()}
     robot = os.path.join(a.data_root, writer.DATASET_NAMES["robot"], writer.VERSION)
-    gen = _json(os.path.join(robot, "generation.json"))
+    gen = read_json_object(os.path.join(robot, "generation.json"))
     if not gen:
         raise UserError(f"--data-root {a.data_root!r}: no demo_robot dataset (expected make_demo_data --out)")
     if max(a.demos) > int(gen["episodes"]):
