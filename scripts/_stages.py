@@ -190,7 +190,13 @@ def log_tail(path: str, n: int = FAIL_TAIL) -> list[str]:
 
 # ------------------------------------------------------------------------------------------------- key figures
 def figures(done: str) -> str:
-    """One line of the key figures in a stage's result file (by its name); '' when it has none."""
+    """One line of the key figures in a stage's result file (by its name); '' when it has none.
+
+    A LAM training's result is its `checkpoints` directory: the figures come from the last record of the
+    `codebook_usage.jsonl` beside it (training batches, so the evaluation stage's held-out figures stay the headline
+    of `lam_*_eval`)."""
+    if os.path.basename(done.rstrip(os.sep)) == "checkpoints":
+        return _lam_training_figures(os.path.join(os.path.dirname(done.rstrip(os.sep)), "codebook_usage.jsonl"))
     try:
         d = load_json(done) if done.endswith(".json") else None
     except (OSError, ValueError):
@@ -232,6 +238,11 @@ def figures(done: str) -> str:
                          f", majority {e.get('latent_majority', float('nan')):.3f})")
         if "acc_vision" in e:
             parts.append(f"future-frame token acc {e['acc_vision']:.3f}")
+        if "acc_action_bins" in e:  # a LAPA policy: discrete action bins
+            parts.append(f"held-out action-bin acc {e['acc_action_bins']:.3f}")
+            if isinstance(t.get("loss_action_bins"), dict):
+                parts[-1] += (f" (train loss {t['loss_action_bins']['first_10pct']:.3f} -> "
+                              f"{t['loss_action_bins']['last_10pct']:.3f})")
         if isinstance(t.get("loss_flow"), dict) and "loss_flow" in e:
             parts.append(f"flow loss {t['loss_flow']['first_10pct']:.3f} -> {t['loss_flow']['last_10pct']:.3f} "
                          f"(held-out {e['loss_flow']:.3f})")
@@ -258,3 +269,24 @@ def duration(seconds: float) -> str:
 def load_json(path: str) -> dict:
     with open(path) as f:
         return json.load(f)
+
+
+def _lam_training_figures(path: str) -> str:
+    """'step N: train PSNR x dB vs copy-last y dB, perplexity p of K' from a LAM run's last codebook-usage record."""
+    try:
+        with open(path) as f:
+            last = next((ln for ln in reversed(f.readlines()) if ln.strip()), "")
+        r = json.loads(last) if last else {}
+    except (OSError, ValueError):
+        return ""
+    if not isinstance(r, dict) or "step" not in r:
+        return ""
+    parts = []
+    if "psnr" in r:
+        parts.append(f"train PSNR {r['psnr']:.2f} dB" + (f" vs copy-last {r['psnr_copy']:.2f} dB" if "psnr_copy" in r
+                                                          else ""))
+    if "perplexity" in r:
+        counts = r.get("counts_since_reset")
+        size = len(counts[0]) if isinstance(counts, list) and counts and isinstance(counts[0], list) else "?"
+        parts.append(f"perplexity {r['perplexity']:.2f} of {size}")
+    return f"step {r['step']}: " + ", ".join(parts) if parts else ""

@@ -139,3 +139,22 @@ def test_demo_data_stage_console(tmp_path):
     assert any(ln.split()[:2] == ["data", "ran"] for ln in lines)
     assert len(lines) <= 8, lines
     assert (out / "index.html").is_file() and (out / "logs" / "data.log").is_file()
+
+
+def test_every_demo_stage_has_a_headline(tmp_path):
+    """The stages that used to show '-': a LAM training (its checkpoints dir; figures from the last usage record)
+    and a LAPA fine-tune (held-out action-bin accuracy); hand-written records, expected text by hand."""
+    lam = tmp_path / "lam"
+    (lam / "checkpoints").mkdir(parents=True)
+    records = [{"step": 25, "psnr": 20.0, "psnr_copy": 21.0, "perplexity": 3.0, "counts_since_reset": [[1] * 8]},
+               {"step": 50, "psnr": 33.494, "psnr_copy": 33.2331, "perplexity": 6.9145,
+                "counts_since_reset": [[1] * 8, [2] * 8]}]
+    (lam / "codebook_usage.jsonl").write_text("\n".join(json.dumps(r) for r in records) + "\n\n")
+    assert _stages.figures(str(lam / "checkpoints")) == \
+        "step 50: train PSNR 33.49 dB vs copy-last 33.23 dB, perplexity 6.91 of 8"
+    assert _stages.figures(str(tmp_path / "none" / "checkpoints")) == ""  # no usage record: no headline, no crash
+    summary = {"train": {"loss_action_bins": {"first_10pct": 2.9979, "last_10pct": 1.1643}},
+               "eval": {"acc_action_bins": 0.73893, "split": "val"}}
+    (tmp_path / "summary.json").write_text(json.dumps(summary))
+    assert _stages.figures(str(tmp_path / "summary.json")) == \
+        "held-out action-bin acc 0.739 (train loss 2.998 -> 1.164)"
