@@ -73,7 +73,8 @@ def test_blocks_are_rewritten_from_the_records_and_the_rest_is_kept(tmp_path, ca
 {note}
 | stage | time | headline figure |
 |---|---:|---|
-| **whole run** (`scripts/demo.py --out runs/demo`) | 1:02:05 | 2026-12-03, AMD EPYC × 2 cores, load 0.44 → 2.00, \
+| **whole run** (`scripts/demo.py --out runs/demo`) | 19:24 (sum of the stage times; 1 of 3 stages reused from \
+earlier runs, this invocation took 1:02:05) | 2026-12-03, AMD EPYC × 2 cores, load 0.44 → 2.00, \
 rev abc1234 |
 | data (reused) | 0:40 | robot 220 ep |
 | vqgan | 10:12 | PSNR 30.1 dB \\| a pipe |
