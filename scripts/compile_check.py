@@ -10,8 +10,11 @@ Builds everything abstractly (no weights in memory): the LWM VQGAN (`VQGANConfig
 debug/demo presets, the LAM preset of the recipe (configs/lam.py `lapa` / `vipra`; `_tiny` for debug, `_demo` for
 demo; lam.api.abstract_latent_labeler), and a 32000-id text vocabulary without a tokenizer file
 (`latent_pretraining.compile_check.MarkerTokenizer`). Then lowers and compiles the real train step
-(latent_pretraining/compile_check.py) and prints per-device memory, FLOPs and the
-parameter shardings, with PASS/FAIL against `--budget-gib` (exit status 1 on FAIL).
+(latent_pretraining/compile_check.py) and prints per-device memory, FLOPs, the frozen LAM's per-device bytes
+(encoder-only as the step carries it, beside the whole LAM; `--full-lam` also compiles the step with the whole LAM
+to measure the difference), optionally the FLOPs it executes (`--executed-flops`: XLA's count with the layers
+unrolled, remat recomputation included) and the parameter shardings, with PASS/FAIL against `--budget-gib` (exit
+status 1 on FAIL); `--json PATH` writes the same report as JSON.
 
 Fake devices: `main` sets `XLA_FLAGS=--xla_force_host_platform_device_count=N` (N = the mesh's device count) and
 `JAX_PLATFORMS=cpu` before JAX is first imported; in a process where JAX already runs (e.g. pytest's 8 fake devices)
@@ -23,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import json
 import math
 import os
 import sys
@@ -91,6 +95,13 @@ def main(argv: list[str] | None = None) -> int:
                    help="auto: LWM's VQGAN for 7b, a tiny one otherwise")
     p.add_argument("--text-vocab", type=int, default=32000)
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override (repeatable)")
+    p.add_argument("--full-lam", action="store_true",
+                   help="also compile the step with the whole LAM (decoder included) in its state, to measure the "
+                        "per-device memory encoder-only saves (twice the time)")
+    p.add_argument("--executed-flops", action="store_true",
+                   help="also count the FLOPs the step executes (XLA's count with the layers unrolled: two more, "
+                        "smaller compiles)")
+    p.add_argument("--json", default="", metavar="PATH", help="also write the report as JSON to PATH")
     a = p.parse_args(argv)
     shape = parse_mesh(a.mesh)
     _force_devices(math.prod(shape.values()))
@@ -111,9 +122,13 @@ def main(argv: list[str] | None = None) -> int:
     lam_config = lam_configs.get_config(lam_preset) if config.layout.latent_steps else None
     tiny = a.vqgan == "tiny" or (a.vqgan == "auto" and preset != "7b")
     report = compile_check.check_config(config, lam_config, shape, tiny_vqgan=tiny, text_vocab=a.text_vocab,
-                                        name=f"{a.config} (LAM {lam_preset}, VQGAN {'tiny' if tiny else 'LWM'})")
+                                        name=f"{a.config} (LAM {lam_preset}, VQGAN {'tiny' if tiny else 'LWM'})",
+                                        measure_full_lam=a.full_lam, count_executed_flops=a.executed_flops)
     budget = a.budget_gib * 2**30
     print(report.format(budget), flush=True)
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump(report.to_json(budget), f, indent=2)
     if not report.fits(budget):
         print("error: " + report.failure_message(budget), file=sys.stderr)
         return 1
