@@ -43,7 +43,10 @@ def base() -> ml_collections.ConfigDict:
         "video_open": " </vision> <delta>", "video_close": " </delta>",
         "action_open": " </vision> <action>", "action_close": " </action>",
     })
-    c.text = ml_collections.ConfigDict({"tokenizer": "", "train_demo_if_missing": False, "demo_vocab_size": 512})
+    # train_demo_if_missing: a missing `tokenizer` file is trained from the instructions of `corpus` ("demo" or
+    # "metaworld": latent_pretraining/model/text_tokenizer.py CORPORA)
+    c.text = ml_collections.ConfigDict({"tokenizer": "", "train_demo_if_missing": False, "demo_vocab_size": 512,
+                                        "corpus": "demo"})
     c.vision = ml_collections.ConfigDict({"tokenizer": ""})  # VQGAN safetensors (scripts/convert_vqgan.py / vqgan)
     c.latent = ml_collections.ConfigDict({"lam_workdir": "", "step": -1})
     c.data = ml_collections.ConfigDict({

@@ -71,8 +71,9 @@ def load_text_tokenizer(config: ml_collections.ConfigDict) -> TextTokenizer:
     if not os.path.exists(path):
         if not config.text.train_demo_if_missing:
             raise FileNotFoundError(f"text tokenizer {path!r} does not exist")
-        logging.info("training the demo-world SentencePiece tokenizer -> %s", path)
-        train_demo_tokenizer(path, vocab_size=config.text.demo_vocab_size)
+        corpus = config.text.corpus
+        logging.info("training the %s SentencePiece tokenizer -> %s", corpus, path)
+        train_demo_tokenizer(path, vocab_size=config.text.demo_vocab_size, corpus=corpus)
     return TextTokenizer.from_file(path)
 
 

@@ -309,7 +309,9 @@ def write_report(out: str, runs: Sequence[Run], *, recipes: Sequence[str], varia
     """Writes OUT/report.md, OUT/comparison.md and the plots; returns the paths written.
 
     setup: what the header states ("demos", "seeds", "episodes", "eval_seed", "data_root", "data_seeds": the
-    number of data-generation world seeds checked to be disjoint, "command": the comparison's own command line).
+    number of data-generation world seeds checked to be disjoint, "command": the comparison's own command line;
+    optional "title" (the heading; default the demo world's) and "eval_world_seeds" [first, last] (the world seeds
+    played, when the world maps --eval-seed to others: Meta-World's 2^31 + seed + i)).
     pretrained: variant -> {recipe -> pretrained_info()}. Runs' ``gifs`` are absolute paths (linked relative)."""
     if not runs:
         raise UserError(f"no finished evaluation to report on in {out!r}: run the comparison first")
@@ -323,14 +325,15 @@ def write_report(out: str, runs: Sequence[Run], *, recipes: Sequence[str], varia
     top = max(n for _, _, n in groups)
     fam_png = os.path.join(out, f"families_{top}_demos.png")
     written.append(plot_families(groups, fams, top, fam_png))
-    e0, e1 = setup["eval_seed"], setup["eval_seed"] + setup["episodes"] - 1
-    md = ["# Demo-world comparison: scratch vs LAPA vs ViPRA vs reference policies", "",
+    e0, e1 = setup.get("eval_world_seeds") or (setup["eval_seed"], setup["eval_seed"] + setup["episodes"] - 1)
+    md = [f"# {setup.get('title', 'Demo-world comparison: scratch vs LAPA vs ViPRA vs reference policies')}", "",
           f"Demo counts {setup['demos']}, fine-tuning seeds {setup['seeds']}, {setup['episodes']} closed-loop "
           f"episodes per policy on world seeds {e0}–{e1} (the same for every policy: all differences are paired; "
           f"disjoint from the {setup.get('data_seeds', '?')} data-generation world seeds under "
           f"{setup.get('data_root', '?')}, checked). Task families: {', '.join(fams)}.", "",
           "Success: episodes that reached the goal, pooled over the fine-tuning seeds (k/n), Wilson 95 % interval. "
-          "Progress: the per-episode fraction of the way to the goal (docs/demo_world.md), mean with a bootstrap "
+          "Progress: the per-episode fraction of the way to the goal (docs/demo_world.md; Meta-World: the best "
+          "reward / 10, docs/metaworld.md), mean with a bootstrap "
           "95 % interval over world seeds (each world seed's value averaged over the fine-tuning seeds first). Per "
           "seed: the same figures of each fine-tuning seed alone. Δ: paired differences on the same world seeds. "
           "How to read it: docs/demo_world.md, section \"The comparison\".", "", "## Overall", ""]

@@ -204,6 +204,8 @@ def figures(done: str) -> str:
     if not isinstance(d, dict):
         return ""
     base = os.path.basename(done)
+    if base == "generation.json" and isinstance(d.get("summary"), dict):  # a Meta-World data stage: every dataset
+        return _generation_figures(os.path.dirname(os.path.dirname(os.path.dirname(done))))
     if base == "eval.json" and "psnr" in d:  # VQGAN
         line = f"PSNR {d['psnr']:.2f} dB"
         if "baseline_psnr" in d:
@@ -248,6 +250,21 @@ def figures(done: str) -> str:
                          f"(held-out {e['loss_flow']:.3f})")
         return ", ".join(parts)
     return ""
+
+
+def _generation_figures(root: str) -> str:
+    """'metaworld_robot 66 ep / 5000 steps (expert 100%), ...' from every generation.json summary under `root`."""
+    parts = []
+    for name in sorted(os.listdir(root)) if os.path.isdir(root) else []:
+        for version in sorted(os.listdir(os.path.join(root, name))) if os.path.isdir(os.path.join(root, name)) else []:
+            try:
+                s = load_json(os.path.join(root, name, version, "generation.json")).get("summary")
+            except (OSError, ValueError, AttributeError):
+                continue
+            if isinstance(s, dict) and "episodes" in s:
+                parts.append(f"{name} {s['episodes']} ep / {s.get('steps', '?')} steps (expert "
+                             f"{100 * float(s.get('success_rate', float('nan'))):.0f}%)")
+    return ", ".join(parts)
 
 
 def summary_table(stages: Sequence[StageRecord] | None = None) -> str:

@@ -20,6 +20,14 @@ or partial one is redone (a redone fine-tune also redoes its evaluation); `--red
 its seeds, `'vipra-robot_*'`) and `--redo-all` force reruns. OUT/manifest.json and OUT/commands.sh list every
 command. At the end: OUT/report.md (policy/compare_report.py), OUT/comparison.md, the plots, and OUT/index.html.
 Docs: docs/demo_world.md, section "The comparison".
+
+`--world metaworld` is the same comparison in Meta-World (the transfer experiment, docs/metaworld.md): fine-tunes
+read `metaworld_robot` (the held-out target tasks), every policy is evaluated on exactly the tasks that dataset was
+generated for (`policy.evaluate --world metaworld --tasks ...`), on world seeds 2^31 + EVAL_SEED + i. What differs
+per world is a value of scripts/_worlds.py WORLDS.
+
+    python scripts/compare.py --world metaworld --preset transfer --out runs/metaworld/compare \
+        --data-root runs/metaworld/data --vla runs/metaworld/vla
 """
 
 import argparse
@@ -33,10 +41,10 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+import _worlds
 from _stages import Runner, display_command, run_stage
 
 from core.errors import UserError
-from data.demo import writer
 from policy import compare_report
 from policy.compare_report import read_json_object
 
@@ -53,8 +61,13 @@ RECIPES = {"scratch": Recipe("finetune", "scratch_demo", False), "lapa": Recipe(
            "image_bc": Recipe("reference", "image", False)}
 # grid presets (--preset); an explicit --demos / --seeds / --episodes / --recipes wins. "demo" is make demo's stage 5:
 # about the cost of its former single-seed comparison (one demo count, 30 episodes, plus the seconds-cheap state BC)
+# "transfer" / "transfer_gpu": the Meta-World transfer experiment's grids (its cpu / gpu budgets in _worlds.py):
+# demo counts are multiples of the 6 target tasks (metaworld_robot episode i plays task i mod 6), so N demos are N/6
+# per task; evaluation episodes likewise cycle through the tasks (docs/metaworld.md, "The transfer experiment")
 GRIDS = {"full": {"demos": "10,25,50,100", "seeds": "0,1,2", "episodes": 100, "recipes": ",".join(RECIPES)},
-         "demo": {"demos": "50", "seeds": "0", "episodes": 30, "recipes": "scratch,lapa,vipra,state_bc"}}
+         "demo": {"demos": "50", "seeds": "0", "episodes": 30, "recipes": "scratch,lapa,vipra,state_bc"},
+         "transfer": {"demos": "30,60", "seeds": "0,1", "episodes": 60, "recipes": "scratch,lapa,vipra"},
+         "transfer_gpu": {"demos": "30,60,150", "seeds": "0,1,2", "episodes": 120, "recipes": "scratch,lapa,vipra"}}
 VARIANT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_+.]*")
 
 
@@ -100,15 +113,17 @@ def parse_variants(values: list[str] | None) -> dict[str, str]:
     return out
 
 
-def check_eval_seeds(roots: list[str], eval_seed: int, episodes: int) -> int:
-    """Refuses (one line) an evaluation range [eval_seed, eval_seed + episodes) holding a world seed any dataset under
-    `roots` was generated from; returns how many data-generation seeds were checked."""
+def check_eval_seeds(roots: list[str], eval_seed: int, episodes: int, world: str = "demo") -> int:
+    """Refuses (one line) an evaluation range (episode i plays the world's `eval_world_seed(eval_seed, i)`) holding a
+    world seed any dataset under `roots` was generated from; returns how many data-generation seeds were checked."""
+    w = _worlds.get_world(world)
     seeds: dict[int, str] = {}
     for root in dict.fromkeys(roots):
-        seeds.update(writer.world_seeds(root))
-    clash = [s for s in range(eval_seed, eval_seed + episodes) if s in seeds]
+        seeds.update(w.data_seeds(root))
+    played = [w.eval_world_seed(eval_seed, i) for i in range(episodes)]
+    clash = [s for s in played if s in seeds]
     if clash:
-        raise UserError(f"evaluation world seeds {eval_seed}-{eval_seed + episodes - 1} (--eval-seed, --episodes) "
+        raise UserError(f"evaluation world seeds {played[0]}-{played[-1]} (--eval-seed, --episodes) "
                         f"include {len(clash)} data-generation seed(s), e.g. {clash[0]} ({seeds[clash[0]]}): choose "
                         "an --eval-seed whose range avoids every training episode's world seed")
     return len(seeds)
@@ -116,7 +131,8 @@ def check_eval_seeds(roots: list[str], eval_seed: int, episodes: int) -> int:
 
 def plan(a: argparse.Namespace, variants: dict[str, str]) -> list[Job]:
     """Every job of the grid, seed-major (a partial comparison has whole grids of the first seeds)."""
-    py, robot = sys.executable, os.path.join(a.data_root, writer.DATASET_NAMES["robot"], writer.VERSION)
+    py, world = sys.executable, _worlds.get_world(a.world)
+    where = world.eval_args(a.data_root)  # the evaluated world: the demos' world config, or Meta-World's target tasks
     jobs = []
     for seed in a.seeds:
         for n in a.demos:
@@ -143,11 +159,11 @@ def plan(a: argparse.Namespace, variants: dict[str, str]) -> list[Job]:
                         if a.steps:
                             train += [f"--config.train.total_steps={a.steps}",
                                       f"--config.train.optimizer.warmup_steps={min(30, a.steps // 10)}"]
-                        train += a.finetune_arg
+                        train += [*world.finetune_args, *a.finetune_arg]
                         done = os.path.join(wd, "summary.json")
                     test = os.path.join(wd, "test.json")
                     evaluate = [py, "-m", "policy.evaluate", "--checkpoint", wd, "--episodes", str(a.episodes),
-                                "--seed", str(a.eval_seed), "--data", robot, "--no-progress", "--gif-dir",
+                                "--seed", str(a.eval_seed), *where, "--no-progress", "--gif-dir",
                                 os.path.join(wd, "rollouts"), "--gif-episodes", str(a.gif_episodes), "--out", test]
                     jobs.append(Job(name, recipe, variant, n, seed, wd, train, done, evaluate, test))
     return jobs
@@ -164,15 +180,16 @@ def trained(done: str) -> bool:
     return int(d.get("steps") or 0) >= 1 and os.path.isdir(os.path.join(wd, "checkpoints"))
 
 
-def evaluated(episodes: int, eval_seed: int):
+def evaluated(episodes: int, eval_seed: int, world: str = "demo"):
     """Validity of a test.json: complete, with exactly the grid's episodes and world seeds."""
+    w = _worlds.get_world(world)
+    want = [w.eval_world_seed(eval_seed, i) for i in range(episodes)]
 
     def check(done: str) -> bool:
         d = read_json_object(done)
         recs = d.get("records")
         return (d.get("episodes") == episodes and d.get("settings", {}).get("seed") == eval_seed
-                and isinstance(recs, list) and [r.get("seed") for r in recs] == list(range(eval_seed,
-                                                                                             eval_seed + episodes)))
+                and isinstance(recs, list) and [r.get("seed") for r in recs] == want)
     return check
 
 
@@ -181,9 +198,9 @@ def _matches(name: str, patterns: list[str]) -> bool:
 
 
 def run_jobs(jobs: list[Job], out: str, *, redo: list[str], redo_all: bool, episodes: int, eval_seed: int,
-             runner: Runner | None = None) -> None:
+             runner: Runner | None = None, world: str = "demo") -> None:
     """Runs what is not already done (see the module docstring); `runner` replaces the subprocess runner in tests."""
-    ok = evaluated(episodes, eval_seed)
+    ok = evaluated(episodes, eval_seed, world)
     for i, j in enumerate(jobs, 1):
         print(f"[{i}/{len(jobs)}] {compare_report.label(j.recipe, j.variant)}, {j.demos} demos, "
               f"fine-tuning seed {j.seed}", flush=True)
@@ -193,9 +210,9 @@ def run_jobs(jobs: list[Job], out: str, *, redo: list[str], redo_all: bool, epis
         run_stage(test, j.evaluate, out, j.eval_done, force | ({test} if ran else set()), valid=ok, runner=runner)
 
 
-def finished_runs(jobs: list[Job], episodes: int, eval_seed: int) -> list:
+def finished_runs(jobs: list[Job], episodes: int, eval_seed: int, world: str = "demo") -> list:
     """compare_report.Run of every job whose evaluation is complete (GIF paths made absolute)."""
-    ok, runs = evaluated(episodes, eval_seed), []
+    ok, runs = evaluated(episodes, eval_seed, world), []
     for j in jobs:
         if ok(j.eval_done):
             res = read_json_object(j.eval_done)
@@ -224,11 +241,14 @@ def write_manifest(out: str, jobs: list[Job], setup: dict, variants: dict[str, s
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="runs/demo/compare")
+    p.add_argument("--world", default="demo", choices=tuple(_worlds.WORLDS),
+                   help="demo, or metaworld (the transfer experiment: target-task demos, target-task evaluation)")
     p.add_argument("--vla", action="append", default=None, metavar="[NAME=]DIR",
                    help="pretrained runs DIR/lapa and DIR/vipra; repeat as NAME=DIR per pretraining variant "
                         "(default runs/demo/vla)")
     p.add_argument("--data-root", default="runs/demo/data", help="make_demo_data --out of the labelled demos")
-    p.add_argument("--preset", default="full", choices=tuple(GRIDS), help="grid defaults (GRIDS): full or demo")
+    p.add_argument("--preset", default="full", choices=tuple(GRIDS),
+                   help="grid defaults (GRIDS): full, demo; transfer, transfer_gpu (Meta-World)")
     p.add_argument("--recipes", default=None, help=f"comma-separated, of {', '.join(RECIPES)} (default: all)")
     p.add_argument("--demos", default=None, help="numbers of labelled demos, the first N train episodes "
                                                  "(full: 10,25,50,100)")
@@ -249,25 +269,33 @@ def main(argv: list[str] | None = None) -> int:
         setattr(a, k, v if getattr(a, k) is None else getattr(a, k))
     a.demos, a.seeds = _ints(a.demos, "--demos"), _ints(a.seeds, "--seeds")
     a.recipes = [r for r in a.recipes.split(",") if r]
+    world = _worlds.get_world(a.world)
     for r in a.recipes:
         if r not in RECIPES:
             from core.errors import unknown
 
             raise UserError(unknown("recipe", r, RECIPES))
+        if r not in world.recipes:
+            raise UserError(f"recipe {r!r} does not run in the {a.world} world: expected some of "
+                            f"{', '.join(world.recipes)}")
     if a.episodes < 1 or a.eval_seed < 0 or a.gif_episodes < 0 or min(a.demos) < 1:
         raise UserError("--episodes and every --demos must be >= 1, --eval-seed and --gif-episodes >= 0")
     variants = parse_variants(a.vla)
     pre = {v: {r: compare_report.pretrained_info(os.path.join(d, r)) for r in a.recipes if RECIPES[r].pretrained}
            for v, d in variants.items()}
-    robot = os.path.join(a.data_root, writer.DATASET_NAMES["robot"], writer.VERSION)
+    robot = world.robot_dir(a.data_root)
     gen = read_json_object(os.path.join(robot, "generation.json"))
     if not gen:
-        raise UserError(f"--data-root {a.data_root!r}: no demo_robot dataset (expected make_demo_data --out)")
+        raise UserError(f"--data-root {a.data_root!r}: no {world.robot} dataset (expected the datasets of "
+                        f"scripts/demo.py --world {a.world} --data-only, in its OUT/data)")
     if max(a.demos) > int(gen["episodes"]):
         raise UserError(f"--demos {max(a.demos)}: {robot} has {gen['episodes']} train episodes")
     roots = [a.data_root] + [r for v in pre.values() for i in v.values() for r in i.get("data_roots", [])]
     setup = {"demos": a.demos, "seeds": a.seeds, "episodes": a.episodes, "eval_seed": a.eval_seed,
-             "data_root": a.data_root, "data_seeds": check_eval_seeds(roots, a.eval_seed, a.episodes),
+             "data_root": a.data_root, "data_seeds": check_eval_seeds(roots, a.eval_seed, a.episodes, a.world),
+             "world": a.world, "title": world.title,
+             "eval_world_seeds": [world.eval_world_seed(a.eval_seed, 0), world.eval_world_seed(a.eval_seed,
+                                                                                                a.episodes - 1)],
              "recipes": a.recipes, "command": display_command([sys.executable, "scripts/compare.py",
                                                                *(argv if argv is not None else sys.argv[1:])])}
     if not a.report_only:
@@ -281,8 +309,9 @@ def main(argv: list[str] | None = None) -> int:
     jobs = plan(a, variants)
     commands = write_manifest(a.out, jobs, setup, variants)
     if not a.report_only:
-        run_jobs(jobs, a.out, redo=a.redo, redo_all=a.redo_all, episodes=a.episodes, eval_seed=a.eval_seed)
-    runs = finished_runs(jobs, a.episodes, a.eval_seed)
+        run_jobs(jobs, a.out, redo=a.redo, redo_all=a.redo_all, episodes=a.episodes, eval_seed=a.eval_seed,
+                 world=a.world)
+    runs = finished_runs(jobs, a.episodes, a.eval_seed, a.world)
     paths = compare_report.write_report(a.out, runs, recipes=a.recipes, variants=list(variants), setup=setup,
                                         pretrained=pre, commands=commands)
     with open(paths[1]) as f:

@@ -14,6 +14,13 @@ OUT/index.html (open it in a browser; the same as OUT/report.md; rebuild with `p
 A stage whose outputs exist (same command) is reused; --redo NAME reruns one.
 
     python scripts/demo.py --out runs/demo
+
+`--world metaworld` runs the same stages as the Meta-World transfer experiment (issue #24 part 3, docs/metaworld.md):
+stage 1 is scripts/make_metaworld_data.py, stages 2-4 read only the source tasks' action-free video
+(metaworld_video), stage 5 fine-tunes on demos of the held-out target tasks (metaworld_robot) and evaluates on those
+tasks only; what differs per world is a value of scripts/_worlds.py WORLDS, sizes included (`--budget cpu|gpu`).
+
+    python scripts/demo.py --world metaworld --out runs/metaworld
 """
 
 import argparse
@@ -29,6 +36,7 @@ from core import machine, quiet
 quiet.apply_env()  # before anything loads TensorFlow, here or in a stage's subprocess
 
 import _stages  # noqa: E402
+import _worlds  # noqa: E402
 from _stages import StageRecord, record, run_stage  # noqa: E402
 
 from data.demo import report as data_report  # noqa: E402
@@ -39,10 +47,13 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", default="runs/demo", help="run directory")
-    p.add_argument("--episodes", type=int, default=writer.GenerationConfig.episodes)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--vqgan-steps", type=int, default=800)
+    p.add_argument("--out", default=None, help="run directory (default runs/demo, runs/metaworld)")
+    p.add_argument("--world", default="demo", choices=tuple(_worlds.WORLDS), help="demo (make demo) or metaworld "
+                   "(the transfer experiment)")
+    p.add_argument("--budget", default=None, help="the world's sizes (_worlds.py budgets; metaworld: cpu or gpu)")
+    p.add_argument("--episodes", type=int, default=None, help="train episodes per dataset (default: the budget's)")
+    p.add_argument("--seed", type=int, default=0, help="data-generation seed")
+    p.add_argument("--vqgan-steps", type=int, default=None)
     # stage 5 is scripts/compare.py --preset demo (50 demos, seed 0, 30 episodes, scratch/lapa/vipra/state_bc)
     p.add_argument("--compare-demos", default=None, help="labelled demos for stage 5 (comma-separated)")
     p.add_argument("--compare-episodes", type=int, default=None, help="closed-loop episodes per policy in stage 5")
@@ -52,8 +63,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--smoke", type=int, default=0, metavar="STEPS",
                    help="wiring check: every training stage runs only STEPS steps (numbers are meaningless)")
     p.add_argument("--redo", action="append", default=[], help="rerun a stage: vqgan, lam_lapa, lam_vipra, "
-                   "vla_lapa, vla_vipra")
+                   "vla_lapa, vla_vipra (metaworld: also data)")
     a = p.parse_args(argv)
+    world = _worlds.get_world(a.world)
+    a.budget = a.budget or next(iter(world.budgets))
+    if a.budget not in world.budgets:
+        raise SystemExit(f"--budget {a.budget!r}: the {a.world} world has {', '.join(world.budgets)}")
+    b = world.budgets[a.budget]
+    a.out = a.out or f"runs/{a.world}"
+    a.episodes = a.episodes if a.episodes is not None else b.episodes or writer.GenerationConfig.episodes
+    a.vqgan_steps = a.vqgan_steps if a.vqgan_steps is not None else b.vqgan_steps
     start = machine.snapshot()
     try:
         return run_all(a)
@@ -64,12 +83,17 @@ def main(argv: list[str] | None = None) -> int:
 def run_all(a: argparse.Namespace) -> int:
     """Stages 1-5 (each reused when its outputs exist and were made by the same command)."""
     out, py, redo = a.out, sys.executable, set(a.redo)
+    world = _worlds.get_world(a.world)
+    budget = world.budgets[a.budget]
     short = ([f"--config.train.total_steps={a.smoke}", f"--config.train.optimizer.warmup_steps={a.smoke // 10}"]
              if a.smoke else [])
     if a.smoke:
         a.vqgan_steps, a.compare_demos, a.compare_episodes = a.smoke, "4", 2
     data_dir = os.path.join(out, "data")
-    generate_data(data_dir, writer.GenerationConfig(episodes=a.episodes, seed=a.seed), out)
+    if world.data_command is None:  # the demo world, in-process: its figures table goes to logs/data.log
+        generate_data(data_dir, writer.GenerationConfig(episodes=a.episodes, seed=a.seed), out)
+    elif generate_world_data(world, data_dir, a, out, redo):
+        redo |= {"vqgan", "lam_lapa", "lam_vipra", "vla_lapa", "vla_vipra"}
     if a.data_only:
         return 0
     vq = os.path.join(out, "vqgan")
@@ -77,7 +101,7 @@ def run_all(a: argparse.Namespace) -> int:
     if run_stage("vqgan", [py, "-m", "latent_pretraining.vqgan_train", "--config=configs/vqgan.py:demo",
                         f"--workdir={vq}", "--overwrite", f"--config.data.root={data_dir}",
                         f"--config.train.total_steps={a.vqgan_steps}",
-                        f"--config.train.optimizer.warmup_steps={min(50, a.vqgan_steps // 10)}"],
+                        f"--config.train.optimizer.warmup_steps={min(50, a.vqgan_steps // 10)}", *world.vqgan_args],
                   out, os.path.join(vq, "eval.json"), redo):
         redo |= {"vla_lapa", "vla_vipra"}  # downstream stages depend on the tokenizer
     print("[3/5] latent action models", flush=True)
@@ -85,7 +109,8 @@ def run_all(a: argparse.Namespace) -> int:
         wd = os.path.join(out, "lam", fam)
         ran = run_stage(f"lam_{fam}", [py, "-m", "lam.train", f"--config=configs/lam.py:{fam}_demo", f"--workdir={wd}",
                                  "--overwrite", f"--config.data.root={data_dir}",
-                                 f"--config.data.cache_dir={os.path.join(out, 'lam', 'cache')}", *short],
+                                 f"--config.data.cache_dir={os.path.join(out, 'lam', 'cache')}", *world.lam_args,
+                                 *(short or _steps(budget.lam_steps))],
                   out, os.path.join(wd, "checkpoints"), redo)
         run_stage(f"lam_{fam}_eval", [py, "-m", "lam.evaluate", f"--workdir={wd}"], out,
                   os.path.join(wd, "eval", "metrics.json"), redo | ({f"lam_{fam}_eval"} if ran else set()))
@@ -99,17 +124,38 @@ def run_all(a: argparse.Namespace) -> int:
                "--overwrite", f"--config.data.root={data_dir}",
                f"--config.vision.tokenizer={os.path.join(vq, 'tokenizer.safetensors')}",
                f"--config.latent.lam_workdir={os.path.join(out, 'lam', recipe)}",
-               f"--config.text.tokenizer={os.path.join(out, 'text_tokenizer.model')}", *short]
+               f"--config.text.tokenizer={os.path.join(out, 'text_tokenizer.model')}", *world.vla_args,
+               *(short or _steps(budget.vla_steps))]
         upstream |= run_stage(f"vla_{recipe}", cmd, out, os.path.join(wd, "summary.json"), redo)
     print("[5/5] policies on the same labelled demos and world seeds (a reduced scripts/compare.py)", flush=True)
     import compare
 
-    given = (("--demos", a.compare_demos), ("--episodes", a.compare_episodes), ("--recipes", a.compare_recipes))
-    compare.main(["--preset", "demo", "--out", os.path.join(out, "compare"), "--vla", os.path.join(out, "vla"),
-                  "--data-root", data_dir, *(x for flag, v in given if v is not None for x in (flag, str(v)))]
-                 + (["--steps", str(a.smoke), "--ref-steps", str(a.smoke)] if a.smoke else [])
+    given = (("--demos", a.compare_demos), ("--episodes", a.compare_episodes), ("--recipes", a.compare_recipes),
+             ("--seeds", "0" if a.smoke else None))  # a smoke run: one fine-tuning seed whatever the grid has
+    steps = a.smoke or budget.finetune_steps
+    compare.main(["--world", world.name, "--preset", budget.compare_preset, "--out", os.path.join(out, "compare"),
+                  "--vla", os.path.join(out, "vla"), "--data-root", data_dir,
+                  *(x for flag, v in given if v is not None for x in (flag, str(v)))]
+                 + (["--steps", str(steps)] if steps else []) + (["--ref-steps", str(a.smoke)] if a.smoke else [])
                  + (["--redo-all"] if upstream else []))
     return 0
+
+
+def _steps(n: int) -> list[str]:
+    """A budget's step count as a trainer override (0: the preset's own)."""
+    return [f"--config.train.total_steps={n}"] if n else []
+
+
+def generate_world_data(world: _worlds.PipelineWorld, data_dir: str, a: argparse.Namespace, out: str,
+                        redo: set[str]) -> bool:
+    """Stage 1 for a world with its own generator script (Meta-World): a normal stage, reused when made by the same
+    command; returns whether it ran. --smoke: 6 train + 6 val episodes per dataset (one per task)."""
+    print(f"[1/5] {world.name} datasets in {data_dir}", flush=True)
+    episodes, val = (6, 6) if a.smoke else (a.episodes, world.budgets[a.budget].val_episodes)
+    cmd = world.data_command(data_dir, episodes, val, a.seed)
+    # the action-free dataset is written last: its generation.json means both are complete
+    return run_stage("data", cmd, out, os.path.join(data_dir, world.pretrain[-1], _worlds.VERSION, "generation.json"),
+                     redo)
 
 
 def generate_data(data_dir: str, cfg: writer.GenerationConfig, out: str) -> None:

@@ -99,3 +99,18 @@ def test_file_and_bytes_agree(tmp_path, demo_proto: bytes) -> None:
     text = tt.format_prompt("separate the blue and yellow blocks")
     assert from_file.encode(text) == from_bytes.encode(text)
     assert from_file.vocab_size == from_bytes.vocab_size
+
+
+def test_metaworld_corpus_fits_its_prompts(tmp_path, tok: tt.TextTokenizer) -> None:
+    """config.text.corpus="metaworld": every Meta-World phrasing, as a prompt, fits the demo presets' prompt_len 40
+    (with the demo-world tokenizer's byte fallback the longest took 44 with BOS); an unknown corpus is one line."""
+    from data.metaworld import tasks as mw_tasks
+
+    instructions = tt.metaworld_instructions()
+    assert len(instructions) == sum(len(t.phrasings) for t in mw_tasks.TASKS.values())
+    mw = tt.TextTokenizer.from_file(tt.train_demo_tokenizer(str(tmp_path / "mw.model"), corpus="metaworld"))
+    own = max(len(mw.encode(tt.format_prompt(i))) + 1 for i in instructions)  # + BOS
+    demo = max(len(tok.encode(tt.format_prompt(i))) + 1 for i in instructions)
+    assert own <= 40 < demo, (own, demo)
+    with pytest.raises(ValueError, match="unknown text corpus 'meta_world'"):
+        tt.demo_corpus("meta_world")

@@ -5,7 +5,10 @@ SentencePiece, not added vocabulary entries; the prompt template drops the liter
 because BOS is a real id here (``encode_batch(..., bos=True)``).
 
 ``train_sentencepiece`` trains a byte-fallback BPE model in memory (any string encodes, no unk), deterministically,
-so the demo world gets a small vocabulary (≈ 400-512 pieces) instead of LLaMA's 32000.
+so the demo world gets a small vocabulary (≈ 400-512 pieces) instead of LLaMA's 32000. ``CORPORA`` names the
+instruction sets a small tokenizer can be trained on (``config.text.corpus``): the demo world's, or Meta-World's
+(every phrasing of every task in data/metaworld/tasks.py, robot and video tasks alike: a tokenizer, like LLaMA's, is
+not the pretraining under test).
 """
 
 from __future__ import annotations
@@ -211,15 +214,31 @@ def demo_instructions() -> list[str]:
     return sorted(out)
 
 
-def demo_corpus() -> list[str]:
-    """Training corpus of the demo tokenizer: instructions, full prompts, and the markers in sequence order."""
-    instructions = demo_instructions()
+def metaworld_instructions() -> list[str]:
+    """Every phrasing of every Meta-World task of data/metaworld/tasks.py, sorted."""
+    from data.metaworld import tasks as mw_tasks  # pure Python (no MuJoCo)
+
+    return sorted({p for t in mw_tasks.TASKS.values() for p in t.phrasings})
+
+
+CORPORA = {"demo": demo_instructions, "metaworld": metaworld_instructions}  # config.text.corpus
+
+
+def demo_corpus(corpus: str = "demo") -> list[str]:
+    """Training corpus of a small tokenizer: the instructions of ``corpus`` (CORPORA), full prompts, and the markers
+    in sequence order."""
+    if corpus not in CORPORA:
+        from core.errors import unknown
+
+        raise ValueError(unknown("text corpus", corpus, CORPORA))
+    instructions = CORPORA[corpus]()
     return [*instructions, *(format_prompt(i) for i in instructions), " ".join(MARKERS), *MARKERS]
 
 
-def train_demo_tokenizer(out_path: str, vocab_size: int = 512) -> str:
-    """Train the demo-world tokenizer and write it atomically to ``out_path`` (a ``.model`` file); returns the path."""
-    proto = train_sentencepiece(demo_corpus(), vocab_size=vocab_size, extra=(PROMPT_TEMPLATE,))
+def train_demo_tokenizer(out_path: str, vocab_size: int = 512, corpus: str = "demo") -> str:
+    """Train a small tokenizer on ``corpus`` (CORPORA: "demo", "metaworld") and write it atomically to ``out_path``
+    (a ``.model`` file); returns the path."""
+    proto = train_sentencepiece(demo_corpus(corpus), vocab_size=vocab_size, extra=(PROMPT_TEMPLATE,))
     directory = os.path.dirname(os.path.abspath(out_path))
     os.makedirs(directory, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp_spm_", suffix=".model")
