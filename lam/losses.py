@@ -72,7 +72,8 @@ def flow_loss(pred: Array, target: Array, mask: Array | None = None, *, kind: st
     moving_power > 0: the extra weight of a moving pixel is instead moving_weight · |f|^p / mean(|f|^p), the mean
     over the batch's moving pixels: the same total extra weight, shifted towards the faster movers (on the demo
     world with distractors the effector moves about twice as fast as a disc; p = 2 raises its share of the moving
-    weight from 0.22 to 0.38 at clip offset 3, docs/lam.md)."""
+    weight from 0.22 to 0.38 at clip offset 3, yet lapa_demo's direction probe fell from 0.574 to 0.418 on shaky,
+    cluttered video: docs/lam.md)."""
     per = jnp.mean(_elementwise(pred.astype(jnp.float32) - target.astype(jnp.float32), kind, "loss.flow"), axis=-1)
     if moving_weight > 0:
         speed = jnp.linalg.norm(jax.lax.stop_gradient(target).astype(jnp.float32), axis=-1)
