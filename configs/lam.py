@@ -63,6 +63,7 @@ def base() -> ml_collections.ConfigDict:
         "pixel": "mse", "pixel_weight": 1.0, "motion_weight": 0.0,
         "perceptual_weight": 0.0,  # needs a feature network passed to lam.train.make_loss_fn(feature_fn=...)
         "flow": "l1", "flow_weight": 0.0, "flow_moving_weight": 0.0, "flow_target": "ground_truth",
+        "flow_moving_power": 0.0,  # > 0: moving pixels' extra weight ∝ |flow|^p (faster movers count more)
         "farneback_winsize": 9, "flow_start": 0, "flow_warmup": 0,
     })
     c.data = ml_collections.ConfigDict({

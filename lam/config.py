@@ -40,7 +40,7 @@ LEGACY_DEFAULTS: dict[str, Any] = {
     "model.quant_warmup_steps": 0, "model.encoder.motion_stem": 0, "model.encoder.peg": True,
     "model.decoder.patch_size": 0,
     "loss.flow": "l1", "loss.flow_moving_weight": 0.0, "loss.flow_target": "ground_truth",
-    "loss.farneback_winsize": 9, "data.camera": "", "model.stabilize": False,
+    "loss.farneback_winsize": 9, "data.camera": "", "model.stabilize": False, "loss.flow_moving_power": 0.0,
 }
 # model.decoder.peg was added with a kind-dependent default (cross_attention: off, film: on)
 LEGACY_DECODER_PEG = {"cross_attention": False, "film": True}
@@ -76,6 +76,9 @@ def check(config: Any) -> None:
     m = config.model
     if m.encoder.motion_stem and m.encoder.kind == "dino":
         raise ValueError("model.encoder.motion_stem works with model.encoder.kind='patch' (DINOv2 has its own grid)")
+    if config.loss.get("flow_moving_power", 0.0) < 0:
+        raise ValueError(f"loss.flow_moving_power must be >= 0 (0 = every moving pixel weighs the same), got "
+                         f"{config.loss.flow_moving_power}")
     if config.loss.flow_weight > 0 and not m.flow_head:
         raise ValueError("loss.flow_weight > 0 needs model.flow_head=True")
 

@@ -87,7 +87,7 @@ def make_loss_fn(config: ml_collections.ConfigDict, feature_fn: losses.FeatureFn
             loss, metrics["perceptual"] = loss + lc.perceptual_weight * perc, perc
         if config.model.flow_head and flow is not None:
             fl = losses.flow_loss(out["flow"], flow, mask, kind=lc.flow,
-                                  moving_weight=lc.flow_moving_weight)
+                                  moving_weight=lc.flow_moving_weight, moving_power=lc.flow_moving_power)
             loss = loss + losses.flow_weight(step, lc.flow_weight, lc.flow_start, lc.flow_warmup) * fl
             metrics["flow"] = fl
         new_nsvq, qm = replace_dead_codes(params[QUANTIZER]["codebook"], nsvq, out["z"], r_rep,

@@ -144,7 +144,7 @@ def test_saved_lam_configs_load_old_and_new():
     for key in ("code_pool", "slot_codebooks", "quant_norm", "quant_warmup_steps"):
         del old["model"][key]
     del old["model"]["encoder"]["motion_stem"], old["model"]["encoder"]["peg"], old["model"]["decoder"]["peg"]
-    del old["loss"]["flow"], old["loss"]["flow_target"]
+    del old["loss"]["flow"], old["loss"]["flow_target"], old["loss"]["flow_moving_power"]
     old["eval"]["position_bins"], old["model"]["dino"]["lr_mult"], old["loss"]["perceptual"] = 8, 0.1, ""
     old["model"]["code_global_mix"] = 0.0
     loaded = lam_config.from_saved(old)

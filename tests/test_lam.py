@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from configs import lam as lam_configs
+from lam import config as lam_config
 from lam import data as lam_data
 from lam import losses, train
 from lam.label import Labeler, fold_shift
@@ -333,6 +334,25 @@ def test_compose_flow_chains_steps() -> None:
     np.testing.assert_allclose(out[1, ..., 0], 2.0)
     assert float(losses.flow_weight(jnp.array(5), 0.1, 10, 10)) == 0.0
     assert abs(float(losses.flow_weight(jnp.array(15), 0.1, 10, 10)) - 0.05) < 1e-7
+
+
+def test_flow_moving_power_shifts_weight_to_faster_movers() -> None:
+    """Worked by hand: 4 pixels with target speeds 0, 0, 1, 3 px (along x), prediction 0, L1, moving weight 10.
+    Per-pixel error (mean over the 2 components): 0, 0, 0.5, 1.5.
+    power 0: weights 1, 1, 11, 11 -> (0.5·11 + 1.5·11) / 4 = 5.5.
+    power 1: speeds 1, 3 over their mean 2 -> extra 10·0.5, 10·1.5 -> weights 1, 1, 6, 16 -> (3 + 24) / 4 = 6.75.
+    power 2: 1, 9 over their mean 5 -> extra 2, 18 -> weights 1, 1, 3, 19 -> (1.5 + 28.5) / 4 = 7.5."""
+    target = jnp.zeros((1, 1, 2, 2, 2)).at[0, 0, 1, 0, 0].set(1.0).at[0, 0, 1, 1, 0].set(3.0)
+    pred = jnp.zeros_like(target)
+    loss = lambda p: float(losses.flow_loss(pred, target, kind="l1", moving_weight=10.0, moving_power=p))
+    assert abs(loss(0.0) - 5.5) < 1e-5 and abs(loss(1.0) - 6.75) < 1e-5 and abs(loss(2.0) - 7.5) < 1e-5
+    # no moving pixel: the power changes nothing (no division by zero)
+    still = jnp.full_like(target, 0.1)
+    assert float(losses.flow_loss(pred, still, kind="l1", moving_weight=10.0, moving_power=2.0)) == pytest.approx(0.1)
+    cfg = lam_configs.get_config("lapa_tiny")
+    cfg.loss.flow_moving_power = -1.0
+    with pytest.raises(ValueError, match=r"loss\.flow_moving_power must be >= 0"):
+        lam_config.check(cfg)
 
 
 def test_unknown_preset_suggests() -> None:
