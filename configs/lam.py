@@ -1,9 +1,13 @@
 """Latent action model presets: `lapa`, `vipra` (full size, as in the lineage) and `lapa_demo`, `vipra_demo` (sized for
-the demo world on a 2-core CPU), plus `lapa_tiny` / `vipra_tiny` for tests.
+the demo world on a 2-core CPU), `lapa_metaworld`, `vipra_metaworld` (the demo sizes on Meta-World video, issue #24
+part 4), plus `lapa_tiny` / `vipra_tiny` for tests.
 
 Launch (demo, ~9 min on a 2-core CPU; the evaluation reads the config stored with the checkpoint):
     python -m lam.train --config=configs/lam.py:lapa_demo --workdir=runs/lam_demo/lapa --overwrite
     python -m lam.evaluate --workdir=runs/lam_demo/lapa
+Meta-World (data from scripts/make_metaworld_data.py; docs/metaworld.md):
+    python -m lam.train --config=configs/lam.py:lapa_metaworld --workdir=runs/lam_metaworld/lapa \
+        --config.data.root=runs/metaworld/data
 Full size:
     python -m lam.train --config=configs/lam.py:lapa --workdir=runs/lam_lapa --config.data.root=/data/oxe
     python -m lam.train --config=configs/lam.py:vipra --workdir=runs/lam_vipra --config.data.root=/data/oxe
@@ -13,9 +17,9 @@ Flow supervision on real video (no ground truth; OpenCV Farneback between clip f
 
 A preset is `<family>[_<size>]`: `base()` holds every field (with LAPA's full-size values), then the tables below
 change values only (a key that is not in `base()` fails): FAMILY[family], and for the small sizes SMALL +
-SMALL_FAMILY[family] (demo world, 64 px), then TINY + TINY_FAMILY[family] (tests). Enum-like fields (encoder.layout,
-decoder.kind, code_pool, loss kinds, ...) are checked against lam/config.py KINDS. Why the demo sizes deviate from
-the lineage, with every measurement: docs/lam_demo_experiments.md.
+SMALL_FAMILY[family] (demo world, 64 px), then METAWORLD (Meta-World video) or TINY + TINY_FAMILY[family] (tests).
+Enum-like fields (encoder.layout, decoder.kind, code_pool, loss kinds, ...) are checked against lam/config.py KINDS.
+Why the demo sizes deviate from the lineage, with every measurement: docs/lam_demo_experiments.md.
 """
 
 from __future__ import annotations
@@ -30,8 +34,8 @@ from lam.quantizer import LAPA_SCHEDULE, VIPRA_SCHEDULE
 from latent_pretraining.training import loop
 
 FAMILIES = ("lapa", "vipra")
-SIZES = ("", "demo", "tiny")  # "" = full size
-PRESETS = ("lapa", "vipra", "lapa_demo", "vipra_demo", "lapa_tiny", "vipra_tiny")
+SIZES = ("", "demo", "metaworld", "tiny")  # "" = full size
+PRESETS = ("lapa", "vipra", "lapa_demo", "vipra_demo", "lapa_metaworld", "vipra_metaworld", "lapa_tiny", "vipra_tiny")
 
 
 def base() -> ml_collections.ConfigDict:
@@ -132,6 +136,16 @@ SMALL_FAMILY: dict[str, dict[str, Any]] = {
               "model.quant_norm": True, "model.encoder.motion_stem": 32, "model.slot_codebooks": True,
               "loss.flow_weight": 4.0, "data.offset": 3, "data.clip_len": 3, "train.total_steps": 3500},
 }
+# Meta-World video (64 px, camera corner2): the demo presets on another dataset. No ground-truth flow there, so the
+# flow head learns Farneback targets. The clip offset comes from the training split's hand motion in pixels, chosen
+# before any LAM was trained: the hand moves a median 0.22-0.24 px per step at 64 px (the demo effector 1.8 px), so
+# offset 3 would leave 79-86% of transitions under the probes' 1 px floor; at 10 the median is 2.2-2.4 px, 85-97%
+# of transitions move >= 1 px, p90 3.5-4.3 px stays inside Farneback's 9 px window, and vipra's 2 transitions span
+# 20 steps of 62-74-step episodes (docs/metaworld.md, "The LAM on 3-D video").
+METAWORLD: dict[str, Any] = {
+    "data.root": "runs/metaworld/data", "data.datasets": ("metaworld_robot", "metaworld_video"),
+    "data.cache_dir": "runs/lam_metaworld/cache", "data.offset": 10, "loss.flow_target": "farneback",
+}
 # Tests: the demo presets shrunk further (a few seconds per run).
 TINY: dict[str, Any] = {
     "model.dim": 32, "model.dim_head": 16, "model.cpb_hidden": 16, "model.ff_mult": 2.0, "model.quant_dim": 16,
@@ -154,8 +168,10 @@ def get_config(preset: str = "lapa_demo") -> ml_collections.ConfigDict:
     c = base()
     c.preset = preset
     _apply(c, FAMILY[family])
-    if size in ("demo", "tiny"):
+    if size in ("demo", "metaworld", "tiny"):
         _apply(c, {**SMALL, **SMALL_FAMILY[family]})
+    if size == "metaworld":
+        _apply(c, METAWORLD)
     if size == "tiny":
         _apply(c, {**TINY, **TINY_FAMILY[family]})
     lam_config.check(c)

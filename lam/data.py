@@ -2,9 +2,12 @@
 
 Episodes are read through the one episode reader (data/episodes.py: `<root>/<name>/<version>` with the configured
 version, the registry's standardization, conventions and camera), decoded at the LAM's resolution and kept as numpy
-arrays (64-px demo: ~0.3 GB). The demo world's datasets also carry ground truth (effector position, per-step optical
-flow), used for flow supervision and for the evaluation probes; other datasets have none (effector zeros,
-`Table.ground_truth` False) and need `loss.flow_target='farneback'`.
+arrays (64-px demo: ~0.3 GB). Ground truth for the evaluation probes is the effector's position in pixels of the frames
+the LAM reads (x right, y down, pixel i spanning [i, i + 1)), from whichever leaf of `EFFECTOR_TRUTH` a dataset has:
+the demo world's `effector_pos` (table units, converted here) or Meta-World's `hand_pixel` (already in pixels of the
+stored image); both are rescaled when the LAM reads frames at another resolution. Only the demo world has per-step
+optical flow (flow supervision); datasets without it need `loss.flow_target='farneback'`, and datasets with no
+effector truth at all (real data) get zeros and `Table.ground_truth` False.
 
 The .npz cache (`cache_dir`) is keyed by `table_fingerprint` (root, name, version, split, feature spec, registry
 conventions, camera, resolution, ground truth, episode cap, window), so a changed root or version never reuses
@@ -16,12 +19,27 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
 
+from data.demo import render as demo_render
+
 GT_EFFECTOR, GT_FLOW = "steps/ground_truth/effector_pos", "steps/ground_truth/flow"
+GT_HAND_PIXEL = "steps/ground_truth/hand_pixel"
+STORED_IMAGE = "steps/observation/image"  # the frames the effector truth refers to (demo world and Meta-World)
+
+
+def _identity_pixels(pos: np.ndarray, resolution: int) -> np.ndarray:
+    return np.asarray(pos, np.float32)
+
+
+# effector ground-truth leaf -> (values float[T, 2], stored image side) -> pixels of the stored image; first match wins
+EFFECTOR_TRUTH: dict[str, Callable[[np.ndarray, int], np.ndarray]] = {
+    GT_EFFECTOR: demo_render.table_to_pixels,  # demo world: table units (data/demo/render.py)
+    GT_HAND_PIXEL: _identity_pixels,  # Meta-World: projected through the camera at generation (data/metaworld/env.py)
+}
 
 
 @dataclasses.dataclass
@@ -29,7 +47,7 @@ class Table:
     """Per-step arrays (N steps in total) and per-episode index (E episodes)."""
 
     frames: np.ndarray  # uint8[N, R, R, 3]
-    effector: np.ndarray  # float32[N, 2] table units (zeros without ground truth)
+    effector: np.ndarray  # float32[N, 2] pixels of `frames` (x right, y down; zeros without ground truth)
     flow: np.ndarray | None  # float16[N, R, R, 2] pixels, frame n → n+1 (zeros at the last step)
     action: np.ndarray  # float32[N, 2] first two standardized action dims (zeros where none)
     action_valid: np.ndarray  # bool[N]
@@ -38,7 +56,7 @@ class Table:
     episode_dataset: np.ndarray  # int32[E] index into `datasets`
     episode_index: np.ndarray  # int64[E] index of the episode within its dataset split (RLDS order)
     datasets: tuple[str, ...]
-    ground_truth: np.ndarray | None = None  # bool[E]: effector (and flow) are real (demo world)
+    ground_truth: np.ndarray | None = None  # bool[E]: effector is real (demo world, Meta-World)
 
     @property
     def num_steps(self) -> int:
@@ -68,7 +86,7 @@ def load_episodes(root: str, name: str, split: str, *, with_flow: bool = True, m
 
     (src,) = sources(root, [name], split, camera)
     _, _, opened, _ = episodes.open_source(src)
-    has_gt = GT_EFFECTOR in opened.features
+    truth = next((k for k in EFFECTOR_TRUTH if k in opened.features), None)
     if with_flow and GT_FLOW not in opened.features:
         raise DataError(f"dataset {src.name!r} has no {GT_FLOW} (ground-truth flow exists only in the demo world): "
                         "set loss.flow_target='farneback' or turn the flow loss off")
@@ -78,7 +96,10 @@ def load_episodes(root: str, name: str, split: str, *, with_flow: bool = True, m
         raise DataError(f"dataset {src.name!r} stores ground-truth flow at {flow_size[0]}x{flow_size[1]} px but the "
                         f"LAM reads frames at {resolution} px: set model.image_size={flow_size[0]} or "
                         "loss.flow_target='farneback'")
-    extras = (GT_EFFECTOR,) + ((GT_FLOW,) if with_flow else ()) if has_gt else ()
+    extras = ((truth,) if truth else ()) + ((GT_FLOW,) if with_flow else ())
+    if truth:  # the truth is in pixels of the stored image; the LAM may read the frames at another size
+        stored = int(opened.features[STORED_IMAGE].shape[0])
+        scale = (resolution or stored) / stored
     out: dict[str, list] = {k: [] for k in ("frames", "effector", "flow", "action", "action_valid")}
     out["ground_truth"] = []
     valid_frames = 0
@@ -86,12 +107,13 @@ def load_episodes(root: str, name: str, split: str, *, with_flow: bool = True, m
         n = len(ep)
         valid_frames += int(ep.frame_valid.sum())
         out["frames"].append(ep.frames)
-        out["effector"].append(ep.extras[GT_EFFECTOR].astype(np.float32) if has_gt else np.zeros((n, 2), np.float32))
+        out["effector"].append(EFFECTOR_TRUTH[truth](ep.extras[truth], stored) * np.float32(scale) if truth
+                               else np.zeros((n, 2), np.float32))
         if with_flow:
             out["flow"].append(ep.extras[GT_FLOW].astype(np.float16))
         out["action"].append(ep.action[:, :2].astype(np.float32))
         out["action_valid"].append(ep.action_valid)
-        out["ground_truth"].append(has_gt)
+        out["ground_truth"].append(truth is not None)
     if not out["frames"]:
         raise DataError(f"dataset {name!r} split {split!r} has no episodes")
     episodes.require_valid_frames(valid_frames, src)
@@ -104,7 +126,8 @@ def table_fingerprint(root: str, datasets: Sequence[str], split: str, *, with_fl
     from data import episodes
 
     return episodes.fingerprint(sources(root, datasets, split, camera), resolution=resolution, with_flow=with_flow,
-                                max_episodes=max_episodes or 0, window=window, table="lam-table-v2")
+                                max_episodes=max_episodes or 0, window=window,
+                                table="lam-table-v3")  # v3: effector in pixels (v2: demo table units)
 
 
 def config_fingerprint(config: Any, split: str | None = None) -> str:

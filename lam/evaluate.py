@@ -4,8 +4,10 @@ Writes <workdir>/eval/{metrics.json, *.png, tensorboard/}:
   codebook usage (histogram per code position on held-out clips) and perplexity over training (codebook_usage.jsonl);
   reconstruction PSNR next to the copy-last-frame baseline;
   probes (softmax regression on one-hot code ids, trained on train-split clips, tested on held-out val episodes):
-  8-way direction of the true effector displacement over the transition vs 8-way absolute effector position (4×2
-  quantile bins), with normalized mutual information between the joint code and each label;
+  8-way direction of the true effector displacement over the transition (in pixels of the frames the LAM reads;
+  transitions moving less than eval.min_motion px are left out) vs 8-way absolute effector position (4×2 quantile
+  bins), with normalized mutual information between the joint code and each label; the truth is the demo world's
+  effector or Meta-World's projected hand (lam/data.py EFFECTOR_TRUTH);
   latent transfer: episode A's codes applied to episode B's first frame, decoded autoregressively (rollout grid).
 """
 
@@ -27,7 +29,6 @@ from lam.quantizer import perplexity
 
 PROBE_KEYS = ("probe/direction_acc", "probe/direction_majority", "probe/direction_nmi", "probe/position_acc",
               "probe/position_majority", "probe/position_nmi")
-PIXELS_PER_UNIT = 64 * (1 - 2 * 0.04)  # demo world: the table spans the image minus a 4% border on each side
 
 
 def direction_bins(disp: np.ndarray, bins: int = 8) -> np.ndarray:
@@ -97,10 +98,10 @@ def collect(labeler: Labeler, table: lam_data.Table, cfg: ml_collections.ConfigD
     for _ in range(n_batches):
         b = next(sampler)
         ids = np.asarray(labeler(b["clip"]))  # [B, T-1, C]
-        eff = b["effector"]
+        eff = b["effector"]  # pixels of the frames the LAM reads (lam/data.py EFFECTOR_TRUTH)
         n = ids.shape[1]
         out["ids"].append(ids.reshape(-1, ids.shape[-1]))
-        out["disp"].append((eff[:, 1:] - eff[:, :-1]).reshape(-1, 2) * PIXELS_PER_UNIT)
+        out["disp"].append((eff[:, 1:] - eff[:, :-1]).reshape(-1, 2))
         out["pos"].append(eff[:, :-1].reshape(-1, 2))
         out["dataset"].append(np.repeat(b["dataset"], n))
         if recon:  # in the frames the LAM reads (registered to frame 0 for a stabilized LAM, copy-last as well)

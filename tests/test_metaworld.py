@@ -63,6 +63,9 @@ def test_datasets_load_offline_with_declared_features(mw_data):
         motion = np.stack([s["ground_truth"]["hand_motion"] for s in steps])
         np.testing.assert_allclose(motion[:-1], hand[1:] - hand[:-1], atol=1e-6)
         assert np.abs(motion[:-1]).max() > 1e-3, "the expert moves the hand"
+        pixel = np.stack([s["ground_truth"]["hand_pixel"] for s in steps])
+        assert pixel.shape == (len(steps), 2) and ((pixel > 0) & (pixel < 32)).all(), "the hand is in view"
+        assert np.abs(np.diff(pixel, axis=0)).max() > 0.01, "the hand moves in the image"
         if kind == "robot":
             assert {"action", "observation/state"} <= keys
             assert first["action"].shape == (4,) and first["observation"]["state"].shape == (4,)
@@ -177,6 +180,59 @@ def test_worker_render_failure_is_one_line_naming_mujoco_gl():
         assert w.call("cpu") > 0, "the worker keeps serving after an error"
     msg = str(err.value)
     assert "\n" not in msg and "MUJOCO_GL='no-such-backend'" in msg, msg
+
+
+def test_projection_of_a_hand_made_camera():
+    """Camera at z = 2 looking down -z with world axes (x right, y up in its image), fovy 90: focal = R / 2 px."""
+    r = 32
+    pts = np.array([[0, 0, 0], [1, 0, 0], [0, 1, 0], [-0.5, -0.5, 1.0]])
+    got = env_lib.project_points(pts, np.array([0, 0, 2.0]), np.eye(3), 90.0, r)
+    # (x, y) = R/2 + R/2 * (cam_x, cam_y) / depth; the stored image is flipped, so camera-up is +y (down the rows)
+    np.testing.assert_allclose(got, [[16, 16], [24, 16], [16, 24], [8, 8]], atol=1e-5)
+    with pytest.raises(ValueError, match="behind the camera"):
+        env_lib.project_points(np.array([[0, 0, 3.0]]), np.array([0, 0, 2.0]), np.eye(3), 90.0, r)
+
+
+# run without TensorFlow (rendering needs it absent): the hand's rendered pixels (segmentation of the hand body and
+# its fingers) against hand_pixel, in two tasks (corner2's pose comes from the live model, not the XML)
+_SEGMENTATION_CHECK = """
+import json, numpy as np, mujoco
+from data.metaworld.env import MetaWorldEnv
+out = []
+for task in ("reach-v3", "drawer-close-v3"):
+    env = MetaWorldEnv(task, 128); env.reset(3)
+    m, d = env._env.model, env._env.data
+    hand = m.body("hand").id
+    def under_hand(b):
+        while b:
+            if b == hand: return True
+            b = int(m.body_parentid[b])
+        return False
+    geoms = np.flatnonzero([under_hand(int(b)) for b in m.geom_bodyid])
+    r = mujoco.Renderer(m, 128, 128); r.enable_segmentation_rendering()
+    for k in range(4):
+        for _ in range(15): env.step(np.array([1.0, -1.0, 0.5, 0.0]) * (1 if k < 2 else -1))
+        r.update_scene(d, camera="corner2"); seg = r.render()[::-1]  # flipped like MetaWorldEnv.render
+        ys, xs = np.nonzero((seg[..., 1] == mujoco.mjtObj.mjOBJ_GEOM) & np.isin(seg[..., 0], geoms))
+        out.append([float(xs.mean() + 0.5), float(ys.mean() + 0.5), *map(float, env.hand_pixel), int(len(xs))])
+print(json.dumps(out))
+"""
+
+
+def test_hand_pixel_lands_on_the_rendered_gripper():
+    import json
+    import subprocess
+    import sys
+
+    env = {**os.environ, "MUJOCO_GL": os.environ.get("MUJOCO_GL", "egl"), "PYTHONPATH": ROOT}
+    run = subprocess.run([sys.executable, "-c", _SEGMENTATION_CHECK], env=env, cwd=ROOT, capture_output=True,
+                         text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    rows = np.array(json.loads(run.stdout.strip().splitlines()[-1]))
+    assert (rows[:, 4] >= 5).all(), "the gripper is visible in every frame"
+    # the projected hand body origin vs the centroid of the hand's and fingers' pixels at 128 px (measured: <= 0.7 px)
+    assert np.abs(rows[:, :2] - rows[:, 2:4]).max() < 1.5
+    assert np.ptp(rows[:, 2:4], axis=0).max() > 3, "the hand moved across the image"
 
 
 def test_in_process_rendering_is_refused_once_tensorflow_is_loaded():

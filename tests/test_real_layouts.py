@@ -186,6 +186,37 @@ def test_lam_label_cache_on_bridge(bridge_root, tmp_path) -> None:
     assert dict(zip(z["tfds_id"].tolist(), z["episode_id"][z["episode_start"]].tolist(), strict=True)) == ids
 
 
+def _raw_leaf(root: str, name: str, key: str) -> np.ndarray:
+    return np.concatenate([e.extras[key] for e in episodes.iter_episodes(
+        episodes.EpisodeSource(root, name), 0, extras=(key,), decode=False)])
+
+
+def test_lam_effector_truth_is_in_pixels_of_the_frames_read(tmp_path) -> None:
+    """Demo table units and Meta-World's hand pixels both become pixels of the LAM's frames (rescaled with them);
+    the demo world's probe inputs are what the old `(table units) * PIXELS_PER_UNIT` evaluation computed."""
+    from lam import evaluate
+
+    root = str(tmp_path)
+    fx.write_dataset(root, "demo_robot", episodes=2, lengths=(6, 6), res=64, shards=1)
+    fx.write_dataset(root, "metaworld_video", episodes=2, lengths=(5, 5), res=32, shards=1)
+    table_units = _raw_leaf(root, "demo_robot", lam_data.GT_EFFECTOR)
+    hand_pixel = _raw_leaf(root, "metaworld_video", lam_data.GT_HAND_PIXEL)
+    for res in (64, 32):
+        demo = lam_data.load_table(root, ["demo_robot"], "train", with_flow=False, resolution=res)
+        np.testing.assert_allclose(demo.effector, (table_units * 0.92 + 0.04) * res, rtol=1e-5, atol=1e-4)
+        mw = lam_data.load_table(root, ["metaworld_video"], "train", with_flow=False, resolution=res)
+        assert mw.has_ground_truth and demo.has_ground_truth
+        np.testing.assert_allclose(mw.effector, hand_pixel * res / 32, rtol=1e-6)
+    # at the demo's own 64 px: the same displacements, direction bins and position bins as the old table-unit code
+    demo = lam_data.load_table(root, ["demo_robot"], "train", with_flow=False, resolution=64)
+    old_disp, new_disp = (table_units[1:] - table_units[:-1]) * 64 * (1 - 2 * 0.04), np.diff(demo.effector, axis=0)
+    np.testing.assert_allclose(new_disp, old_disp, atol=1e-4)
+    np.testing.assert_array_equal(evaluate.direction_bins(new_disp), evaluate.direction_bins(old_disp))
+    edges = lambda p: (np.quantile(p[:, 0], [0.25, 0.5, 0.75]), np.quantile(p[:, 1], [0.5]))
+    np.testing.assert_array_equal(evaluate.position_bins(demo.effector, edges(demo.effector)),
+                                  evaluate.position_bins(table_units, edges(table_units)))
+
+
 # ------------------------------------------------------------------------------------------------ versions, cache keys
 def test_configured_version_is_opened_and_cache_key_follows_root(tmp_path) -> None:
     a, b = str(tmp_path / "a"), str(tmp_path / "b")

@@ -37,6 +37,12 @@ def _scale(resolution: int) -> float:
     return resolution * (1 - 2 * BORDER)
 
 
+def table_to_pixels(pos: np.ndarray, resolution: int) -> np.ndarray:
+    """Table coordinates float[..., 2] (x right, y down, table = [0, 1]^2) → pixels of an unjittered frame
+    (x right, y down; pixel i spans [i, i + 1)), the inverse of `_grid`."""
+    return (np.asarray(pos) * _scale(resolution) + resolution * BORDER).astype(np.float32)
+
+
 def _grid(resolution: int, jitter: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Table coordinates (x, y) of every pixel centre, each float[R, R]."""
     s, o = _scale(resolution), resolution * BORDER

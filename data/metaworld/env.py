@@ -4,7 +4,7 @@
     obs, info = env.reset(seed=3)          # obs: image uint8[R, R, 3], state f32[4] (hand xyz + gripper opening),
                                            #      raw f64[39] (Meta-World's goal-observable observation)
     obs, reward, terminated, truncated, info = env.step(np.array([dx, dy, dz, grip], np.float32))
-    env.success, env.progress, env.steps, env.hand_pos
+    env.success, env.progress, env.steps, env.hand_pos, env.hand_pixel
 
 Seeding: the task's random variation (object and goal positions) is drawn from a generator seeded by ``reset(seed)``
 (Meta-World's ``seeded_rand_vec`` path), so an episode is a pure function of its seed; the physics is deterministic.
@@ -60,6 +60,27 @@ def _import_mujoco() -> Any:
     except Exception as e:  # MuJoCo loads the MUJOCO_GL backend (via PyOpenGL) at import; any failure is "no GL"
         raise _render_error(e) from None
     return mujoco
+
+
+def project_points(points: np.ndarray, cam_pos: np.ndarray, cam_mat: np.ndarray, fovy: float,
+                   resolution: int) -> np.ndarray:
+    """World points float[N, 3] → float32[N, 2] (x right, y down) in pixels of the stored, vertically flipped image.
+
+    MuJoCo's camera frame has x right, y up and looks along -z; ``cam_mat`` float[3, 3] (or [9], as ``data.cam_xmat``)
+    holds those axes as columns in world coordinates, ``fovy`` is the vertical field of view in degrees. Coordinates
+    are continuous with pixel i spanning [i, i + 1) (its centre at i + 0.5), the demo world's convention. The renderer
+    draws row 0 at the top with the camera's y up; ``MetaWorldEnv.render`` flips the rows, so y here grows with the
+    camera's y (the stored image's "down" is the camera's "up"). Points behind the camera are refused.
+    """
+    d = (np.asarray(points, np.float64).reshape(-1, 3) - np.asarray(cam_pos, np.float64)) \
+        @ np.asarray(cam_mat, np.float64).reshape(3, 3)  # rows: camera-frame coordinates R^T (p - c)
+    depth = -d[:, 2]
+    if np.any(depth <= 0):
+        raise ValueError(f"cannot project points behind the camera (depths {depth.tolist()}): expected depth > 0")
+    focal = 0.5 * resolution / np.tan(np.deg2rad(fovy) / 2)  # pixels per unit of tangent
+    x = 0.5 * resolution + focal * d[:, 0] / depth
+    y_rendered = 0.5 * resolution - focal * d[:, 1] / depth  # row coordinate in the renderer's image (top = 0)
+    return np.stack([x, resolution - y_rendered], -1).astype(np.float32)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -144,6 +165,17 @@ class MetaWorldEnv:
         return self._raw[:3].astype(np.float32)
 
     @property
+    def hand_pixel(self) -> np.ndarray:
+        """f32[2] (x, y) of ``hand_pos`` in pixels of the stored image (``project_points``), from the live model's
+        camera: its pose as computed by the last physics step, which is what ``render`` draws from."""
+        m, d = self._env.model, self._env.data
+        cam = m.camera(self.camera).id
+        if np.any(m.cam_sensorsize[cam] > 0):  # intrinsics given as sensor size + focal length: not a fovy camera
+            raise ValueError(f"camera {self.camera!r} has a sensor size set: expected a fovy camera")
+        return project_points(self.hand_pos, d.cam_xpos[cam], d.cam_xmat[cam], float(m.cam_fovy[cam]),
+                              self.resolution)[0]
+
+    @property
     def raw_obs(self) -> np.ndarray:
         return self._raw
 
@@ -206,7 +238,7 @@ def generate_episode(env: MetaWorldEnv, seed: int, noise: float, with_actions: b
         step = {"observation": {"image": obs["image"]}, "discount": np.float32(1.0), "is_first": not steps,
                 "is_last": done, "is_terminal": done and env.success, "language_instruction": info["instruction"],
                 "ground_truth": {"hand_pos": hand, "hand_motion": np.zeros(3, np.float32),
-                                 "object_pos": obs["raw"][4:7].astype(np.float32)}}
+                                 "hand_pixel": env.hand_pixel, "object_pos": obs["raw"][4:7].astype(np.float32)}}
         if with_actions:
             step["observation"]["state"] = obs["state"]
             step["action"] = action

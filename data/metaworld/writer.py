@@ -5,8 +5,10 @@ Two datasets over disjoint task sets:
                              observation/state f32[4] (hand xyz + gripper opening in [0, 1], 1 = open)
   ``metaworld_video/1.0.0``  action-free video: the same steps without ``action`` and ``observation/state``
 Both carry per step a language instruction (one of the task's phrasings, picked by the episode seed), reward,
-is_first/is_last/is_terminal, and ``ground_truth/{hand_pos, hand_motion, object_pos}`` (f32[3] each; hand_motion =
-next hand position - this one, 0 on the last step) for LAM probes; per episode the seed, task, success and id.
+is_first/is_last/is_terminal, and ``ground_truth/{hand_pos, hand_motion, object_pos}`` (f32[3] each, world metres;
+hand_motion = next hand position - this one, 0 on the last step) and ``ground_truth/hand_pixel`` (f32[2], the hand's
+(x, y) in pixels of the stored image, ``env.project_points``) for LAM probes; per episode the seed, task, success and
+id.
 
 Episode ``i`` of a split uses task ``tasks[i % len(tasks)]`` and seed ``episode_seed(...)``, a pure function of
 (generation seed, dataset, split, i) below 2**31 (evaluation seeds are >= 2**31, see ``EVAL_SEED_BASE``), so
@@ -101,7 +103,8 @@ def features(resolution: int, with_actions: bool) -> Any:
         "is_last": f.Scalar(dtype=np.bool_),
         "is_terminal": f.Scalar(dtype=np.bool_),
         "language_instruction": f.Text(),
-        "ground_truth": {"hand_pos": vec3, "hand_motion": vec3, "object_pos": vec3},
+        "ground_truth": {"hand_pos": vec3, "hand_motion": vec3, "object_pos": vec3,
+                         "hand_pixel": f.Tensor(shape=(2,), dtype=np.float32)},
     }
     if with_actions:
         observation["state"] = f.Tensor(shape=(4,), dtype=np.float32)
