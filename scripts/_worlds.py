@@ -49,6 +49,7 @@ class PipelineWorld:
     robot: str  # the labelled-demo dataset: fine-tuning data, and its generation config sets the evaluated world
     pretrain: tuple[str, ...]  # what the VQGAN, the LAMs and the VideoLLaMA pretraining read
     vqgan_args: tuple[str, ...]
+    lam_size: str  # configs/lam.py preset size: the LAM stages train `<recipe>_<lam_size>`
     lam_args: tuple[str, ...]
     vla_args: tuple[str, ...]
     finetune_args: tuple[str, ...]
@@ -136,8 +137,8 @@ _VIDEO = ("metaworld_video",)
 WORLDS: dict[str, PipelineWorld] = {
     "demo": PipelineWorld(
         name="demo", title="Demo-world comparison: scratch vs LAPA vs ViPRA vs reference policies",
-        robot="demo_robot", pretrain=("demo_robot", "demo_human"), vqgan_args=(), lam_args=(), vla_args=(),
-        finetune_args=(), recipes=("scratch", "lapa", "vipra", "state_bc", "image_bc"),
+        robot="demo_robot", pretrain=("demo_robot", "demo_human"), vqgan_args=(), lam_size="demo", lam_args=(),
+        vla_args=(), finetune_args=(), recipes=("scratch", "lapa", "vipra", "state_bc", "image_bc"),
         budgets={"demo": Budget(episodes=0, val_episodes=0, vqgan_steps=800, lam_steps=0, vla_steps=0,
                                 compare_preset="demo")},
         eval_args=_demo_eval_args, eval_world_seed=lambda seed, i: seed + i, data_seeds=_demo_seeds),
@@ -146,8 +147,9 @@ WORLDS: dict[str, PipelineWorld] = {
         title="Meta-World transfer: pretraining on source-task video, fine-tuning on target-task demos",
         robot="metaworld_robot", pretrain=_VIDEO,
         vqgan_args=(_datasets(_VIDEO)[0],),
-        # no ground-truth flow in Meta-World: Farneback flow between the clip frames supervises the flow head
-        lam_args=(*_datasets(_VIDEO), "--config.loss.flow_target=farneback"),
+        # configs/lam.py *_metaworld: Farneback flow targets (no ground-truth flow here), clip offset 10 from the hand's
+        # motion in pixels; the datasets narrowed to the source-task video
+        lam_size="metaworld", lam_args=_datasets(_VIDEO),
         vla_args=(*_datasets(_VIDEO), "--config.text.corpus=metaworld"),
         finetune_args=_datasets(("metaworld_robot",)),
         # policy/reference.py's features and vocabulary are the demo world's

@@ -107,7 +107,8 @@ def run_all(a: argparse.Namespace) -> int:
     print("[3/5] latent action models", flush=True)
     for fam in ("lapa", "vipra"):
         wd = os.path.join(out, "lam", fam)
-        ran = run_stage(f"lam_{fam}", [py, "-m", "lam.train", f"--config=configs/lam.py:{fam}_demo", f"--workdir={wd}",
+        preset = f"{fam}_{world.lam_size}"
+        ran = run_stage(f"lam_{fam}", [py, "-m", "lam.train", f"--config=configs/lam.py:{preset}", f"--workdir={wd}",
                                  "--overwrite", f"--config.data.root={data_dir}",
                                  f"--config.data.cache_dir={os.path.join(out, 'lam', 'cache')}", *world.lam_args,
                                  *(short or _steps(budget.lam_steps))],

@@ -66,8 +66,8 @@ def test_pretraining_reads_only_source_video_and_the_budget_sets_the_sizes(monke
         assert _flag(cmd, "--config.data.weights") == "(1.0,)", name
         steps = b.lam_steps if name.startswith("lam") else b.vla_steps
         assert _flag(cmd, "--config.train.total_steps") == (str(steps) if steps else None), name  # 0: the preset's
-    for name in ("lam_lapa", "lam_vipra"):  # no ground-truth flow in Meta-World
-        assert _flag(stages[name], "--config.loss.flow_target") == "farneback"
+    for fam in ("lapa", "vipra"):  # the Meta-World presets: Farneback targets (no ground-truth flow), offset 10
+        assert _flag(stages[f"lam_{fam}"], "--config") == f"configs/lam.py:{fam}_metaworld"
     for name in ("vla_lapa", "vla_vipra"):  # the tokenizer covers the Meta-World instructions
         assert _flag(stages[name], "--config.text.corpus") == "metaworld"
     # nothing upstream of fine-tuning reads the target tasks' dataset
