@@ -32,6 +32,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from core import machine, quiet
+from core.errors import UserError
 
 quiet.apply_env()  # before anything loads TensorFlow, here or in a stage's subprocess
 
@@ -68,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     world = _worlds.get_world(a.world)
     a.budget = a.budget or next(iter(world.budgets))
     if a.budget not in world.budgets:
-        raise SystemExit(f"--budget {a.budget!r}: the {a.world} world has {', '.join(world.budgets)}")
+        raise UserError(f"--budget {a.budget!r}: the {a.world} world has {', '.join(world.budgets)}")
     b = world.budgets[a.budget]
     a.out = a.out or f"runs/{a.world}"
     a.episodes = a.episodes if a.episodes is not None else b.episodes or writer.GenerationConfig.episodes

@@ -79,7 +79,7 @@ def test_pretraining_reads_only_source_video_and_the_budget_sets_the_sizes(monke
     g = _worlds.WORLDS["metaworld"].budgets["gpu"]
     assert _flag(gpu["lam_lapa"], "--config.train.total_steps") == str(g.lam_steps)
     assert _flag(gpu["data"], "--episodes") == str(g.episodes) != str(b.episodes)
-    with pytest.raises(SystemExit, match="--budget 'tpu': the metaworld world has cpu, gpu"):
+    with pytest.raises(UserError, match="--budget 'tpu': the metaworld world has cpu, gpu"):  # exit 2, one line
         demo.main(["--out", str(tmp_path), "--world", "metaworld", "--budget", "tpu"])
 
 
@@ -218,3 +218,4 @@ def test_metaworld_transfer_smoke(tmp_path):
     assert [s["name"] for s in run["stages"] if s["status"] == "ran"][:8] == [
         "data", "vqgan", "lam_lapa", "lam_lapa_eval", "lam_vipra", "lam_vipra_eval", "vla_lapa", "vla_vipra"]
     print(f"metaworld --smoke 2: {time.time() - t0:.0f} s wall")
+
