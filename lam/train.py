@@ -222,4 +222,4 @@ if __name__ == "__main__":
 
     config_flags.DEFINE_config_file("config", None, "LAM config, e.g. configs/lam.py:lapa_demo", lock_config=True)
     _loop.define_flags()
-    cli.run_absl(main)
+    cli.run_absl(main, trainer=True)

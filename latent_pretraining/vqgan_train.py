@@ -328,4 +328,4 @@ if __name__ == "__main__":
     loop.define_flags()
     flags.DEFINE_bool("eval_only", False, "Evaluate <workdir>/<export> on the val frames and print the metrics.")
     logging.getLogger().setLevel(logging.INFO)
-    cli.run_absl(main)
+    cli.run_absl(main, trainer=True)

@@ -377,4 +377,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 if __name__ == "__main__":
     from core import cli
 
-    cli.run(main)
+    cli.run(main, trainer=True)

@@ -19,6 +19,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# the huge-page malloc a trainer re-executes itself to get (core.cli.tune_malloc): set here, the trainers that tests
+# start as subprocesses have it already and start once
+os.environ.setdefault("GLIBC_TUNABLES", "glibc.malloc.hugetlb=1")
 
 JAX_CACHE_DIR = os.environ.get("LATENT_VLA_TEST_JAX_CACHE",
                                os.path.join(os.path.expanduser("~"), ".cache", "latent-vla", "jax-tests"))

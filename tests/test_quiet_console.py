@@ -106,6 +106,22 @@ def test_child_env_adds_quiet_defaults_but_keeps_the_users_choice():
         "glibc.malloc.arena_max=2"
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc tunables are Linux-only")
+@pytest.mark.parametrize("extra, expected", [
+    ({}, ["start", "start", "glibc.malloc.hugetlb=1"]),  # re-executed once, with the tunable
+    ({"GLIBC_TUNABLES": "glibc.malloc.arena_max=2"}, ["start", "glibc.malloc.arena_max=2"]),  # the user's value wins
+    ({"LATENT_VLA_MALLOC": "default"}, ["start", "None"]),  # switched off
+])
+def test_a_trainer_restarts_itself_with_huge_page_malloc(extra, expected):
+    code = ("import os; print('start', flush=True); from core import cli; "
+            "cli.run(lambda a: print(os.environ.get('GLIBC_TUNABLES')), [], trainer=True)")
+    env = {k: v for k, v in os.environ.items() if k not in ("GLIBC_TUNABLES", "LATENT_VLA_MALLOC")}
+    out = subprocess.run([sys.executable, "-c", code], env={**env, **extra}, cwd=ROOT, capture_output=True,
+                         text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == expected
+
+
 def test_absl_records_from_tfds_are_dropped_ours_kept():
     quiet.silence_python()
     flt = next(f for f in logging.getLogger("absl").filters if isinstance(f, quiet.ThirdPartyFilter))
