@@ -51,8 +51,11 @@ def base() -> ml_collections.ConfigDict:
         "stabilize": False,  # register each clip frame to the first (camera shake; lam/stabilize.py)
         "encoder": {"kind": "patch", "layout": "factorized", "spatial_depth": 8, "temporal_depth": 8, "depth": 0,
                     "peg": True, "motion_stem": 0},
+        # decoder.context: frames before the clip the decoder (never the encoder) also reads: 0 = none; 1 = frame
+        # t − offset (clamped to the episode's first frame), whose motion into t is added to the decoder's tokens, so
+        # constant-velocity movers can be extrapolated without codes (lam/model.py ContextStem, docs/lam.md)
         "decoder": {"kind": "cross_attention", "patch_size": 0, "depth": 8, "residual": False, "detach_queries": True,
-                    "peg": False},
+                    "peg": False, "context": 0},
         # DINOv2 ViT-B/14 with 4 registers (HF Dinov2WithRegistersModel layout); `weights` = safetensors path
         "dino": {"hidden_size": 768, "num_layers": 12, "num_heads": 12, "mlp_ratio": 4.0, "patch_size": 14,
                  "image_size": 518, "num_register_tokens": 4, "layer_norm_eps": 1e-6, "layerscale_value": 1.0,

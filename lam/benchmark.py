@@ -43,7 +43,7 @@ def main(argv: list[str] | None, get_config: Callable[[str], ml_collections.Conf
                                  mesh_lib.batch_sharding(mesh, 1))
         r, n = cfg.model.image_size, cfg.data.clip_len
         g = np.random.default_rng(0)
-        batch = {"clip": g.integers(0, 256, (args.batch, n, r, r, 3), dtype=np.uint8)}
+        batch = {"clip": g.integers(0, 256, (args.batch, train.context_frames(cfg) + n, r, r, 3), dtype=np.uint8)}
         if cfg.model.flow_head and cfg.loss.flow_weight > 0:
             batch["flow"] = np.zeros((args.batch, n - 1, r, r, 2), np.float32)
         batch = jax.device_put(batch, mesh_lib.batch_sharding(mesh, 1))
@@ -86,7 +86,7 @@ def step_variants(args: Any, get_config: Callable[[str], ml_collections.ConfigDi
                                  sharding)
         r, n = cfg.model.image_size, cfg.data.clip_len
         g = np.random.default_rng(0)
-        batch = {"clip": g.integers(0, 256, (args.batch, n, r, r, 3), dtype=np.uint8)}
+        batch = {"clip": g.integers(0, 256, (args.batch, train.context_frames(cfg) + n, r, r, 3), dtype=np.uint8)}
         if cfg.model.flow_head and cfg.loss.flow_weight > 0:
             batch["flow"] = np.zeros((args.batch, n - 1, r, r, 2), np.float32)
         batch = jax.device_put(batch, sharding)

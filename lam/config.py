@@ -38,7 +38,7 @@ KINDS: dict[str, tuple[str, ...]] = {
 LEGACY_DEFAULTS: dict[str, Any] = {
     "model.code_pool": "grid", "model.slot_codebooks": False, "model.quant_norm": False,
     "model.quant_warmup_steps": 0, "model.encoder.motion_stem": 0, "model.encoder.peg": True,
-    "model.decoder.patch_size": 0,
+    "model.decoder.patch_size": 0, "model.decoder.context": 0,
     "loss.flow": "l1", "loss.flow_moving_weight": 0.0, "loss.flow_target": "ground_truth",
     "loss.farneback_winsize": 9, "data.camera": "", "model.stabilize": False, "loss.flow_moving_power": 0.0,
 }
@@ -79,6 +79,12 @@ def check(config: Any) -> None:
     if config.loss.get("flow_moving_power", 0.0) < 0:
         raise ValueError(f"loss.flow_moving_power must be >= 0 (0 = every moving pixel weighs the same), got "
                          f"{config.loss.flow_moving_power}")
+    context = m.decoder.get("context", 0)
+    if context not in (0, 1):
+        raise ValueError(f"model.decoder.context must be 0 (no context frame) or 1 (frame t - offset), got {context!r}")
+    if context and config.data.source != "memory":
+        raise ValueError("model.decoder.context=1 needs data.source='memory' (the streaming pipeline's LAM window "
+                         "has no context frame before the clip)")
     if config.loss.flow_weight > 0 and not m.flow_head:
         raise ValueError("loss.flow_weight > 0 needs model.flow_head=True")
 

@@ -12,7 +12,10 @@ effector truth at all (real data) get zeros and `Table.ground_truth` False.
 The .npz cache (`cache_dir`) is keyed by `table_fingerprint` (root, name, version, split, feature spec, registry
 conventions, camera, resolution, ground truth, episode cap, window), so a changed root or version never reuses
 stale arrays. Episodes of all datasets are concatenated; `Table` holds per-step arrays and per-episode (start,
-length). A sample is a clip of `clip_len` frames t, t+o, ..., t+(L-1)o (o = frame offset), clamped at the episode end.
+length). A sample is a clip of `clip_len` frames t, t+o, ..., t+(L-1)o (o = frame offset), clamped at the episode end;
+with `context` = 1 (`model.decoder.context`) the clip leads with one more frame, t − o clamped to the episode's first
+frame (so at an episode's start the context motion is zero). The ground truth (effector, flow) always describes the
+clip's own `clip_len` frames, never the context frame.
 """
 
 from __future__ import annotations
@@ -146,7 +149,15 @@ def config_fingerprint(config: Any, split: str | None = None) -> str:
         offset=int(d.offset), weights=[float(w) for w in d.weights], batch_size=int(d.batch_size),
         max_episodes=int(d.max_episodes or 0),
         flow_target=str(config.loss.get("flow_target", "ground_truth")), flow=bool(config.model.flow_head),
-        table="lam-table-v2")
+        table="lam-table-v2", **context_key(config))
+
+
+def context_key(config: Any) -> dict[str, int]:
+    """{'context': n} when the clips lead with n context frames (model.decoder.context), else {} (so the fingerprint
+    of every run without context frames stays what it was). The .npz table cache needs no such key: it holds the
+    per-step arrays, which clip_len, offset and context do not change (they only pick the sampled indices)."""
+    n = int(config.model.decoder.get("context", 0))
+    return {"context": n} if n else {}
 
 
 def load_table(root: str, datasets: Sequence[str], split: str, *, with_flow: bool = True,
@@ -190,10 +201,12 @@ def load_table(root: str, datasets: Sequence[str], split: str, *, with_flow: boo
     return table
 
 
-def clip_indices(table: Table, episodes: np.ndarray, starts: np.ndarray, clip_len: int, offset: int) -> np.ndarray:
-    """Global step indices int64[B, L] of clips (episode e, start t), clamped at the episode end."""
-    rel = starts[:, None] + offset * np.arange(clip_len)[None, :]
-    rel = np.minimum(rel, table.episode_len[episodes][:, None] - 1)
+def clip_indices(table: Table, episodes: np.ndarray, starts: np.ndarray, clip_len: int, offset: int,
+                 context: int = 0) -> np.ndarray:
+    """Global step indices int64[B, context + L] of clips (episode e, start t): `context` leading frames
+    t − context·o, ..., t − o clamped at the episode's first frame, then t, t+o, ..., t+(L-1)o clamped at its end."""
+    rel = starts[:, None] + offset * np.arange(-context, clip_len)[None, :]
+    rel = np.clip(rel, 0, table.episode_len[episodes][:, None] - 1)
     return table.episode_start[episodes][:, None] + rel
 
 
@@ -213,12 +226,14 @@ def compose_flow(flow: np.ndarray, idx: np.ndarray, steps: np.ndarray) -> np.nda
 
 
 def make_batch(table: Table, episodes: np.ndarray, starts: np.ndarray, clip_len: int, offset: int,
-               with_flow: bool) -> dict[str, np.ndarray]:
-    """A LAM batch: clip uint8[B, L, R, R, 3], effector float32[B, L, 2], action_valid bool[B], dataset int32[B],
-    episode int64[B], start int64[B], and flow float32[B, L-1, R, R, 2] (if with_flow) between consecutive clip
-    frames."""
-    idx = clip_indices(table, episodes, starts, clip_len, offset)
-    out = {"clip": table.frames[idx], "effector": table.effector[idx],
+               with_flow: bool, context: int = 0) -> dict[str, np.ndarray]:
+    """A LAM batch: clip uint8[B, context + L, R, R, 3] (`context` leading frames before frame t, see
+    clip_indices), effector float32[B, L, 2], action_valid bool[B], dataset int32[B], episode int64[B],
+    start int64[B], and flow float32[B, L-1, R, R, 2] (if with_flow) between consecutive clip frames. The effector
+    and flow are those of the L clip frames t, ..., t+(L-1)o only (the probes' truth is the transition's)."""
+    full = clip_indices(table, episodes, starts, clip_len, offset, context)
+    idx = full[:, context:]
+    out = {"clip": table.frames[full], "effector": table.effector[idx],
            "action_valid": table.action_valid[table.episode_start[episodes]],
            "dataset": table.episode_dataset[episodes], "episode": episodes.astype(np.int64),
            "start": starts.astype(np.int64)}
@@ -231,14 +246,15 @@ def make_batch(table: Table, episodes: np.ndarray, starts: np.ndarray, clip_len:
 
 
 class ClipSampler:
-    """Endless seeded iterator of random clips (uniform over datasets by `weights`, then over steps).
+    """Endless seeded iterator of random clips (uniform over datasets by `weights`, then over steps; `context`
+    leading frames per clip as in make_batch: the starts drawn, hence the transitions, do not depend on it).
 
     get_state/set_state make it resumable (the state is the number of batches drawn; batch i uses seed (seed, i))."""
 
     def __init__(self, table: Table, *, batch_size: int, clip_len: int, offset: int, seed: int = 0,
-                 weights: Sequence[float] | None = None, with_flow: bool = False):
+                 weights: Sequence[float] | None = None, with_flow: bool = False, context: int = 0):
         self.table, self.batch_size, self.clip_len, self.offset = table, batch_size, clip_len, offset
-        self.seed, self.with_flow, self.i = seed, with_flow, 0
+        self.seed, self.with_flow, self.context, self.i = seed, with_flow, context, 0
         w = np.ones(len(table.datasets)) if weights is None else np.asarray(weights, np.float64)
         self.weights = w / w.sum()
         span = (clip_len - 1) * offset
@@ -264,7 +280,7 @@ class ClipSampler:
         rng = np.random.default_rng([self.seed, self.i])
         self.i += 1
         eps, starts = self.sample(rng, self.batch_size)
-        return make_batch(self.table, eps, starts, self.clip_len, self.offset, self.with_flow)
+        return make_batch(self.table, eps, starts, self.clip_len, self.offset, self.with_flow, self.context)
 
     def get_state(self) -> dict[str, Any]:
         return {"batches": self.i}

@@ -90,23 +90,25 @@ def collect(labeler: Labeler, table: lam_data.Table, cfg: ml_collections.ConfigD
     """Codes, true displacement / position per transition, and PSNR of the model and of copying the last frame."""
     d = cfg.data
     bs = int(cfg.eval.batch_size)
+    n_ctx = int(cfg.model.decoder.get("context", 0))  # leading decoder-only frames; the codes never see them
     sampler = lam_data.ClipSampler(table, batch_size=bs, clip_len=d.clip_len, offset=d.offset, seed=seed,
-                                   weights=d.weights)
+                                   weights=d.weights, context=n_ctx)
     dec = labeler.decode() if recon else None
-    prepare = jax.jit(labeler.prepare)
+    prepare = jax.jit(labeler.prepare, static_argnums=1)
     out: dict[str, list] = {k: [] for k in ("ids", "disp", "pos", "psnr", "psnr_copy", "dataset")}
     for _ in range(n_batches):
         b = next(sampler)
-        ids = np.asarray(labeler(b["clip"]))  # [B, T-1, C]
-        eff = b["effector"]  # pixels of the frames the LAM reads (lam/data.py EFFECTOR_TRUTH)
+        ids = np.asarray(labeler(b["clip"][:, n_ctx:]))  # [B, T-1, C]
+        eff = b["effector"]  # of the clip's T frames, in pixels of the frames the LAM reads (lam/data.py)
         n = ids.shape[1]
         out["ids"].append(ids.reshape(-1, ids.shape[-1]))
         out["disp"].append((eff[:, 1:] - eff[:, :-1]).reshape(-1, 2))
         out["pos"].append(eff[:, :-1].reshape(-1, 2))
         out["dataset"].append(np.repeat(b["dataset"], n))
         if recon:  # in the frames the LAM reads (registered to frame 0 for a stabilized LAM, copy-last as well)
-            x = np.asarray(prepare(jnp.asarray(b["clip"])))
-            pred = np.clip(np.asarray(dec(jnp.asarray(x[:, :-1]), jnp.asarray(ids))), 0, 1)
+            full = np.asarray(prepare(jnp.asarray(b["clip"]), n_ctx))
+            x, ctx = full[:, n_ctx:], (jnp.asarray(full[:, :n_ctx]) if n_ctx else None)
+            pred = np.clip(np.asarray(dec(jnp.asarray(x[:, :-1]), jnp.asarray(ids), ctx)), 0, 1)
             mse = lambda a, c: np.mean((a - c) ** 2, axis=(2, 3, 4)).reshape(-1)
             out["psnr"].append(-10 * np.log10(np.maximum(mse(pred, x[:, 1:]), 1e-10)))
             out["psnr_copy"].append(-10 * np.log10(np.maximum(mse(x[:, :-1], x[:, 1:]), 1e-10)))

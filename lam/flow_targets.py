@@ -63,10 +63,12 @@ def clip_flow(clip: np.ndarray, valid: np.ndarray | None = None, params: Farneba
 
 
 class WithFlow:
-    """Wraps a LAM batch iterator (dicts or data.batch.LAMBatch) and adds Farneback 'flow' to each batch (dict)."""
+    """Wraps a LAM batch iterator (dicts or data.batch.LAMBatch) and adds Farneback 'flow' to each batch (dict),
+    between the clip frames after its `context` leading frames (model.decoder.context)."""
 
-    def __init__(self, it: Iterator, params: FarnebackParams = FarnebackParams(), threads: int = 4):
-        self.it, self.params = it, params
+    def __init__(self, it: Iterator, params: FarnebackParams = FarnebackParams(), threads: int = 4,
+                 context: int = 0):
+        self.it, self.params, self.context = it, params, context  # context: leading decoder frames (no flow)
         self.pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="farneback")
 
     def __iter__(self) -> WithFlow:
@@ -77,7 +79,9 @@ class WithFlow:
         d = batch.to_dict() if hasattr(batch, "to_dict") else dict(batch)
         if "clip" not in d:
             raise KeyError(f"flow targets need a 'clip' field in the batch (have {sorted(d)})")
-        d["flow"] = clip_flow(np.asarray(d["clip"]), d.get("clip_valid"), self.params, self.pool)
+        valid = d.get("clip_valid")
+        d["flow"] = clip_flow(np.asarray(d["clip"])[:, self.context:],
+                              None if valid is None else np.asarray(valid)[:, self.context:], self.params, self.pool)
         return d
 
     def get_state(self) -> Any:

@@ -83,14 +83,15 @@ class Labeler:
         self.codes = int(config.model.code_grid) ** 2
         self._jit = jax.jit(self.fn)
 
-    def prepare(self, frames: jax.Array) -> jax.Array:
-        """frames uint8/float[B, T, H, W, 3] → what the encoder reads: float 0..1 at the LAM's size, registered to
-        frame 0 when the LAM was trained so (`model.stabilize`)."""
+    def prepare(self, frames: jax.Array, reference: int = 0) -> jax.Array:
+        """frames uint8/float[B, T, H, W, 3] → what the model reads: float 0..1 at the LAM's size, registered to
+        frame `reference` when the LAM was trained so (`model.stabilize`; a clip that leads with decoder context
+        frames is registered to its first transition frame, reference = model.decoder.context)."""
         x = frames.astype(jnp.float32) / 255.0 if frames.dtype == jnp.uint8 else frames.astype(jnp.float32)
         r = int(self.config.model.image_size)
         if x.shape[2:4] != (r, r):
             x = jax.image.resize(x, (*x.shape[:2], r, r, 3), "bilinear")
-        return stabilize(x)[0] if self.config.model.get("stabilize", False) else x
+        return stabilize(x, reference)[0] if self.config.model.get("stabilize", False) else x
 
     def fn(self, variables: PyTree, frames: jax.Array) -> jax.Array:
         """frames uint8/float[B, T, H, W, 3] (uint8 0..255 or float 0..1) → int32[B, T-1, C]."""
@@ -102,17 +103,19 @@ class Labeler:
             raise ValueError(f"frames must be [B, T, H, W, 3], got shape {np.shape(frames)}")
         return self._jit(self.variables, jnp.asarray(frames))
 
-    def decode(self) -> Callable[[jax.Array, jax.Array], jax.Array]:
-        """Jitted (frames float[B, N, H, W, 3], ids int32[B, N, C]) → predicted next frames (hard codes)."""
+    def decode(self) -> Callable[..., jax.Array]:
+        """Jitted (frames float[B, N, H, W, 3], ids int32[B, N, C], context float[B, 1, H, W, 3] | None) → predicted
+        next frames (hard codes). `context` (the frame `offset` before frames[:, 0]) is required iff the LAM was
+        trained with model.decoder.context = 1; labelling itself never needs it."""
         g = int(self.config.model.code_grid)
 
-        def f(variables, frames, ids):
+        def f(variables, frames, ids, context):
             ids = ids.reshape(*ids.shape[:2], g, g)
             codes = self.model.apply(variables, ids, method=LatentActionModel.codes_from_ids)
-            return self.model.apply(variables, frames, codes, method=LatentActionModel.decode)[0]
+            return self.model.apply(variables, frames, codes, context, method=LatentActionModel.decode)[0]
 
         jf = jax.jit(f)
-        return lambda frames, ids: jf(self.variables, frames, ids)
+        return lambda frames, ids, context=None: jf(self.variables, frames, ids, context)
 
 
 def write_cache(labeler: Labeler, root: str, dataset: str, split: str, out_dir: str, *, batch_size: int = 64,

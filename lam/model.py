@@ -1,6 +1,7 @@
 """The latent action model: encoder → NSVQ → decoder, one module whose variants (LAPA, ViPRA) are config values.
 
-    clip float[B, T, H, W, 3] in [0, 1]  (LAPA: T = 2, frames t and t+offset; ViPRA: T frames)
+    clip float[B, T, H, W, 3] in [0, 1]  (LAPA: T = 2, frames t and t+offset; ViPRA: T frames; with
+             decoder.context = 1 the clip leads with one more frame, t − offset, that only the decoder reads)
     encode:  patches → spatial/temporal transformer → per-transition code vectors z float[B, T-1, g, g, Dq]
              (LAPA: z = conv(enc(frame t+1)) − conv(enc(frame t)); ViPRA: conv3d over the features of frames 1..T-1;
              code_pool='mean': the g·g slots are linear maps of z's grid mean instead of one slot per grid cell;
@@ -9,7 +10,10 @@
              slot_codebooks: slot (i, j) has its own codebook, else all slots share one)
     decode:  frames 0..T-2 + codes → frames 1..T-1 (float[B, T-1, H, W, 3]) and optionally flow (float[..., 2], px)
              'cross_attention' (LAPA): first-frame patches attend to the code tokens, per transition;
-             'film' (ViPRA): a causal spatio-temporal transformer, FiLM on the codes, the codes as an extra token.
+             'film' (ViPRA): a causal spatio-temporal transformer, FiLM on the codes, the codes as an extra token;
+             decoder.context = 1: a motion stem on (each transition's first frame − the frame `offset` before it)
+             adds to the decoder's tokens, so what moves at constant velocity (distractors) is predictable without
+             the codes. The encoder, the codes and `label` never see the context frame.
 """
 
 from __future__ import annotations
@@ -150,6 +154,12 @@ class LatentActionModel(nn.Module):
             self.dec_blocks = _blocks(c, d.depth, "dec", causal=True, film=True, peg=d.peg)
         else:
             raise ValueError(f"model.decoder.kind must be 'cross_attention' or 'film', got {d.kind!r}")
+        self.n_context = int(d.get("context", 0))
+        if self.n_context:
+            # the previous motion into each transition's first frame, on the decoder's patch grid. Not zero-initialised:
+            # the encoder's motion stem with a zero-initialised output stayed unused (MotionStem), and the decoder's
+            # residual output layers are zero-initialised anyway, so the start is still the copy-last predictor.
+            self.context_stem = MotionStem(self.dec_patch, c.dim, max(c.dim // 2, 8), name="context_stem")
         self.dec_norm = layers.layer_norm("dec_norm")
         # residual decoders start as the copy-last-frame predictor (zero-initialised output layers)
         init = nn.initializers.zeros if c.decoder.residual else nn.initializers.lecun_normal()
@@ -189,11 +199,18 @@ class LatentActionModel(nn.Module):
         codes = lookup(cb + shift, flat).reshape(*ids.shape, cb.shape[-1])
         return l2_normalize(codes) if self.config.quant_norm else codes
 
-    def decode(self, frames: Array, codes: Array) -> tuple[Array, Array | None]:
+    def decode(self, frames: Array, codes: Array, context: Array | None = None) -> tuple[Array, Array | None]:
         """frames float[B, T-1, H, W, 3] (frames 0..T-2) + codes float[B, T-1, g, g, Dq] → predicted frames 1..T-1
-        float[B, T-1, H, W, 3] and flow float[B, T-1, H, W, 2] (pixels, None without the flow head)."""
+        float[B, T-1, H, W, 3] and flow float[B, T-1, H, W, 2] (pixels, None without the flow head).
+
+        context float[B, 1, H, W, 3]: the frame `offset` before frames[:, 0]; required iff decoder.context = 1.
+        Transition i's previous motion is frames[i] − (context if i = 0 else frames[i-1])."""
         c = self.config
         b, n = codes.shape[:2]
+        if (context is None) != (not self.n_context):
+            raise ValueError(f"model.decoder.context={self.n_context} but decode got "
+                             f"{'no context frame' if context is None else 'a context frame'}")
+        motion = self.context_stem(jnp.concatenate([context, frames], 1))[:, 1:] if self.n_context else 0.0
         if c.decoder.kind == "cross_attention":
             # queries: the (detached) patch embedding of each transition's first frame (the decoder's own embedding
             # when decoder.patch_size differs from the encoder's); keys: its g·g code tokens
@@ -202,11 +219,12 @@ class LatentActionModel(nn.Module):
             else:
                 q = jax.lax.stop_gradient(self.embed(frames)) if c.decoder.detach_queries else self.embed(frames)
             ctx = self.project_out(codes.reshape(b, n, -1, codes.shape[-1]))
+            q = q + motion  # after the detach: the context stem learns from the reconstruction
             x = q.reshape(b * n, 1, *q.shape[2:])
             x, _ = layers.stack(self.dec_blocks, x, context=ctx.reshape(b * n, 1, *ctx.shape[2:]))
             x = x.reshape(b, n, *x.shape[2:])
         else:
-            x = self.dec_patch_embed(frames)
+            x = self.dec_patch_embed(frames) + motion
             cond = self.cond_ff(self.cond_in(codes.reshape(b, n, -1)))
             x, _ = layers.stack(self.dec_blocks, x, cond[:, :, None], cond=cond)
         x = self.dec_norm(x)
@@ -217,10 +235,12 @@ class LatentActionModel(nn.Module):
         return pix, flow
 
     def __call__(self, clip: Array, *, train: bool = False) -> dict[str, Array]:
-        """clip float[B, T, H, W, 3] → {'pred', 'flow' (if head), 'ids', 'z'}."""
+        """clip float[B, context + T, H, W, 3] (decoder.context leading frames, see the module docstring) →
+        {'pred', 'flow' (if head), 'ids', 'z'} of the T-frame clip after the context."""
+        context, clip = split_context(clip, self.n_context)
         z = self.encode(clip)
         q, ids = self.quantize(z, train=train)
-        pred, flow = self.decode(clip[:, :-1], q)
+        pred, flow = self.decode(clip[:, :-1], q, context)
         out = {"pred": pred, "ids": ids, "z": z}
         if flow is not None:
             out["flow"] = flow
@@ -229,6 +249,17 @@ class LatentActionModel(nn.Module):
     def label(self, clip: Array) -> Array:
         """clip float[B, T, H, W, 3] → hard code ids int32[B, T-1, g, g] (no decoder run)."""
         return self.quantize(self.encode(clip), train=False)[1]
+
+
+def split_context(clip: Array, context: int) -> tuple[Array | None, Array]:
+    """clip float[B, context + T, ...] → (its context frames float[B, context, ...] or None when context = 0, the
+    T-frame clip)."""
+    if not context:
+        return None, clip
+    if clip.shape[1] < context + 2:
+        raise ValueError(f"a clip with {context} context frame(s) needs at least {context + 2} frames, got "
+                         f"{clip.shape[1]}")
+    return clip[:, :context], clip[:, context:]
 
 
 def count_params(params: Any) -> int:

@@ -111,6 +111,9 @@ def transfer_grid(path: str, cfg: ml_collections.ConfigDict, labeler: Any, table
         return None
     chosen = rng.choice(long_eps, size=2 * pairs, replace=len(long_eps) < 2 * pairs)
     dec = labeler.decode()
+    # a decoder with a context frame reads the rollout's previous frame (at step 0 the episode's first frame itself,
+    # i.e. zero previous motion, as the training clips are clamped at an episode's start)
+    with_context = bool(int(cfg.model.decoder.get("context", 0)))
     rows = []
     for p in range(pairs):
         a, b = chosen[2 * p], chosen[2 * p + 1]
@@ -120,7 +123,8 @@ def transfer_grid(path: str, cfg: ml_collections.ConfigDict, labeler: Any, table
         cur = fb[0].astype(np.float32)[None, None] / 255.0
         roll = [cur[0, 0]]
         for t in range(n_steps):
-            cur = np.clip(np.asarray(dec(jnp.asarray(cur), jnp.asarray(ids_a[t][None, None]))), 0, 1)
+            ctx = jnp.asarray(roll[max(t - 1, 0)][None, None]) if with_context else None
+            cur = np.clip(np.asarray(dec(jnp.asarray(cur), jnp.asarray(ids_a[t][None, None]), ctx)), 0, 1)
             roll.append(cur[0, 0])
         rows += [fa.astype(np.float32) / 255.0, fb.astype(np.float32) / 255.0, np.stack(roll)]
     return _save_grid(path, rows, (1.2 * (n_steps + 1), 1.2 * len(rows)),
@@ -129,11 +133,14 @@ def transfer_grid(path: str, cfg: ml_collections.ConfigDict, labeler: Any, table
 
 def recon_grid(path: str, cfg: ml_collections.ConfigDict, labeler: Any, table: lam_data.Table) -> np.ndarray:
     """Rows: first frame, true next frame, reconstruction (8 random held-out clips)."""
-    s = lam_data.ClipSampler(table, batch_size=8, clip_len=cfg.data.clip_len, offset=cfg.data.offset, seed=3)
+    n_ctx = int(cfg.model.decoder.get("context", 0))  # leading decoder-only frames (not drawn)
+    s = lam_data.ClipSampler(table, batch_size=8, clip_len=cfg.data.clip_len, offset=cfg.data.offset, seed=3,
+                             context=n_ctx)
     b = next(s)
-    x = b["clip"].astype(np.float32) / 255.0
-    ids = np.asarray(labeler(b["clip"]))
-    pred = np.clip(np.asarray(labeler.decode()(jnp.asarray(x[:, :-1]), jnp.asarray(ids))), 0, 1)
+    full = b["clip"].astype(np.float32) / 255.0
+    x, ctx = full[:, n_ctx:], (jnp.asarray(full[:, :n_ctx]) if n_ctx else None)
+    ids = np.asarray(labeler(b["clip"][:, n_ctx:]))
+    pred = np.clip(np.asarray(labeler.decode()(jnp.asarray(x[:, :-1]), jnp.asarray(ids), ctx)), 0, 1)
     return _save_grid(path, [x[:, 0], x[:, 1], pred[:, 0]], (10, 4),
                       "first frame / true next frame / reconstruction from first frame + codes")
 

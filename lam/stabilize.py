@@ -10,8 +10,8 @@ encoder sees the clip, so what is left to encode is what moved in the scene.
   luminance (the static, textured background and the table's edges dominate the cross-power spectrum; movers are a
   small part of it), with a parabolic sub-pixel refinement of the peak (on 64 px demo clips with 1 px jitter:
   median error 0.14 px, worst 0.46 px against the true shift);
-- `stabilize(clip)`: each frame moved back by its shift (bilinear, edge pixels repeated), so frame t aligns to
-  frame 0;
+- `stabilize(clip, reference=0)`: each frame moved back by its shift (bilinear, edge pixels repeated), so frame t
+  aligns to frame 0 (or to the clip's first transition frame when it leads with a decoder context frame);
 - `compensate_flow(flow)`: a flow target (ground truth or Farneback, computed on the raw frames) minus its per-pair
   median, i.e. relative to the background's motion, which is what the registered frames show.
 
@@ -50,11 +50,12 @@ def _pair_shift(ref: jax.Array, img: jax.Array) -> jax.Array:
     return jnp.stack([wrap(py, h) + dy, wrap(px, w) + dx])
 
 
-def global_shifts(clip: jax.Array) -> jax.Array:
-    """clip f32[B, T, H, W, 3] → f32[B, T, 2]: (dy, dx) in pixels of each frame relative to frame 0 (row 0 = 0)."""
+def global_shifts(clip: jax.Array, reference: int = 0) -> jax.Array:
+    """clip f32[B, T, H, W, 3] → f32[B, T, 2]: (dy, dx) in pixels of each frame relative to frame `reference`
+    (that row = 0)."""
     luma = clip @ _LUMA
-    per_frame = jax.vmap(_pair_shift, in_axes=(None, 0))  # over T, against frame 0
-    return jax.vmap(lambda c: per_frame(c[0], c))(luma)
+    per_frame = jax.vmap(_pair_shift, in_axes=(None, 0))  # over T, against the reference frame
+    return jax.vmap(lambda c: per_frame(c[reference], c))(luma)
 
 
 def _translate(img: jax.Array, dy: jax.Array, dx: jax.Array) -> jax.Array:
@@ -66,9 +67,11 @@ def _translate(img: jax.Array, dy: jax.Array, dx: jax.Array) -> jax.Array:
     return jnp.stack([sample(img[..., c]) for c in range(img.shape[-1])], axis=-1)
 
 
-def stabilize(clip: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """clip f32[B, T, H, W, 3] → (registered clip, same shape; shifts f32[B, T, 2] that were removed)."""
-    shifts = jax.lax.stop_gradient(global_shifts(clip))
+def stabilize(clip: jax.Array, reference: int = 0) -> tuple[jax.Array, jax.Array]:
+    """clip f32[B, T, H, W, 3] → (registered clip, same shape; shifts f32[B, T, 2] that were removed). Frames are
+    registered to frame `reference`: a clip that leads with decoder context frames (model.decoder.context) uses its
+    first transition frame, so the encoder's frames are registered exactly as the labeler registers them."""
+    shifts = jax.lax.stop_gradient(global_shifts(clip, reference))
     move = jax.vmap(jax.vmap(lambda f, s: _translate(f, s[0], s[1])))
     return move(clip, shifts), shifts
 

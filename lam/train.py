@@ -40,8 +40,14 @@ def make_model(config: ml_collections.ConfigDict) -> LatentActionModel:
 
 
 def dummy_clip(config: ml_collections.ConfigDict, batch: int = 1) -> jax.Array:
+    """zeros float32[batch, context + clip_len, R, R, 3]: what the model's __call__ reads."""
     r = config.model.image_size
-    return jnp.zeros((batch, config.data.clip_len, r, r, 3), jnp.float32)
+    return jnp.zeros((batch, context_frames(config) + config.data.clip_len, r, r, 3), jnp.float32)
+
+
+def context_frames(config: ml_collections.ConfigDict) -> int:
+    """Leading decoder context frames per training clip (model.decoder.context; 0 in runs saved before it)."""
+    return int(config.model.decoder.get("context", 0))
 
 
 def make_init_fn(config: ml_collections.ConfigDict) -> Callable[[jax.Array], PyTree]:
@@ -55,27 +61,32 @@ def make_init_fn(config: ml_collections.ConfigDict) -> Callable[[jax.Array], PyT
 
 
 def make_loss_fn(config: ml_collections.ConfigDict, feature_fn: losses.FeatureFn | None = None) -> Callable:
-    """(params, batch, rng, model_state) -> (loss, (metrics, new_model_state)); batch = {'clip' uint8[B, L, R, R, 3],
-    optional 'flow' float[B, L-1, R, R, 2] (pixels), optional 'clip_valid' bool[B, L]}."""
+    """(params, batch, rng, model_state) -> (loss, (metrics, new_model_state)); batch = {'clip' uint8[B, C + L, R, R,
+    3] (C = model.decoder.context leading frames for the decoder), optional 'flow' float[B, L-1, R, R, 2] (pixels),
+    optional 'clip_valid' bool[B, C + L]}; the loss and metrics are over the L-frame clip after the context."""
     lam_config.check(config)
     model = make_model(config)
     lc, qc = config.loss, config.quantizer
     if lc.perceptual_weight > 0 and feature_fn is None:
         raise ValueError("loss.perceptual_weight > 0 needs a feature network: make_loss_fn(config, feature_fn=...)")
 
+    n_ctx = context_frames(config)
+
     def loss_fn(params, batch, rng, model_state):
-        clip = to_float(batch["clip"])
+        full = to_float(batch["clip"])
         flow = batch.get("flow")
         if config.model.stabilize:  # the camera's shift out of frames and flow target alike (lam/stabilize.py)
-            clip = stabilize.stabilize(clip)[0]
+            full = stabilize.stabilize(full, reference=n_ctx)[0]  # registered to frame t, as the labeler does
             flow = None if flow is None else stabilize.compensate_flow(flow)
         r_q, r_rep = jax.random.split(rng)
-        out, new_vars = model.apply({"params": params, **model_state}, clip, train=True, rngs={"nsvq": r_q},
+        out, new_vars = model.apply({"params": params, **model_state}, full, train=True, rngs={"nsvq": r_q},
                                     mutable=["nsvq"])
+        clip = full[:, n_ctx:]  # the frames the encoder and the targets are about
         target = clip[:, 1:]
         mask = None
         if "clip_valid" in batch:
-            mask = batch["clip_valid"][:, 1:] & batch["clip_valid"][:, :-1]
+            valid = batch["clip_valid"][:, n_ctx:]
+            mask = valid[:, 1:] & valid[:, :-1]
         rec = losses.pixel_loss(out["pred"], target, lc.pixel, mask, previous=clip[:, :-1],
                                 motion_weight=lc.motion_weight)
         loss = lc.pixel_weight * rec
@@ -115,7 +126,8 @@ def make_data(config: ml_collections.ConfigDict, *, split: str | None = None, se
     seed = config.train.seed if seed is None else seed
     split = split or d.train_split
     want_flow = config.model.flow_head and config.loss.flow_weight > 0
-    lam_config.check_kinds(config)  # data.source, loss.flow_target: allowed values
+    lam_config.check(config)  # data.source, loss.flow_target: allowed values; a context frame needs 'memory'
+    n_ctx = context_frames(config)
     target = config.loss.flow_target
     gt_flow = want_flow and target == "ground_truth"
     if d.source == "memory":
@@ -123,7 +135,7 @@ def make_data(config: ml_collections.ConfigDict, *, split: str | None = None, se
                                     max_episodes=d.max_episodes or None, cache_dir=d.cache_dir,
                                     resolution=int(config.model.image_size), camera=str(d.camera))
         it = lam_data.ClipSampler(table, batch_size=d.batch_size, clip_len=d.clip_len, offset=d.offset, seed=seed,
-                                  weights=d.weights, with_flow=gt_flow)
+                                  weights=d.weights, with_flow=gt_flow, context=n_ctx)
     elif d.source == "pipeline":
         if gt_flow:
             raise ValueError("the streaming pipeline has no ground-truth flow: set loss.flow_target='farneback' "
@@ -143,7 +155,7 @@ def make_data(config: ml_collections.ConfigDict, *, split: str | None = None, se
     if want_flow and target == "farneback":
         from lam.flow_targets import FarnebackParams, WithFlow
 
-        it = WithFlow(it, FarnebackParams(winsize=int(config.loss.farneback_winsize)))
+        it = WithFlow(it, FarnebackParams(winsize=int(config.loss.farneback_winsize)), context=n_ctx)
     return it
 
 
@@ -188,6 +200,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, resume: bool = Fal
     assets = {"lam.json": json.dumps({"preset": config.preset, "codebook_size": config.model.codebook_size,
                                       "codes_per_transition": config.model.code_grid ** 2,
                                       "clip_len": config.data.clip_len, "offset": config.data.offset,
+                                      "context": context_frames(config),
                                       "image_size": config.model.image_size, "params": n})}
     clips = config.data.batch_size
     loaded = None
