@@ -220,7 +220,8 @@ def compose_flow(flow: np.ndarray, idx: np.ndarray, steps: np.ndarray) -> np.nda
         live = (k < steps)[:, None, None, None]
         px = np.clip(np.rint(pos[..., 0]), 0, r - 1).astype(np.int64)
         py = np.clip(np.rint(pos[..., 1]), 0, r - 1).astype(np.int64)
-        f = flow[(idx + k)[:, None, None], py, px].astype(np.float32)
+        at = np.minimum(idx + k, len(flow) - 1)  # rows already done (k >= steps) are masked below: no read past the end
+        f = flow[at[:, None, None], py, px].astype(np.float32)
         pos = pos + np.where(live, f, 0.0)
     return pos - start
 
