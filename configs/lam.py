@@ -72,6 +72,8 @@ def base() -> ml_collections.ConfigDict:
         "flow": "l1", "flow_weight": 0.0, "flow_moving_weight": 0.0, "flow_target": "ground_truth",
         "flow_moving_power": 0.0,  # > 0: moving pixels' extra weight ∝ |flow|^p (faster movers count more)
         "farneback_winsize": 9, "flow_start": 0, "flow_warmup": 0,
+        "farneback_gate": 0.0,  # > 0: Farneback flow kept only where registered frames differ > k noise sigmas
+                                # (lam/flow_targets.py noise_gate); 0 = the raw flow
     })
     c.data = ml_collections.ConfigDict({
         "source": "memory",  # 'memory': lam/data.py (small RLDS with ground truth); 'pipeline': data/loader.py

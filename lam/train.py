@@ -155,7 +155,8 @@ def make_data(config: ml_collections.ConfigDict, *, split: str | None = None, se
     if want_flow and target == "farneback":
         from lam.flow_targets import FarnebackParams, WithFlow
 
-        it = WithFlow(it, FarnebackParams(winsize=int(config.loss.farneback_winsize)), context=n_ctx)
+        it = WithFlow(it, FarnebackParams(winsize=int(config.loss.farneback_winsize),
+                                          gate=float(config.loss.farneback_gate)), context=n_ctx)
     return it
 
 

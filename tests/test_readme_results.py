@@ -130,10 +130,12 @@ def test_the_pytest_session_writes_its_summary(tmp_path):
                        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     rec = json.loads(out.read_text())
-    assert rec["counts"]["passed"] == 1 and rec["counts"]["failed"] == 0 and rec["counts"]["deselected"] == 4
-    assert rec["exit_status"] == 0 and rec["workers"] == 0 and 0 < rec["seconds"] < 300
-    assert rec["start"]["cores"] == os.cpu_count() and len(rec["end"]["load"]) == 3
-    assert rec["end"]["time"] >= rec["start"]["time"]
+    # the record and the nested session's output in every message: this test failed twice without a trace (stop 30)
+    seen = f"record {rec}\nstdout tail {r.stdout[-1500:]}"
+    assert rec["counts"]["passed"] == 1 and rec["counts"]["failed"] == 0 and rec["counts"]["deselected"] == 4, seen
+    assert rec["exit_status"] == 0 and rec["workers"] == 0 and 0 < rec["seconds"] < 300, seen
+    assert rec["start"]["cores"] == os.cpu_count() and len(rec["end"]["load"]) == 3, seen
+    assert rec["end"]["time"] >= rec["start"]["time"], seen
     assert "| tests (every tier, no xdist workers) | 1 passed, 0 failed;" in "\n".join(readme_results.tests_block(rec))
     assert rec["compile_cache_entries_at_start"] >= 0
     text = "\n".join(readme_results.tests_block({**rec, "compile_cache_entries_at_start": 0}))
