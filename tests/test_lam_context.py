@@ -136,6 +136,11 @@ def test_clips_lead_with_the_frame_one_offset_earlier_clamped_at_the_episode_sta
     np.testing.assert_array_equal(b["effector"][:, :, 0], 10.0 * np.array(want)[:, 1:])
     assert b["flow"].shape == (5, 1, 4, 4, 2)
     np.testing.assert_array_equal(b["flow"][:, 0, 0, 0, 0], [3, 3, 3, 3, 1])  # ep 1 t=5: clamped, one step left
+    # Farneback targets (data without ground-truth flow) are likewise between the clip's frames, not the context's
+    from lam.flow_targets import WithFlow
+
+    fb = next(WithFlow(iter([{"clip": b["clip"]}]), context=1))["flow"]
+    assert fb.shape == (5, 1, 4, 4, 2)  # one pair (t, t+3); with the context frame counted it would be two
     # the sampler draws the same transitions with or without the context frame
     s0 = lam_data.ClipSampler(table, batch_size=6, clip_len=2, offset=3, seed=4)
     s1 = lam_data.ClipSampler(table, batch_size=6, clip_len=2, offset=3, seed=4, context=1)
