@@ -19,6 +19,7 @@ import numpy as np
 
 def main(argv: list[str] | None, get_config: Callable[[str], ml_collections.ConfigDict]) -> int:
     """Runs the benchmark; `get_config` resolves presets (configs/lam.py, passed in by the script layer)."""
+    from lam import config as lam_config
     from lam import train
     from lam.model import count_params
     from latent_pretraining.training import mesh as mesh_lib
@@ -43,7 +44,7 @@ def main(argv: list[str] | None, get_config: Callable[[str], ml_collections.Conf
                                  mesh_lib.batch_sharding(mesh, 1))
         r, n = cfg.model.image_size, cfg.data.clip_len
         g = np.random.default_rng(0)
-        batch = {"clip": g.integers(0, 256, (args.batch, train.context_frames(cfg) + n, r, r, 3), dtype=np.uint8)}
+        batch = {"clip": g.integers(0, 256, (args.batch, lam_config.context_frames(cfg) + n, r, r, 3), dtype=np.uint8)}
         if cfg.model.flow_head and cfg.loss.flow_weight > 0:
             batch["flow"] = np.zeros((args.batch, n - 1, r, r, 2), np.float32)
         batch = jax.device_put(batch, mesh_lib.batch_sharding(mesh, 1))
@@ -67,6 +68,7 @@ def step_variants(args: Any, get_config: Callable[[str], ml_collections.ConfigDi
     """`scripts/benchmark.py train-step --model lam`: the LAM trainer's step (forward, NSVQ, replacement, backward,
     the configured AdamW; state donated) for preset `--size` at `--batch` clips, on a one-device mesh, as one
     `step_table.Variant` (FLOPs from XLA's cost analysis of the compiled step: no hand formula exists for the LAM)."""
+    from lam import config as lam_config
     from lam import train
     from latent_pretraining.training import mesh as mesh_lib
     from latent_pretraining.training import optim, step, step_table
@@ -86,7 +88,7 @@ def step_variants(args: Any, get_config: Callable[[str], ml_collections.ConfigDi
                                  sharding)
         r, n = cfg.model.image_size, cfg.data.clip_len
         g = np.random.default_rng(0)
-        batch = {"clip": g.integers(0, 256, (args.batch, train.context_frames(cfg) + n, r, r, 3), dtype=np.uint8)}
+        batch = {"clip": g.integers(0, 256, (args.batch, lam_config.context_frames(cfg) + n, r, r, 3), dtype=np.uint8)}
         if cfg.model.flow_head and cfg.loss.flow_weight > 0:
             batch["flow"] = np.zeros((args.batch, n - 1, r, r, 2), np.float32)
         batch = jax.device_put(batch, sharding)

@@ -71,6 +71,11 @@ def check_kinds(config: Any, prefix: str = "") -> None:
             raise UnknownName(unknown(f"LAM config {dotted}", value, allowed).replace(" (known: ", " (allowed: "))
 
 
+def context_frames(config: Any) -> int:
+    """Leading decoder context frames per clip (model.decoder.context; 0 in configs written before the field)."""
+    return int(config.model.decoder.get("context", 0))
+
+
 def check(config: Any) -> None:
     """The whole config: the kinds, plus combinations that cannot work."""
     check_kinds(config)
@@ -80,7 +85,7 @@ def check(config: Any) -> None:
     if config.loss.get("flow_moving_power", 0.0) < 0:
         raise ValueError(f"loss.flow_moving_power must be >= 0 (0 = every moving pixel weighs the same), got "
                          f"{config.loss.flow_moving_power}")
-    context = m.decoder.get("context", 0)
+    context = context_frames(config)
     if context not in (0, 1):
         raise ValueError(f"model.decoder.context must be 0 (no context frame) or 1 (frame t - offset), got {context!r}")
     if context and config.data.source != "memory":

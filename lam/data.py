@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from data.demo import render as demo_render
+from lam.config import context_frames
 
 GT_EFFECTOR, GT_FLOW = "steps/ground_truth/effector_pos", "steps/ground_truth/flow"
 GT_HAND_PIXEL = "steps/ground_truth/hand_pixel"
@@ -156,7 +157,7 @@ def context_key(config: Any) -> dict[str, int]:
     """{'context': n} when the clips lead with n context frames (model.decoder.context), else {} (so the fingerprint
     of every run without context frames stays what it was). The .npz table cache needs no such key: it holds the
     per-step arrays, which clip_len, offset and context do not change (they only pick the sampled indices)."""
-    n = int(config.model.decoder.get("context", 0))
+    n = context_frames(config)
     return {"context": n} if n else {}
 
 

@@ -24,6 +24,7 @@ import numpy as np
 import optax
 
 from lam import data as lam_data
+from lam.config import context_frames
 from lam.label import Labeler, load_lam
 from lam.quantizer import perplexity
 
@@ -90,7 +91,7 @@ def collect(labeler: Labeler, table: lam_data.Table, cfg: ml_collections.ConfigD
     """Codes, true displacement / position per transition, and PSNR of the model and of copying the last frame."""
     d = cfg.data
     bs = int(cfg.eval.batch_size)
-    n_ctx = int(cfg.model.decoder.get("context", 0))  # leading decoder-only frames; the codes never see them
+    n_ctx = context_frames(cfg)  # leading decoder-only frames; the codes never see them
     sampler = lam_data.ClipSampler(table, batch_size=bs, clip_len=d.clip_len, offset=d.offset, seed=seed,
                                    weights=d.weights, context=n_ctx)
     dec = labeler.decode() if recon else None

@@ -11,6 +11,7 @@ import ml_collections
 import numpy as np
 
 from lam import data as lam_data
+from lam.config import context_frames
 
 
 def _plt():
@@ -113,7 +114,7 @@ def transfer_grid(path: str, cfg: ml_collections.ConfigDict, labeler: Any, table
     dec = labeler.decode()
     # a decoder with a context frame reads the rollout's previous frame (at step 0 the episode's first frame itself,
     # i.e. zero previous motion, as the training clips are clamped at an episode's start)
-    with_context = bool(int(cfg.model.decoder.get("context", 0)))
+    with_context = bool(context_frames(cfg))
     rows = []
     for p in range(pairs):
         a, b = chosen[2 * p], chosen[2 * p + 1]
@@ -133,7 +134,7 @@ def transfer_grid(path: str, cfg: ml_collections.ConfigDict, labeler: Any, table
 
 def recon_grid(path: str, cfg: ml_collections.ConfigDict, labeler: Any, table: lam_data.Table) -> np.ndarray:
     """Rows: first frame, true next frame, reconstruction (8 random held-out clips)."""
-    n_ctx = int(cfg.model.decoder.get("context", 0))  # leading decoder-only frames (not drawn)
+    n_ctx = context_frames(cfg)  # leading decoder-only frames (not drawn)
     s = lam_data.ClipSampler(table, batch_size=8, clip_len=cfg.data.clip_len, offset=cfg.data.offset, seed=3,
                              context=n_ctx)
     b = next(s)

@@ -42,12 +42,7 @@ def make_model(config: ml_collections.ConfigDict) -> LatentActionModel:
 def dummy_clip(config: ml_collections.ConfigDict, batch: int = 1) -> jax.Array:
     """zeros float32[batch, context + clip_len, R, R, 3]: what the model's __call__ reads."""
     r = config.model.image_size
-    return jnp.zeros((batch, context_frames(config) + config.data.clip_len, r, r, 3), jnp.float32)
-
-
-def context_frames(config: ml_collections.ConfigDict) -> int:
-    """Leading decoder context frames per training clip (model.decoder.context; 0 in runs saved before it)."""
-    return int(config.model.decoder.get("context", 0))
+    return jnp.zeros((batch, lam_config.context_frames(config) + config.data.clip_len, r, r, 3), jnp.float32)
 
 
 def make_init_fn(config: ml_collections.ConfigDict) -> Callable[[jax.Array], PyTree]:
@@ -70,7 +65,7 @@ def make_loss_fn(config: ml_collections.ConfigDict, feature_fn: losses.FeatureFn
     if lc.perceptual_weight > 0 and feature_fn is None:
         raise ValueError("loss.perceptual_weight > 0 needs a feature network: make_loss_fn(config, feature_fn=...)")
 
-    n_ctx = context_frames(config)
+    n_ctx = lam_config.context_frames(config)
 
     def loss_fn(params, batch, rng, model_state):
         full = to_float(batch["clip"])
@@ -127,7 +122,7 @@ def make_data(config: ml_collections.ConfigDict, *, split: str | None = None, se
     split = split or d.train_split
     want_flow = config.model.flow_head and config.loss.flow_weight > 0
     lam_config.check(config)  # data.source, loss.flow_target: allowed values; a context frame needs 'memory'
-    n_ctx = context_frames(config)
+    n_ctx = lam_config.context_frames(config)
     target = config.loss.flow_target
     gt_flow = want_flow and target == "ground_truth"
     if d.source == "memory":
@@ -201,7 +196,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, resume: bool = Fal
     assets = {"lam.json": json.dumps({"preset": config.preset, "codebook_size": config.model.codebook_size,
                                       "codes_per_transition": config.model.code_grid ** 2,
                                       "clip_len": config.data.clip_len, "offset": config.data.offset,
-                                      "context": context_frames(config),
+                                      "context": lam_config.context_frames(config),
                                       "image_size": config.model.image_size, "params": n})}
     clips = config.data.batch_size
     loaded = None
