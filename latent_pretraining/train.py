@@ -142,7 +142,8 @@ def build(config: ml_collections.ConfigDict, latent: LatentLabeler | None, *, to
     fcfg = flow.FlowConfig(**config.flow.to_dict())
     assets = {"tokenizer.model": tok.model_bytes, "video_llama.json": mcfg.to_dict(),
               "layout.json": dataclasses.asdict(spec),
-              "frozen.json": {"vqgan": {"path": config.vision.tokenizer, **vq_cfg.to_dict()},
+              "frozen.json": {"vqgan": {"path": os.path.abspath(config.vision.tokenizer) if config.vision.tokenizer
+                                         else "", **vq_cfg.to_dict()},
                               "lam": {k: v for k, v in lam_info.items()}}}
     return Setup(config, mcfg, spec, frozen, weights, tok, window, fcfg, assets)
 

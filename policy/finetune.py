@@ -35,13 +35,19 @@ def use_pretrained(config: ml_collections.ConfigDict, src: str, weights: bool = 
     for name in ("tokenizer.model", "frozen.json", "video_llama.json"):
         if name not in assets:
             raise FileNotFoundError(f"{src}: checkpoint assets lack {name!r}: is it a latent_pretraining.train run?")
+    vq_path = json.loads(assets["frozen.json"])["vqgan"]["path"]
+    if not os.path.exists(vq_path):  # older runs recorded it relative to the directory they were trained in
+        from core.errors import UserError
+
+        raise UserError(f"the pretrained run {src} records its VQGAN at {vq_path!r}, which does not exist from "
+                        f"{os.getcwd()}: run from the directory it was trained in, or restore that file")
     import tempfile
 
     fd, tok_path = tempfile.mkstemp(suffix="_tokenizer.model")  # the run stores it again as its own asset
     with os.fdopen(fd, "wb") as f:
         f.write(assets["tokenizer.model"])
     config.text.tokenizer = tok_path
-    config.vision.tokenizer = json.loads(assets["frozen.json"])["vqgan"]["path"]
+    config.vision.tokenizer = vq_path
     if weights:
         config.init.checkpoint = src
     pre = json.loads(assets["video_llama.json"])["llama"]
