@@ -109,7 +109,7 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
     counts = {k: len(stats.get(k, [])) for k in ("passed", "failed", "error", "skipped", "deselected")}
     record = {"counts": counts, "exit_status": int(exitstatus), "markexpr": config.option.markexpr,
               "workers": getattr(config.option, "numprocesses", None) or 0,
-              "seconds": round(time.time() - start["time"], 1), "revision": machine.git_revision(ROOT),
+              "seconds": round(time.time() - start["time"], 3), "revision": machine.git_revision(ROOT),
               "compile_cache_entries_at_start": getattr(config, "_latent_vla_cache", 0),
               "start": start, "end": machine.snapshot()}
     try:
