@@ -329,8 +329,9 @@ def write_report(out: str, runs: Sequence[Run], *, recipes: Sequence[str], varia
     md = [f"# {setup.get('title', 'Demo-world comparison: scratch vs LAPA vs ViPRA vs reference policies')}", "",
           f"Demo counts {setup['demos']}, fine-tuning seeds {setup['seeds']}, {setup['episodes']} closed-loop "
           f"episodes per policy on world seeds {e0}–{e1} (the same for every policy: all differences are paired; "
-          f"disjoint from the {setup.get('data_seeds', '?')} data-generation world seeds under "
-          f"{setup.get('data_root', '?')}, checked). Task families: {', '.join(fams)}.", "",
+          f"disjoint from the {setup.get('data_seeds', '?')} data-generation world seeds of the datasets "
+          f"under {setup.get('data_root', '?')} and of those the pretrained runs read, checked). "
+          f"Task families: {', '.join(fams)}.", "",
           "Success: episodes that reached the goal, pooled over the fine-tuning seeds (k/n), Wilson 95 % interval. "
           "Progress: the per-episode fraction of the way to the goal (docs/demo_world.md; Meta-World: the best "
           "reward / 10, docs/metaworld.md), mean with a bootstrap "
