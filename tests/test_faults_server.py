@@ -183,8 +183,10 @@ def test_concurrency_over_cap_is_503_with_retry_after():
             t.start()
         with PolicyClient(url, timeout=5, retries=0) as probe:
             end = time.monotonic() + 10
-            while probe.health()["in_flight"] < 2:
-                assert time.monotonic() < end, "the two requests never got in flight"
+            # in_flight counts a request from admission; pending only once its body is parsed and it waits for the
+            # policy. Wait for both: under load the second body can still be parsing when in_flight reads 2.
+            while (h := probe.health())["in_flight"] < 2 or h["pending"] < 2:
+                assert time.monotonic() < end, f"the two requests never got in flight and queued: {h}"
                 time.sleep(0.01)
             r = probe._http.post("/act", files={"npz": ("i.npz", _npz())}, data={"instruction": INSTRUCTION})
             assert r.status_code == 503 and r.headers["retry-after"] == "1", r.text
