@@ -36,6 +36,9 @@ def base() -> ml_collections.ConfigDict:
         # effector state as input: the first proprio_dim dims of the normalized 8-D proprio go through the proprio
         # encoder into one slot after the frames (layout.json proprio_slots = 1); 0 = no proprio input
         "proprio_dim": 0,
+        # vision input table at a fresh init: "normal" (every code an independent random row) or "codebook" (a
+        # random projection of the VQGAN codebook: look-alike codes start alike; train.codebook_embedding)
+        "vision_embed_init": "normal",
     })
     c.layout = ml_collections.ConfigDict({
         "prompt_len": 64, "template": "", "future_frame": False, "latent_steps": 1, "latent_separator": False,
@@ -56,6 +59,11 @@ def base() -> ml_collections.ConfigDict:
         "resolution": 64, "batch_size": 8, "shuffle_buffer": 10_000, "train_split": "train", "eval_split": "val",
         "eval_batches": 20, "reference_fps": 0.0,
         "stats_dir": "",  # normalization stats; '' = next to each dataset (else ~/.cache); `python -m data.stats`
+        # training-batch image augmentation (data/augment.py, Octo-style): one random resized crop + colour jitter
+        # per sample, shared by all its frames; never applied to evaluation batches. Frames must be tokenized in the
+        # step (cache.image = ""): cached token ids are of un-augmented frames
+        "augment": ml_collections.ConfigDict({"enabled": False, "crop_scale": (0.8, 1.0), "crop_ratio": (0.9, 1.1),
+                                              "brightness": 0.1, "contrast": 0.1, "saturation": 0.1, "hue": 0.02}),
     })
     # offline token caches (latent_pretraining/token_cache.py); "" = tokenize inside the step. image: .npz path with
     # {split} (scripts/cache_image_tokens.py --split S, one file per split); latent: label dir (scripts/

@@ -28,6 +28,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from core.lookup import lookup
 from lam import api as lam_api
 from latent_pretraining import flow, objective
 from latent_pretraining.model import vqgan
@@ -148,7 +149,23 @@ def build(config: ml_collections.ConfigDict, latent: LatentLabeler | None, *, to
     return Setup(config, mcfg, spec, frozen, weights, tok, window, fcfg, assets)
 
 
-def make_data(setup: Setup, split: str, seed: int) -> Iterator:
+def augment_config(config: ml_collections.ConfigDict) -> Any:
+    """config.data.augment -> data.augment.AugmentConfig, or None when disabled. Refuses augmentation with an image
+    token cache (the cached ids are of un-augmented frames, so the setting would silently do nothing)."""
+    a = config.data.augment
+    if not a.enabled:
+        return None
+    if config.cache.image:
+        raise ValueError("data.augment.enabled needs frames tokenized in the step, but cache.image is set "
+                         f"({config.cache.image!r}); set --config.cache.image='' or disable the augmentation")
+    from data.augment import AugmentConfig
+
+    return AugmentConfig(crop_scale=tuple(a.crop_scale), crop_ratio=tuple(a.crop_ratio), brightness=a.brightness,
+                         contrast=a.contrast, saturation=a.saturation, hue=a.hue)
+
+
+def make_data(setup: Setup, split: str, seed: int, *, train: bool = False) -> Iterator:
+    """The batch iterator of `split`; train=True applies config.data.augment (evaluation batches never are)."""
     from data.loader import make_iterator
     from data.mixture import PipelineConfig, mixture_from_lists
 
@@ -157,7 +174,8 @@ def make_data(setup: Setup, split: str, seed: int) -> Iterator:
     mixture = mixture_from_lists(setup.config.recipe or "vla", d.datasets, d.weights)
     cfg = PipelineConfig(data_root=d.root, window=setup.window, global_batch_size=d.batch_size,
                          resolution=d.resolution, split=split, seed=seed, shuffle_buffer=d.shuffle_buffer,
-                         camera=d.camera, stats_dir=d.stats_dir or None)
+                         camera=d.camera, stats_dir=d.stats_dir or None,
+                         augment=augment_config(setup.config) if train else None)
     return make_iterator(mixture, cfg)
 
 
@@ -185,12 +203,35 @@ def host_batch_fn(setup: Setup, split: str | None = None) -> Callable[[Any], dic
 def make_init_fn(setup: Setup) -> Callable[[jax.Array], PyTree]:
     shapes = jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), x.dtype), setup.frozen_weights)
 
+    how = setup.config.model.vision_embed_init
+    lookup(("normal", "codebook"), how, "model.vision_embed_init")
+    codebook = np.asarray(setup.frozen_weights["vqgan"]["quantize"]["embeddings"]) if how == "codebook" else None
+
     def init_fn(rng: jax.Array) -> PyTree:
         params = vla_init_params(setup.model_config, rng, boxed=True)["params"]
+        if codebook is not None:
+            box = params["vte"]["embedding"]
+            table = codebook_embedding(box.value, codebook, jax.random.fold_in(rng, 7))
+            params["vte"]["embedding"] = box.replace_boxed(table)
         frozen = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
         return {"params": params, "frozen": frozen}
 
     return init_fn
+
+
+def codebook_embedding(table: jax.Array, codebook: np.ndarray, rng: jax.Array) -> jax.Array:
+    """The vision input table ``[V, D]`` with its first ``K`` rows (the VQGAN codes) set to a random projection of
+    the VQGAN codebook ``[K, c]`` (``model.vision_embed_init="codebook"``): codes that look alike start with alike
+    embeddings, so what is learned for one code carries over to its neighbours, instead of every code starting as an
+    independent random row that only its own occurrences train. Rows are centred, projected by a Gaussian [c, D] and
+    scaled to the table's init std; the special rows (eof, eov) keep their init."""
+    k, c = codebook.shape
+    cb = jnp.asarray(codebook, jnp.float32)
+    cb = (cb - cb.mean(0)) / (cb.std() + 1e-8)
+    proj = jax.random.normal(rng, (c, table.shape[1]), jnp.float32) / np.sqrt(c)
+    rows = cb @ proj
+    rows = rows * (jnp.std(table) / (jnp.std(rows) + 1e-8))
+    return table.at[:k].set(rows.astype(table.dtype))
 
 
 def load_init_checkpoint(config: ml_collections.ConfigDict) -> PyTree | None:
@@ -316,7 +357,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, resume: bool = Fal
     curves = CurveHook(workdir)
     loss_fn = objective.make_loss_fn(setup.model, spec, setup.frozen, dict(config.loss), setup.flow,
                                      config.cotrain_fraction)
-    data = make_data(setup, config.data.train_split, config.train.seed)
+    data = make_data(setup, config.data.train_split, config.train.seed, train=True)
     # normalization stats travel with the checkpoint so a policy can de-normalize its actions
     assets = {**setup.assets, "norm_stats.json": {"mode": "normal", "datasets": data.statistics}}
     res = loop.run(config=config.train, workdir=workdir, resume=resume, overwrite=overwrite,

@@ -130,3 +130,32 @@ def test_errors_name_the_episode_and_the_mismatch(assets) -> None:
     with pytest.raises(ValueError, match="labels transitions t -> t\\+3 but the window"):
         token_cache.TokenCacheJoin(latent=assets["labels"], datasets=DATASETS,
                                    window=dataclasses.replace(setup.window, clip_stride=1), spec=setup.spec)
+
+
+def test_augmentation_changes_training_frames_only_and_refuses_a_token_cache(assets) -> None:
+    """`data.augment` (latent_pretraining.train.make_data train=True): the training batches' frames are cropped and
+    jittered, everything else in them is unchanged; evaluation batches never are; with an image token cache (ids of
+    un-augmented frames) it is refused in one line instead of silently doing nothing."""
+    setup = _setup(vipra_configs, assets, batch_size=8)
+    setup.config.data.augment.enabled = True
+    with pytest.raises(ValueError, match=r"augment.*cache\.image"):
+        vla_train.make_data(setup, "train", seed=0, train=True)
+    setup.config.cache.image = setup.config.cache.latent = ""
+    plain, aug = (next(vla_train.make_data(setup, "train", seed=0, train=t)).to_dict() for t in (False, True))
+    assert set(plain) == set(aug)
+    for k in plain:
+        if k in ("history", "future", "clip"):
+            assert plain[k].shape == aug[k].shape and plain[k].dtype == aug[k].dtype == np.uint8, k
+            diff = np.abs(plain[k].astype(int) - aug[k].astype(int))
+            assert diff.mean() > 1.0 and (diff > 0).mean() > 0.5, (k, diff.mean())  # not a near-identity
+        else:
+            np.testing.assert_array_equal(plain[k], aug[k], err_msg=k)
+    # two frames of one sample share a crop: a static background pixel stays equal across the sample's frames
+    h = aug["history"]
+    assert np.mean(h[:, 0] == h[:, -1]) > 0.5
+    again = next(vla_train.make_data(setup, "train", seed=0, train=True)).to_dict()
+    np.testing.assert_array_equal(again["history"], aug["history"])  # seeded: the same batch again
+    ev = next(vla_train.make_data(setup, "val", seed=0)).to_dict()  # evaluation: train=False, never augmented
+    setup.config.data.augment.enabled = False
+    ev_plain = next(vla_train.make_data(setup, "val", seed=0)).to_dict()
+    np.testing.assert_array_equal(ev["history"], ev_plain["history"])
