@@ -53,15 +53,16 @@ class RefConfig:
     batch_size: int = 128
     lr: float = 1e-3
     seed: int = 0
+    shift: int = 0  # image kind: random-shift augmentation of up to this many pixels per training sample (DrQ)
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
             from core.errors import UserError, unknown
 
             raise UserError(unknown("reference policy kind", self.kind, KINDS))
-        if self.chunk < 1 or self.steps < 1 or self.batch_size < 1:
-            raise ValueError(f"chunk, steps and batch_size must be >= 1, got {self.chunk}, {self.steps}, "
-                             f"{self.batch_size}")
+        if self.chunk < 1 or self.steps < 1 or self.batch_size < 1 or self.shift < 0:
+            raise ValueError(f"chunk, steps and batch_size must be >= 1 and shift >= 0, got {self.chunk}, "
+                             f"{self.steps}, {self.batch_size}, {self.shift}")
 
 
 # ------------------------------------------------------------------------------------------------- features
@@ -206,6 +207,19 @@ def make_model(cfg: RefConfig, vocab_size: int) -> Any:
     return StateMLP() if cfg.kind == "state" else ImageBC()
 
 
+def random_shift(images: Any, key: Any, pad: int) -> Any:
+    """uint8[B, R, R, 3] -> the same frames shifted by up to ``pad`` px each way, independently per sample (edge
+    padding, then a random R x R crop: DrQ's augmentation)."""
+    import jax
+    import jax.numpy as jnp
+
+    b, r = images.shape[0], images.shape[1]
+    padded = jnp.pad(images, ((0, 0), (pad, pad), (pad, pad), (0, 0)), mode="edge")
+    offsets = jax.random.randint(key, (b, 2), 0, 2 * pad + 1)
+    crop = lambda im, o: jax.lax.dynamic_slice(im, (o[0], o[1], 0), (r, r, images.shape[3]))
+    return jax.vmap(crop)(padded, offsets)
+
+
 def train(cfg: RefConfig, demos: Demos, *, progress: bool = True) -> tuple[Any, list[tuple[int, float]]]:
     """Adam on the chunk MSE; returns (params, [(step, loss)]): the first step's loss, then the mean over each
     following 100 steps."""
@@ -222,7 +236,10 @@ def train(cfg: RefConfig, demos: Demos, *, progress: bool = True) -> tuple[Any, 
     opt_state = opt.init(params)
 
     @jax.jit
-    def step(params, opt_state, states, images, words, targets):
+    def step(params, opt_state, states, images, words, targets, key):
+        if cfg.shift and cfg.kind == "image":
+            images = random_shift(images, key, cfg.shift)
+
         def loss_fn(p):
             return jnp.mean((model.apply(p, states, images, words) - targets) ** 2)
 
@@ -237,7 +254,8 @@ def train(cfg: RefConfig, demos: Demos, *, progress: bool = True) -> tuple[Any, 
 
         bar = tqdm(bar, desc=f"bc-{cfg.kind}", unit="step", dynamic_ncols=True)
     for i in bar:
-        params, opt_state, loss = step(params, opt_state, *pick(rng.integers(0, n, cfg.batch_size)))
+        key = jax.random.fold_in(jax.random.PRNGKey(cfg.seed), i)
+        params, opt_state, loss = step(params, opt_state, *pick(rng.integers(0, n, cfg.batch_size)), key)
         window.append(loss)
         if i == 0:  # the untrained loss, as the curve's first point
             curve.append((1, float(loss)))
@@ -359,11 +377,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--batch-size", type=int, default=RefConfig.batch_size)
     p.add_argument("--lr", type=float, default=RefConfig.lr)
     p.add_argument("--seed", type=int, default=0, help="training seed")
+    p.add_argument("--shift", type=int, default=RefConfig.shift,
+                   help="image kind: random-shift augmentation, pixels (default 0: none)")
     p.add_argument("--eval-episodes", type=int, default=0)
     p.add_argument("--eval-seed", type=int, default=1000)
     p.add_argument("--no-progress", action="store_true")
     a = p.parse_args(argv)
-    cfg = RefConfig(kind=a.kind, chunk=a.chunk, steps=a.steps, batch_size=a.batch_size, lr=a.lr, seed=a.seed)
+    cfg = RefConfig(kind=a.kind, chunk=a.chunk, steps=a.steps, batch_size=a.batch_size, lr=a.lr, seed=a.seed,
+                    shift=a.shift)
     s = run(cfg, data_root=a.data_root, num_demos=a.num_demos, workdir=a.workdir, eval_episodes=a.eval_episodes,
             eval_seed=a.eval_seed, progress=not a.no_progress)
     line = f"bc-{a.kind} on {a.num_demos} demos: final loss {s['curve'][-1][1]:.4f}"

@@ -144,7 +144,7 @@ def plan(a: argparse.Namespace, variants: dict[str, str]) -> list[Job]:
                     if r.kind == "reference":
                         train = [py, "-m", "policy.reference", "--kind", r.preset, "--data-root", a.data_root,
                                  "--num-demos", str(n), "--workdir", wd, "--seed", str(seed), "--no-progress",
-                                 *(["--steps", str(a.ref_steps)] if a.ref_steps else [])]
+                                 *(["--steps", str(a.ref_steps)] if a.ref_steps else []), *a.ref_arg]
                         done = os.path.join(wd, "reference.json")
                     else:
                         train = [py, "-m", "policy.finetune", f"--config=configs/policy.py:{r.preset}",
@@ -260,6 +260,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--ref-steps", type=int, default=0, help="reference-policy steps (default: policy.reference's)")
     p.add_argument("--finetune-arg", action="append", default=[], metavar="--config.X=V",
                    help="extra policy.finetune flag for every VLA fine-tune (repeatable; use the = form)")
+    p.add_argument("--ref-arg", action="append", default=[], metavar="--FLAG=V",
+                   help="extra policy.reference flag for every reference policy (repeatable; use the = form)")
     p.add_argument("--gif-episodes", type=int, default=2, help="rollout GIFs per policy (its first episodes)")
     p.add_argument("--redo", action="append", default=[], help="rerun runs matching this pattern, e.g. lapa_20")
     p.add_argument("--redo-all", action="store_true", help="rerun every run (e.g. after new pretraining)")

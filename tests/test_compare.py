@@ -122,7 +122,7 @@ def test_report_of_a_tiny_run(tmp_path):
 def _args(tmp_path: Path, **kw) -> argparse.Namespace:
     a = {"out": str(tmp_path / "cmp"), "data_root": "data", "recipes": ["scratch", "state_bc"], "demos": [4, 8],
          "seeds": [0, 1], "episodes": 3, "eval_seed": 1000, "steps": 0, "ref_steps": 0, "finetune_arg": [],
-         "gif_episodes": 0, "world": "demo"}
+         "ref_arg": [], "gif_episodes": 0, "world": "demo"}
     return argparse.Namespace(**{**a, **kw})
 
 

@@ -95,6 +95,25 @@ def test_eval_seeds_must_not_be_training_seeds(data_root, tmp_path):
         ref.RefConfig(kind="imag")
 
 
+def test_random_shift_moves_each_sample_within_the_pad():
+    import jax
+
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (32, 16, 16, 3)).astype(np.uint8)
+    out = np.asarray(ref.random_shift(images, jax.random.PRNGKey(0), 2))
+    assert out.shape == images.shape and out.dtype == np.uint8
+    padded = np.pad(images, ((0, 0), (2, 2), (2, 2), (0, 0)), mode="edge")
+    found = []
+    for im, o in zip(padded, out, strict=True):  # each output is one crop of its own padded frame
+        hits = [(dy, dx) for dy in range(5) for dx in range(5) if np.array_equal(im[dy:dy + 16, dx:dx + 16], o)]
+        assert hits, "not a crop of the padded frame"
+        found.append(hits[0])
+    assert len(set(found)) > 5  # offsets differ per sample
+    np.testing.assert_array_equal(ref.random_shift(images, jax.random.PRNGKey(0), 2), out)  # seeded
+    with pytest.raises(ValueError, match="shift >= 0"):
+        ref.RefConfig(kind="image", shift=-1)
+
+
 @pytest.mark.slow  # one XLA compile of the image model: 37 s wall under a load of 5 on the shared 2 cores
 def test_image_encoder_stays_cheap():
     # the first image encoder (three stride-2 convs from full resolution) cost 25.7 MFLOP per frame in XLA's count
