@@ -184,6 +184,12 @@ def scope_tables(groups: dict, family: str | None, variants: Sequence[str]) -> l
         out += [f"Paired differences vs {BASELINE} at the same N (per world seed, each side's mean over its "
                 "fine-tuning seeds; bootstrap 95 % over world seeds):", ""]
         out += _table(["recipe", "pretraining", "N", "world seeds", "Δ success (points)", "Δ progress"], diffs)
+    sens = sensitivity_rows(groups, family)
+    if sens:
+        out += ["Sensitivity to the number of demos (largest N − smallest N, same recipe, paired on world seeds; "
+                "\"separated\": the two pooled 95 % intervals do not overlap):", ""]
+        out += _table(["recipe", "pretraining", "N", "Δ success (points)", "Δ progress", "success separated",
+                       "progress separated"], sens)
     abl = []
     for (recipe, variant, n), runs in groups.items():
         if len(variants) < 2 or variant != variants[0] or not pooled(runs, family):
@@ -197,6 +203,27 @@ def scope_tables(groups: dict, family: str | None, variants: Sequence[str]) -> l
         out += ["Pretraining ablation (same recipe and N, paired on world seeds):", ""]
         out += _table(["recipe", "difference", "N", "world seeds", "Δ success (points)", "Δ progress"], abl)
     return out
+
+
+def sensitivity_rows(groups: dict, family: str | None) -> list[list[str]]:
+    """Per (recipe, variant) run at two or more N: the paired difference largest N − smallest N and whether the
+    pooled intervals of the two ends are disjoint (issue #20's criterion: more demos must be measurably better for
+    the benchmark to be able to rank recipes)."""
+    rows = []
+    by_recipe: dict[tuple[str, str], list[int]] = {}
+    for recipe, variant, n in groups:
+        by_recipe.setdefault((recipe, variant), []).append(n)
+    for (recipe, variant), ns in by_recipe.items():
+        lo_n, hi_n = min(ns), max(ns)
+        lo, hi = groups[(recipe, variant, lo_n)], groups[(recipe, variant, hi_n)]
+        p_lo, p_hi = pooled(lo, family), pooled(hi, family)
+        if lo_n == hi_n or not p_lo or not p_hi:
+            continue
+        s, g = paired(hi, lo, "success", family), paired(hi, lo, "progress", family)
+        apart = ["yes" if p_hi[k][0] > p_lo[k][1] or p_lo[k][0] > p_hi[k][1] else "no"
+                 for k in ("ci95", "progress_ci95")]
+        rows.append([recipe, variant or "—", f"{hi_n} − {lo_n}", _diff(s, 100, 1), _diff(g), *apart])
+    return rows
 
 
 # ------------------------------------------------------------------------------------------------------ plots

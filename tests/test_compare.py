@@ -119,6 +119,22 @@ def test_report_of_a_tiny_run(tmp_path):
                                                                               "lapa (robot)"]
 
 
+def test_sensitivity_rows_by_hand():
+    # scratch at 10 demos (SCRATCH: world means [0.1, 0.1, 0.8, 0.1]) and at 50 with every episode's progress +0.1
+    # and every success 1: paired +0.1 progress on each world seed; success 1/8 -> 8/8 (Wilson intervals disjoint);
+    # per-world success gains [1, 1, 0.5, 1]
+    more = [dataclasses.replace(r, demos=50, name=r.name.replace("_10_", "_50_"),
+                                records=tuple({**e, "progress": e["progress"] + 0.1, "success": True}
+                                              for e in r.records)) for r in SCRATCH]
+    groups = cr.group([*SCRATCH, *more, *LAPA], ["scratch", "lapa"], ["robot+human"])
+    rows = cr.sensitivity_rows(groups, None)
+    assert rows == [["scratch", "—", "50 − 10", "+87.5 [+62.5, +100.0]", "+0.100 [+0.100, +0.100]", "yes", "no"]]
+    assert cr.sensitivity_rows(groups, "touch_block")[0][3:] == ["+75.0 [+50.0, +100.0]", "+0.100 [+0.100, +0.100]",
+                                                                  "no", "no"]  # 4 episodes: too few to separate
+    md = "\n".join(cr.scope_tables(groups, None, ["robot+human"]))
+    assert "Sensitivity to the number of demos" in md and "| scratch | — | 50 − 10 |" in md
+
+
 def _args(tmp_path: Path, **kw) -> argparse.Namespace:
     a = {"out": str(tmp_path / "cmp"), "data_root": "data", "recipes": ["scratch", "state_bc"], "demos": [4, 8],
          "seeds": [0, 1], "episodes": 3, "eval_seed": 1000, "steps": 0, "ref_steps": 0, "finetune_arg": [],
