@@ -36,6 +36,11 @@ def _apply(cfg, variables, clip):
     return jax.jit(lambda v, x: model.apply(v, x))(variables, jnp.asarray(clip, jnp.float32) / 255.0)
 
 
+def _init(cfg):
+    """Jitted: an eager Flax init dispatches (and on a cold compilation cache compiles) every op on its own."""
+    return jax.jit(train.make_init_fn(cfg))(jax.random.PRNGKey(0))
+
+
 def _without(variables, name: str):
     return {**variables, "params": {k: v for k, v in variables["params"].items() if k != name}}
 
@@ -46,9 +51,7 @@ def test_context_off_is_the_old_model_and_on_adds_only_the_context_stem(preset: 
     legacy = lam_configs.get_config(preset)  # a saved run's config from before the field: decoder without 'context'
     legacy.data.cache_dir = ""
     del legacy.model.decoder["context"]
-    v_off = train.make_init_fn(off)(jax.random.PRNGKey(0))
-    v_legacy = train.make_init_fn(legacy)(jax.random.PRNGKey(0))
-    v_on = train.make_init_fn(on)(jax.random.PRNGKey(0))
+    v_off, v_legacy, v_on = (_init(c) for c in (off, legacy, on))
     assert jax.tree.structure(v_off) == jax.tree.structure(v_legacy)
     jax.tree.map(np.testing.assert_array_equal, v_off, v_legacy)
     # context=1 adds one decoder module and leaves every other parameter as it was (Flax seeds per module name)
@@ -64,7 +67,7 @@ def test_context_off_is_the_old_model_and_on_adds_only_the_context_stem(preset: 
 @pytest.mark.parametrize("preset", ["lapa_tiny", "vipra_tiny"])
 def test_the_context_frame_reaches_the_decoder_only(preset: str) -> None:
     cfg = _cfg(preset, 1)
-    v = jax.jit(train.make_init_fn(cfg))(jax.random.PRNGKey(0))
+    v = _init(cfg)
     # the residual decoder's zero-initialised output layers would hide every token change at init (random, not a
     # constant: a constant kernel only sums the layer-normed tokens, which is zero)
     noise = lambda t, s: jax.tree.map(lambda x: x + 0.05 * jax.random.normal(jax.random.PRNGKey(s), x.shape), t)
@@ -84,7 +87,7 @@ def test_the_context_frame_reaches_the_decoder_only(preset: str) -> None:
     # and the stem learns from the reconstruction: gradients reach it through the (detached) decoder queries
     loss_fn = train.make_loss_fn(cfg)
     ms = {k: x for k, x in v.items() if k != "params"}
-    g = jax.grad(lambda p: loss_fn(p, {"clip": jnp.asarray(clip)}, jax.random.PRNGKey(1), ms)[0])(v["params"])
+    g = jax.jit(jax.grad(lambda p: loss_fn(p, {"clip": jnp.asarray(clip)}, jax.random.PRNGKey(1), ms)[0]))(v["params"])
     assert float(jnp.abs(g["context_stem"]["conv0"]["kernel"]).sum()) > 0
     model = LatentActionModel(cfg.model)
     codes = jnp.zeros((1, 1, cfg.model.code_grid, cfg.model.code_grid, cfg.model.quant_dim))
@@ -95,7 +98,7 @@ def test_the_context_frame_reaches_the_decoder_only(preset: str) -> None:
 
 def test_labelling_does_not_depend_on_the_field() -> None:
     on = _cfg("lapa_tiny", 1)
-    v_on = train.make_init_fn(on)(jax.random.PRNGKey(0))
+    v_on = _init(on)
     clip = _clip(on, on.data.clip_len, b=3)  # what the VLA and the label caches feed: clip_len frames, no context
     ids_on = np.asarray(Labeler(on, v_on)(clip))
     ids_off = np.asarray(Labeler(_cfg("lapa_tiny", 0), _without(v_on, "context_stem"))(clip))
