@@ -220,7 +220,8 @@ def test_motion_stem_reads_frame_differences_only() -> None:
     assert float(jnp.abs(out[:, 1] - out[:, 0]).max()) > 1e-3
     # in the model the stem feeds the encoder: frame 1's pixels move z, gradients reach the stem
     variables = jax.jit(train.make_init_fn(cfg))(jax.random.PRNGKey(0))
-    grads = jax.grad(lambda p: jnp.sum(_encode(cfg.model, {**variables, "params": p}, x) ** 2))(variables["params"])
+    grads = jax.jit(jax.grad(lambda p: jnp.sum(_encode(cfg.model, {**variables, "params": p}, x) ** 2)))(
+        variables["params"])
     assert float(jnp.abs(grads["motion_stem"]["conv0"]["kernel"]).sum()) > 0
     cfg.model.patch_size = 6
     cfg.model.image_size = 48
