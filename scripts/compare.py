@@ -3,7 +3,7 @@ first-N labelled demos, paired closed-loop evaluation on the same world seeds, i
 
     python scripts/compare.py --out runs/compare --data-root runs/demo/data \
         --vla robot+human=runs/demo/vla --vla robot=runs/demo/vla_robot \
-        --demos 10,25,50,100 --seeds 0,1,2 --episodes 100 --eval-seed 1000      # = --preset full's grid
+        --demos 10,25,50,100 --seeds 0,1,2 --episodes 300 --eval-seed 1000      # = --preset full's grid
     python scripts/compare.py --preset demo --out runs/demo/compare --vla runs/demo/vla   # make demo's stage 5
 
 Per (recipe, pretraining variant, N demos, fine-tuning seed) one run directory OUT/<recipe>[-<variant>]_<N>_s<seed>:
@@ -64,7 +64,7 @@ RECIPES = {"scratch": Recipe("finetune", "scratch_demo", False), "lapa": Recipe(
 # "transfer" / "transfer_gpu": the Meta-World transfer experiment's grids (its cpu / gpu budgets in _worlds.py):
 # demo counts are multiples of the 6 target tasks (metaworld_robot episode i plays task i mod 6), so N demos are N/6
 # per task; evaluation episodes likewise cycle through the tasks (docs/metaworld.md, "The transfer experiment")
-GRIDS = {"full": {"demos": "10,25,50,100", "seeds": "0,1,2", "episodes": 100, "recipes": ",".join(RECIPES)},
+GRIDS = {"full": {"demos": "10,25,50,100", "seeds": "0,1,2", "episodes": 300, "recipes": ",".join(RECIPES)},
          "demo": {"demos": "50", "seeds": "0", "episodes": 30, "recipes": "scratch,lapa,vipra,state_bc"},
          "transfer": {"demos": "30,60", "seeds": "0,1", "episodes": 60, "recipes": "scratch,lapa,vipra"},
          "transfer_gpu": {"demos": "30,60,150", "seeds": "0,1,2", "episodes": 120, "recipes": "scratch,lapa,vipra"}}
@@ -254,7 +254,7 @@ def main(argv: list[str] | None = None) -> int:
                                                  "(full: 10,25,50,100)")
     p.add_argument("--seeds", default=None, help="fine-tuning seeds: train.seed, policy.reference --seed "
                                                  "(full: 0,1,2)")
-    p.add_argument("--episodes", type=int, default=None, help="closed-loop episodes per policy (full: 100)")
+    p.add_argument("--episodes", type=int, default=None, help="closed-loop episodes per policy (full: 300)")
     p.add_argument("--eval-seed", type=int, default=1000, help="episode i plays world seed EVAL_SEED + i")
     p.add_argument("--steps", type=int, default=0, help="fine-tuning steps (default: the preset's)")
     p.add_argument("--ref-steps", type=int, default=0, help="reference-policy steps (default: policy.reference's)")
