@@ -13,7 +13,10 @@ the peak that "fraction of peak" divides by. See ``step_table`` for what each co
     python scripts/benchmark.py train-step --model vla --size demo --batch 8
     python scripts/benchmark.py train-step --model lam --size lapa_demo --batch 16
     python scripts/benchmark.py train-step --small                  # seconds: tiny shapes (tests)
-    python scripts/benchmark.py train-step --preset 1b --dtype bfloat16 --batch 8 --seq 2048 --no-hf   # on a GPU
+    python scripts/benchmark.py train-step --preset 1b --dtype bfloat16 --batch 8 --seq 2048 --peak-size 8192  # GPU
+
+On a GPU, HF runs on CUDA beside ours (torch autocast for bf16) and the summary adds the MFU against the chip's
+datasheet peak.
 """
 
 from __future__ import annotations
@@ -135,9 +138,13 @@ def print_comparison(results: dict[str, tuple[list, list]], temps: dict[str, int
 
 
 def prepare_hf(cfg: LlamaConfig, batch: int, seq: int, threads: int | None) -> Callable[[], None]:
-    """One HF ``transformers`` LlamaForCausalLM step (torch CPU, eager, SDPA attention) with the same loss (mean
-    next-token CE on f32 logits) and the same optimizer: global-norm clipping at 1.0, then torch AdamW (b1 0.9,
-    b2 0.95, eps 1e-8, decay 0.1 on matrices only, as ``llama_optimizer_config``)."""
+    """One HF ``transformers`` LlamaForCausalLM step (eager, SDPA attention) with the same loss (mean next-token CE on
+    f32 logits) and the same optimizer: global-norm clipping at 1.0, then torch AdamW (b1 0.9, b2 0.95, eps 1e-8,
+    decay 0.1 on matrices only, as ``llama_optimizer_config``). On the CPU when JAX runs there; on CUDA when JAX runs
+    on a GPU and torch sees one, with the same precision as ours: parameters in ``param_dtype`` and, for a half
+    precision ``dtype``, matmuls under ``torch.autocast`` in that dtype (torch's standard mixed precision)."""
+    import contextlib
+
     import torch
     import transformers
 
@@ -145,24 +152,30 @@ def prepare_hf(cfg: LlamaConfig, batch: int, seq: int, threads: int | None) -> C
 
     if threads:
         torch.set_num_threads(threads)
+    device = "cuda" if jax.default_backend() == "gpu" and torch.cuda.is_available() else "cpu"
+    half = cfg.dtype in ("bfloat16", "float16") and device == "cuda"
     hf_cfg = transformers.LlamaConfig(**{**config_to_hf(cfg), "torch_dtype": None, "dtype": cfg.param_dtype})
     hf_cfg._attn_implementation = "sdpa"
-    model = transformers.LlamaForCausalLM(hf_cfg).to(getattr(torch, cfg.param_dtype)).train()
+    model = transformers.LlamaForCausalLM(hf_cfg).to(device=device, dtype=getattr(torch, cfg.param_dtype)).train()
     oc = llama_optimizer_config()
     params = list(model.parameters())
     groups = [{"params": [p for p in params if p.ndim >= 2], "weight_decay": oc.weight_decay},
               {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]
     opt = torch.optim.AdamW(groups, lr=oc.lr, betas=(oc.b1, oc.b2), eps=oc.eps)
-    tokens = torch.randint(0, cfg.vocab_size, (batch, seq + 1))
+    tokens = torch.randint(0, cfg.vocab_size, (batch, seq + 1), device=device)
 
     def run() -> None:
-        logits = model(tokens[:, :-1]).logits
+        ctx = torch.autocast("cuda", getattr(torch, cfg.dtype)) if half else contextlib.nullcontext()
+        with ctx:
+            logits = model(tokens[:, :-1]).logits
         loss = torch.nn.functional.cross_entropy(logits.float().reshape(-1, cfg.vocab_size),
                                                  tokens[:, 1:].reshape(-1))
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, oc.clip_grad_norm)
         opt.step()
         opt.zero_grad(set_to_none=True)
+        if device == "cuda":
+            torch.cuda.synchronize()
 
     return run
 
@@ -211,8 +224,12 @@ def llama_variants(args: argparse.Namespace) -> tuple[list[step_table.Variant], 
         if why:
             print(f"HF transformers: {why}")
         else:
-            out.append(step_table.Variant("hf", prepare_hf(cfg, args.batch, args.seq, args.torch_threads or None),
-                                          flops))
+            try:
+                run = prepare_hf(cfg, args.batch, args.seq, args.torch_threads or None)
+            except Exception as e:  # e.g. out of memory beside ours on one accelerator
+                print(f"HF transformers: not timed, {step_table.error_line(e)}")
+            else:
+                out.append(step_table.Variant("hf", run, flops))
     return out, head
 
 
@@ -249,7 +266,10 @@ def train_step_main(argv: list[str], get_config: Callable[[str, str], ml_collect
     p.add_argument("--rounds", type=int, default=3, help="interleaved rounds (each variant --steps steps per round)")
     p.add_argument("--steps", type=int, default=2)
     p.add_argument("--no-hf", action="store_true", help="skip the transformers comparison")
-    p.add_argument("--peak-size", type=int, default=2048, help="side of the square matmul measuring the peak")
+    p.add_argument("--peak-size", type=int, default=2048,
+                   help="side of the square matmul measuring the same-run peak (8192 on a GPU/TPU)")
+    p.add_argument("--peak-tflops", type=float, default=0.0,
+                   help="the chip's dense peak for MFU on an accelerator (0: step_table.DATASHEET_TFLOPS by device)")
     p.add_argument("--torch-threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
     p.add_argument("--size", default="demo", help="vla: 'demo' or a LLaMA preset; lam: a configs/lam.py preset")
     p.add_argument("--recipe", default="vipra", choices=("lapa", "vipra"), help="vla: the layout")
@@ -279,7 +299,9 @@ def train_step_main(argv: list[str], get_config: Callable[[str, str], ml_collect
     variants.append(step_table.matmul_variant(args.peak_size, peak_dtype))
     results = step_table.measure(variants, args.rounds, args.steps)
     print(step_table.format_table(results, base="ours", ref="hf"))
-    for line in step_table.summary(results, base="ours", ref="hf"):
+    kind = jax.devices()[0].device_kind
+    chip_peak = args.peak_tflops * 1e12 or step_table.datasheet_flops(kind, args.dtype)
+    for line in step_table.summary(results, base="ours", ref="hf", chip_peak=chip_peak, chip=kind):
         print(line)
     print(f"load average after: {step_table.loadavg()}")
     return 0

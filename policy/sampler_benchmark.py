@@ -9,6 +9,8 @@ and the max |cached - naive| over the chunk.
     python scripts/benchmark.py sampler --sizes demo --slots 14 --steps 10 --repeats 5
     python scripts/benchmark.py sampler --sizes 200m --tokens-per-frame 256 --prompt-len 128   # 7b-like layout
     python scripts/benchmark.py sampler --action-only      # naive recomputes only prefix + chunk (ViPRA's naive)
+    python scripts/benchmark.py sampler --sizes 7b --dtype bfloat16 --tokens-per-frame 256 --prompt-len 128 \
+        --slots 14 --repeats 10                            # on a GPU: the 7B chunk latency
 """
 
 from __future__ import annotations
@@ -46,9 +48,12 @@ def layout(prompt_len: int, tokens_per_frame: int, slots: int, bidirectional: bo
                       action_close=(18, 19), bidirectional_actions=bidirectional)
 
 
-def model_config(size: str, dtype: str) -> VideoLlamaConfig:
+def model_config(size: str, dtype: str, param_dtype: str = "") -> VideoLlamaConfig:
+    """The backbone at ``size`` computing in ``dtype``, parameters stored in ``param_dtype`` (default: ``dtype``;
+    serving a half-precision policy keeps half-precision weights)."""
     over = dict(DEMO) if size == "demo" else {"vocab_size": 32000}
-    llama = preset("debug" if size == "demo" else size, dtype=dtype, max_seq_len=4096, **over)
+    llama = preset("debug" if size == "demo" else size, dtype=dtype, param_dtype=param_dtype or dtype,
+                   max_seq_len=4096, **over)
     return VideoLlamaConfig(llama=llama, vision_vocab_size=1026, latent_vocab_size=9, action_vocab_size=0,
                             action_dim=7)
 
@@ -63,7 +68,7 @@ def _median_time(fn: Any, repeats: int) -> float:
 
 
 def run_one(size: str, args: argparse.Namespace) -> dict[str, Any]:
-    cfg = model_config(size, args.dtype)
+    cfg = model_config(size, args.dtype, args.param_dtype)
     model = VideoLlama(cfg)
     params = jax.jit(lambda r: init_params(cfg, r)["params"])(jax.random.PRNGKey(0))
     spec = layout(args.prompt_len, args.tokens_per_frame, args.slots, args.bidirectional, args.action_only)
@@ -88,7 +93,8 @@ def run_one(size: str, args: argparse.Namespace) -> dict[str, Any]:
     t_naive = _median_time(lambda: naive(params, seq, noise), args.repeats)
     t_cached = _median_time(lambda: cached(params, seq, noise), args.repeats)
     n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params))
-    return {"size": size, "params_M": round(n_params / 1e6, 1), "dtype": args.dtype, "batch": b,
+    return {"size": size, "params_M": round(n_params / 1e6, 1), "dtype": args.dtype,
+            "param_dtype": cfg.llama.param_dtype, "batch": b,
             "layout_len": spec.length, "prefix_len": int(spec.action_positions[0]), "slots": spec.action_slots,
             "steps": args.steps, "bidirectional": args.bidirectional, "action_only": args.action_only,
             "naive_s": round(t_naive, 4),
@@ -107,7 +113,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--dtype", default="float32")
+    p.add_argument("--dtype", default="float32", help="compute dtype")
+    p.add_argument("--param-dtype", default="", help="parameter storage dtype (default: --dtype)")
     p.add_argument("--bidirectional", action="store_true")
     p.add_argument("--action-only", action="store_true",
                    help="fine-tuning layout (no video suffix): the naive pass covers only prefix + H + 2 tokens")
