@@ -23,8 +23,11 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
-_LUMA = jnp.array([0.299, 0.587, 0.114], jnp.float32)
+# numpy, not jnp: a jnp constant at import would create JAX's backend before the entry point runs (too early for
+# jax.distributed.initialize and for the XLA flags that core.cli sets)
+_LUMA = np.array([0.299, 0.587, 0.114], np.float32)
 
 
 def _subpixel(c_m: jax.Array, c_0: jax.Array, c_p: jax.Array) -> jax.Array:
@@ -53,7 +56,7 @@ def _pair_shift(ref: jax.Array, img: jax.Array) -> jax.Array:
 def global_shifts(clip: jax.Array, reference: int = 0) -> jax.Array:
     """clip f32[B, T, H, W, 3] → f32[B, T, 2]: (dy, dx) in pixels of each frame relative to frame `reference`
     (that row = 0)."""
-    luma = clip @ _LUMA
+    luma = clip @ jnp.asarray(_LUMA)
     per_frame = jax.vmap(_pair_shift, in_axes=(None, 0))  # over T, against the reference frame
     return jax.vmap(lambda c: per_frame(c[reference], c))(luma)
 

@@ -216,6 +216,8 @@ def llama_variants(args: argparse.Namespace) -> tuple[list[step_table.Variant], 
         lc, kv = parse_lean(text)
         configs[f"ours lc={lc} kv={kv}"] = dataclasses.replace(cfg, loss_chunk=lc, attention_kv_block=kv)
     for name, c in configs.items():
+        if args.hf_only:
+            break
         run, compiled, compile_s = prepare_ours(c, args.batch, args.seq)
         out.append(step_table.Variant(name, run, flops, temp_bytes=temp_bytes(compiled),
                                       note=f"compile {compile_s:.1f} s"))
@@ -266,11 +268,16 @@ def train_step_main(argv: list[str], get_config: Callable[[str, str], ml_collect
     p.add_argument("--rounds", type=int, default=3, help="interleaved rounds (each variant --steps steps per round)")
     p.add_argument("--steps", type=int, default=2)
     p.add_argument("--no-hf", action="store_true", help="skip the transformers comparison")
+    p.add_argument("--hf-only", action="store_true",
+                   help="time only HF (beside the matmul): for one accelerator whose memory does not hold both steps")
     p.add_argument("--peak-size", type=int, default=2048,
                    help="side of the square matmul measuring the same-run peak (8192 on a GPU/TPU)")
     p.add_argument("--peak-tflops", type=float, default=0.0,
                    help="the chip's dense peak for MFU on an accelerator (0: step_table.DATASHEET_TFLOPS by device)")
     p.add_argument("--torch-threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
+    p.add_argument("--profile", default="", metavar="DIR",
+                   help="after timing, trace 2 steps of the first variant with jax.profiler into DIR (xplane.pb; "
+                        "summarize it with `scripts/benchmark.py xplane DIR`)")
     p.add_argument("--size", default="demo", help="vla: 'demo' or a LLaMA preset; lam: a configs/lam.py preset")
     p.add_argument("--recipe", default="vipra", choices=("lapa", "vipra"), help="vla: the layout")
     args = p.parse_args(argv)
@@ -298,6 +305,8 @@ def train_step_main(argv: list[str], get_config: Callable[[str, str], ml_collect
     peak_dtype = "bfloat16" if args.dtype == "bfloat16" else "float32"
     variants.append(step_table.matmul_variant(args.peak_size, peak_dtype))
     results = step_table.measure(variants, args.rounds, args.steps)
+    if args.profile:
+        profile_steps(variants[0], args.profile)
     print(step_table.format_table(results, base="ours", ref="hf"))
     kind = jax.devices()[0].device_kind
     chip_peak = args.peak_tflops * 1e12 or step_table.datasheet_flops(kind, args.dtype)
@@ -305,6 +314,15 @@ def train_step_main(argv: list[str], get_config: Callable[[str, str], ml_collect
         print(line)
     print(f"load average after: {step_table.loadavg()}")
     return 0
+
+
+def profile_steps(variant: step_table.Variant, out_dir: str, steps: int = 2) -> None:
+    """Traces ``steps`` calls of an already warmed-up variant with ``jax.profiler`` (one xplane.pb under
+    ``out_dir/plugins/profile/<run>/``)."""
+    with jax.profiler.trace(out_dir):
+        for _ in range(steps):
+            variant.run()
+    print(f"profile: {steps} steps of {variant.name!r} traced into {out_dir}")
 
 
 def parse_lean(text: str) -> tuple[int, int]:

@@ -130,3 +130,28 @@ def test_call_maps_only_user_errors(capsys, monkeypatch) -> None:
     with pytest.raises(ZeroDivisionError):  # a bug keeps Python's own traceback
         cli.call(lambda: 1 / 0)
     assert cli.call(lambda: {"metrics": 1}) == 0 and cli.call(lambda: 3) == 3 and cli.call(lambda: None) == 0
+
+
+def test_default_xla_flags_added_unless_named() -> None:
+    env = {}
+    cli.default_xla_flags(env)
+    assert env["XLA_FLAGS"] == "--xla_gpu_enable_triton_gemm=false"
+    env = {"XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
+    cli.default_xla_flags(env)
+    assert env["XLA_FLAGS"] == "--xla_force_host_platform_device_count=8 --xla_gpu_enable_triton_gemm=false"
+    env = {"XLA_FLAGS": "--xla_gpu_enable_triton_gemm=true"}  # the user's value wins
+    cli.default_xla_flags(env)
+    assert env["XLA_FLAGS"] == "--xla_gpu_enable_triton_gemm=true"
+
+
+def test_entry_points_create_no_jax_backend_at_import() -> None:
+    """A JAX computation at import (e.g. a jnp constant) would start the backend before `core.cli.run` sets the XLA
+    flags and before a multi-host run's jax.distributed.initialize: importing the entry points must not do that."""
+    mods = ["latent_pretraining.train", "latent_pretraining.vqgan_train", "lam.train", "lam.evaluate",
+            "policy.finetune", "policy.evaluate", "policy.serve", "latent_pretraining.vla_benchmark"]
+    code = ("import importlib, sys\nsys.path.insert(0, 'scripts')\n"
+            + "".join(f"importlib.import_module({m!r})\n" for m in mods)
+            + "from jax._src import xla_bridge\nprint(sorted(xla_bridge._backends))")
+    p = _run(["-c", code], timeout=240)
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert p.stdout.strip().splitlines()[-1] == "[]", p.stdout[-500:]
