@@ -1,7 +1,11 @@
 """The ``scripts/benchmark.py`` dispatcher and a tiny ``train-step`` run (the real figures come from the script)."""
 
+import os
+import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 import benchmark
@@ -17,3 +21,43 @@ def test_dispatcher_and_tiny_train_step(capsys):
     assert benchmark.main(["train-step", *args]) == 0
     out = capsys.readouterr().out
     assert "RESULT model_flops_per_s / matmul_peak" in out
+
+
+def test_step_table_drops_a_failing_variant_and_reports_wall_fraction(capsys):
+    from latent_pretraining.training import step_table
+
+    def boom() -> None:
+        raise MemoryError("CUDA out of memory\nsecond line")
+
+    variants = [step_table.Variant("ours", lambda: None, 1e6), step_table.Variant("hf", boom, 1e6),
+                step_table.matmul_variant(64)]
+    results = step_table.measure(variants, rounds=1, steps=1)
+    assert [r.variant.name for r in results] == ["ours", "matmul 64^3"]
+    assert "hf: dropped, its first step failed: MemoryError: CUDA out of memory" in capsys.readouterr().out
+    table = step_table.format_table(results)
+    assert "fraction of peak (wall)" in table and table.count("\n| ") == 2
+
+
+def test_datasheet_peaks() -> None:
+    from latent_pretraining.training.step_table import datasheet_flops
+
+    assert datasheet_flops("NVIDIA H200", "bfloat16") == 989.4e12
+    assert datasheet_flops("NVIDIA H100 80GB HBM3", "float16") == 989.4e12
+    assert datasheet_flops("TPU v5 lite", "bfloat16") == 197e12
+    assert datasheet_flops("NVIDIA H200", "float32") == 0.0  # only half-precision peaks are listed
+    assert datasheet_flops("cpu", "bfloat16") == 0.0
+
+
+@pytest.mark.slow
+def test_gpu_checks_script_runs_with_tiny_shapes(tmp_path):
+    """scripts/gpu_checks.sh end to end in its tiny-shape mode (CPU): every check runs and leaves its log."""
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "GPU_CHECKS_SMALL": "1", "PYTHON": sys.executable, "JAX_PLATFORMS": "cpu"}
+    env.pop("XLA_FLAGS", None)
+    p = subprocess.run(["bash", str(root / "scripts" / "gpu_checks.sh"), str(tmp_path)], env=env,
+                       capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-2000:]
+    assert "gpu_checks: 0 failed" in p.stdout
+    assert "RESULT model_flops_per_s" in (tmp_path / "train_step_1b.log").read_text()
+    assert "| hf |" in (tmp_path / "train_step_1b_hf.log").read_text()
+    assert "speed-up" in (tmp_path / "sampler_7b.log").read_text()
