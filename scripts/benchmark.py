@@ -17,6 +17,7 @@ SUBCOMMANDS: dict[str, str] = {
     "vla": "latent_pretraining.vla_benchmark:main",
     "compile": "compile_check:main",
     "sampler": "policy.sampler_benchmark:main",
+    "xplane": "latent_pretraining.training.xplane:main",
 }
 
 

@@ -8,7 +8,8 @@
 #    bidirectional-block masks, with and without GQA (tests/test_attention_impl.py cudnn).
 # 2. train_step_1b: the trainer's real LLaMA step (clipping + AdamW, state donated) for the `1b` preset in bf16,
 #    batch 8 x 2048, plain and with the chunked head + CE, beside an 8192^3 bf16 matmul, interleaved; prints the MFU
-#    against the chip's datasheet peak. train_step_1b_hf: HF transformers on CUDA (torch autocast bf16), same shapes,
+#    against the chip's datasheet peak; two steps of the plain variant are traced (OUT_DIR/profile) and xplane.log
+#    says where their device time went (GEMM, attention, fusions, copies; top ops). train_step_1b_hf: HF transformers on CUDA (torch autocast bf16), same shapes,
 #    in its own process (beside ours, on one 141 GB H200, it ran out of memory).
 # 3. sampler_7b: the ViPRA-style action-chunk latency of the `7b` backbone in bf16 (prefix + 10 Euler steps,
 #    prefix KV cache vs naive recomputation), LWM-like layout (256 tokens per frame, 128-token prompt, 14 slots).
@@ -54,7 +55,8 @@ command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,dri
 if [ "${GPU_CHECKS_SMALL:-0}" = 1 ]; then
   tiny=(--hidden 32 --layers 1 --heads 2 --ffn 64 --vocab 64 --seq 16 --batch 2 --peak-size 128 --attention-chunk 8)
   check train_step_1b 120 0 "$py" "$root/scripts/benchmark.py" train-step "${tiny[@]}" --rounds 1 --steps 1 --lean 8,0 \
-    --no-hf
+    --no-hf --profile "$out/profile"
+  check xplane 90 0 "$py" "$root/scripts/benchmark.py" xplane "$out/profile" --top 30
   check train_step_1b_hf 120 0 "$py" "$root/scripts/benchmark.py" train-step "${tiny[@]}" --rounds 1 --steps 1 --hf-only
   check sampler_7b 120 0 "$py" "$root/scripts/benchmark.py" sampler --sizes demo --dtype bfloat16 --steps 2 \
     --repeats 1 --json "$out/sampler_7b.json"
@@ -62,7 +64,8 @@ if [ "${GPU_CHECKS_SMALL:-0}" = 1 ]; then
 else
   check attention 120 0 "$py" "$root/tests/test_attention_impl.py" cudnn
   b1=("$root/scripts/benchmark.py" train-step --preset 1b --dtype bfloat16 --batch 8 --seq 2048 --peak-size 8192)
-  check train_step_1b 200 0 "$py" "${b1[@]}" --rounds 3 --steps 3 --lean 2048,0 --no-hf
+  check train_step_1b 200 0 "$py" "${b1[@]}" --rounds 3 --steps 3 --lean 2048,0 --no-hf --profile "$out/profile"
+  check xplane 90 0 "$py" "$root/scripts/benchmark.py" xplane "$out/profile" --top 30
   check train_step_1b_hf 120 0 "$py" "${b1[@]}" --rounds 2 --steps 3 --hf-only
   check sampler_7b 180 0 "$py" "$root/scripts/benchmark.py" sampler --sizes 7b --dtype bfloat16 \
     --tokens-per-frame 256 --prompt-len 128 --slots 14 --steps 10 --repeats 10 --json "$out/sampler_7b.json"

@@ -61,3 +61,18 @@ def test_gpu_checks_script_runs_with_tiny_shapes(tmp_path):
     assert "RESULT model_flops_per_s" in (tmp_path / "train_step_1b.log").read_text()
     assert "| hf |" in (tmp_path / "train_step_1b_hf.log").read_text()
     assert "speed-up" in (tmp_path / "sampler_7b.log").read_text()
+    assert "| category | ms | share |" in (tmp_path / "xplane.log").read_text()
+
+
+def test_profile_and_xplane_summary(tmp_path, capsys):
+    """train-step --profile writes a trace; `benchmark.py xplane` summarizes it by category and op."""
+    args = ["--small", "--no-hf", "--rounds", "1", "--steps", "1", "--profile", str(tmp_path)]
+    assert benchmark.main(["train-step", *args]) == 0
+    assert "profile: 2 steps of 'ours' traced" in capsys.readouterr().out
+    assert benchmark.main(["xplane", str(tmp_path), "--top", "5"]) == 0
+    out = capsys.readouterr().out
+    assert "plane /host:CPU:" in out and "| category | ms | share |" in out
+    rows = [line for line in out.splitlines() if line.startswith("| ") and "%" in line]
+    assert len(rows) >= 6  # >= 1 category row and the 5 top ops
+    with pytest.raises(FileNotFoundError, match=r"no \*\.xplane\.pb under"):
+        benchmark.main(["xplane", str(tmp_path / "nothing")])
