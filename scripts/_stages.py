@@ -69,6 +69,9 @@ def run_stage(name: str, cmd: list[str], out: str, done: str, redo: set[str], *,
     stamp = os.path.join(out, "logs", f"{name}.cmd.json")
     os.makedirs(os.path.dirname(stamp), exist_ok=True)
     if os.path.exists(stamp):  # a rerun: the old stamp must not vouch for a half-written output if this one dies
+        why = ("asked for" if name in redo
+               else command_change(_read_stamp(stamp), cmd) or "its output is missing or incomplete")
+        print(f"  ! {name}: running again ({why})", flush=True)
         os.remove(stamp)
     (runner or run_command)(name, cmd, out, done, total=total)
     with open(stamp, "w") as f:  # written only after a success
@@ -82,12 +85,43 @@ def reusable(name: str, cmd: list[str], out: str, done: str, valid: Callable[[st
     stamp = os.path.join(out, "logs", f"{name}.cmd.json")
     if not (os.path.exists(done) and os.path.exists(stamp)):
         return False
+    old = _read_stamp(stamp)
+    return old is not None and same_command(old, cmd) and (valid is None or valid(done))
+
+
+def _read_stamp(stamp: str) -> list | None:
     try:
         with open(stamp) as f:
-            same = json.load(f) == cmd
+            old = json.load(f)
     except (OSError, ValueError):
-        return False
-    return same and (valid is None or valid(done))
+        return None
+    return old if isinstance(old, list) else None
+
+
+def _is_python(arg: object) -> bool:
+    return os.path.basename(str(arg)).startswith("python")
+
+
+def same_command(old: list, new: list) -> bool:
+    """Whether a stamped command is the one about to run: equal, or equal but for the interpreter when both start
+    with a Python executable (the same module and arguments from another virtual environment or checkout; a path
+    there must not make a finished 10-minute run start again)."""
+    if old == new:
+        return True
+    return len(old) == len(new) > 0 and old[1:] == new[1:] and _is_python(old[0]) and _is_python(new[0])
+
+
+def command_change(old: list | None, new: list) -> str:
+    """Why a stamped stage runs again, in a few words ('' when the commands are the same)."""
+    if old is None:
+        return "its stamp is unreadable"
+    if same_command(old, new):
+        return ""
+    skip = 1 if old and new and _is_python(old[0]) and _is_python(new[0]) else 0  # the interpreter may differ
+    for i, (a, b) in enumerate(zip(old, new, strict=False)):
+        if a != b and i >= skip:
+            return f"its command changed at argument {i}: {str(a)[:80]!r} -> {str(b)[:80]!r}"
+    return f"its command changed: {len(old)} -> {len(new)} arguments"
 
 
 def run_command(name: str, cmd: list[str], out: str, done: str, *, total: int | None = None) -> None:

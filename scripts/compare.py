@@ -15,9 +15,10 @@ every world seed the datasets were generated from (the data root's and the pretr
 Recipes (RECIPES): scratch (flow matching, random init, the text/image tokenizers of the first variant's ViPRA
 run), lapa and vipra (fine-tuned from <vla dir>/lapa and /vipra of each `--vla NAME=DIR` pretraining variant; one
 plain `--vla DIR` is a single unnamed variant), state_bc and image_bc (`python -m policy.reference --kind
-state|image`). Resumable: a run whose output exists, is valid and was made by the same command is reused; a killed
-or partial one is redone (a redone fine-tune also redoes its evaluation); `--redo PATTERN` (e.g. `lapa_20` for all
-its seeds, `'vipra-robot_*'`) and `--redo-all` force reruns. OUT/manifest.json and OUT/commands.sh list every
+state|image`). Resumable: a run whose output exists, is valid and was made by the same command (the Python
+interpreter's path aside) is reused; a killed or partial one is redone, with one line saying why (a redone
+fine-tune also redoes its evaluation); `--redo PATTERN` (e.g. `lapa_20` for all its seeds, `'vipra-robot_*'`) and
+`--redo-all` force reruns. OUT/manifest.json and OUT/commands.sh list every
 command. At the end: OUT/report.md (policy/compare_report.py), OUT/comparison.md, the plots, and OUT/index.html.
 Docs: docs/demo_world.md, section "The comparison".
 

@@ -178,7 +178,7 @@ def _go(jobs, a, runner, redo=()) -> list[str]:
     return runner.calls
 
 
-def test_a_killed_comparison_resumes_and_redoes_only_what_is_unfinished(tmp_path):
+def test_a_killed_comparison_resumes_and_redoes_only_what_is_unfinished(tmp_path, capsys):
     a = _args(tmp_path)
     jobs = compare.plan(a, {"": "vla"})
     assert [j.name for j in jobs[:4]] == ["scratch_4_s0", "state_bc_4_s0", "scratch_8_s0", "state_bc_8_s0"]
@@ -200,6 +200,16 @@ def test_a_killed_comparison_resumes_and_redoes_only_what_is_unfinished(tmp_path
     assert _go(jobs, a, third) == ["state_bc_8_s0", "state_bc_8_s0.test"] + [
         n for j in jobs[4:] for n in (j.name, j.name + ".test")]
     assert _go(jobs, a, FakeRunner(a.episodes, a.eval_seed)) == []  # everything finished: nothing reruns
+    logs = Path(a.out) / "logs"
+    for stamp in logs.glob("*.cmd.json"):  # the same commands from another virtual environment: still reused
+        cmd = json.loads(stamp.read_text())
+        stamp.write_text(json.dumps(["/elsewhere/.venv/bin/python3", *cmd[1:]]))
+    assert _go(jobs, a, FakeRunner(a.episodes, a.eval_seed)) == []
+    stamp = logs / f"{jobs[0].name}.cmd.json"
+    stamp.write_text(stamp.read_text().replace("--config.train.seed=0", "--config.train.seed=7"))
+    capsys.readouterr()
+    assert _go(jobs, a, FakeRunner(a.episodes, a.eval_seed)) == [jobs[0].name, jobs[0].name + ".test"]
+    assert "--config.train.seed=7' -> '--config.train.seed=0'" in capsys.readouterr().out
 
     Path(jobs[1].eval_done).write_text('{"episodes": 3, "records": [')  # a truncated evaluation
     (Path(jobs[4].workdir) / "summary.json").unlink()  # a fine-tune without its summary: redone, and its evaluation
