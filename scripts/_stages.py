@@ -102,26 +102,27 @@ def _is_python(arg: object) -> bool:
     return os.path.basename(str(arg)).startswith("python")
 
 
+def _identity(cmd: list) -> list:
+    """What makes two stage commands the same run: every argument, except that a leading Python interpreter counts
+    as "python" whatever its path (the same module and arguments from another virtual environment or checkout; a
+    path there must not make a finished 10-minute run start again)."""
+    return ["python", *cmd[1:]] if cmd and _is_python(cmd[0]) else list(cmd)
+
+
 def same_command(old: list, new: list) -> bool:
-    """Whether a stamped command is the one about to run: equal, or equal but for the interpreter when both start
-    with a Python executable (the same module and arguments from another virtual environment or checkout; a path
-    there must not make a finished 10-minute run start again)."""
-    if old == new:
-        return True
-    return len(old) == len(new) > 0 and old[1:] == new[1:] and _is_python(old[0]) and _is_python(new[0])
+    """Whether a stamped command is the one about to run (see `_identity`)."""
+    return _identity(old) == _identity(new)
 
 
 def command_change(old: list | None, new: list) -> str:
     """Why a stamped stage runs again, in a few words ('' when the commands are the same)."""
     if old is None:
         return "its stamp is unreadable"
-    if same_command(old, new):
-        return ""
-    skip = 1 if old and new and _is_python(old[0]) and _is_python(new[0]) else 0  # the interpreter may differ
-    for i, (a, b) in enumerate(zip(old, new, strict=False)):
-        if a != b and i >= skip:
-            return f"its command changed at argument {i}: {str(a)[:80]!r} -> {str(b)[:80]!r}"
-    return f"its command changed: {len(old)} -> {len(new)} arguments"
+    a, b = _identity(old), _identity(new)
+    for i, (x, y) in enumerate(zip(a, b, strict=False)):
+        if x != y:
+            return f"its command changed at argument {i}: {str(x)[:80]!r} -> {str(y)[:80]!r}"
+    return "" if len(a) == len(b) else f"its command changed: {len(a)} -> {len(b)} arguments"
 
 
 def run_command(name: str, cmd: list[str], out: str, done: str, *, total: int | None = None) -> None:
