@@ -81,8 +81,9 @@ def default_xla_flags(environ: dict[str, str] | None = None) -> None:
     """Adds each of `DEFAULT_XLA_FLAGS` to XLA_FLAGS unless a flag of that name is already there."""
     env = os.environ if environ is None else environ
     flags = env.get("XLA_FLAGS", "")
+    named = {token.split("=")[0] for token in flags.split()}
     for flag in DEFAULT_XLA_FLAGS:
-        if flag.split("=")[0] not in flags:
+        if flag.split("=")[0] not in named:
             flags = f"{flags} {flag}".strip()
     env["XLA_FLAGS"] = flags
 

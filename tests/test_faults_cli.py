@@ -142,6 +142,9 @@ def test_default_xla_flags_added_unless_named() -> None:
     env = {"XLA_FLAGS": "--xla_gpu_enable_triton_gemm=true"}  # the user's value wins
     cli.default_xla_flags(env)
     assert env["XLA_FLAGS"] == "--xla_gpu_enable_triton_gemm=true"
+    env = {"XLA_FLAGS": "--xla_gpu_enable_triton_gemm_any=true"}  # another flag whose name starts the same
+    cli.default_xla_flags(env)
+    assert env["XLA_FLAGS"] == "--xla_gpu_enable_triton_gemm_any=true --xla_gpu_enable_triton_gemm=false"
 
 
 def test_entry_points_create_no_jax_backend_at_import() -> None:
