@@ -215,9 +215,7 @@ def llama_variants(args: argparse.Namespace) -> tuple[list[step_table.Variant], 
     for text in args.lean:
         lc, kv = parse_lean(text)
         configs[f"ours lc={lc} kv={kv}"] = dataclasses.replace(cfg, loss_chunk=lc, attention_kv_block=kv)
-    for name, c in configs.items():
-        if args.hf_only:
-            break
+    for name, c in ({} if args.hf_only else configs).items():
         run, compiled, compile_s = prepare_ours(c, args.batch, args.seq)
         out.append(step_table.Variant(name, run, flops, temp_bytes=temp_bytes(compiled),
                                       note=f"compile {compile_s:.1f} s"))
@@ -281,6 +279,8 @@ def train_step_main(argv: list[str], get_config: Callable[[str, str], ml_collect
     p.add_argument("--size", default="demo", help="vla: 'demo' or a LLaMA preset; lam: a configs/lam.py preset")
     p.add_argument("--recipe", default="vipra", choices=("lapa", "vipra"), help="vla: the layout")
     args = p.parse_args(argv)
+    if args.hf_only and (args.no_hf or args.model != "llama"):
+        p.error("--hf-only times the HF LLaMA step alone: it needs --model llama and no --no-hf")
     if args.small:
         args.hidden, args.layers, args.heads, args.ffn, args.vocab, args.seq, args.batch = 32, 1, 2, 64, 64, 16, 2
         args.attention_chunk, args.peak_size = 8, 128
@@ -306,7 +306,7 @@ def train_step_main(argv: list[str], get_config: Callable[[str, str], ml_collect
     variants.append(step_table.matmul_variant(args.peak_size, peak_dtype))
     results = step_table.measure(variants, args.rounds, args.steps)
     if args.profile:
-        profile_steps(variants[0], args.profile)
+        profile_steps(next((r.variant for r in results if not r.variant.is_peak), results[0].variant), args.profile)
     print(step_table.format_table(results, base="ours", ref="hf"))
     kind = jax.devices()[0].device_kind
     chip_peak = args.peak_tflops * 1e12 or step_table.datasheet_flops(kind, args.dtype)

@@ -21,6 +21,9 @@ def test_dispatcher_and_tiny_train_step(capsys):
     assert benchmark.main(["train-step", *args]) == 0
     out = capsys.readouterr().out
     assert "RESULT model_flops_per_s / matmul_peak" in out
+    with pytest.raises(SystemExit):  # HF alone and no HF at once: refused by the parser
+        benchmark.main(["train-step", "--small", "--hf-only", "--no-hf"])
+    assert "--hf-only times the HF LLaMA step alone" in capsys.readouterr().err
 
 
 def test_step_table_drops_a_failing_variant_and_reports_wall_fraction(capsys):

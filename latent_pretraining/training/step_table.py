@@ -11,7 +11,7 @@ alike. Per variant:
   variants keep resident (their parameters and optimizer state); "+RSS" is the part above the RSS before the block;
 - fraction of peak (CPU): model FLOPs per CPU-second (min CPU time) over the matmul's best FLOPs per CPU-second in the
   same run. CPU-time based, so it holds under load on a shared CPU (a wall-clock ratio would count time spent waiting
-  for a core). On an accelerator the host's CPU time says nothing about the chip: read the wall column there;
+  for a core). On an accelerator the host's CPU time says nothing about the chip: the column shows "—" there;
 - fraction of peak (wall): model FLOPs per second (min wall time) over the matmul's best FLOPs per second;
 - on an accelerator, ``summary`` also gives the MFU: model FLOPs per second over the chip's datasheet dense peak for
   the step's dtype (``DATASHEET_TFLOPS``, or ``--peak-tflops``), the convention of the PaLM paper and MaxText;
@@ -166,7 +166,9 @@ def peak_per_wall_s(results: list[Result]) -> float:
 
 def format_table(results: list[Result], base: str = "ours", ref: str = "hf") -> str:
     """A Markdown table, one row per variant (see module docstring for the columns)."""
-    peak, peak_wall = peak_per_cpu_s(results), peak_per_wall_s(results)
+    # on an accelerator the host's CPU seconds say nothing about the chip: no CPU-based fraction there
+    peak = peak_per_cpu_s(results) if jax.default_backend() == "cpu" else 0.0
+    peak_wall = peak_per_wall_s(results)
     by = {r.variant.name: r for r in results}
     rr = by.get(ref)
     head = ("| variant | wall s/step min (median) | CPU s/step min (median) | fraction of peak (CPU) | "
@@ -184,7 +186,8 @@ def format_table(results: list[Result], base: str = "ours", ref: str = "hf") -> 
         lines.append(f"| {v.name} | {min(r.wall):.3f} ({statistics.median(r.wall):.3f}) | {min(r.cpu):.3f} "
                      f"({statistics.median(r.cpu):.3f}) | {frac} | {frac_wall} | {r.peak_rss / 2**30:.2f} "
                      f"(+{r.rss_growth / 2**30:.2f}) | {tmp} | {wr} | {cr} |")
-    lines.append(f"matmul peak: {peak / 1e9:.1f} GFLOP per CPU-second, {peak_wall / 1e12:.2f} TFLOP/s wall; "
+    cpu_peak = f"{peak / 1e9:.1f} GFLOP per CPU-second, " if peak else ""
+    lines.append(f"matmul peak: {cpu_peak}{peak_wall / 1e12:.2f} TFLOP/s wall; "
                  f"{len(results[0].wall)} timed steps per variant; ratios are min over min")
     return "\n".join(lines)
 
@@ -195,15 +198,16 @@ def summary(results: list[Result], base: str = "ours", ref: str = "hf", chip_pea
     on an accelerator, plus the MFU against ``chip_peak`` FLOP/s, the ``chip``'s datasheet figure, when given) and
     the ratios to ``ref`` when it ran."""
     by = {r.variant.name: r for r in results}
-    b, peak = by.get(base), peak_per_cpu_s(results)
-    if b is None or not peak or not min(b.wall):
+    on_cpu = jax.default_backend() == "cpu"
+    b, peak = by.get(base), (peak_per_cpu_s if on_cpu else peak_per_wall_s)(results)
+    if b is None or not peak:
         return []
-    if jax.default_backend() == "cpu":
+    if on_cpu:
         out = [f"RESULT model_flops_per_s / matmul_peak = {b.variant.flops / min(b.cpu) / peak:.3f}  (per CPU-second, "
                "same-run matmul)"]
     else:
         achieved = b.variant.flops / min(b.wall)
-        out = [f"RESULT model_flops_per_s / matmul_peak = {achieved / peak_per_wall_s(results):.3f}  (wall, same-run "
+        out = [f"RESULT model_flops_per_s / matmul_peak = {achieved / peak:.3f}  (wall, same-run "
                f"matmul); model TFLOP/s = {achieved / 1e12:.1f}"]
         if chip_peak:
             out.append(f"RESULT MFU = {achieved / chip_peak:.3f}  (model FLOPs per wall-second over {chip}'s datasheet "
