@@ -93,7 +93,8 @@ def base() -> ml_collections.ConfigDict:
     t.checkpoint.every = 5000
     t.log.main_metrics = ("loss", "rec", "psnr", "perplexity")
     c.eval = ml_collections.ConfigDict({"batches": 40, "batch_size": 64, "direction_bins": 8, "min_motion": 1.0,
-                                        "transfer_episodes": 4, "transfer_steps": 6, "checkpoint_step": -1})
+                                        "transfer_episodes": 4, "transfer_steps": 6, "checkpoint_step": -1,
+                                        "mlp_probe_hidden": 256})
     return c
 
 

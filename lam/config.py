@@ -42,6 +42,7 @@ LEGACY_DEFAULTS: dict[str, Any] = {
     "loss.flow": "l1", "loss.flow_moving_weight": 0.0, "loss.flow_target": "ground_truth",
     "loss.farneback_winsize": 9, "data.camera": "", "model.stabilize": False, "loss.flow_moving_power": 0.0,
     "loss.farneback_gate": 0.0,
+    "eval.mlp_probe_hidden": 256,  # evaluation only (no effect on the checkpoint): old runs get the MLP probe too
 }
 # model.decoder.peg was added with a kind-dependent default (cross_attention: off, film: on)
 LEGACY_DECODER_PEG = {"cross_attention": False, "film": True}

@@ -3,7 +3,8 @@
 Writes <workdir>/eval/{metrics.json, *.png, tensorboard/}:
   codebook usage (histogram per code position on held-out clips) and perplexity over training (codebook_usage.jsonl);
   reconstruction PSNR next to the copy-last-frame baseline;
-  probes (softmax regression on one-hot code ids, trained on train-split clips, tested on held-out val episodes):
+  probes (softmax regression on one-hot code ids, trained on train-split clips, tested on held-out val episodes;
+  the same with one hidden layer of eval.mlp_probe_hidden units as probe/*_acc_mlp, 0 = off):
   8-way direction of the true effector displacement over the transition (in pixels of the frames the LAM reads;
   transitions moving less than eval.min_motion px are left out) vs 8-way absolute effector position (4×2 quantile
   bins), with normalized mutual information between the joint code and each label; the truth is the demo world's
@@ -48,15 +49,31 @@ def one_hot_codes(ids: np.ndarray, k: int) -> np.ndarray:
     return np.eye(k, dtype=np.float32)[ids].reshape(len(ids), -1)
 
 
-def fit_probe(x: np.ndarray, y: np.ndarray, classes: int, steps: int = 400, l2: float = 1e-3) -> Any:
-    """Full-batch softmax regression; returns predict(x) -> labels."""
-    w0 = {"w": jnp.zeros((x.shape[1], classes)), "b": jnp.zeros(classes)}
-    opt = optax.adam(0.1)
+def fit_probe(x: np.ndarray, y: np.ndarray, classes: int, steps: int = 400, l2: float = 1e-3, hidden: int = 0,
+              seed: int = 0) -> Any:
+    """Full-batch probe x float[N, F] → y int[N]; returns predict(x) -> labels int[N].
+
+    hidden = 0: softmax regression (the headline probe: what the codes say *linearly*, i.e. slot by slot).
+    hidden > 0: one ReLU layer of that width first, which can also read combinations of slots (e.g. "the direction
+    is in whichever slot holds the effector"); same optimizer, steps and L2 on both weight matrices.
+    """
+    k1, k2 = jax.random.split(jax.random.PRNGKey(seed))
+    f = x.shape[1]
+    if hidden:
+        p0 = {"w1": jax.random.normal(k1, (f, hidden)) * np.sqrt(2.0 / f), "b1": jnp.zeros(hidden),
+              "w": jax.random.normal(k2, (hidden, classes)) * np.sqrt(1.0 / hidden), "b": jnp.zeros(classes)}
+    else:
+        p0 = {"w": jnp.zeros((f, classes)), "b": jnp.zeros(classes)}
+    opt = optax.adam(0.1 if not hidden else 0.01)
     xj, yj = jnp.asarray(x), jnp.asarray(y)
 
+    def logits(p, xs):
+        h = jax.nn.relu(xs @ p["w1"] + p["b1"]) if "w1" in p else xs
+        return h @ p["w"] + p["b"]
+
     def loss(p):
-        logits = xj @ p["w"] + p["b"]
-        return optax.softmax_cross_entropy_with_integer_labels(logits, yj).mean() + l2 * jnp.sum(p["w"] ** 2)
+        reg = sum(jnp.sum(p[n] ** 2) for n in ("w", "w1") if n in p)
+        return optax.softmax_cross_entropy_with_integer_labels(logits(p, xj), yj).mean() + l2 * reg
 
     @jax.jit
     def run(p):
@@ -68,8 +85,8 @@ def fit_probe(x: np.ndarray, y: np.ndarray, classes: int, steps: int = 400, l2: 
 
         return jax.lax.scan(body, (p, opt.init(p)), None, length=steps)[0][0]
 
-    p = run(w0)
-    return lambda xs: np.asarray(jnp.argmax(jnp.asarray(xs) @ p["w"] + p["b"], -1))
+    p = run(p0)
+    return lambda xs: np.asarray(jnp.argmax(logits(p, jnp.asarray(xs)), -1))
 
 
 def nmi(a: np.ndarray, b: np.ndarray) -> float:
@@ -141,6 +158,12 @@ def probes(train: dict, test: dict, cfg: ml_collections.ConfigDict) -> dict[str,
         "probe/position_nmi": nmi(jte, pte),
         "probe/test_clips": len(pte), "probe/test_moving_clips": int(moving_te.sum()),
     }
+    hidden = int(e.mlp_probe_hidden)
+    if hidden:  # the same two questions with a probe that can combine slots (fit_probe); linear stays the headline
+        pdir_mlp = fit_probe(xtr[moving_tr], ytr[moving_tr], e.direction_bins, steps=1000, hidden=hidden)
+        ppos_mlp = fit_probe(xtr, ptr, 8, steps=1000, hidden=hidden)
+        res["probe/direction_acc_mlp"] = float(np.mean(pdir_mlp(xte[moving_te]) == yte[moving_te]))
+        res["probe/position_acc_mlp"] = float(np.mean(ppos_mlp(xte) == pte))
     for di in np.unique(test["dataset"]):
         m = moving_te & (test["dataset"] == di)
         if m.any():

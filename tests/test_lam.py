@@ -376,3 +376,24 @@ def test_direction_probe_sanity() -> None:
     noise = rng.integers(0, 8, codes.shape)
     probe = evaluate.fit_probe(evaluate.one_hot_codes(noise[:1000], 8), y[:1000], 8)
     assert np.mean(probe(evaluate.one_hot_codes(noise[1000:], 8)) == y[1000:]) < 0.25
+
+
+def test_mlp_probe_reads_slot_combinations_the_linear_probe_cannot() -> None:
+    """Direction held by whichever of two slots a third slot selects, the other slot random: the softmax regression
+    can only vote slot by slot (about half right), the one-hidden-layer probe reads the combination."""
+    from lam import evaluate
+
+    rng = np.random.default_rng(1)
+    n = 4000
+    y = rng.integers(0, 8, n)
+    sel = rng.integers(0, 2, n)
+    r = rng.integers(0, 8, n)
+    codes = np.stack([sel, np.where(sel == 0, y, r), np.where(sel == 1, y, r)], 1)
+    x = evaluate.one_hot_codes(codes, 8)
+    tr, te = slice(0, 3000), slice(3000, None)
+    lin = np.mean(evaluate.fit_probe(x[tr], y[tr], 8)(x[te]) == y[te])
+    mlp = np.mean(evaluate.fit_probe(x[tr], y[tr], 8, steps=1000, hidden=256)(x[te]) == y[te])
+    assert lin < 0.75, lin
+    assert mlp > 0.95, mlp
+    noise = evaluate.one_hot_codes(rng.integers(0, 8, codes.shape), 8)
+    assert np.mean(evaluate.fit_probe(noise[tr], y[tr], 8, steps=1000, hidden=256)(noise[te]) == y[te]) < 0.25
