@@ -264,7 +264,9 @@ def train_step_main(argv: list[str], get_config: Callable[[str, str], ml_collect
     p.add_argument("--compare-lean", nargs="*", default=[], metavar="LOSS_CHUNK,KV_BLOCK",
                    help="older output: the configured step ('base') against these variants only, with temporaries")
     p.add_argument("--rounds", type=int, default=3, help="interleaved rounds (each variant --steps steps per round)")
-    p.add_argument("--steps", type=int, default=2)
+    p.add_argument("--steps", type=int, default=2,
+                   help="timed steps per variant per round; keep >= 2: the first step of ours after HF's ran ~30 %% "
+                        "slower on a 2-core Xeon (docs/training.md), and the table takes the minimum")
     p.add_argument("--no-hf", action="store_true", help="skip the transformers comparison")
     p.add_argument("--hf-only", action="store_true",
                    help="time only HF (beside the matmul): for one accelerator whose memory does not hold both steps")
