@@ -103,6 +103,30 @@ def apply_rope(x: jax.Array, sin: jax.Array, cos: jax.Array) -> jax.Array:
     return out.reshape(shape).astype(x.dtype)
 
 
+@jax.custom_vjp
+def swiglu(gate: jax.Array, up: jax.Array) -> jax.Array:
+    """``silu(gate) * up`` (any shape, computed in the inputs' dtype) whose backward keeps only ``gate`` and ``up``.
+
+    Plain autodiff of ``nn.silu(gate) * up`` saves four [B, T, F] arrays per layer for the backward (gate, its
+    sigmoid, silu(gate), up); this saves two and recomputes the sigmoid there. The forward is the same expression.
+    """
+    return nn.silu(gate) * up
+
+
+def _swiglu_fwd(gate: jax.Array, up: jax.Array) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
+    return nn.silu(gate) * up, (gate, up)
+
+
+def _swiglu_bwd(res: tuple[jax.Array, jax.Array], g: jax.Array) -> tuple[jax.Array, jax.Array]:
+    gate, up = res
+    s = jax.nn.sigmoid(gate)
+    # d silu(x) / dx = s + x s (1 - s) = s (1 + x (1 - s))
+    return g * up * (s * (1 + gate * (1 - s))), g * (gate * s)
+
+
+swiglu.defvjp(_swiglu_fwd, _swiglu_bwd)
+
+
 class MLP(nn.Module):
     """SwiGLU feed-forward: ``w2(silu(w1 x) * w3 x)``, ``[B, T, D] -> [B, T, D]``."""
 
@@ -113,5 +137,5 @@ class MLP(nn.Module):
         cfg = self.config
         gate = Linear(cfg.intermediate_size, ("embed", "mlp"), cfg, name="w1")(x)
         up = Linear(cfg.intermediate_size, ("embed", "mlp"), cfg, name="w3")(x)
-        h = with_logical_constraint(nn.silu(gate) * up, ("batch", "length", "act_mlp"))
+        h = with_logical_constraint(swiglu(gate, up), ("batch", "length", "act_mlp"))
         return Linear(cfg.hidden_size, ("mlp", "embed"), cfg, name="w2")(h)
