@@ -180,7 +180,7 @@ def test_swiglu_custom_vjp_equals_autodiff(dtype):
     assert bool(jnp.all(swiglu(gate, up) == nn.silu(gate) * up))
     ref = jax.grad(lambda a, b: jnp.sum((nn.silu(a) * b).astype(jnp.float32) * w), (0, 1))(gate, up)
     new = jax.grad(lambda a, b: jnp.sum(swiglu(a, b).astype(jnp.float32) * w), (0, 1))(gate, up)
-    for r, n in zip(ref, new):
+    for r, n in zip(ref, new, strict=True):
         assert n.dtype == dtype
         tol = 1e-5 if dtype == jnp.float32 else 2 ** -7 * float(jnp.max(jnp.abs(r.astype(jnp.float32))))
         np.testing.assert_allclose(np.asarray(n, np.float32), np.asarray(r, np.float32), atol=tol)
