@@ -55,7 +55,8 @@ def fit_probe(x: np.ndarray, y: np.ndarray, classes: int, steps: int = 400, l2: 
 
     hidden = 0: softmax regression (the headline probe: what the codes say *linearly*, i.e. slot by slot).
     hidden > 0: one ReLU layer of that width first, which can also read combinations of slots (e.g. "the direction
-    is in whichever slot holds the effector"); same optimizer, steps and L2 on both weight matrices.
+    is in whichever slot holds the effector"); Adam at 0.01 instead of 0.1, L2 on both weight matrices (the
+    evaluation gives it 1000 steps).
     """
     k1, k2 = jax.random.split(jax.random.PRNGKey(seed))
     f = x.shape[1]

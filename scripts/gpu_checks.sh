@@ -9,8 +9,9 @@
 # 2. train_step_1b: the trainer's real LLaMA step (clipping + AdamW, state donated) for the `1b` preset in bf16,
 #    batch 8 x 2048, plain and with the chunked head + CE, beside an 8192^3 bf16 matmul, interleaved; prints the MFU
 #    against the chip's datasheet peak; two steps of the plain variant are traced (OUT_DIR/profile) and xplane.log
-#    says where their device time went (GEMM, attention, fusions, copies; top ops). train_step_1b_hf: HF transformers on CUDA (torch autocast bf16), same shapes,
-#    in its own process (beside ours, on one 141 GB H200, it ran out of memory).
+#    says where their device time went (GEMM, attention, fusions, copies; top ops). train_step_1b_hf: HF
+#    transformers on CUDA (torch autocast bf16), same shapes, in its own process (beside ours, on one 141 GB H200,
+#    it ran out of memory).
 # 3. sampler_7b: the ViPRA-style action-chunk latency of the `7b` backbone in bf16 (prefix + 10 Euler steps,
 #    prefix KV cache vs naive recomputation), LWM-like layout (256 tokens per frame, 128-token prompt, 14 slots).
 # 4. train_step_1b_b16 (only when time is left): batch 16 with the layers unrolled (the scanned step asked XLA for
