@@ -18,6 +18,7 @@ SUBCOMMANDS: dict[str, str] = {
     "compile": "compile_check:main",
     "sampler": "policy.sampler_benchmark:main",
     "xplane": "latent_pretraining.training.xplane:main",
+    "matmuls": "latent_pretraining.matmul_benchmark:main",
 }
 
 

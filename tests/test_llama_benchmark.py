@@ -79,3 +79,28 @@ def test_profile_and_xplane_summary(tmp_path, capsys):
     assert len(rows) >= 6  # >= 1 category row and the 5 top ops
     with pytest.raises(FileNotFoundError, match=r"no \*\.xplane\.pb under"):
         benchmark.main(["xplane", str(tmp_path / "nothing")])
+
+
+def test_matmuls_counts_the_steps_products_and_weighs_the_summary(capsys):
+    """`benchmark.py matmuls`: the products of one step (3 per projection and the head, counted per layer) and a
+    summary that is the count-weighted time ratio; a tiny run prints it."""
+    pytest.importorskip("torch")
+    from latent_pretraining import matmul_benchmark as mb
+
+    products = mb.step_products(hidden=8, ffn=16, vocab=32, tokens=4, layers=3)
+    assert len(products) == 15 and {p.mode for p in products} == {"nn", "nt", "tn"}
+    flops = sum(p.count * p.flops for p in products)
+    # per token: 2 FLOP per weight, forward + two backward products, every weight of 3 layers and the head once
+    weights = 3 * (4 * 8 * 8 + 3 * 8 * 16) + 8 * 32
+    assert flops == 3 * 2 * 4 * weights
+    # torch twice as fast as XLA on every product except the head's, where it is as fast: the summary weighs by time
+    results = {p.name: {"xla": (1.0, 1.0), "torch": (1.0 if "head" in p.name else 2.0, 1.0)} for p in products}
+    head = sum(p.count * p.flops for p in products if "head" in p.name)
+    want = (head + (flops - head) / 2) / flops
+    assert mb.summarize(products, results) == pytest.approx((want, 1.0))
+    assert benchmark.main(["matmuls", "--hidden", "16", "--ffn", "32", "--vocab", "64", "--layers", "1",
+                           "--tokens", "8", "--rounds", "1", "--seconds", "0.01"]) == 0
+    out = capsys.readouterr().out
+    assert "RESULT kernels: torch matmuls take" in out and "lm head bwd x^T@dy" in out
+    with pytest.raises(SystemExit):
+        benchmark.main(["matmuls", "--tokens", "0"])
