@@ -26,7 +26,8 @@ KINDS: dict[str, tuple[str, ...]] = {
     "model.encoder.kind": ("patch", "dino"),  # patch embedding, or DINOv2-reg features (ViPRA)
     "model.encoder.layout": ("factorized", "interleaved"),  # LAPA: spatial then temporal layers; ViPRA: interleaved
     "model.decoder.kind": ("cross_attention", "film"),  # LAPA per-transition cross-attention; ViPRA causal FiLM
-    "model.code_pool": ("grid", "mean"),  # slot (i, j) = grid cell (i, j), or slots = projections of the grid mean
+    "model.code_pool": ("grid", "mean", "max"),  # slot (i, j) = grid cell (i, j); slots = projections of the grid
+    # mean; or of each channel's grid max and min
     "quantizer.source": ("codes", "batch"),  # where a dead code restarts: near a live code, or at a batch vector
     "loss.pixel": ("l1", "mse"),
     "loss.flow": ("l1", "mse"),

@@ -4,7 +4,9 @@ Writes <workdir>/eval/{metrics.json, *.png, tensorboard/}:
   codebook usage (histogram per code position on held-out clips) and perplexity over training (codebook_usage.jsonl);
   reconstruction PSNR next to the copy-last-frame baseline;
   probes (softmax regression on one-hot code ids, trained on train-split clips, tested on held-out val episodes;
-  the same with one hidden layer of eval.mlp_probe_hidden units as probe/*_acc_mlp, 0 = off):
+  the same with one hidden layer of eval.mlp_probe_hidden units as probe/*_acc_mlp, 0 = off; the same linear
+  probe on the standardized code vectors before quantization as probe/*_acc_z, which says whether a missing
+  motion was lost by the encoder or by rounding to codes):
   8-way direction of the true effector displacement over the transition (in pixels of the frames the LAM reads;
   transitions moving less than eval.min_motion px are left out) vs 8-way absolute effector position (4×2 quantile
   bins), with normalized mutual information between the joint code and each label; the truth is the demo world's
@@ -114,10 +116,13 @@ def collect(labeler: Labeler, table: lam_data.Table, cfg: ml_collections.ConfigD
                                    weights=d.weights, context=n_ctx)
     dec = labeler.decode() if recon else None
     prepare = jax.jit(labeler.prepare, static_argnums=1)
-    out: dict[str, list] = {k: [] for k in ("ids", "disp", "pos", "psnr", "psnr_copy", "dataset")}
+    vectors = labeler.vectors()
+    out: dict[str, list] = {k: [] for k in ("ids", "z", "disp", "pos", "psnr", "psnr_copy", "dataset")}
     for _ in range(n_batches):
         b = next(sampler)
         ids = np.asarray(labeler(b["clip"][:, n_ctx:]))  # [B, T-1, C]
+        z = np.asarray(vectors(b["clip"][:, n_ctx:]))  # [B, T-1, C·Dq]
+        out["z"].append(z.reshape(-1, z.shape[-1]))
         eff = b["effector"]  # of the clip's T frames, in pixels of the frames the LAM reads (lam/data.py)
         n = ids.shape[1]
         out["ids"].append(ids.reshape(-1, ids.shape[-1]))
@@ -165,6 +170,12 @@ def probes(train: dict, test: dict, cfg: ml_collections.ConfigDict) -> dict[str,
         ppos_mlp = fit_probe(xtr, ptr, 8, steps=1000, hidden=hidden)
         res["probe/direction_acc_mlp"] = float(np.mean(pdir_mlp(xte[moving_te]) == yte[moving_te]))
         res["probe/position_acc_mlp"] = float(np.mean(ppos_mlp(xte) == pte))
+    if "z" in train:  # before quantization: standardized with the train clips' statistics, the same linear probe
+        mu, sd = train["z"].mean(0), train["z"].std(0) + 1e-6
+        ztr, zte = (train["z"] - mu) / sd, (test["z"] - mu) / sd
+        res["probe/direction_acc_z"] = float(np.mean(fit_probe(ztr[moving_tr], ytr[moving_tr], e.direction_bins)(
+            zte[moving_te]) == yte[moving_te]))
+        res["probe/position_acc_z"] = float(np.mean(fit_probe(ztr, ptr, 8)(zte) == pte))
     for di in np.unique(test["dataset"]):
         m = moving_te & (test["dataset"] == di)
         if m.any():

@@ -98,6 +98,16 @@ class Labeler:
         ids = self.model.apply(variables, self.prepare(frames), method=LatentActionModel.label)
         return ids.reshape(ids.shape[0], ids.shape[1], -1)
 
+    def vectors(self) -> Callable[[jax.Array], jax.Array]:
+        """Jitted frames uint8/float[B, T, H, W, 3] → the code vectors before quantization, float[B, T-1, g·g·Dq]
+        (what the encoder says before NSVQ rounds it to code ids; the evaluation probes both)."""
+        def f(variables, frames):
+            z = self.model.apply(variables, self.prepare(frames), method=LatentActionModel.encode)
+            return z.reshape(z.shape[0], z.shape[1], -1)
+
+        jf = jax.jit(f)
+        return lambda frames: jf(self.variables, jnp.asarray(frames))
+
     def __call__(self, frames: Any) -> jax.Array:
         if np.ndim(frames) != 5 or np.shape(frames)[-1] != 3:
             raise ValueError(f"frames must be [B, T, H, W, 3], got shape {np.shape(frames)}")

@@ -5,6 +5,7 @@
     encode:  patches → spatial/temporal transformer → per-transition code vectors z float[B, T-1, g, g, Dq]
              (LAPA: z = conv(enc(frame t+1)) − conv(enc(frame t)); ViPRA: conv3d over the features of frames 1..T-1;
              code_pool='mean': the g·g slots are linear maps of z's grid mean instead of one slot per grid cell;
+             code_pool='max': of each channel's max and min over the patch grid (no strided convs);
              encoder.motion_stem > 0: a conv stem on consecutive-frame differences adds to the patch tokens)
     quantize: NSVQ → q float[B, T-1, g, g, Dq], ids int32[B, T-1, g, g]   (g×g codes per transition;
              slot_codebooks: slot (i, j) has its own codebook, else all slots share one)
@@ -81,11 +82,14 @@ class CodeEncoder(nn.Module):
     grid: int
     deltas: bool
     time_kernel: int = 1
-    pool: str = "grid"  # 'grid': slot (i, j) is grid cell (i, j); 'mean': slots are projections of the grid mean
+    pool: str = "grid"  # 'grid': slot (i, j) is grid cell (i, j); 'mean' / 'max': slots are projections of the
+    # grid mean / of each channel's grid max and min
 
     @nn.compact
     def __call__(self, feats: Array) -> Array:
         x = nn.Dense(self.quant_dim, name="project_in")(feats)
+        if self.pool == "max":
+            return self._max_pool(x)
         if not self.deltas:
             x = x[:, 1:]  # ViPRA: the code for t→t+1 is read at frame t+1 (the encoder is non-causal)
         h = size = x.shape[2]
@@ -106,8 +110,20 @@ class CodeEncoder(nn.Module):
             g, dq = self.grid, self.quant_dim
             x = nn.Dense(g * g * dq, name="slots")(x.mean(axis=(2, 3))).reshape(*x.shape[:2], g, g, dq)
         elif self.pool != "grid":
-            raise ValueError(f"model.code_pool must be 'grid' or 'mean', got {self.pool!r}")
+            raise ValueError(f"model.code_pool must be 'grid', 'mean' or 'max', got {self.pool!r}")
         return x
+
+    def _max_pool(self, x: Array) -> Array:
+        """x float[B, T, h, w, Dq] → float[B, T-1, g, g, Dq]: a 3×3 conv + ReLU + linear map at full patch resolution,
+        the per-transition change (or frame t+1's features), then each channel's largest and smallest value over
+        the whole grid, projected into the g·g slots. A channel reads the strongest response anywhere instead of
+        the average, so the fastest mover is not diluted by slower ones; no slot is tied to a place."""
+        x = nn.relu(nn.Conv(self.quant_dim, (1, 3, 3), padding=((0, 0), (1, 1), (1, 1)), name="local")(x))
+        x = nn.Dense(self.quant_dim, name="local_out")(x)
+        x = x[:, 1:] - x[:, :-1] if self.deltas else x[:, 1:]
+        pooled = jnp.concatenate([x.max(axis=(2, 3)), -x.min(axis=(2, 3))], axis=-1)
+        g, dq = self.grid, self.quant_dim
+        return nn.Dense(g * g * dq, name="slots")(pooled).reshape(*x.shape[:2], g, g, dq)
 
 
 class LatentActionModel(nn.Module):

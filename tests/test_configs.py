@@ -103,7 +103,7 @@ def test_lam_presets_share_base_fields_and_tables_cannot_add_any(monkeypatch):
 @pytest.mark.parametrize(("field", "typo", "allowed"), [
     ("model.encoder.layout", "factorised", "factorized, interleaved"),
     ("model.decoder.kind", "crossattention", "cross_attention, film"),
-    ("model.code_pool", "means", "grid, mean"),
+    ("model.code_pool", "means", "grid, max, mean"),
     ("loss.pixel", "l2", "l1, mse"),
     ("loss.flow_target", "groundtruth", "farneback, ground_truth"),
     ("quantizer.source", "batches", "batch, codes"),

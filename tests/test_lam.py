@@ -95,9 +95,31 @@ def test_code_pool_mean_projects_the_grid_mean_into_every_slot() -> None:
     g, dq = cfg.model.code_grid, cfg.model.quant_dim
     want = (zg.mean(axis=(2, 3)) @ slots["kernel"] + slots["bias"]).reshape(*zg.shape[:2], g, g, dq)
     np.testing.assert_allclose(z, want, rtol=1e-5, atol=1e-5)
-    cfg.model.code_pool = "max"  # a typo'd variant fails loudly
+    cfg.model.code_pool = "maximum"  # a typo'd variant fails loudly
     with pytest.raises(ValueError, match="code_pool"):
         _init_shapes(cfg.model, x)
+
+
+@pytest.mark.parametrize("deltas", [True, False])
+def test_code_pool_max_reads_each_channels_extremes_over_the_grid(deltas: bool) -> None:
+    """code_pool='max': slots = a linear map of (max, −min) over the patch grid of the local features' change (LAPA)
+    or of frame t+1's local features (ViPRA), checked against the computation written out."""
+    from lam.model import CodeEncoder
+
+    enc = CodeEncoder(quant_dim=8, grid=2, deltas=deltas, pool="max")
+    feats = jax.random.normal(jax.random.PRNGKey(0), (2, 3, 8, 8, 16))
+    params = enc.init(jax.random.PRNGKey(1), feats)["params"]
+    z = enc.apply({"params": params}, feats)
+    assert z.shape == (2, 2, 2, 2, 8)
+    x = feats @ params["project_in"]["kernel"] + params["project_in"]["bias"]
+    x = jax.nn.relu(jax.lax.conv_general_dilated(
+        x.reshape(6, 8, 8, 8), params["local"]["kernel"][0], (1, 1), "SAME",
+        dimension_numbers=("NHWC", "HWIO", "NHWC")) + params["local"]["bias"]).reshape(2, 3, 8, 8, 8)
+    x = x @ params["local_out"]["kernel"] + params["local_out"]["bias"]
+    x = x[:, 1:] - x[:, :-1] if deltas else x[:, 1:]
+    pooled = jnp.concatenate([x.max(axis=(2, 3)), -x.min(axis=(2, 3))], -1)
+    want = (pooled @ params["slots"]["kernel"] + params["slots"]["bias"]).reshape(2, 2, 2, 2, 8)
+    np.testing.assert_allclose(z, want, rtol=1e-5, atol=1e-5)
 
 
 def test_normalized_codes_are_cosine_nearest_and_decode_from_ids() -> None:
@@ -376,6 +398,31 @@ def test_direction_probe_sanity() -> None:
     noise = rng.integers(0, 8, codes.shape)
     probe = evaluate.fit_probe(evaluate.one_hot_codes(noise[:1000], 8), y[:1000], 8)
     assert np.mean(probe(evaluate.one_hot_codes(noise[1000:], 8)) == y[1000:]) < 0.25
+
+
+def test_probes_read_the_code_vectors_before_quantization_too() -> None:
+    """probe/direction_acc_z: code vectors that hold the direction (cos, sin, on a scale far from 1) read near 1
+    while code ids that lost it read near chance, so the evaluation says where the motion went missing."""
+    import ml_collections
+
+    from lam import evaluate
+
+    rng = np.random.default_rng(2)
+
+    def clips(n: int) -> dict[str, np.ndarray]:
+        ang = rng.uniform(0, 2 * np.pi, n)
+        disp = 4 * np.stack([np.cos(ang), -np.sin(ang)], 1)
+        z = 50 + 10 * np.concatenate([disp, rng.normal(size=(n, 6))], 1)  # standardization undoes the scale
+        return {"ids": rng.integers(0, 8, (n, 4)), "z": z, "disp": disp, "pos": rng.uniform(0, 64, (n, 2)),
+                "dataset": np.zeros(n, int)}
+
+    cfg = ml_collections.ConfigDict({"model": {"codebook_size": 8},
+                                     "eval": {"min_motion": 1.0, "direction_bins": 8, "mlp_probe_hidden": 0}})
+    res = evaluate.probes(clips(2000), clips(1000), cfg)
+    assert res["probe/direction_acc_z"] > 0.9, res
+    assert res["probe/direction_acc"] < 0.25 and res["probe/position_acc_z"] < 0.3, res
+    no_z = evaluate.probes({k: v for k, v in clips(500).items() if k != "z"}, clips(500), cfg)
+    assert "probe/direction_acc_z" not in no_z
 
 
 def test_mlp_probe_reads_slot_combinations_the_linear_probe_cannot() -> None:
