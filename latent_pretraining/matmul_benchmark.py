@@ -28,6 +28,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from latent_pretraining.benchmark import interleaved
+
 
 @dataclasses.dataclass(frozen=True)
 class Product:
@@ -75,8 +77,8 @@ def _product(mode: str) -> Callable:
 def time_products(products: list[Product], rounds: int,
                   min_seconds: float) -> dict[str, dict[str, tuple[float, float]]]:
     """{product name: {'xla' | 'torch': (best GFLOP per CPU-second, best GFLOP per wall-second)}}, the two sides
-    alternating every round; each timing repeats the product until it has run about `min_seconds` of wall time (CPU
-    time is the process's, all threads, from `time.process_time`)."""
+    alternating every round (`benchmark.interleaved`); each timing repeats the product until it has run about
+    `min_seconds` of wall time (CPU time is the process's, all threads)."""
     import torch
 
     rng = np.random.default_rng(0)
@@ -86,23 +88,23 @@ def time_products(products: list[Product], rounds: int,
         fn = _product(p.mode)
         jf = jax.jit(fn)
         ja, jb, ta, tb = jnp.asarray(a), jnp.asarray(b), torch.from_numpy(a), torch.from_numpy(b)
-        runs = {"xla": lambda jf=jf, ja=ja, jb=jb: jf(ja, jb).block_until_ready(),
-                "torch": lambda fn=fn, ta=ta, tb=tb: fn(ta, tb)}
-        best = {side: (0.0, 0.0) for side in runs}
-        for run in runs.values():
-            run()  # compile / warm up
+        jf(ja, jb).block_until_ready()  # compile, then size the repeats on one warm call
         w = time.perf_counter()
-        runs["xla"]()
+        jf(ja, jb).block_until_ready()
         repeats = max(1, round(min_seconds / max(time.perf_counter() - w, 1e-6)))
-        for _ in range(rounds):
-            for side, run in runs.items():
-                c, w = time.process_time(), time.perf_counter()
-                for _ in range(repeats):
-                    run()
-                c, w = time.process_time() - c, time.perf_counter() - w
-                g = p.flops * repeats / 1e9
-                best[side] = (max(best[side][0], g / max(c, 1e-9)), max(best[side][1], g / max(w, 1e-9)))
-        results[p.name] = best
+
+        def xla(jf=jf, ja=ja, jb=jb, repeats=repeats) -> None:
+            for _ in range(repeats):
+                jf(ja, jb).block_until_ready()
+
+        def torch_side(fn=fn, ta=ta, tb=tb, repeats=repeats) -> None:
+            for _ in range(repeats):
+                fn(ta, tb)
+
+        g = p.flops * repeats / 1e9
+        timed = interleaved({"xla": xla, "torch": torch_side}, rounds, steps=1)
+        results[p.name] = {side: (g / max(min(cpu), 1e-9), g / max(min(wall), 1e-9))
+                           for side, (wall, cpu) in timed.items()}
     return results
 
 
