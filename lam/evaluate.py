@@ -116,12 +116,11 @@ def collect(labeler: Labeler, table: lam_data.Table, cfg: ml_collections.ConfigD
                                    weights=d.weights, context=n_ctx)
     dec = labeler.decode() if recon else None
     prepare = jax.jit(labeler.prepare, static_argnums=1)
-    vectors = labeler.vectors()
+    label = labeler.with_vectors()  # ids and the vectors they were rounded from, one encoder pass
     out: dict[str, list] = {k: [] for k in ("ids", "z", "disp", "pos", "psnr", "psnr_copy", "dataset")}
     for _ in range(n_batches):
         b = next(sampler)
-        ids = np.asarray(labeler(b["clip"][:, n_ctx:]))  # [B, T-1, C]
-        z = np.asarray(vectors(b["clip"][:, n_ctx:]))  # [B, T-1, C·Dq]
+        ids, z = map(np.asarray, label(b["clip"][:, n_ctx:]))  # [B, T-1, C], [B, T-1, C·Dq]
         out["z"].append(z.reshape(-1, z.shape[-1]))
         eff = b["effector"]  # of the clip's T frames, in pixels of the frames the LAM reads (lam/data.py)
         n = ids.shape[1]

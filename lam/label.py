@@ -98,12 +98,17 @@ class Labeler:
         ids = self.model.apply(variables, self.prepare(frames), method=LatentActionModel.label)
         return ids.reshape(ids.shape[0], ids.shape[1], -1)
 
-    def vectors(self) -> Callable[[jax.Array], jax.Array]:
-        """Jitted frames uint8/float[B, T, H, W, 3] → the code vectors before quantization, float[B, T-1, g·g·Dq]
-        (what the encoder says before NSVQ rounds it to code ids; the evaluation probes both)."""
+    def with_vectors(self) -> Callable[[jax.Array], tuple[jax.Array, jax.Array]]:
+        """Jitted frames uint8/float[B, T, H, W, 3] → (code ids int32[B, T-1, C], the code vectors before
+        quantization float[B, T-1, C·Dq]) from one encoder pass (what the encoder says before NSVQ rounds it to
+        code ids; the evaluation probes both)."""
         def f(variables, frames):
-            z = self.model.apply(variables, self.prepare(frames), method=LatentActionModel.encode)
-            return z.reshape(z.shape[0], z.shape[1], -1)
+            def run(model: LatentActionModel, clip: jax.Array) -> tuple[jax.Array, jax.Array]:
+                z = model.encode(clip)
+                return model.quantize(z, train=False)[1], z
+
+            ids, z = self.model.apply(variables, self.prepare(frames), method=run)
+            return ids.reshape(*ids.shape[:2], -1), z.reshape(*z.shape[:2], -1)
 
         jf = jax.jit(f)
         return lambda frames: jf(self.variables, jnp.asarray(frames))

@@ -346,6 +346,9 @@ def test_labels_deterministic() -> None:
     assert a.min() >= 0 and a.max() < cfg.model.codebook_size
     np.testing.assert_array_equal(a, b)
     np.testing.assert_array_equal(a, folded)  # folding the replacement shift into the codebook keeps the labels
+    ids, z = map(np.asarray, Labeler(cfg, v).with_vectors()(clip))  # the evaluation's one-pass ids + vectors
+    np.testing.assert_array_equal(ids, a)
+    assert z.shape == (3, cfg.data.clip_len - 1, c * cfg.model.quant_dim) and np.isfinite(z).all()
 
 
 def test_compose_flow_chains_steps() -> None:
