@@ -6,7 +6,9 @@ Writes <workdir>/eval/{metrics.json, *.png, tensorboard/}:
   probes (softmax regression on one-hot code ids, trained on train-split clips, tested on held-out val episodes;
   the same with one hidden layer of eval.mlp_probe_hidden units as probe/*_acc_mlp, 0 = off; the same linear
   probe on the standardized code vectors before quantization as probe/*_acc_z, which says whether a missing
-  motion was lost by the encoder or by rounding to codes):
+  motion was lost by the encoder or by rounding to codes; and on the ids of per-slot k-means codebooks of K and 8·K
+  codes fit to those vectors offline as probe/direction_acc_kmeans{K,8K}, which says whether another quantizer of
+  the same vectors could keep what the model's rounding lost):
   8-way direction of the true effector displacement over the transition (in pixels of the frames the LAM reads;
   transitions moving less than eval.min_motion px are left out) vs 8-way absolute effector position (4×2 quantile
   bins), with normalized mutual information between the joint code and each label; the truth is the demo world's
@@ -92,6 +94,29 @@ def fit_probe(x: np.ndarray, y: np.ndarray, classes: int, steps: int = 400, l2: 
     return lambda xs: np.asarray(jnp.argmax(logits(p, jnp.asarray(xs)), -1))
 
 
+def kmeans_ids(train: np.ndarray, test: np.ndarray, slots: int, k: int, iters: int = 50,
+               fit_max: int = 4000) -> tuple[np.ndarray, np.ndarray]:
+    """Per-slot k-means of vectors float[N, slots·D] → ids int[N_train, slots], int[N_test, slots].
+
+    Lloyd's iterations from k random train vectors (an empty cluster restarts at a random vector), each slot's
+    codebook fit on at most `fit_max` train vectors, on the vectors as they are (not standardized: a direction held
+    in low-variance dimensions is lost here as rounding to a code would lose it); deterministic (seeded by slot)."""
+    out_tr, out_te = np.zeros((len(train), slots), np.int64), np.zeros((len(test), slots), np.int64)
+    a, b = train.reshape(len(train), slots, -1), test.reshape(len(test), slots, -1)
+    nearest = lambda x, c: np.argmin(np.sum(x * x, 1)[:, None] - 2 * x @ c.T + np.sum(c * c, 1)[None], 1)
+    for s in range(slots):
+        rng = np.random.default_rng(s)
+        x = a[rng.choice(len(a), min(len(a), fit_max), replace=False), s]
+        c = x[rng.choice(len(x), k, replace=len(x) < k)].copy()
+        for _ in range(iters):
+            assign = nearest(x, c)
+            for j in range(k):
+                members = x[assign == j]
+                c[j] = members.mean(0) if len(members) else x[rng.integers(len(x))]
+        out_tr[:, s], out_te[:, s] = nearest(a[:, s], c), nearest(b[:, s], c)
+    return out_tr, out_te
+
+
 def nmi(a: np.ndarray, b: np.ndarray) -> float:
     """Normalized mutual information (arithmetic mean of entropies) between two label arrays int[N]."""
     _, ai = np.unique(a, return_inverse=True)
@@ -175,6 +200,12 @@ def probes(train: dict, test: dict, cfg: ml_collections.ConfigDict) -> dict[str,
         res["probe/direction_acc_z"] = float(np.mean(fit_probe(ztr[moving_tr], ytr[moving_tr], e.direction_bins)(
             zte[moving_te]) == yte[moving_te]))
         res["probe/position_acc_z"] = float(np.mean(fit_probe(ztr, ptr, 8)(zte) == pte))
+        slots = train["ids"].shape[1]
+        for kk in (k, 8 * k):  # the model's codebook size, and eight times it, fit per slot to the raw vectors
+            itr, ite = kmeans_ids(train["z"], test["z"], slots, kk)
+            res[f"probe/direction_acc_kmeans{kk}"] = float(np.mean(fit_probe(
+                one_hot_codes(itr, kk)[moving_tr], ytr[moving_tr], e.direction_bins)(one_hot_codes(ite, kk)[moving_te])
+                == yte[moving_te]))
     for di in np.unique(test["dataset"]):
         m = moving_te & (test["dataset"] == di)
         if m.any():

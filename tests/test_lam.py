@@ -424,8 +424,31 @@ def test_probes_read_the_code_vectors_before_quantization_too() -> None:
     res = evaluate.probes(clips(2000), clips(1000), cfg)
     assert res["probe/direction_acc_z"] > 0.9, res
     assert res["probe/direction_acc"] < 0.25 and res["probe/position_acc_z"] < 0.3, res
+    # per-slot k-means (4 slots of 2 dims): slot 0 is the direction itself, so 8 codes fit to it keep most of it
+    assert res["probe/direction_acc_kmeans8"] > 0.5 and res["probe/direction_acc_kmeans64"] > 0.7, res
     no_z = evaluate.probes({k: v for k, v in clips(500).items() if k != "z"}, clips(500), cfg)
-    assert "probe/direction_acc_z" not in no_z
+    assert "probe/direction_acc_z" not in no_z and "probe/direction_acc_kmeans8" not in no_z
+
+
+def test_kmeans_probe_loses_a_direction_held_in_low_variance_dimensions() -> None:
+    """A slot whose vector is (direction × 0.1, nuisance × 100): the standardized linear probe reads the direction,
+    codebooks fit to the vectors as they are spend every code on the nuisance, so their ids read near chance."""
+    from lam import evaluate
+
+    rng = np.random.default_rng(3)
+
+    def vectors(n: int) -> tuple[np.ndarray, np.ndarray]:
+        ang = rng.uniform(0, 2 * np.pi, n)
+        disp = np.stack([np.cos(ang), -np.sin(ang)], 1)
+        return np.concatenate([0.1 * disp, 100 * rng.normal(size=(n, 2))], 1), evaluate.direction_bins(disp)
+
+    (ztr, ytr), (zte, yte) = vectors(3000), vectors(1000)
+    itr, ite = evaluate.kmeans_ids(ztr, zte, slots=1, k=8)
+    assert itr.shape == (3000, 1) and ite.max() < 8
+    acc = np.mean(evaluate.fit_probe(evaluate.one_hot_codes(itr, 8), ytr, 8)(evaluate.one_hot_codes(ite, 8)) == yte)
+    assert acc < 0.25, acc
+    mu, sd = ztr.mean(0), ztr.std(0)
+    assert np.mean(evaluate.fit_probe((ztr - mu) / sd, ytr, 8)((zte - mu) / sd) == yte) > 0.9
 
 
 def test_mlp_probe_reads_slot_combinations_the_linear_probe_cannot() -> None:
