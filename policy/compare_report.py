@@ -9,8 +9,10 @@ One evaluation = one policy: a (recipe, pretraining variant, N demos, fine-tunin
   *world seeds*, each world seed's progress first averaged over the S policies (so one world counts once however many
   seeds ran on it). Also the per-seed figures (the spread the seeds alone cause).
 - ``paired(a, b, field, family)``: per world seed, a's mean over its fine-tuning seeds minus b's; the mean of those
-  differences with a bootstrap 95 % interval over world seeds. Refuses (``PairingError``, one line) runs that did not
-  play exactly the same world seeds (and tasks) in the same world config: an unpaired difference is not computed.
+  differences with a bootstrap 95 % interval over world seeds, and one that also resamples each side's fine-tuning
+  seeds (``two_level_ci``: a gap that one lucky fine-tuning run makes is not read as the recipe's). Refuses
+  (``PairingError``, one line) runs that did not play exactly the same world seeds (and tasks) in the same world
+  config: an unpaired difference is not computed.
 - ``write_report(out, runs, ...)``: OUT/report.md (tables overall and per task family, paired differences vs the
   scratch baseline, the human-video ablation, pretrained runs, versions, commands), OUT/comparison.md (the overall
   table, which scripts/report.py shows) and the plots.
@@ -115,12 +117,36 @@ def pooled(runs: Sequence[Run], family: str | None = None) -> dict:
 
 def paired(a: Sequence[Run], b: Sequence[Run], field: str, family: str | None = None) -> dict:
     """Mean over shared world seeds of (a − b), each side first averaged over its fine-tuning seeds, with a
-    bootstrap 95 % interval over world seeds. field: "success" (as 0/1) or "progress"."""
+    bootstrap 95 % interval over world seeds ("ci95": the evaluation's noise, the fine-tuning seeds held fixed) and,
+    when both sides have at least two fine-tuning seeds, one that resamples those too ("ci95_seeds", see
+    `two_level_ci`; else None). field: "success" (as 0/1) or "progress"."""
     if not a or not b:
         raise ValueError("paired() needs runs on both sides")
     worlds, m = _matrix([*a, *b], field, family)  # every run of both sides: same world seeds, tasks and world
     d = m[:len(a)].mean(axis=0) - m[len(a):].mean(axis=0)
-    return {"mean": float(d.mean()) if d.size else float("nan"), "ci95": list(bootstrap_ci(d)), "worlds": len(worlds)}
+    both = len(a) >= 2 and len(b) >= 2 and d.size
+    return {"mean": float(d.mean()) if d.size else float("nan"), "ci95": list(bootstrap_ci(d)), "worlds": len(worlds),
+            "ci95_seeds": list(two_level_ci(m[:len(a)], m[len(a):])) if both else None}
+
+
+def two_level_ci(a: np.ndarray, b: np.ndarray, *, resamples: int = 2000, seed: int = 0,
+                 level: float = 0.95) -> tuple[float, float]:
+    """Percentile bootstrap interval of mean(a) − mean(b) for a f64[Sa, W], b f64[Sb, W] (fine-tuning seeds ×
+    the same W world seeds): each resample draws W world seeds (the same draw for both sides: paired) and, per
+    side, its fine-tuning seeds with replacement, so the spread between fine-tuning runs counts as well as the
+    evaluation's. With few seeds per side (2–3) the seed part is itself a crude estimate (too narrow on average)."""
+    rng = np.random.default_rng(seed)
+    w = a.shape[1]
+    cw = np.stack([np.bincount(i, minlength=w) for i in rng.integers(0, w, (resamples, w))]).astype(np.float64)
+
+    def side(m: np.ndarray) -> np.ndarray:  # each resample's mean over its drawn seeds × drawn worlds, f64[R]
+        s = m.shape[0]
+        cs = np.stack([np.bincount(i, minlength=s) for i in rng.integers(0, s, (resamples, s))]).astype(np.float64)
+        return np.einsum("rs,sw,rw->r", cs, m, cw) / (s * w)
+
+    diffs = side(a) - side(b)
+    alpha = (1.0 - level) / 2
+    return float(np.quantile(diffs, alpha)), float(np.quantile(diffs, 1 - alpha))
 
 
 def group(runs: Sequence[Run], recipes: Sequence[str], variants: Sequence[str]) -> dict[tuple[str, str, int], list]:
@@ -155,6 +181,13 @@ def _diff(d: dict, scale: float = 1.0, digits: int = 3) -> str:
     return f"{scale * d['mean']:+.{digits}f} [{scale * lo:+.{digits}f}, {scale * hi:+.{digits}f}]"
 
 
+def _seeds_ci(d: dict) -> str:
+    if d.get("ci95_seeds") is None:
+        return "—"
+    lo, hi = d["ci95_seeds"]
+    return f"[{lo:+.3f}, {hi:+.3f}]"
+
+
 def _table(head: list[str], rows: list[list[str]]) -> list[str]:
     return ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] * 2 + ["---:"] * (len(head) - 2)) + "|",
             *("| " + " | ".join(r) + " |" for r in rows), ""]
@@ -179,11 +212,13 @@ def scope_tables(groups: dict, family: str | None, variants: Sequence[str]) -> l
         if recipe == BASELINE or base is None or not pooled(runs, family):
             continue
         s, g = paired(runs, base, "success", family), paired(runs, base, "progress", family)
-        diffs.append([recipe, variant or "—", str(n), str(s["worlds"]), _diff(s, 100, 1), _diff(g)])
+        diffs.append([recipe, variant or "—", str(n), str(s["worlds"]), _diff(s, 100, 1), _diff(g), _seeds_ci(g)])
     if diffs:
         out += [f"Paired differences vs {BASELINE} at the same N (per world seed, each side's mean over its "
-                "fine-tuning seeds; bootstrap 95 % over world seeds):", ""]
-        out += _table(["recipe", "pretraining", "N", "world seeds", "Δ success (points)", "Δ progress"], diffs)
+                "fine-tuning seeds; bootstrap 95 % over world seeds; the last column resamples the fine-tuning "
+                "seeds of each side as well, shown when both have at least two):", ""]
+        out += _table(["recipe", "pretraining", "N", "world seeds", "Δ success (points)", "Δ progress",
+                       "Δ progress [worlds + seeds]"], diffs)
     sens = sensitivity_rows(groups, family)
     if sens:
         out += ["Sensitivity to the number of demos (largest N − smallest N, same recipe, paired on world seeds; "
@@ -198,10 +233,12 @@ def scope_tables(groups: dict, family: str | None, variants: Sequence[str]) -> l
             if (recipe, other, n) in groups:
                 s = paired(runs, groups[(recipe, other, n)], "success", family)
                 g = paired(runs, groups[(recipe, other, n)], "progress", family)
-                abl.append([recipe, f"{variant} − {other}", str(n), str(s["worlds"]), _diff(s, 100, 1), _diff(g)])
+                abl.append([recipe, f"{variant} − {other}", str(n), str(s["worlds"]), _diff(s, 100, 1), _diff(g),
+                            _seeds_ci(g)])
     if abl:
-        out += ["Pretraining ablation (same recipe and N, paired on world seeds):", ""]
-        out += _table(["recipe", "difference", "N", "world seeds", "Δ success (points)", "Δ progress"], abl)
+        out += ["Pretraining ablation (same recipe and N, paired on world seeds; the last column as above):", ""]
+        out += _table(["recipe", "difference", "N", "world seeds", "Δ success (points)", "Δ progress",
+                       "Δ progress [worlds + seeds]"], abl)
     return out
 
 

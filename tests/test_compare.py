@@ -73,6 +73,25 @@ def test_paired_differences_use_matched_world_seeds_and_refuse_a_mismatch():
         cr.paired([other_world], SCRATCH, "success")
 
 
+def test_the_seed_resampling_interval_counts_the_spread_between_fine_tuning_runs():
+    """Side a: one fine-tuning run at 0.7 and one at 0.1 on every world, b: two at 0.35 (small per-world noise).
+    Over world seeds alone the +0.05 gap is sharp; resampling a's two runs draws 0.7, 0.4 or 0.1 for its mean, so
+    the interval with the seeds spans about [-0.25, +0.35]. With no spread anywhere it is the constant gap."""
+    rng = np.random.default_rng(0)
+    w = 200
+    a = np.array([[0.7] * w, [0.1] * w]) + rng.uniform(-0.05, 0.05, (2, w))
+    b = np.full((2, w), 0.35) + rng.uniform(-0.05, 0.05, (2, w))
+    worlds = list(range(3000, 3000 + w))
+    run = lambda name, s, row: _run(name, "", s, [0] * w, row.tolist(), worlds=worlds, fams=["touch_block"] * w)
+    d = cr.paired([run("a", 0, a[0]), run("a", 1, a[1])], [run("b", 0, b[0]), run("b", 1, b[1])], "progress")
+    assert d["mean"] == pytest.approx(0.05, abs=0.01)
+    assert 0.03 < d["ci95"][0] < d["ci95"][1] < 0.07, d
+    lo, hi = d["ci95_seeds"]
+    assert lo == pytest.approx(-0.25, abs=0.02) and hi == pytest.approx(0.35, abs=0.02), d
+    assert cr.two_level_ci(np.full((2, 4), 0.5), np.full((3, 4), 0.2)) == pytest.approx((0.3, 0.3))
+    assert cr.paired(LAPA[:1], SCRATCH, "progress")["ci95_seeds"] is None  # one seed on a side: no seed interval
+
+
 def test_pooled_figures_by_hand():
     worlds = list(range(2000, 2005))
     runs = [_run("x", "", 0, [1, 0, 0, 0, 0], [1.0, 0.0, 0.2, 0.0, 0.3], worlds=worlds, fams=["separate"] * 5),
