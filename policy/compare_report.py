@@ -35,6 +35,9 @@ from data.demo import tasks as tasks_lib
 from policy.eval_report import bootstrap_ci, plot_vs_demos, wilson_interval
 
 BASELINE = "scratch"  # paired differences are against this recipe (same N, same world seeds)
+# a pretrained recipe whose fine-tuning layout differs from BASELINE's (the ViPRA layout) -> that layout from a random
+# init: their difference is the pretraining's effect alone, the one against BASELINE mixes in the layout's
+LAYOUT_BASELINE = {"lapa": "lapa_scratch"}
 ROLLOUTS_PER_POLICY = 2
 
 
@@ -219,6 +222,19 @@ def scope_tables(groups: dict, family: str | None, variants: Sequence[str]) -> l
                 "seeds of each side as well, shown when both have at least two):", ""]
         out += _table(["recipe", "pretraining", "N", "world seeds", "Δ success (points)", "Δ progress",
                        "Δ progress [worlds + seeds]"], diffs)
+    within = []
+    for (recipe, variant, n), runs in groups.items():
+        base = groups.get((LAYOUT_BASELINE.get(recipe, ""), "", n))
+        if base is None or not pooled(runs, family) or not pooled(base, family):
+            continue
+        s, g = paired(runs, base, "success", family), paired(runs, base, "progress", family)
+        within.append([f"{recipe} − {LAYOUT_BASELINE[recipe]}", variant or "—", str(n), str(s["worlds"]),
+                       _diff(s, 100, 1), _diff(g), _seeds_ci(g)])
+    if within:
+        out += ["Pretraining within its fine-tuning layout (the pretrained recipe minus the same layout from a "
+                "random init, same N, paired on world seeds; the last column as above):", ""]
+        out += _table(["difference", "pretraining", "N", "world seeds", "Δ success (points)", "Δ progress",
+                       "Δ progress [worlds + seeds]"], within)
     sens = sensitivity_rows(groups, family)
     if sens:
         out += ["Sensitivity to the number of demos (largest N − smallest N, same recipe, paired on world seeds; "

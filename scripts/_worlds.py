@@ -138,7 +138,8 @@ WORLDS: dict[str, PipelineWorld] = {
     "demo": PipelineWorld(
         name="demo", title="Demo-world comparison: scratch vs LAPA vs ViPRA vs reference policies",
         robot="demo_robot", pretrain=("demo_robot", "demo_human"), vqgan_args=(), lam_size="demo", lam_args=(),
-        vla_args=(), finetune_args=(), recipes=("scratch", "lapa", "vipra", "state_bc", "image_bc"),
+        vla_args=(), finetune_args=(),
+        recipes=("scratch", "lapa", "vipra", "lapa_scratch", "state_bc", "image_bc"),
         budgets={"demo": Budget(episodes=0, val_episodes=0, vqgan_steps=800, lam_steps=0, vla_steps=0,
                                 compare_preset="demo")},
         eval_args=_demo_eval_args, eval_world_seed=lambda seed, i: seed + i, data_seeds=_demo_seeds),
@@ -153,7 +154,7 @@ WORLDS: dict[str, PipelineWorld] = {
         vla_args=(*_datasets(_VIDEO), "--config.text.corpus=metaworld"),
         finetune_args=_datasets(("metaworld_robot",)),
         # policy/reference.py's features and vocabulary are the demo world's
-        recipes=("scratch", "lapa", "vipra"),
+        recipes=("scratch", "lapa", "vipra", "lapa_scratch"),
         # sizes from measured per-stage costs (docs/metaworld.md, "The transfer experiment"): cpu = a few hours of
         # 2-core CPU (LAMs and VideoLLaMA at their demo presets' 3500 / 600 steps); gpu = values for one accelerator
         budgets={"cpu": Budget(episodes=60, val_episodes=6, vqgan_steps=800, lam_steps=0, vla_steps=0,

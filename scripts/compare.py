@@ -12,11 +12,13 @@ a fine-tune (`policy.finetune` with train.seed = the seed and no closed-loop eva
 dataset>` into test.json, so every policy plays the same world seeds. The evaluation range must be disjoint from
 every world seed the datasets were generated from (the data root's and the pretrained runs'): checked first.
 
-Recipes (RECIPES): scratch (flow matching, random init, the text/image tokenizers of the first variant's ViPRA
-run), lapa and vipra (fine-tuned from <vla dir>/lapa and /vipra of each `--vla NAME=DIR` pretraining variant; one
-plain `--vla DIR` is a single unnamed variant), state_bc and image_bc (`python -m policy.reference --kind
-state|image`). Resumable: a run whose output exists, is valid and was made by the same command (the Python
-interpreter's path aside) is reused; a killed or partial one is redone, with one line saying why (a redone
+Recipes (RECIPES): scratch (the ViPRA layout, flow matching, random init, the text/image tokenizers of the first
+variant's ViPRA run), lapa_scratch (the LAPA layout, action bins from frame t, random init, the LAPA run's
+tokenizers: the control that separates LAPA's pretraining from its fine-tuning layout), lapa and vipra
+(fine-tuned from <vla dir>/lapa and /vipra of each `--vla NAME=DIR` pretraining variant; one plain `--vla DIR` is a
+single unnamed variant), state_bc and image_bc (`python -m policy.reference --kind state|image`).
+Resumable: a run whose output exists, is valid and was made by the same command (the Python interpreter's path
+aside) is reused; a killed or partial one is redone, with one line saying why (a redone
 fine-tune also redoes its evaluation); `--redo PATTERN` (e.g. `lapa_20` for all its seeds, `'vipra-robot_*'`) and
 `--redo-all` force reruns. OUT/manifest.json and OUT/commands.sh list every
 command. At the end: OUT/report.md (policy/compare_report.py), OUT/comparison.md, the plots, and OUT/index.html.
@@ -55,11 +57,15 @@ class Recipe:
     kind: str  # "finetune" (python -m policy.finetune) | "reference" (python -m policy.reference)
     preset: str  # the configs/policy.py preset, or the reference kind
     pretrained: bool  # fine-tuned from each pretraining variant's run <vla dir>/<recipe>
+    tokenizers: str = "vipra"  # unpretrained fine-tunes: whose text tokenizer and VQGAN (<first vla dir>/<this>)
 
 
+# scratch is the ViPRA layout (frames t-2, t -> a flow chunk) from a random init; lapa_scratch the LAPA layout (frame
+# t -> one step of action bins) from a random init: LAPA minus lapa_scratch is its pretraining's effect alone
 RECIPES = {"scratch": Recipe("finetune", "scratch_demo", False), "lapa": Recipe("finetune", "lapa_demo", True),
-           "vipra": Recipe("finetune", "vipra_demo", True), "state_bc": Recipe("reference", "state", False),
-           "image_bc": Recipe("reference", "image", False)}
+           "vipra": Recipe("finetune", "vipra_demo", True),
+           "lapa_scratch": Recipe("finetune", "lapa_demo", False, tokenizers="lapa"),
+           "state_bc": Recipe("reference", "state", False), "image_bc": Recipe("reference", "image", False)}
 # grid presets (--preset); an explicit --demos / --seeds / --episodes / --recipes wins. "demo" is make demo's stage 5:
 # about the cost of its former single-seed comparison (one demo count, 30 episodes, plus the seconds-cheap state BC)
 # "transfer" / "transfer_gpu": the Meta-World transfer experiment's grids (its cpu / gpu budgets in _worlds.py):
@@ -156,7 +162,7 @@ def plan(a: argparse.Namespace, variants: dict[str, str]) -> list[Job]:
                             train.append(f"--config.policy.pretrained={os.path.join(variants[variant], recipe)}")
                         else:  # scratch shares the pretrained runs' text and image tokenizers, not their weights
                             first = next(iter(variants.values()))
-                            train.append(f"--config.policy.tokenizers_from={os.path.join(first, 'vipra')}")
+                            train.append(f"--config.policy.tokenizers_from={os.path.join(first, r.tokenizers)}")
                         if a.steps:
                             train += [f"--config.train.total_steps={a.steps}",
                                       f"--config.train.optimizer.warmup_steps={min(30, a.steps // 10)}"]
@@ -303,9 +309,10 @@ def main(argv: list[str] | None = None) -> int:
                                                                *(argv if argv is not None else sys.argv[1:])])}
     if not a.report_only:
         missing = [i["run"] for v in pre.values() for i in v.values() if i.get("missing")]
-        if "scratch" in a.recipes:  # its tokenizers come from the first variant's ViPRA run
-            tok = os.path.join(next(iter(variants.values())), "vipra")
-            missing += [tok] if compare_report.pretrained_info(tok).get("missing") else []
+        for r in a.recipes:  # unpretrained fine-tunes take their tokenizers from the first variant's run
+            if RECIPES[r].kind == "finetune" and not RECIPES[r].pretrained:
+                tok = os.path.join(next(iter(variants.values())), RECIPES[r].tokenizers)
+                missing += [tok] if compare_report.pretrained_info(tok).get("missing") else []
         if missing:
             raise UserError(f"pretrained run {missing[0]} has no checkpoint: train it first (docs/demo_world.md, "
                             "'The comparison'), or leave its recipe out of --recipes")

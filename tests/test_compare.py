@@ -241,6 +241,20 @@ def test_a_killed_comparison_resumes_and_redoes_only_what_is_unfinished(tmp_path
     assert len(compare.finished_runs(more, 4, a.eval_seed)) == 8
 
 
+def test_lapa_is_also_paired_against_its_own_layout_from_scratch(tmp_path):
+    # lapa_scratch: every episode 0.1 less progress than LAPA (robot+human), one success fewer per seed
+    lapa_scratch = [_run("lapa_scratch", "", 0, [0, 0, 1, 0], [0.9, 0.2, 0.9, 0.2]),
+                    _run("lapa_scratch", "", 1, [0, 0, 1, 0], [0.3, 0.0, 0.9, 0.9])]
+    groups = cr.group([*SCRATCH, *LAPA, *lapa_scratch], ["scratch", "lapa", "lapa_scratch"], ["robot+human"])
+    md = "\n".join(cr.scope_tables(groups, None, ["robot+human"]))
+    within = md.split("Pretraining within its fine-tuning layout")[1]
+    # success: LAPA 2 of 4 per seed, lapa_scratch 1 of 4 then 1 of 4 -> per world (0.5, 0, 1, 0.5) - (0, 0, 1, 0)
+    assert "| lapa − lapa_scratch | robot+human | 10 | 4 | +25.0 [+0.0, +50.0] | +0.100 [+0.100, +0.100] |" in within
+    # lapa_scratch is a random-init recipe: it is compared with scratch, and no layout baseline is looked up for it
+    assert "| lapa_scratch | — | 10 | 4 |" in md.split("Paired differences vs scratch")[1]
+    assert "lapa_scratch − " not in md
+
+
 def test_variants_and_recipes_from_the_command_line():
     assert compare.parse_variants(None) == {"": "runs/demo/vla"}
     assert compare.parse_variants(["x/vla"]) == {"": "x/vla"}
@@ -254,6 +268,11 @@ def test_variants_and_recipes_from_the_command_line():
                                       "vipra-robot_4_s0", "scratch_4_s0"]
     assert "--config.policy.pretrained=v2/lapa" in jobs[1].train
     assert "--config.policy.tokenizers_from=v1/vipra" in jobs[4].train
+    # the LAPA layout from a random init: LAPA's fine-tuning preset, no weights, the LAPA run's tokenizers
+    (job,) = compare.plan(_args(Path("/t"), recipes=["lapa_scratch"], demos=[4], seeds=[1]), {"robot": "v2"})
+    assert job.name == "lapa_scratch_4_s1"
+    assert {"--config=configs/policy.py:lapa_demo", "--config.policy.tokenizers_from=v2/lapa"} <= set(job.train)
+    assert not any(t.startswith("--config.policy.pretrained=") for t in job.train)
 
 
 def test_world_seeds_are_the_datasets_and_an_overlapping_eval_range_is_refused(demo_data, tmp_path):
