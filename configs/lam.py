@@ -49,6 +49,9 @@ def base() -> ml_collections.ConfigDict:
         "encode_deltas": True, "code_time_kernel": 1, "code_pool": "grid",
         "flow_head": False, "flow_scale": 1.0, "quant_warmup_steps": 0, "quant_norm": False, "slot_codebooks": False,
         "stabilize": False,  # register each clip frame to the first (camera shake; lam/stabilize.py)
+        # action_head: 2 = a linear map from each transition's quantized codes to the mean of its first two action
+        # dimensions, trained by loss.action_weight on the labelled episodes only (data.action_episodes); 0 = none
+        "action_head": 0,
         "encoder": {"kind": "patch", "layout": "factorized", "spatial_depth": 8, "temporal_depth": 8, "depth": 0,
                     "peg": True, "motion_stem": 0},
         # decoder.context: frames before the clip the decoder (never the encoder) also reads: 0 = none; 1 = frame
@@ -74,6 +77,9 @@ def base() -> ml_collections.ConfigDict:
         "farneback_winsize": 9, "flow_start": 0, "flow_warmup": 0,
         "farneback_gate": 0.0,  # > 0: Farneback flow kept only where registered frames differ > k noise sigmas
                                 # (lam/flow_targets.py noise_gate); 0 = the raw flow
+        # > 0: squared error of model.action_head's prediction against the transition's mean action (in stds), on
+        # clips of labelled episodes: a semi-supervised LAM (a few action labels against distractors; docs/lam.md)
+        "action_weight": 0.0,
     })
     c.data = ml_collections.ConfigDict({
         "source": "memory",  # 'memory': lam/data.py (small RLDS with ground truth); 'pipeline': data/loader.py
@@ -82,6 +88,9 @@ def base() -> ml_collections.ConfigDict:
         "cache_dir": "", "max_episodes": 0, "shuffle_buffer": 10_000,
         "camera": "",  # '' = the registry's default camera; 'primary' | 'secondary' | 'wrist'
         "stats_dir": "",  # pipeline normalization stats; '' = next to each dataset; `python -m data.stats`
+        # with loss.action_weight > 0: the LAM reads the actions of the first N episodes of each dataset that has
+        # actions (file order, the policy's "first N demos"); 0 = all of them
+        "action_episodes": 0,
     })
     c.train = loop.default_config()
     t = c.train

@@ -42,7 +42,7 @@ LEGACY_DEFAULTS: dict[str, Any] = {
     "model.decoder.patch_size": 0, "model.decoder.context": 0,
     "loss.flow": "l1", "loss.flow_moving_weight": 0.0, "loss.flow_target": "ground_truth",
     "loss.farneback_winsize": 9, "data.camera": "", "model.stabilize": False, "loss.flow_moving_power": 0.0,
-    "loss.farneback_gate": 0.0,
+    "loss.farneback_gate": 0.0, "model.action_head": 0, "loss.action_weight": 0.0, "data.action_episodes": 0,
     "eval.mlp_probe_hidden": 256,  # evaluation only (no effect on the checkpoint): old runs get the MLP probe too
 }
 # model.decoder.peg was added with a kind-dependent default (cross_attention: off, film: on)
@@ -95,6 +95,16 @@ def check(config: Any) -> None:
                          "has no context frame before the clip)")
     if config.loss.flow_weight > 0 and not m.flow_head:
         raise ValueError("loss.flow_weight > 0 needs model.flow_head=True")
+    if config.loss.get("action_weight", 0.0) > 0:
+        if m.get("action_head", 0) != 2:
+            raise ValueError("loss.action_weight > 0 needs model.action_head=2 (the head predicts the first two "
+                             f"action dimensions from the codes), got model.action_head={m.get('action_head', 0)}")
+        if config.data.source != "memory":
+            raise ValueError("loss.action_weight > 0 needs data.source='memory' (lam/data.py reads the actions of "
+                             "the labelled episodes; the streaming LAM window carries none)")
+        if config.data.action_episodes < 0:
+            raise ValueError(f"data.action_episodes must be >= 0 (0 = every episode with actions), got "
+                             f"{config.data.action_episodes}")
 
 
 def from_saved(saved: Mapping[str, Any]) -> ml_collections.ConfigDict:

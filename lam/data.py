@@ -150,7 +150,13 @@ def config_fingerprint(config: Any, split: str | None = None) -> str:
         offset=int(d.offset), weights=[float(w) for w in d.weights], batch_size=int(d.batch_size),
         max_episodes=int(d.max_episodes or 0),
         flow_target=str(config.loss.get("flow_target", "ground_truth")), flow=bool(config.model.flow_head),
-        table="lam-table-v2", **context_key(config))
+        table="lam-table-v2", **context_key(config), **action_key(config))
+
+
+def action_key(config: Any) -> dict[str, int]:
+    """{'action_episodes': n} when the LAM reads actions (loss.action_weight > 0), else {} (every run without action
+    supervision keeps its fingerprint)."""
+    return {"action_episodes": int(config.data.action_episodes)} if config.loss.get("action_weight", 0.0) > 0 else {}
 
 
 def context_key(config: Any) -> dict[str, int]:
@@ -247,16 +253,45 @@ def make_batch(table: Table, episodes: np.ndarray, starts: np.ndarray, clip_len:
     return out
 
 
+def transition_actions(table: Table, idx: np.ndarray, scale: np.ndarray) -> np.ndarray:
+    """Per transition of the clips idx int64[B, L] (global step indices): the mean of the table's actions over
+    the steps idx[:, i] .. idx[:, i+1] − 1, divided by `scale` float[2] → float32[B, L-1, 2]. A transition the
+    episode's end clamped to no steps reads 0."""
+    cum = np.concatenate([np.zeros((1, table.action.shape[1]), np.float64), np.cumsum(table.action, 0)])
+    steps = (idx[:, 1:] - idx[:, :-1])[..., None]
+    total = cum[idx[:, 1:]] - cum[idx[:, :-1]]
+    return (total / np.maximum(steps, 1) / scale).astype(np.float32)
+
+
+def action_labels(table: Table, episodes: int) -> tuple[np.ndarray, np.ndarray]:
+    """Which episodes' actions a LAM trained with action supervision may read (bool[E]: episodes with actions, and
+    of those only the first `episodes` of each dataset in file order; 0 = all of them) and the per-dimension scale
+    float[2] of their actions (std over their steps, floored at 1e-6), so the targets are in units of one std."""
+    has = table.action_valid[table.episode_start]
+    labelled = has & ((table.episode_index < episodes) if episodes > 0 else True)
+    if not labelled.any():
+        raise ValueError("action supervision (loss.action_weight > 0) found no episode with actions in "
+                         f"{', '.join(table.datasets)}: train on a dataset with actions or set loss.action_weight=0")
+    rows = np.concatenate([np.arange(s, s + n) for s, n in
+                           zip(table.episode_start[labelled], table.episode_len[labelled], strict=True)])
+    return labelled, np.maximum(table.action[rows].std(axis=0), 1e-6).astype(np.float64)
+
+
 class ClipSampler:
     """Endless seeded iterator of random clips (uniform over datasets by `weights`, then over steps; `context`
     leading frames per clip as in make_batch: the starts drawn, hence the transitions, do not depend on it).
 
+    `action_episodes` (None = off): batches also carry 'action' float32[B, L-1, 2] (transition_actions, in stds) and
+    'action_mask' bool[B] (the clip's episode is one action_labels lets the LAM read; its argument is this value).
+
     get_state/set_state make it resumable (the state is the number of batches drawn; batch i uses seed (seed, i))."""
 
     def __init__(self, table: Table, *, batch_size: int, clip_len: int, offset: int, seed: int = 0,
-                 weights: Sequence[float] | None = None, with_flow: bool = False, context: int = 0):
+                 weights: Sequence[float] | None = None, with_flow: bool = False, context: int = 0,
+                 action_episodes: int | None = None):
         self.table, self.batch_size, self.clip_len, self.offset = table, batch_size, clip_len, offset
         self.seed, self.with_flow, self.context, self.i = seed, with_flow, context, 0
+        self.labels = None if action_episodes is None else action_labels(table, int(action_episodes))
         w = np.ones(len(table.datasets)) if weights is None else np.asarray(weights, np.float64)
         self.weights = w / w.sum()
         span = (clip_len - 1) * offset
@@ -282,7 +317,12 @@ class ClipSampler:
         rng = np.random.default_rng([self.seed, self.i])
         self.i += 1
         eps, starts = self.sample(rng, self.batch_size)
-        return make_batch(self.table, eps, starts, self.clip_len, self.offset, self.with_flow, self.context)
+        out = make_batch(self.table, eps, starts, self.clip_len, self.offset, self.with_flow, self.context)
+        if self.labels is not None:
+            labelled, scale = self.labels
+            idx = clip_indices(self.table, eps, starts, self.clip_len, self.offset)
+            out["action"], out["action_mask"] = transition_actions(self.table, idx, scale), labelled[eps]
+        return out
 
     def get_state(self) -> dict[str, Any]:
         return {"batches": self.i}

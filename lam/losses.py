@@ -1,4 +1,5 @@
-"""LAM losses: pixel L1/MSE, optional perceptual term (pluggable frozen feature network), optional optical-flow term.
+"""LAM losses: pixel L1/MSE, optional perceptual term (pluggable frozen feature network), optional optical-flow term,
+optional action term (a few labelled episodes).
 
 All take predictions and targets float[B, N, H, W, C] (N transitions) and an optional mask bool[B, N]; results are
 f32 scalars averaged over valid transitions.
@@ -83,6 +84,12 @@ def flow_loss(pred: Array, target: Array, mask: Array | None = None, *, kind: st
             moving = s / jnp.maximum(jnp.sum(s) / jnp.maximum(jnp.sum(moving), 1.0), 1e-6)
         per = per * (1.0 + moving_weight * moving)
     return _masked_mean(jnp.mean(per, axis=(2, 3)), mask)
+
+
+def action_loss(pred: Array, target: Array, mask: Array) -> Array:
+    """Mean squared error of predicted actions float[B, N, A] against target actions float[B, N, A], averaged over
+    the A dimensions and the transitions where mask bool[B, N] holds (0 when none does)."""
+    return _masked_mean(jnp.mean(jnp.square(pred - target), axis=-1), mask)
 
 
 def flow_weight(step: Array, weight: float, start: int, warmup: int) -> Array:

@@ -182,6 +182,8 @@ class LatentActionModel(nn.Module):
         self.to_pixels = nn.Dense(self.dec_patch**2 * 3, kernel_init=init, name="to_pixels")
         if c.flow_head:
             self.to_flow = nn.Dense(self.dec_patch**2 * 2, kernel_init=nn.initializers.zeros, name="to_flow")
+        if c.get("action_head", 0):  # reads the quantized codes, so what it needs must pass through the codebook
+            self.to_action = nn.Dense(int(c.action_head), name="to_action")
 
     def embed(self, clip: Array) -> Array:
         """clip float[B, T, H, W, 3] → patch tokens float[B, T, h, w, D]."""
@@ -252,7 +254,8 @@ class LatentActionModel(nn.Module):
 
     def __call__(self, clip: Array, *, train: bool = False) -> dict[str, Array]:
         """clip float[B, context + T, H, W, 3] (decoder.context leading frames, see the module docstring) →
-        {'pred', 'flow' (if head), 'ids', 'z'} of the T-frame clip after the context."""
+        {'pred', 'flow' (if head), 'ids', 'z', 'action' float[B, T-1, model.action_head] (if head)} of the
+        T-frame clip after the context."""
         context, clip = split_context(clip, self.n_context)
         z = self.encode(clip)
         q, ids = self.quantize(z, train=train)
@@ -260,6 +263,8 @@ class LatentActionModel(nn.Module):
         out = {"pred": pred, "ids": ids, "z": z}
         if flow is not None:
             out["flow"] = flow
+        if self.config.get("action_head", 0):
+            out["action"] = self.to_action(q.reshape(*q.shape[:2], -1))
         return out
 
     def label(self, clip: Array) -> Array:

@@ -27,7 +27,7 @@ from lam.quantizer import perplexity, replace_dead_codes, usage
 
 PyTree = Any
 QUANTIZER = "quantizer"  # module name of the NSVQ inside LatentActionModel
-TRAIN_KEYS = ("clip", "flow", "clip_valid")
+TRAIN_KEYS = ("clip", "flow", "clip_valid", "action", "action_mask")
 
 
 def to_float(clip: jax.Array) -> jax.Array:
@@ -96,6 +96,10 @@ def make_loss_fn(config: ml_collections.ConfigDict, feature_fn: losses.FeatureFn
                                   moving_weight=lc.flow_moving_weight, moving_power=lc.flow_moving_power)
             loss = loss + losses.flow_weight(step, lc.flow_weight, lc.flow_start, lc.flow_warmup) * fl
             metrics["flow"] = fl
+        if lc.get("action_weight", 0.0) > 0:  # semi-supervised: only clips of labelled episodes count
+            labelled = jnp.broadcast_to(batch["action_mask"][:, None], out["action"].shape[:2])
+            act = losses.action_loss(out["action"], batch["action"], labelled if mask is None else labelled & mask)
+            loss, metrics["action"] = loss + lc.action_weight * act, act
         new_nsvq, qm = replace_dead_codes(params[QUANTIZER]["codebook"], nsvq, out["z"], r_rep,
                                           schedule=qc.schedule, threshold=qc.threshold, source=qc.source,
                                           noise=qc.noise, warmup_steps=config.model.quant_warmup_steps)
@@ -129,8 +133,10 @@ def make_data(config: ml_collections.ConfigDict, *, split: str | None = None, se
         table = lam_data.load_table(d.root, d.datasets, split, with_flow=gt_flow,
                                     max_episodes=d.max_episodes or None, cache_dir=d.cache_dir,
                                     resolution=int(config.model.image_size), camera=str(d.camera))
+        supervised = config.loss.get("action_weight", 0.0) > 0
         it = lam_data.ClipSampler(table, batch_size=d.batch_size, clip_len=d.clip_len, offset=d.offset, seed=seed,
-                                  weights=d.weights, with_flow=gt_flow, context=n_ctx)
+                                  weights=d.weights, with_flow=gt_flow, context=n_ctx,
+                                  action_episodes=int(d.action_episodes) if supervised else None)
     elif d.source == "pipeline":
         if gt_flow:
             raise ValueError("the streaming pipeline has no ground-truth flow: set loss.flow_target='farneback' "
