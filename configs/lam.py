@@ -91,6 +91,7 @@ def base() -> ml_collections.ConfigDict:
         # with loss.action_weight > 0: the LAM reads the actions of the first N episodes of each dataset that has
         # actions (file order, the policy's "first N demos"); 0 = all of them
         "action_episodes": 0,
+        "action_share": 0.0,  # > 0: that share of every batch drawn from the labelled episodes
     })
     c.train = loop.default_config()
     t = c.train

@@ -43,6 +43,7 @@ LEGACY_DEFAULTS: dict[str, Any] = {
     "loss.flow": "l1", "loss.flow_moving_weight": 0.0, "loss.flow_target": "ground_truth",
     "loss.farneback_winsize": 9, "data.camera": "", "model.stabilize": False, "loss.flow_moving_power": 0.0,
     "loss.farneback_gate": 0.0, "model.action_head": 0, "loss.action_weight": 0.0, "data.action_episodes": 0,
+    "data.action_share": 0.0,
     "eval.mlp_probe_hidden": 256,  # evaluation only (no effect on the checkpoint): old runs get the MLP probe too
 }
 # model.decoder.peg was added with a kind-dependent default (cross_attention: off, film: on)
@@ -102,6 +103,8 @@ def check(config: Any) -> None:
         if config.data.source != "memory":
             raise ValueError("loss.action_weight > 0 needs data.source='memory' (lam/data.py reads the actions of "
                              "the labelled episodes; the streaming LAM window carries none)")
+        if not 0.0 <= config.data.get("action_share", 0.0) <= 1.0:
+            raise ValueError(f"data.action_share must be in [0, 1], got {config.data.action_share}")
         if config.data.action_episodes < 0:
             raise ValueError(f"data.action_episodes must be >= 0 (0 = every episode with actions), got "
                              f"{config.data.action_episodes}")

@@ -154,9 +154,12 @@ def config_fingerprint(config: Any, split: str | None = None) -> str:
 
 
 def action_key(config: Any) -> dict[str, int]:
-    """{'action_episodes': n} when the LAM reads actions (loss.action_weight > 0), else {} (every run without action
-    supervision keeps its fingerprint)."""
-    return {"action_episodes": int(config.data.action_episodes)} if config.loss.get("action_weight", 0.0) > 0 else {}
+    """{'action_episodes': n[, 'action_share': f]} when the LAM reads actions (loss.action_weight > 0), else {}
+    (every run without action supervision keeps its fingerprint)."""
+    if config.loss.get("action_weight", 0.0) <= 0:
+        return {}
+    share = float(config.data.get("action_share", 0.0))
+    return {"action_episodes": int(config.data.action_episodes), **({"action_share": share} if share else {})}
 
 
 def context_key(config: Any) -> dict[str, int]:
@@ -282,16 +285,19 @@ class ClipSampler:
     leading frames per clip as in make_batch: the starts drawn, hence the transitions, do not depend on it).
 
     `action_episodes` (None = off): batches also carry 'action' float32[B, L-1, 2] (transition_actions, in stds) and
-    'action_mask' bool[B] (the clip's episode is one action_labels lets the LAM read; its argument is this value).
+    'action_mask' bool[B] (the clip's episode is one action_labels lets the LAM read; its argument is this value);
+    `action_share` > 0: the first round(share·B) clips of every batch come from labelled episodes (uniform over their
+    steps), so a few labelled episodes still reach every batch.
 
     get_state/set_state make it resumable (the state is the number of batches drawn; batch i uses seed (seed, i))."""
 
     def __init__(self, table: Table, *, batch_size: int, clip_len: int, offset: int, seed: int = 0,
                  weights: Sequence[float] | None = None, with_flow: bool = False, context: int = 0,
-                 action_episodes: int | None = None):
+                 action_episodes: int | None = None, action_share: float = 0.0):
         self.table, self.batch_size, self.clip_len, self.offset = table, batch_size, clip_len, offset
         self.seed, self.with_flow, self.context, self.i = seed, with_flow, context, 0
         self.labels = None if action_episodes is None else action_labels(table, int(action_episodes))
+        self.n_labelled = round(action_share * batch_size) if self.labels is not None else 0
         w = np.ones(len(table.datasets)) if weights is None else np.asarray(weights, np.float64)
         self.weights = w / w.sum()
         span = (clip_len - 1) * offset
@@ -317,6 +323,11 @@ class ClipSampler:
         rng = np.random.default_rng([self.seed, self.i])
         self.i += 1
         eps, starts = self.sample(rng, self.batch_size)
+        if self.n_labelled:
+            cand = np.flatnonzero(self.labels[0])
+            k = self.n_labelled
+            eps[:k] = rng.choice(cand, size=k, p=self.max_start[cand] / self.max_start[cand].sum())
+            starts[:k] = (rng.random(k) * self.max_start[eps[:k]]).astype(np.int64)
         out = make_batch(self.table, eps, starts, self.clip_len, self.offset, self.with_flow, self.context)
         if self.labels is not None:
             labelled, scale = self.labels

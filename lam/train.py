@@ -136,7 +136,8 @@ def make_data(config: ml_collections.ConfigDict, *, split: str | None = None, se
         supervised = config.loss.get("action_weight", 0.0) > 0
         it = lam_data.ClipSampler(table, batch_size=d.batch_size, clip_len=d.clip_len, offset=d.offset, seed=seed,
                                   weights=d.weights, with_flow=gt_flow, context=n_ctx,
-                                  action_episodes=int(d.action_episodes) if supervised else None)
+                                  action_episodes=int(d.action_episodes) if supervised else None,
+                                  action_share=float(d.action_share))
     elif d.source == "pipeline":
         if gt_flow:
             raise ValueError("the streaming pipeline has no ground-truth flow: set loss.flow_target='farneback' "

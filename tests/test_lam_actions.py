@@ -55,6 +55,13 @@ def test_only_the_first_episodes_with_actions_are_labelled() -> None:
     b = next(sampler)
     np.testing.assert_array_equal(b["action_mask"], b["episode"] < 2)
     assert b["action"].shape == (64, 1, 2) and b["action_mask"].any() and not b["action_mask"].all()
+    # a share of every batch from the labelled episodes: the first round(0.25 * 8) = 2 clips, the rest as drawn
+    shared = lam_data.ClipSampler(table, batch_size=8, clip_len=2, offset=1, seed=0, action_episodes=2,
+                                  action_share=0.25)
+    for _ in range(5):
+        s = next(shared)
+        assert s["action_mask"][:2].all() and set(s["episode"][:2]) <= {0, 1}
+        np.testing.assert_array_equal(s["action_mask"], s["episode"] < 2)
     plain = next(lam_data.ClipSampler(table, batch_size=64, clip_len=2, offset=1, seed=0))
     assert "action" not in plain and "action_mask" not in plain  # off: the batches are what they were
     np.testing.assert_array_equal(plain["clip"], b["clip"])
@@ -81,11 +88,19 @@ def test_the_config_refuses_what_cannot_work_and_the_fingerprint_follows_the_fie
     on = lam_data.config_fingerprint(c)
     c.data.action_episodes = 4
     assert lam_data.config_fingerprint(c) != on  # another labelled set is other training data
+    four = lam_data.config_fingerprint(c)
+    c.data.action_share = 0.25
+    assert lam_data.config_fingerprint(c) not in (on, four)  # so is another mix of them in the batches
+    c.data.action_share = 1.5
+    with pytest.raises(ValueError, match=r"action_share must be in \[0, 1\]"):
+        lam_config.check(c)
+    c.data.action_share = 0.0
     c.loss.action_weight = 0.0
     off = lam_data.config_fingerprint(c)
     legacy = lam_configs.get_config("lapa_tiny")  # a run saved before the fields
     legacy.data.cache_dir, legacy.data.root = "", demo_data
-    for block, field in (("model", "action_head"), ("loss", "action_weight"), ("data", "action_episodes")):
+    for block, field in (("model", "action_head"), ("loss", "action_weight"), ("data", "action_episodes"),
+                         ("data", "action_share")):
         del legacy[block][field]
     assert lam_data.config_fingerprint(legacy) == off  # unsupervised runs resume as before
     assert lam_config.from_saved(legacy.to_dict()).loss.action_weight == 0.0
