@@ -256,11 +256,16 @@ def make_batch(table: Table, episodes: np.ndarray, starts: np.ndarray, clip_len:
     return out
 
 
-def transition_actions(table: Table, idx: np.ndarray, scale: np.ndarray) -> np.ndarray:
+def action_cumsum(table: Table) -> np.ndarray:
+    """float64[N + 1, 2]: row n = the sum of the table's actions over global steps 0 .. n − 1 (transition_actions'
+    input, computed once per table)."""
+    return np.concatenate([np.zeros((1, table.action.shape[1]), np.float64), np.cumsum(table.action, 0)])
+
+
+def transition_actions(cum: np.ndarray, idx: np.ndarray, scale: np.ndarray) -> np.ndarray:
     """Per transition of the clips idx int64[B, L] (global step indices): the mean of the table's actions over
-    the steps idx[:, i] .. idx[:, i+1] − 1, divided by `scale` float[2] → float32[B, L-1, 2]. A transition the
-    episode's end clamped to no steps reads 0."""
-    cum = np.concatenate([np.zeros((1, table.action.shape[1]), np.float64), np.cumsum(table.action, 0)])
+    the steps idx[:, i] .. idx[:, i+1] − 1 (from cum = action_cumsum(table)), divided by `scale` float[2] →
+    float32[B, L-1, 2]. A transition the episode's end clamped to no steps reads 0."""
     steps = (idx[:, 1:] - idx[:, :-1])[..., None]
     total = cum[idx[:, 1:]] - cum[idx[:, :-1]]
     return (total / np.maximum(steps, 1) / scale).astype(np.float32)
@@ -298,6 +303,7 @@ class ClipSampler:
         self.seed, self.with_flow, self.context, self.i = seed, with_flow, context, 0
         self.labels = None if action_episodes is None else action_labels(table, int(action_episodes))
         self.n_labelled = round(action_share * batch_size) if self.labels is not None else 0
+        self.action_cum = action_cumsum(table) if self.labels is not None else None
         w = np.ones(len(table.datasets)) if weights is None else np.asarray(weights, np.float64)
         self.weights = w / w.sum()
         span = (clip_len - 1) * offset
@@ -309,12 +315,15 @@ class ClipSampler:
         eps = np.empty(n, np.int64)
         for d in range(len(self.weights)):
             m = ds == d
-            cand = self.by_dataset[d]
-            # episodes weighted by their number of clip starts (uniform over steps)
-            p = self.max_start[cand] / self.max_start[cand].sum()
-            eps[m] = rng.choice(cand, size=int(m.sum()), p=p)
-        starts = (rng.random(n) * self.max_start[eps]).astype(np.int64)
-        return eps, starts
+            eps[m] = self._episodes(rng, self.by_dataset[d], int(m.sum()))
+        return eps, self._starts(rng, eps)
+
+    def _episodes(self, rng: np.random.Generator, cand: np.ndarray, n: int) -> np.ndarray:
+        """n episodes of `cand`, each weighted by its number of clip starts (so steps are drawn uniformly)."""
+        return rng.choice(cand, size=n, p=self.max_start[cand] / self.max_start[cand].sum())
+
+    def _starts(self, rng: np.random.Generator, eps: np.ndarray) -> np.ndarray:
+        return (rng.random(len(eps)) * self.max_start[eps]).astype(np.int64)
 
     def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
         return self
@@ -323,16 +332,15 @@ class ClipSampler:
         rng = np.random.default_rng([self.seed, self.i])
         self.i += 1
         eps, starts = self.sample(rng, self.batch_size)
-        if self.n_labelled:
-            cand = np.flatnonzero(self.labels[0])
+        if self.n_labelled:  # the batch's first clips from the labelled episodes
             k = self.n_labelled
-            eps[:k] = rng.choice(cand, size=k, p=self.max_start[cand] / self.max_start[cand].sum())
-            starts[:k] = (rng.random(k) * self.max_start[eps[:k]]).astype(np.int64)
+            eps[:k] = self._episodes(rng, np.flatnonzero(self.labels[0]), k)
+            starts[:k] = self._starts(rng, eps[:k])
         out = make_batch(self.table, eps, starts, self.clip_len, self.offset, self.with_flow, self.context)
         if self.labels is not None:
             labelled, scale = self.labels
             idx = clip_indices(self.table, eps, starts, self.clip_len, self.offset)
-            out["action"], out["action_mask"] = transition_actions(self.table, idx, scale), labelled[eps]
+            out["action"], out["action_mask"] = transition_actions(self.action_cum, idx, scale), labelled[eps]
         return out
 
     def get_state(self) -> dict[str, Any]:

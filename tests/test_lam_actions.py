@@ -35,7 +35,7 @@ def test_transition_targets_are_the_mean_action_over_the_transition_by_hand() ->
     table = _table([10, 7], [0, 0], [True, True])  # global steps 0..9 and 10..16
     idx = lam_data.clip_indices(table, np.array([0, 1, 1]), np.array([2, 0, 5]), 2, 3)
     np.testing.assert_array_equal(idx, [[2, 5], [10, 13], [15, 16]])  # the last one clamped at the episode's end
-    got = lam_data.transition_actions(table, idx, np.array([1.0, 2.0]))
+    got = lam_data.transition_actions(lam_data.action_cumsum(table), idx, np.array([1.0, 2.0]))
     # steps 2, 3, 4 -> mean (3, 6); 10, 11, 12 -> (11, 22); 15 alone -> (15, 30); the second dimension / 2
     np.testing.assert_allclose(got[:, 0], [[3, 3], [11, 11], [15, 15]])
     assert got.shape == (3, 1, 2) and got.dtype == np.float32
