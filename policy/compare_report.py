@@ -224,7 +224,7 @@ def scope_tables(groups: dict, family: str | None, variants: Sequence[str]) -> l
                        "Δ progress [worlds + seeds]"], diffs)
     within = []
     for (recipe, variant, n), runs in groups.items():
-        base = groups.get((LAYOUT_BASELINE.get(recipe, ""), "", n))
+        base = groups.get((LAYOUT_BASELINE[recipe], "", n)) if recipe in LAYOUT_BASELINE else None
         if base is None or not pooled(runs, family) or not pooled(base, family):
             continue
         s, g = paired(runs, base, "success", family), paired(runs, base, "progress", family)

@@ -160,7 +160,7 @@ def plan(a: argparse.Namespace, variants: dict[str, str]) -> list[Job]:
                                  f"--config.train.seed={seed}"]
                         if r.pretrained:
                             train.append(f"--config.policy.pretrained={os.path.join(variants[variant], recipe)}")
-                        else:  # scratch shares the pretrained runs' text and image tokenizers, not their weights
+                        else:  # scratch, lapa_scratch: a pretrained run's text and image tokenizers, not its weights
                             first = next(iter(variants.values()))
                             train.append(f"--config.policy.tokenizers_from={os.path.join(first, r.tokenizers)}")
                         if a.steps:
