@@ -52,6 +52,9 @@ def base() -> ml_collections.ConfigDict:
         # action_head: 2 = a linear map from each transition's quantized codes to the mean of its first two action
         # dimensions, trained by loss.action_weight on the labelled episodes only (data.action_episodes); 0 = none
         "action_head": 0,
+        # what the action head reads: "codes" (the quantized codes, so the label must pass the codebook) or "latent"
+        # (the encoder's vectors before quantization, as Nikulin et al. 2025 do; the codes then follow the encoder)
+        "action_from": "codes",
         "encoder": {"kind": "patch", "layout": "factorized", "spatial_depth": 8, "temporal_depth": 8, "depth": 0,
                     "peg": True, "motion_stem": 0},
         # decoder.context: frames before the clip the decoder (never the encoder) also reads: 0 = none; 1 = frame

@@ -42,8 +42,8 @@ LEGACY_DEFAULTS: dict[str, Any] = {
     "model.decoder.patch_size": 0, "model.decoder.context": 0,
     "loss.flow": "l1", "loss.flow_moving_weight": 0.0, "loss.flow_target": "ground_truth",
     "loss.farneback_winsize": 9, "data.camera": "", "model.stabilize": False, "loss.flow_moving_power": 0.0,
-    "loss.farneback_gate": 0.0, "model.action_head": 0, "loss.action_weight": 0.0, "data.action_episodes": 0,
-    "data.action_share": 0.0,
+    "loss.farneback_gate": 0.0, "model.action_head": 0, "model.action_from": "codes", "loss.action_weight": 0.0,
+    "data.action_episodes": 0, "data.action_share": 0.0,
     "eval.mlp_probe_hidden": 256,  # evaluation only (no effect on the checkpoint): old runs get the MLP probe too
 }
 # model.decoder.peg was added with a kind-dependent default (cross_attention: off, film: on)
@@ -100,6 +100,8 @@ def check(config: Any) -> None:
         if m.get("action_head", 0) != 2:
             raise ValueError("loss.action_weight > 0 needs model.action_head=2 (the head predicts the first two "
                              f"action dimensions from the codes), got model.action_head={m.get('action_head', 0)}")
+        if m.get("action_from", "codes") not in ("codes", "latent"):
+            raise ValueError(f"model.action_from must be 'codes' or 'latent', got {m.action_from!r}")
         if config.data.source != "memory":
             raise ValueError("loss.action_weight > 0 needs data.source='memory' (lam/data.py reads the actions of "
                              "the labelled episodes; the streaming LAM window carries none)")

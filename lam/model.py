@@ -182,7 +182,7 @@ class LatentActionModel(nn.Module):
         self.to_pixels = nn.Dense(self.dec_patch**2 * 3, kernel_init=init, name="to_pixels")
         if c.flow_head:
             self.to_flow = nn.Dense(self.dec_patch**2 * 2, kernel_init=nn.initializers.zeros, name="to_flow")
-        if c.get("action_head", 0):  # reads the quantized codes, so what it needs must pass through the codebook
+        if c.get("action_head", 0):  # reads the codes or the vectors before quantization (model.action_from)
             self.to_action = nn.Dense(int(c.action_head), name="to_action")
 
     def embed(self, clip: Array) -> Array:
@@ -264,7 +264,8 @@ class LatentActionModel(nn.Module):
         if flow is not None:
             out["flow"] = flow
         if self.config.get("action_head", 0):
-            out["action"] = self.to_action(q.reshape(*q.shape[:2], -1))
+            src = z if self.config.get("action_from", "codes") == "latent" else q
+            out["action"] = self.to_action(src.reshape(*src.shape[:2], -1))
         return out
 
     def label(self, clip: Array) -> Array:

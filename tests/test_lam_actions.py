@@ -151,3 +151,29 @@ def test_a_supervised_run_trains_and_its_codes_label_as_before(demo_data, tmp_pa
     r = loaded.model.image_size
     ids = Labeler(loaded, variables)(np.zeros((1, 2, r, r, 3), np.uint8))  # the head plays no part in labelling
     assert ids.shape == (1, 1, loaded.model.code_grid**2)
+
+
+def test_the_head_on_the_latent_reads_the_vectors_before_quantization() -> None:
+    def runner(cfg):
+        model = train.make_model(cfg)
+        return jax.jit(lambda v, x, k: model.apply(v, x, train=True, rngs={"nsvq": k}, mutable=["nsvq"])[0])
+
+    cfg = _cfg()
+    cfg.model.action_from = "latent"
+    variables = jax.jit(train.make_init_fn(cfg))(jax.random.PRNGKey(0))
+    r = cfg.model.image_size
+    clip = jnp.asarray(np.random.default_rng(0).random((2, 2, r, r, 3)), jnp.float32)
+    run = runner(cfg)
+    a, b = run(variables, clip, jax.random.PRNGKey(1)), run(variables, clip, jax.random.PRNGKey(2))
+    # the prediction is the linear head of z itself: no quantization noise in it, by hand from the kernel
+    head = variables["params"]["to_action"]
+    want = a["z"].reshape(2, 1, -1) @ head["kernel"] + head["bias"]
+    np.testing.assert_allclose(a["action"], want, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(a["action"], b["action"], rtol=1e-5, atol=1e-6)
+    cfg.model.action_from = "codes"  # the default: the (noisy, during training) quantized codes
+    run = runner(cfg)
+    a, b = run(variables, clip, jax.random.PRNGKey(1)), run(variables, clip, jax.random.PRNGKey(2))
+    assert float(jnp.abs(a["action"] - b["action"]).max()) > 1e-4
+    cfg.model.action_from = "pixels"
+    with pytest.raises(ValueError, match=r"action_from must be 'codes' or 'latent'"):
+        lam_config.check(cfg)
