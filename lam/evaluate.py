@@ -1,6 +1,7 @@
-"""LAM evaluation: `python -m lam.evaluate --workdir=runs/lam_demo/lapa [--step=N]`.
+"""LAM evaluation: `python -m lam.evaluate --workdir=runs/lam_demo/lapa [--step=N] [--data_root=DIR]`.
 
-Writes <workdir>/eval/{metrics.json, *.png, tensorboard/}:
+Writes <workdir>/eval/{metrics.json, *.png, tensorboard/} (eval_on_<name>/ with --data_root: the probes fit and
+tested on that root's episodes of the run's datasets, e.g. a fresh draw of the same world):
   codebook usage (histogram per code position on held-out clips) and perplexity over training (codebook_usage.jsonl);
   reconstruction PSNR next to the copy-last-frame baseline;
   probes (softmax regression on one-hot code ids, trained on train-split clips, tested on held-out val episodes;
@@ -213,12 +214,22 @@ def probes(train: dict, test: dict, cfg: ml_collections.ConfigDict) -> dict[str,
     return res
 
 
-def evaluate(workdir: str, step: int | None = None, out_dir: str | None = None) -> dict[str, Any]:
-    """Runs every evaluation of the module docstring; returns the metrics dict (also written as JSON)."""
+def evaluate(workdir: str, step: int | None = None, out_dir: str | None = None,
+             data_root: str | None = None) -> dict[str, Any]:
+    """Runs every evaluation of the module docstring; returns the metrics dict (also written as JSON).
+
+    data_root: probe on another root with the run's datasets (e.g. fresh episodes of the same world, so that settings
+    chosen by reading one set of val episodes are checked on another); written to eval_on_<root's name>/."""
     from lam import plots
 
     cfg, variables = load_lam(workdir, step)
-    out_dir = out_dir or os.path.join(workdir, "eval")
+    if data_root:
+        if not os.path.isdir(data_root):
+            raise FileNotFoundError(f"--data_root {data_root!r}: no such directory (expected a data root holding "
+                                    f"{', '.join(cfg.data.datasets)})")
+        cfg.data.root = data_root
+    name = "eval_on_" + os.path.basename(os.path.normpath(data_root)) if data_root else "eval"
+    out_dir = out_dir or os.path.join(workdir, name)
     os.makedirs(out_dir, exist_ok=True)
     labeler = Labeler(cfg, variables)
     d = cfg.data
@@ -238,6 +249,7 @@ def evaluate(workdir: str, step: int | None = None, out_dir: str | None = None) 
         "codebook/perplexity_per_slot": [float(perplexity(jnp.asarray(np.bincount(col, minlength=k), jnp.float32)))
                                          for col in test_c["ids"].T],
         "recon/psnr": float(np.mean(test_c["psnr"])), "recon/psnr_copy_last": float(np.mean(test_c["psnr_copy"])),
+        "data_root": str(d.root),
     }
     ground_truth = tr.has_ground_truth and te.has_ground_truth
     if ground_truth:
@@ -261,7 +273,7 @@ def main(argv: list[str]) -> None:
 
     del argv
     f = flags.FLAGS
-    m = evaluate(f.workdir, None if f.step < 0 else f.step)
+    m = evaluate(f.workdir, None if f.step < 0 else f.step, data_root=f.data_root or None)
     print(json.dumps({k: v for k, v in m.items() if k not in ("codebook/usage", "plots")}, indent=2))
 
 
@@ -272,4 +284,6 @@ if __name__ == "__main__":
 
     flags.DEFINE_string("workdir", None, "LAM run directory (reads checkpoints/, writes eval/).", required=True)
     flags.DEFINE_integer("step", -1, "Checkpoint step (-1: latest).")
+    flags.DEFINE_string("data_root", "", "Probe on this data root instead of the run's (same datasets; fresh episodes "
+                        "of the same world): writes eval_on_<its name>/.")
     cli.run_absl(main)

@@ -139,13 +139,23 @@ def test_the_action_term_counts_labelled_clips_only_and_trains_the_head() -> Non
     assert float(losses.action_loss(jnp.ones((1, 1, 2)), jnp.zeros((1, 1, 2)), jnp.ones((1, 1), bool))) == 1.0
 
 
-def test_a_supervised_run_trains_and_its_codes_label_as_before(demo_data, tmp_path) -> None:
+def test_a_supervised_run_trains_probes_on_another_root_and_labels_as_before(demo_data, tmp_path) -> None:
+    from lam import evaluate as lam_eval
     from lam.label import Labeler, load_lam
 
     cfg = _cfg()
     cfg.data.root, cfg.data.batch_size, cfg.train.total_steps = demo_data, 8, 2
+    cfg.eval.batches, cfg.eval.batch_size, cfg.eval.transfer_episodes, cfg.eval.transfer_steps = 1, 8, 1, 2
     res = train.train(cfg, str(tmp_path / "run"), overwrite=True)
     assert res.step == 2 and math.isfinite(res.metrics["action"])
+    # probed on another root (here the same episodes under another name): its own directory, its root recorded
+    other = tmp_path / "fresh"
+    other.symlink_to(demo_data)
+    m = lam_eval.evaluate(str(tmp_path / "run"), data_root=str(other))
+    assert m["data_root"] == str(other) and (tmp_path / "run" / "eval_on_fresh" / "metrics.json").exists()
+    assert 0.0 <= m["probe/direction_acc"] <= 1.0 and not (tmp_path / "run" / "eval").exists()
+    with pytest.raises(FileNotFoundError, match=r"--data_root .*no such directory"):
+        lam_eval.evaluate(str(tmp_path / "run"), data_root=str(tmp_path / "nowhere"))
     loaded, variables = load_lam(str(tmp_path / "run"))
     assert loaded.loss.action_weight == 0.5 and "to_action" in variables["params"]
     r = loaded.model.image_size
