@@ -83,6 +83,10 @@ def base() -> ml_collections.ConfigDict:
         # > 0: squared error of model.action_head's prediction against the transition's mean action (in stds), on
         # clips of labelled episodes: a semi-supervised LAM (a few action labels against distractors; docs/lam.md)
         "action_weight": 0.0,
+        # > 0: an oracle agent mask (MaskLAM's idea with the ground truth for a segmentation model): pixels within
+        # agent_radius px of the effector in either frame of a transition weigh 1 + agent_weight in the pixel and flow
+        # terms. Needs the effector ground truth (demo world, Meta-World); a diagnostic, no preset uses it
+        "agent_weight": 0.0, "agent_radius": 4.0,
     })
     c.data = ml_collections.ConfigDict({
         "source": "memory",  # 'memory': lam/data.py (small RLDS with ground truth); 'pipeline': data/loader.py

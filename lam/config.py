@@ -43,7 +43,7 @@ LEGACY_DEFAULTS: dict[str, Any] = {
     "loss.flow": "l1", "loss.flow_moving_weight": 0.0, "loss.flow_target": "ground_truth",
     "loss.farneback_winsize": 9, "data.camera": "", "model.stabilize": False, "loss.flow_moving_power": 0.0,
     "loss.farneback_gate": 0.0, "model.action_head": 0, "model.action_from": "codes", "loss.action_weight": 0.0,
-    "data.action_episodes": 0, "data.action_share": 0.0,
+    "data.action_episodes": 0, "data.action_share": 0.0, "loss.agent_weight": 0.0, "loss.agent_radius": 4.0,
     "eval.mlp_probe_hidden": 256,  # evaluation only (no effect on the checkpoint): old runs get the MLP probe too
 }
 # model.decoder.peg was added with a kind-dependent default (cross_attention: off, film: on)
@@ -96,6 +96,12 @@ def check(config: Any) -> None:
                          "has no context frame before the clip)")
     if config.loss.flow_weight > 0 and not m.flow_head:
         raise ValueError("loss.flow_weight > 0 needs model.flow_head=True")
+    if config.loss.get("agent_weight", 0.0) < 0 or config.loss.get("agent_radius", 4.0) <= 0:
+        raise ValueError(f"loss.agent_weight must be >= 0 and loss.agent_radius > 0, got "
+                         f"{config.loss.agent_weight} and {config.loss.agent_radius}")
+    if config.loss.get("agent_weight", 0.0) > 0 and config.data.source != "memory":
+        raise ValueError("loss.agent_weight > 0 needs data.source='memory' (the effector ground truth comes from "
+                         "lam/data.py; the streaming LAM window carries none)")
     if config.loss.get("action_weight", 0.0) > 0:
         if m.get("action_head", 0) != 2:
             raise ValueError("loss.action_weight > 0 needs model.action_head=2 (the head predicts the first two "

@@ -34,16 +34,31 @@ def _elementwise(diff: Array, kind: str, option: str) -> Array:
 
 
 def pixel_loss(pred: Array, target: Array, kind: str = "l1", mask: Array | None = None, *,
-               previous: Array | None = None, motion_weight: float = 0.0) -> Array:
+               previous: Array | None = None, motion_weight: float = 0.0, weight: Array | None = None) -> Array:
     """Mean |pred − target| ('l1') or squared error ('mse').
 
     motion_weight > 0: pixels are weighted by 1 + motion_weight·|target − previous| (mean over channels), so the few
-    pixels that change between frames (a moving effector) are not drowned by the static background."""
+    pixels that change between frames (a moving effector) are not drowned by the static background.
+    weight float[B, N, H, W]: a further per-pixel weight on the elementwise error (e.g. `agent_weights`)."""
     diff = pred.astype(jnp.float32) - target.astype(jnp.float32)
     if motion_weight > 0 and previous is not None:
         w = 1.0 + motion_weight * jnp.mean(jnp.abs(target - previous), axis=-1, keepdims=True)
         diff = diff * (jnp.sqrt(w) if kind == "mse" else w)
-    return _masked_mean(jnp.mean(_elementwise(diff, kind, "loss.pixel"), axis=(2, 3, 4)), mask)
+    err = _elementwise(diff, kind, "loss.pixel")
+    if weight is not None:
+        err = err * weight[..., None]
+    return _masked_mean(jnp.mean(err, axis=(2, 3, 4)), mask)
+
+
+def agent_weights(effector: Array, size: int, radius: float, weight: float) -> Array:
+    """effector float[B, L, 2] (pixels, x right, y down) → float[B, L-1, size, size]: 1 + weight on pixels within
+    `radius` px of the effector in the first or the second frame of each transition, 1 elsewhere (an oracle agent
+    mask: where the agent was and went)."""
+    c = jnp.arange(size, dtype=jnp.float32) + 0.5  # pixel centres
+    d2 = ((c[None, None, None, :] - effector[..., 0, None, None]) ** 2
+          + (c[None, None, :, None] - effector[..., 1, None, None]) ** 2)  # [B, L, H(y), W(x)]
+    near = d2 <= radius**2
+    return 1.0 + weight * (near[:, 1:] | near[:, :-1]).astype(jnp.float32)
 
 
 def psnr(pred: Array, target: Array) -> Array:
@@ -63,7 +78,8 @@ def perceptual_loss(features: FeatureFn, pred: Array, target: Array, mask: Array
 
 
 def flow_loss(pred: Array, target: Array, mask: Array | None = None, *, kind: str = "l1",
-              moving_weight: float = 0.0, moving_threshold: float = 0.5, moving_power: float = 0.0) -> Array:
+              moving_weight: float = 0.0, moving_threshold: float = 0.5, moving_power: float = 0.0,
+              weight: Array | None = None) -> Array:
     """Mean flow error (pixels) between predicted and target flow float[B, N, H, W, 2]: per-component L1 ('l1') or
     squared error ('mse').
 
@@ -83,6 +99,8 @@ def flow_loss(pred: Array, target: Array, mask: Array | None = None, *, kind: st
             s = moving * speed**moving_power
             moving = s / jnp.maximum(jnp.sum(s) / jnp.maximum(jnp.sum(moving), 1.0), 1e-6)
         per = per * (1.0 + moving_weight * moving)
+    if weight is not None:  # float[B, N, H, W], as in pixel_loss
+        per = per * weight
     return _masked_mean(jnp.mean(per, axis=(2, 3)), mask)
 
 

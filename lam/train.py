@@ -27,7 +27,7 @@ from lam.quantizer import perplexity, replace_dead_codes, usage
 
 PyTree = Any
 QUANTIZER = "quantizer"  # module name of the NSVQ inside LatentActionModel
-TRAIN_KEYS = ("clip", "flow", "clip_valid", "action", "action_mask")
+TRAIN_KEYS = ("clip", "flow", "clip_valid", "action", "action_mask", "effector")
 
 
 def to_float(clip: jax.Array) -> jax.Array:
@@ -82,8 +82,11 @@ def make_loss_fn(config: ml_collections.ConfigDict, feature_fn: losses.FeatureFn
         if "clip_valid" in batch:
             valid = batch["clip_valid"][:, n_ctx:]
             mask = valid[:, 1:] & valid[:, :-1]
+        agent = None
+        if lc.get("agent_weight", 0.0) > 0:  # the oracle agent mask (effector truth of the L clip frames)
+            agent = losses.agent_weights(batch["effector"], clip.shape[-2], lc.agent_radius, lc.agent_weight)
         rec = losses.pixel_loss(out["pred"], target, lc.pixel, mask, previous=clip[:, :-1],
-                                motion_weight=lc.motion_weight)
+                                motion_weight=lc.motion_weight, weight=agent)
         loss = lc.pixel_weight * rec
         metrics = {"rec": rec}
         nsvq = dict(new_vars["nsvq"][QUANTIZER])
@@ -93,7 +96,8 @@ def make_loss_fn(config: ml_collections.ConfigDict, feature_fn: losses.FeatureFn
             loss, metrics["perceptual"] = loss + lc.perceptual_weight * perc, perc
         if config.model.flow_head and flow is not None:
             fl = losses.flow_loss(out["flow"], flow, mask, kind=lc.flow,
-                                  moving_weight=lc.flow_moving_weight, moving_power=lc.flow_moving_power)
+                                  moving_weight=lc.flow_moving_weight, moving_power=lc.flow_moving_power,
+                                  weight=agent)
             loss = loss + losses.flow_weight(step, lc.flow_weight, lc.flow_start, lc.flow_warmup) * fl
             metrics["flow"] = fl
         if lc.get("action_weight", 0.0) > 0:  # semi-supervised: only clips of labelled episodes count

@@ -187,3 +187,42 @@ def test_the_head_on_the_latent_reads_the_vectors_before_quantization() -> None:
     cfg.model.action_from = "pixels"
     with pytest.raises(ValueError, match=r"action_from must be 'codes' or 'latent'"):
         lam_config.check(cfg)
+
+
+def test_the_oracle_agent_mask_weighs_the_pixels_near_the_effector_by_hand() -> None:
+    # effector at pixel (x=1.5, y=1.5) then (x=5.5, y=1.5) on an 8 px frame, radius 1: pixel centres within 1 px
+    eff = jnp.asarray([[[1.5, 1.5], [5.5, 1.5]]], jnp.float32)
+    w = np.asarray(losses.agent_weights(eff, 8, 1.0, 3.0))
+    assert w.shape == (1, 1, 8, 8)
+    want = np.ones((8, 8), np.float32)
+    for x, y in ((1, 1), (0, 1), (2, 1), (1, 0), (1, 2), (5, 1), (4, 1), (6, 1), (5, 0), (5, 2)):
+        want[y, x] = 4.0  # rows are y
+    np.testing.assert_array_equal(w[0, 0], want)
+    # the pixel and flow terms: weighted error, by hand on one pixel
+    pred, target = jnp.zeros((1, 1, 8, 8, 3)), jnp.zeros((1, 1, 8, 8, 3)).at[0, 0, 1, 1].set(1.0)
+    plain = float(losses.pixel_loss(pred, target, "l1"))
+    assert float(losses.pixel_loss(pred, target, "l1", weight=jnp.asarray(w))) == pytest.approx(4 * plain)
+    f = jnp.zeros((1, 1, 8, 8, 2)).at[0, 0, 7, 7].set(1.0)  # an error far from the effector keeps its weight
+    assert float(losses.flow_loss(f, jnp.zeros_like(f), weight=jnp.asarray(w))) == pytest.approx(
+        float(losses.flow_loss(f, jnp.zeros_like(f))))
+    cfg = _cfg(0.0)
+    cfg.loss.agent_weight = 2.0
+    lam_config.check(cfg)
+    cfg.data.source = "pipeline"
+    with pytest.raises(ValueError, match=r"agent_weight > 0 needs data\.source='memory'"):
+        lam_config.check(cfg)
+    # a run trains with it (the effector reaches the step)
+    cfg = _cfg(0.0)
+    cfg.model.action_head = 0
+    cfg.loss.agent_weight = 2.0
+    variables = jax.jit(train.make_init_fn(cfg))(jax.random.PRNGKey(0))
+    r = cfg.model.image_size
+    rng = np.random.default_rng(0)
+    batch = {"clip": rng.integers(0, 256, (2, 2, r, r, 3), dtype=np.uint8),
+             "effector": rng.uniform(0, r, (2, 2, 2)).astype(np.float32)}
+    params, state = variables["params"], {k: v for k, v in variables.items() if k != "params"}
+    loss_fn = jax.jit(train.make_loss_fn(cfg))
+    on = float(loss_fn(params, batch, jax.random.PRNGKey(1), state)[0])
+    cfg.loss.agent_weight = 0.0
+    off = float(jax.jit(train.make_loss_fn(cfg))(params, batch, jax.random.PRNGKey(1), state)[0])
+    assert math.isfinite(on) and on > off
