@@ -102,12 +102,12 @@ def check(config: Any) -> None:
     if config.loss.get("agent_weight", 0.0) > 0 and config.data.source != "memory":
         raise ValueError("loss.agent_weight > 0 needs data.source='memory' (the effector ground truth comes from "
                          "lam/data.py; the streaming LAM window carries none)")
+    if m.get("action_from", "codes") not in ("codes", "latent"):  # read whenever the head exists, so checked always
+        raise ValueError(f"model.action_from must be 'codes' or 'latent', got {m.action_from!r}")
     if config.loss.get("action_weight", 0.0) > 0:
         if m.get("action_head", 0) != 2:
             raise ValueError("loss.action_weight > 0 needs model.action_head=2 (the head predicts the first two "
                              f"action dimensions from the codes), got model.action_head={m.get('action_head', 0)}")
-        if m.get("action_from", "codes") not in ("codes", "latent"):
-            raise ValueError(f"model.action_from must be 'codes' or 'latent', got {m.action_from!r}")
         if config.data.source != "memory":
             raise ValueError("loss.action_weight > 0 needs data.source='memory' (lam/data.py reads the actions of "
                              "the labelled episodes; the streaming LAM window carries none)")
