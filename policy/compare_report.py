@@ -198,7 +198,8 @@ def _table(head: list[str], rows: list[list[str]]) -> list[str]:
 
 def scope_tables(groups: dict, family: str | None, variants: Sequence[str]) -> list[str]:
     """Markdown for one scope (all episodes, or one task family): pooled figures, paired differences vs the
-    baseline at the same N, and the pretraining ablation (first variant minus each other one)."""
+    baseline at the same N, and the pretraining ablation (each variant minus every later one, in the given order:
+    with `robot+human`, `robot400`, `robot` that is human vs more robot video, human video added, more robot video)."""
     rows = []
     for (recipe, variant, n), runs in groups.items():
         p = pooled(runs, family)
@@ -243,9 +244,9 @@ def scope_tables(groups: dict, family: str | None, variants: Sequence[str]) -> l
                        "progress separated"], sens)
     abl = []
     for (recipe, variant, n), runs in groups.items():
-        if len(variants) < 2 or variant != variants[0] or not pooled(runs, family):
+        if variant not in variants or not pooled(runs, family):
             continue
-        for other in variants[1:]:
+        for other in variants[list(variants).index(variant) + 1:]:  # every later variant: each pair once
             if (recipe, other, n) in groups:
                 s = paired(runs, groups[(recipe, other, n)], "success", family)
                 g = paired(runs, groups[(recipe, other, n)], "progress", family)

@@ -138,6 +138,20 @@ def test_report_of_a_tiny_run(tmp_path):
                                                                               "lapa (robot)"]
 
 
+def test_pretraining_ablation_has_every_pair_of_variants_in_order():
+    # a third variant, "robot400", 0.05 less progress than robot+human per episode (so 0.05 more than robot)
+    r400 = [dataclasses.replace(r, variant="robot400", name=r.name.replace("robot+human", "robot400"),
+                                records=tuple({**e, "progress": e["progress"] - 0.05} for e in r.records))
+            for r in LAPA]
+    variants = ["robot+human", "robot400", "robot"]
+    groups = cr.group([*LAPA, *r400, *LAPA_ROBOT], ["lapa"], variants)
+    md = "\n".join(cr.scope_tables(groups, None, variants)).split("Pretraining ablation")[1]
+    pairs = [line.split(" | ")[1] for line in md.splitlines() if line.startswith("| lapa |")]
+    assert pairs == ["robot+human − robot400", "robot+human − robot", "robot400 − robot"]
+    assert "| lapa | robot400 − robot | 10 | 4 | +0.0 [+0.0, +0.0] | +0.050 [+0.050, +0.050] |" in md
+    assert "| lapa | robot+human − robot400 | 10 | 4 | +0.0 [+0.0, +0.0] | +0.050 [+0.050, +0.050] |" in md
+
+
 def test_sensitivity_rows_by_hand():
     # scratch at 10 demos (SCRATCH: world means [0.1, 0.1, 0.8, 0.1]) and at 50 with every episode's progress +0.1
     # and every success 1: paired +0.1 progress on each world seed; success 1/8 -> 8/8 (Wilson intervals disjoint);
