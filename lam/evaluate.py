@@ -227,6 +227,10 @@ def evaluate(workdir: str, step: int | None = None, out_dir: str | None = None,
         if not os.path.isdir(data_root):
             raise FileNotFoundError(f"--data_root {data_root!r}: no such directory (expected a data root holding "
                                     f"{', '.join(cfg.data.datasets)})")
+        pinned = [e for e in cfg.data.datasets if "@" in e]
+        if pinned:  # an entry's own root would win over data.root, so part of the probe would read the old episodes
+            raise ValueError(f"--data_root {data_root!r}: dataset entries {pinned} name their own root, which "
+                             "--data_root cannot replace; expected entries without '@root'")
         cfg.data.root = data_root
     name = "eval_on_" + os.path.basename(os.path.normpath(data_root)) if data_root else "eval"
     out_dir = out_dir or os.path.join(workdir, name)
@@ -285,5 +289,6 @@ if __name__ == "__main__":
     flags.DEFINE_string("workdir", None, "LAM run directory (reads checkpoints/, writes eval/).", required=True)
     flags.DEFINE_integer("step", -1, "Checkpoint step (-1: latest).")
     flags.DEFINE_string("data_root", "", "Probe on this data root instead of the run's (same datasets; fresh episodes "
-                        "of the same world): writes eval_on_<its name>/.")
+                        "of the same world; entries pinned to their own '@root' are refused): writes "
+                        "eval_on_<its name>/.")
     cli.run_absl(main)

@@ -139,7 +139,8 @@ def test_the_action_term_counts_labelled_clips_only_and_trains_the_head() -> Non
     assert float(losses.action_loss(jnp.ones((1, 1, 2)), jnp.zeros((1, 1, 2)), jnp.ones((1, 1), bool))) == 1.0
 
 
-def test_a_supervised_run_trains_probes_on_another_root_and_labels_as_before(demo_data, tmp_path) -> None:
+def test_a_supervised_run_trains_probes_on_another_root_and_labels_as_before(demo_data, tmp_path,
+                                                                             monkeypatch) -> None:
     from lam import evaluate as lam_eval
     from lam.label import Labeler, load_lam
 
@@ -156,6 +157,13 @@ def test_a_supervised_run_trains_probes_on_another_root_and_labels_as_before(dem
     assert 0.0 <= m["probe/direction_acc"] <= 1.0 and not (tmp_path / "run" / "eval").exists()
     with pytest.raises(FileNotFoundError, match=r"--data_root .*no such directory"):
         lam_eval.evaluate(str(tmp_path / "run"), data_root=str(tmp_path / "nowhere"))
+    # a run whose entries pin their own root: --data_root would only redirect part of it, so it is refused
+    pinned_cfg, pinned_vars = load_lam(str(tmp_path / "run"))
+    pinned_cfg.data.datasets = (f"demo_robot@{demo_data}", "demo_human")
+    with monkeypatch.context() as mp:
+        mp.setattr(lam_eval, "load_lam", lambda *a, **k: (pinned_cfg, pinned_vars))
+        with pytest.raises(ValueError, match=r"name their own root.*without '@root'"):
+            lam_eval.evaluate(str(tmp_path / "run"), data_root=str(other))
     loaded, variables = load_lam(str(tmp_path / "run"))
     assert loaded.loss.action_weight == 0.5 and "to_action" in variables["params"]
     r = loaded.model.image_size
