@@ -2,15 +2,18 @@
 only reads their evaluations' per-episode records).
 
 One evaluation = one policy: a (recipe, pretraining variant, N demos, fine-tuning seed) fine-tune, run by
-``policy.evaluate`` on the same E world seeds as every other policy (paired). ``Run`` holds its records.
+``policy.evaluate`` on the same E world seeds as every other policy (paired). ``Run`` holds its records. A variant
+may have several pretraining runs (replicates: the same data and recipe pretrained again with another seed); each
+fine-tuning seed then runs from each of them, and ``Run.pretrain`` says which (0 = the first).
 
 - ``pooled(runs, family)``: the runs of one (recipe, variant, N) over their S fine-tuning seeds. Success: k of the
   S × E episodes with a Wilson 95 % interval. Progress: the mean with a bootstrap 95 % interval that resamples
   *world seeds*, each world seed's progress first averaged over the S policies (so one world counts once however many
   seeds ran on it). Also the per-seed figures (the spread the seeds alone cause).
 - ``paired(a, b, field, family)``: per world seed, a's mean over its fine-tuning seeds minus b's; the mean of those
-  differences with a bootstrap 95 % interval over world seeds, and one that also resamples each side's fine-tuning
-  seeds (``two_level_ci``: a gap that one lucky fine-tuning run makes is not read as the recipe's). Refuses
+  differences with a bootstrap 95 % interval over world seeds, and one that also resamples each side's pretraining
+  runs and, within them, its fine-tuning seeds (``two_level_ci``: a gap that one lucky fine-tuning or pretraining run
+  makes is not read as the recipe's). Refuses
   (``PairingError``, one line) runs that did not play exactly the same world seeds (and tasks) in the same world
   config: an unpaired difference is not computed.
 - ``write_report(out, runs, ...)``: OUT/report.md (tables overall and per task family, paired differences vs the
@@ -58,17 +61,24 @@ class Run:
     world: str = ""
     name: str = ""
     gifs: tuple[str, ...] = ()
+    pretrain: int = 0  # which of the variant's pretraining runs it was fine-tuned from (0: the first, or the only)
 
     @property
     def key(self) -> tuple[str, str, int]:
         return self.recipe, self.variant, self.demos
 
+    @property
+    def unit(self) -> str:
+        """The fine-tuning seed, prefixed with its pretraining run when that is not the first ("p1:0")."""
+        return f"p{self.pretrain}:{self.seed}" if self.pretrain else str(self.seed)
+
     @classmethod
-    def from_result(cls, result: dict, *, recipe: str, variant: str, demos: int, seed: int, name: str = "") -> Run:
+    def from_result(cls, result: dict, *, recipe: str, variant: str, demos: int, seed: int, name: str = "",
+                    pretrain: int = 0) -> Run:
         """From ``policy.evaluate.evaluate``'s (or its --out JSON's) result dict."""
         world = json.dumps(result.get("settings", {}).get("world_config", {}), sort_keys=True)
         return cls(recipe, variant, int(demos), int(seed), tuple(result["records"]), world, name,
-                   tuple(result.get("gifs", ())))
+                   tuple(result.get("gifs", ())), int(pretrain))
 
 
 def label(recipe: str, variant: str) -> str:
@@ -114,49 +124,68 @@ def pooled(runs: Sequence[Run], family: str | None = None) -> dict:
     return {"episodes": n, "worlds": len(worlds), "successes": k, "success_rate": k / n,
             "ci95": list(wilson_interval(k, n)), "progress": float(progress.mean()),
             "progress_ci95": list(bootstrap_ci(progress.mean(axis=0))),
-            "seeds": [r.seed for r in runs], "seed_success": success.mean(axis=1).tolist(),
-            "seed_progress": progress.mean(axis=1).tolist()}
+            "seeds": [r.seed for r in runs], "units": [r.unit for r in runs],
+            "seed_success": success.mean(axis=1).tolist(), "seed_progress": progress.mean(axis=1).tolist()}
 
 
 def paired(a: Sequence[Run], b: Sequence[Run], field: str, family: str | None = None) -> dict:
-    """Mean over shared world seeds of (a − b), each side first averaged over its fine-tuning seeds, with a
-    bootstrap 95 % interval over world seeds ("ci95": the evaluation's noise, the fine-tuning seeds held fixed) and,
-    when both sides have at least two fine-tuning seeds, one that resamples those too ("ci95_seeds", see
-    `two_level_ci`; else None). field: "success" (as 0/1) or "progress"."""
+    """Mean over shared world seeds of (a − b), each side first averaged over its runs (fine-tuning seeds, of every
+    pretraining run), with a bootstrap 95 % interval over world seeds ("ci95": the evaluation's noise, the runs held
+    fixed) and, when both sides have at least two runs, one that resamples those too ("ci95_seeds": pretraining runs,
+    then fine-tuning seeds within each, see `two_level_ci`; else None). field: "success" (as 0/1) or "progress"."""
     if not a or not b:
         raise ValueError("paired() needs runs on both sides")
     worlds, m = _matrix([*a, *b], field, family)  # every run of both sides: same world seeds, tasks and world
     d = m[:len(a)].mean(axis=0) - m[len(a):].mean(axis=0)
     both = len(a) >= 2 and len(b) >= 2 and d.size
+    ci = two_level_ci(m[:len(a)], m[len(a):], pretrain_a=[r.pretrain for r in a],
+                      pretrain_b=[r.pretrain for r in b]) if both else None
     return {"mean": float(d.mean()) if d.size else float("nan"), "ci95": list(bootstrap_ci(d)), "worlds": len(worlds),
-            "ci95_seeds": list(two_level_ci(m[:len(a)], m[len(a):])) if both else None}
+            "ci95_seeds": list(ci) if ci else None}
 
 
-def two_level_ci(a: np.ndarray, b: np.ndarray, *, resamples: int = 2000, seed: int = 0,
+def two_level_ci(a: np.ndarray, b: np.ndarray, *, pretrain_a: Sequence[int] | None = None,
+                 pretrain_b: Sequence[int] | None = None, resamples: int = 2000, seed: int = 0,
                  level: float = 0.95) -> tuple[float, float]:
-    """Percentile bootstrap interval of mean(a) − mean(b) for a f64[Sa, W], b f64[Sb, W] (fine-tuning seeds ×
-    the same W world seeds): each resample draws W world seeds (the same draw for both sides: paired) and, per
-    side, its fine-tuning seeds with replacement, so the spread between fine-tuning runs counts as well as the
-    evaluation's. With few seeds per side (2–3) the seed part is itself a crude estimate (too narrow on average)."""
+    """Percentile bootstrap interval of mean(a) − mean(b) for a f64[Sa, W], b f64[Sb, W] (runs × the same W world
+    seeds): each resample draws W world seeds (the same draw for both sides: paired) and, per side, its runs with
+    replacement, so the spread between fine-tuning runs counts as well as the evaluation's. pretrain_a / _b (one
+    int per row; default all 0) name each run's pretraining run: with several, a resample first draws that many
+    pretraining runs with replacement, then within each drawn one its fine-tuning seeds, and weighs the drawn
+    pretraining runs equally (a hierarchical bootstrap: runs that share a pretraining are not independent). With
+    few seeds or pretraining runs per side (2–3) that part is itself a crude estimate (too narrow on average)."""
     rng = np.random.default_rng(seed)
     w = a.shape[1]
     cw = np.stack([np.bincount(i, minlength=w) for i in rng.integers(0, w, (resamples, w))]).astype(np.float64)
 
-    def side(m: np.ndarray) -> np.ndarray:  # each resample's mean over its drawn seeds × drawn worlds, f64[R]
-        s = m.shape[0]
-        cs = np.stack([np.bincount(i, minlength=s) for i in rng.integers(0, s, (resamples, s))]).astype(np.float64)
-        return np.einsum("rs,sw,rw->r", cs, m, cw) / (s * w)
+    def side(m: np.ndarray, pretrain: Sequence[int] | None) -> np.ndarray:
+        """Each resample's mean over its drawn pretraining runs, seeds and worlds, f64[R]."""
+        unit = m @ cw.T / w  # f64[S, R]: every run's mean over each resample's drawn world seeds
+        labels = np.zeros(len(m), int) if pretrain is None else np.asarray(pretrain)
+        groups = [np.flatnonzero(labels == g) for g in np.unique(labels)]
+        k = len(groups)
+        pick = rng.integers(0, k, (resamples, k)) if k > 1 else np.zeros((resamples, 1), int)
+        total = np.zeros(resamples)
+        for j in range(k):  # slot j of the k drawn pretraining runs: its own fresh draw of seeds
+            means = np.empty((resamples, k))
+            for g, idx in enumerate(groups):
+                n = len(idx)
+                cs = np.stack([np.bincount(i, minlength=n) for i in rng.integers(0, n, (resamples, n))])
+                means[:, g] = np.einsum("rs,sr->r", cs.astype(np.float64), unit[idx]) / n
+            total += means[np.arange(resamples), pick[:, j]]
+        return total / k
 
-    diffs = side(a) - side(b)
+    diffs = side(a, pretrain_a) - side(b, pretrain_b)
     alpha = (1.0 - level) / 2
     return float(np.quantile(diffs, alpha)), float(np.quantile(diffs, 1 - alpha))
 
 
 def group(runs: Sequence[Run], recipes: Sequence[str], variants: Sequence[str]) -> dict[tuple[str, str, int], list]:
-    """Runs by (recipe, variant, N), ordered by the given recipe and variant order, then N; seeds sorted."""
+    """Runs by (recipe, variant, N), ordered by the given recipe and variant order, then N; runs sorted by
+    (pretraining run, fine-tuning seed)."""
     out: dict[tuple[str, str, int], list[Run]] = {}
     rank = lambda r: (list(recipes).index(r.recipe) if r.recipe in recipes else len(recipes),
-                      list(variants).index(r.variant) if r.variant in variants else -1, r.demos, r.seed)
+                      list(variants).index(r.variant) if r.variant in variants else -1, r.demos, r.pretrain, r.seed)
     for r in sorted(runs, key=rank):
         out.setdefault(r.key, []).append(r)
     return out
@@ -204,7 +233,7 @@ def scope_tables(groups: dict, family: str | None, variants: Sequence[str]) -> l
     for (recipe, variant, n), runs in groups.items():
         p = pooled(runs, family)
         if p:
-            rows.append([recipe, variant or "—", str(n), ",".join(map(str, p["seeds"])), _rate(p), _prog(p),
+            rows.append([recipe, variant or "—", str(n), ",".join(p["units"]), _rate(p), _prog(p),
                          " / ".join(f"{100 * x:.0f}" for x in p["seed_success"]),
                          " / ".join(f"{x:.3f}" for x in p["seed_progress"])])
     out = ["Pooled over fine-tuning seeds:", ""]
@@ -219,8 +248,9 @@ def scope_tables(groups: dict, family: str | None, variants: Sequence[str]) -> l
         diffs.append([recipe, variant or "—", str(n), str(s["worlds"]), _diff(s, 100, 1), _diff(g), _seeds_ci(g)])
     if diffs:
         out += [f"Paired differences vs {BASELINE} at the same N (per world seed, each side's mean over its "
-                "fine-tuning seeds; bootstrap 95 % over world seeds; the last column resamples the fine-tuning "
-                "seeds of each side as well, shown when both have at least two):", ""]
+                "fine-tuning seeds; bootstrap 95 % over world seeds; the last column resamples each side's runs "
+                "as well, pretraining runs first where a variant has several, then fine-tuning seeds; shown when "
+                "both sides have at least two runs):", ""]
         out += _table(["recipe", "pretraining", "N", "world seeds", "Δ success (points)", "Δ progress",
                        "Δ progress [worlds + seeds]"], diffs)
     within = []
@@ -408,7 +438,8 @@ def write_report(out: str, runs: Sequence[Run], *, recipes: Sequence[str], varia
     written.append(plot_families(groups, fams, top, fam_png))
     e0, e1 = setup.get("eval_world_seeds") or (setup["eval_seed"], setup["eval_seed"] + setup["episodes"] - 1)
     md = [f"# {setup.get('title', 'Demo-world comparison: scratch vs LAPA vs ViPRA vs reference policies')}", "",
-          f"Demo counts {setup['demos']}, fine-tuning seeds {setup['seeds']}, {setup['episodes']} closed-loop "
+          f"Demo counts {setup['demos']}, fine-tuning seeds {setup['seeds']}{_replicates(runs)}, "
+          f"{setup['episodes']} closed-loop "
           f"episodes per policy on world seeds {e0}–{e1} (the same for every policy: all differences are paired; "
           f"disjoint from the {setup.get('data_seeds', '?')} data-generation world seeds of the datasets "
           f"under {setup.get('data_root', '?')} and of those the pretrained runs read, checked). "
@@ -437,6 +468,18 @@ def write_report(out: str, runs: Sequence[Run], *, recipes: Sequence[str], varia
     _write(os.path.join(out, "comparison.md"), "\n".join(_table(
         ["policy", "demos", "success % [Wilson 95 %] (k/n)", "progress [bootstrap 95 %]"], rows)))
     return [path, os.path.join(out, "comparison.md"), *written]
+
+
+def _replicates(runs: Sequence[Run]) -> str:
+    """The header's note on pretraining runs, when some variant has more than one."""
+    per: dict[str, int] = {}
+    for r in runs:
+        if r.pretrain:
+            per[label(r.recipe, r.variant)] = max(per.get(label(r.recipe, r.variant), 0), r.pretrain + 1)
+    if not per:
+        return ""
+    return (" (from every pretraining run of the variant: " + ", ".join(f"{k} {n}" for k, n in per.items())
+            + " runs; seed 'pK:S' is fine-tuning seed S from pretraining run K + 1)")
 
 
 def _rollouts(out: str, groups: dict, demos: int) -> list[str]:

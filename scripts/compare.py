@@ -6,7 +6,8 @@ first-N labelled demos, paired closed-loop evaluation on the same world seeds, i
         --demos 10,25,50,100 --seeds 0,1,2 --episodes 300 --eval-seed 1000      # = --preset full's grid
     python scripts/compare.py --preset demo --out runs/demo/compare --vla runs/demo/vla   # make demo's stage 5
 
-Per (recipe, pretraining variant, N demos, fine-tuning seed) one run directory OUT/<recipe>[-<variant>]_<N>_s<seed>:
+Per (recipe, pretraining variant, N demos, fine-tuning seed) one run directory OUT/<recipe>[-<variant>]_<N>_s<seed>
+(OUT/<recipe>[-<variant>]@p<K>_<N>_s<seed> for the K+1-th pretraining run of a variant that has several):
 a fine-tune (`policy.finetune` with train.seed = the seed and no closed-loop evaluation of its own, or
 `policy.reference` for the reference policies), then `policy.evaluate --seed EVAL --episodes E --data <the robot
 dataset>` into test.json, so every policy plays the same world seeds. The evaluation range must be disjoint from
@@ -16,7 +17,9 @@ Recipes (RECIPES): scratch (the ViPRA layout, flow matching, random init, the te
 variant's ViPRA run), lapa_scratch (the LAPA layout, action bins from frame t, random init, the LAPA run's
 tokenizers: the control that separates LAPA's pretraining from its fine-tuning layout), lapa and vipra
 (fine-tuned from <vla dir>/lapa and /vipra of each `--vla NAME=DIR` pretraining variant; one plain `--vla DIR` is a
-single unnamed variant), state_bc and image_bc (`python -m policy.reference --kind state|image`).
+single unnamed variant), state_bc and image_bc (`python -m policy.reference --kind state|image`). A variant may
+name several pretraining runs of the same recipe with other seeds, `--vla NAME=DIR1,DIR2`: every fine-tuning seed
+then runs from each, and the report's seed-resampling intervals draw the pretraining runs too.
 Resumable: a run whose output exists, is valid and was made by the same command (the Python interpreter's path
 aside) is reused; a killed or partial one is redone, with one line saying why (a redone
 fine-tune also redoes its evaluation); `--redo PATTERN` (e.g. `lapa_20` for all its seeds, `'vipra-robot_*'`) and
@@ -92,6 +95,7 @@ class Job:
     train_done: str
     evaluate: list[str]
     eval_done: str
+    pretrain: int = 0  # which of the variant's pretraining runs (its --vla DIRs, in order)
 
 
 def _ints(text: str, flag: str) -> list[int]:
@@ -104,19 +108,28 @@ def _ints(text: str, flag: str) -> list[int]:
     return vals
 
 
-def parse_variants(values: list[str] | None) -> dict[str, str]:
-    """`--vla` values -> {variant name: pretrained-runs dir}: one plain DIR is the unnamed variant ""; several need
-    NAME=DIR each (NAME: letters, digits, _ + .)."""
+def parse_variants(values: list[str] | None) -> dict[str, list[str]]:
+    """`--vla` values -> {variant name: its pretrained-runs dirs}: one plain DIR is the unnamed variant ""; several
+    need NAME=DIR each (NAME: letters, digits, _ + .). DIR may be DIR1,DIR2,...: the variant's pretraining runs (the
+    same recipe and data, other seeds), each fine-tuned with every seed."""
     values = values or ["runs/demo/vla"]
+
+    def dirs(v: str, text: str) -> list[str]:
+        out = text.split(",")
+        if not all(out) or len(set(out)) != len(out):
+            raise UserError(f"--vla {v!r}: expected [NAME=]DIR or [NAME=]DIR1,DIR2,... with distinct, non-empty "
+                            "dirs (one per pretraining run)")
+        return out
+
     if len(values) == 1 and "=" not in values[0]:
-        return {"": values[0]}
-    out: dict[str, str] = {}
+        return {"": dirs(values[0], values[0])}
+    out: dict[str, list[str]] = {}
     for v in values:
         name, eq, path = v.partition("=")
         if not eq or not VARIANT_NAME.fullmatch(name) or not path or name in out:
             raise UserError(f"--vla {v!r}: with several pretraining variants each must be NAME=DIR with a distinct "
                             "NAME of letters, digits, '_', '+', '.' (e.g. robot+human=runs/demo/vla)")
-        out[name] = path
+        out[name] = dirs(v, path)
     return out
 
 
@@ -136,7 +149,7 @@ def check_eval_seeds(roots: list[str], eval_seed: int, episodes: int, world: str
     return len(seeds)
 
 
-def plan(a: argparse.Namespace, variants: dict[str, str]) -> list[Job]:
+def plan(a: argparse.Namespace, variants: dict[str, list[str]]) -> list[Job]:
     """Every job of the grid, seed-major (a partial comparison has whole grids of the first seeds)."""
     py, world = sys.executable, _worlds.get_world(a.world)
     where = world.eval_args(a.data_root)  # the evaluated world: the demos' world config, or Meta-World's target tasks
@@ -145,8 +158,9 @@ def plan(a: argparse.Namespace, variants: dict[str, str]) -> list[Job]:
         for n in a.demos:
             for recipe in a.recipes:
                 r = RECIPES[recipe]
-                for variant in (variants if r.pretrained else [""]):
-                    name = f"{recipe}{'-' + variant if variant else ''}_{n}_s{seed}"
+                for variant, k in ([(v, k) for v, ds in variants.items() for k in range(len(ds))] if r.pretrained
+                                   else [("", 0)]):
+                    name = f"{recipe}{'-' + variant if variant else ''}{f'@p{k}' if k else ''}_{n}_s{seed}"
                     wd = os.path.join(a.out, name)
                     if r.kind == "reference":
                         train = [py, "-m", "policy.reference", "--kind", r.preset, "--data-root", a.data_root,
@@ -159,9 +173,9 @@ def plan(a: argparse.Namespace, variants: dict[str, str]) -> list[Job]:
                                  f"--config.policy.num_demos={n}", "--config.policy.eval_episodes=0",
                                  f"--config.train.seed={seed}"]
                         if r.pretrained:
-                            train.append(f"--config.policy.pretrained={os.path.join(variants[variant], recipe)}")
+                            train.append(f"--config.policy.pretrained={os.path.join(variants[variant][k], recipe)}")
                         else:  # scratch, lapa_scratch: a pretrained run's text and image tokenizers, not its weights
-                            first = next(iter(variants.values()))
+                            first = next(iter(variants.values()))[0]
                             train.append(f"--config.policy.tokenizers_from={os.path.join(first, r.tokenizers)}")
                         if a.steps:
                             train += [f"--config.train.total_steps={a.steps}",
@@ -172,7 +186,7 @@ def plan(a: argparse.Namespace, variants: dict[str, str]) -> list[Job]:
                     evaluate = [py, "-m", "policy.evaluate", "--checkpoint", wd, "--episodes", str(a.episodes),
                                 "--seed", str(a.eval_seed), *where, "--no-progress", "--gif-dir",
                                 os.path.join(wd, "rollouts"), "--gif-episodes", str(a.gif_episodes), "--out", test]
-                    jobs.append(Job(name, recipe, variant, n, seed, wd, train, done, evaluate, test))
+                    jobs.append(Job(name, recipe, variant, n, seed, wd, train, done, evaluate, test, k))
     return jobs
 
 
@@ -227,11 +241,11 @@ def finished_runs(jobs: list[Job], episodes: int, eval_seed: int, world: str = "
                            for g in res.get("gifs", [])]
             res["gifs"] = [os.path.abspath(g) for g in res["gifs"]]
             runs.append(compare_report.Run.from_result(res, recipe=j.recipe, variant=j.variant, demos=j.demos,
-                                                       seed=j.seed, name=j.name))
+                                                       seed=j.seed, name=j.name, pretrain=j.pretrain))
     return runs
 
 
-def write_manifest(out: str, jobs: list[Job], setup: dict, variants: dict[str, str]) -> list[str]:
+def write_manifest(out: str, jobs: list[Job], setup: dict, variants: dict[str, list[str]]) -> list[str]:
     """OUT/manifest.json (every job's exact argv) and OUT/commands.sh (the same, runnable); returns the lines."""
     os.makedirs(out, exist_ok=True)
     with open(os.path.join(out, "manifest.json"), "w") as f:
@@ -251,8 +265,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--world", default="demo", choices=tuple(_worlds.WORLDS),
                    help="demo, or metaworld (the transfer experiment: target-task demos, target-task evaluation)")
     p.add_argument("--vla", action="append", default=None, metavar="[NAME=]DIR",
-                   help="pretrained runs DIR/lapa and DIR/vipra; repeat as NAME=DIR per pretraining variant "
-                        "(default runs/demo/vla)")
+                   help="pretrained runs DIR/lapa and DIR/vipra; repeat as NAME=DIR per pretraining variant; "
+                        "DIR1,DIR2 for several pretraining runs of one variant (default runs/demo/vla)")
     p.add_argument("--data-root", default="runs/demo/data", help="make_demo_data --out of the labelled demos")
     p.add_argument("--preset", default="full", choices=tuple(GRIDS),
                    help="grid defaults (GRIDS): full, demo; transfer, transfer_gpu (Meta-World)")
@@ -290,8 +304,8 @@ def main(argv: list[str] | None = None) -> int:
     if a.episodes < 1 or a.eval_seed < 0 or a.gif_episodes < 0 or min(a.demos) < 1:
         raise UserError("--episodes and every --demos must be >= 1, --eval-seed and --gif-episodes >= 0")
     variants = parse_variants(a.vla)
-    pre = {v: {r: compare_report.pretrained_info(os.path.join(d, r)) for r in a.recipes if RECIPES[r].pretrained}
-           for v, d in variants.items()}
+    pre = {v: {f"{r}{f' (run {k + 1})' if k else ''}": compare_report.pretrained_info(os.path.join(d, r))
+               for r in a.recipes if RECIPES[r].pretrained for k, d in enumerate(ds)} for v, ds in variants.items()}
     robot = world.robot_dir(a.data_root)
     gen = read_json_object(os.path.join(robot, "generation.json"))
     if not gen:
@@ -311,7 +325,7 @@ def main(argv: list[str] | None = None) -> int:
         missing = [i["run"] for v in pre.values() for i in v.values() if i.get("missing")]
         for r in a.recipes:  # unpretrained fine-tunes take their tokenizers from the first variant's run
             if RECIPES[r].kind == "finetune" and not RECIPES[r].pretrained:
-                tok = os.path.join(next(iter(variants.values())), RECIPES[r].tokenizers)
+                tok = os.path.join(next(iter(variants.values()))[0], RECIPES[r].tokenizers)
                 missing += [tok] if compare_report.pretrained_info(tok).get("missing") else []
         if missing:
             raise UserError(f"pretrained run {missing[0]} has no checkpoint: train it first (docs/demo_world.md, "

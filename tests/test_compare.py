@@ -92,6 +92,36 @@ def test_the_seed_resampling_interval_counts_the_spread_between_fine_tuning_runs
     assert cr.paired(LAPA[:1], SCRATCH, "progress")["ci95_seeds"] is None  # one seed on a side: no seed interval
 
 
+def test_the_seed_interval_draws_pretraining_runs_before_fine_tuning_seeds(tmp_path):
+    """Side a: two pretraining runs, three fine-tuning seeds each, every run of the first at 0.7 on every world and
+    of the second at 0.1; b: constant 0.35. Drawing the pretraining runs first gives a's mean 0.7, 0.4 or 0.1 with
+    probabilities 1/4, 1/2, 1/4, so the interval of a − b is exactly [−0.25, +0.35]. Treating the six runs as
+    independent seeds draws 6 of them: all six from one pretraining run has probability 2 · 2^-6 < 2.5 %, so that
+    interval is [−0.15, +0.25], too narrow: runs sharing a pretraining are not independent."""
+    w = 50
+    a = np.array([[0.7] * w] * 3 + [[0.1] * w] * 3)
+    b = np.full((3, w), 0.35)
+    lo, hi = cr.two_level_ci(a, b, pretrain_a=[0, 0, 0, 1, 1, 1], pretrain_b=[0, 0, 0])
+    assert (lo, hi) == pytest.approx((-0.25, 0.35))
+    assert cr.two_level_ci(a, b) == pytest.approx((-0.15, 0.25))
+    # through paired(): the runs' pretrain field decides the grouping; the pooled table shows it as 'p1:S'
+    worlds = list(range(3000, 3000 + w))
+    run = lambda name, s, k, row: dataclasses.replace(
+        _run(name, "r", s, [0] * w, row.tolist(), worlds=worlds, fams=["touch_block"] * w), pretrain=k)
+    side_a = [run("vipra", s % 3, s // 3, a[s]) for s in range(6)]
+    d = cr.paired(side_a, [run("scratch", s, 0, b[s]) for s in range(3)], "progress")
+    assert d["mean"] == pytest.approx(0.05) and d["ci95_seeds"] == pytest.approx([-0.25, 0.35])
+    assert cr.pooled(side_a)["units"] == ["0", "1", "2", "p1:0", "p1:1", "p1:2"]
+    setup = {"demos": [10], "seeds": [0, 1, 2], "episodes": w, "eval_seed": 3000}
+    scratch = [dataclasses.replace(run("scratch", s, 0, b[s]), variant="") for s in range(3)]
+    cr.write_report(str(tmp_path), [*side_a, *scratch],
+                    recipes=["scratch", "vipra"], variants=["r"], setup=setup, version_info={"git": "abc"})
+    md = (tmp_path / "report.md").read_text()
+    assert "fine-tuning seeds [0, 1, 2] (from every pretraining run of the variant: vipra (r) 2 runs;" in md
+    assert "| vipra | r | 10 | 0,1,2,p1:0,p1:1,p1:2 |" in md
+    assert "| vipra | r | 10 | 50 | +0.0 [+0.0, +0.0] | +0.050 [+0.050, +0.050] | [-0.250, +0.350] |" in md
+
+
 def test_pooled_figures_by_hand():
     worlds = list(range(2000, 2005))
     runs = [_run("x", "", 0, [1, 0, 0, 0, 0], [1.0, 0.0, 0.2, 0.0, 0.3], worlds=worlds, fams=["separate"] * 5),
@@ -213,7 +243,7 @@ def _go(jobs, a, runner, redo=()) -> list[str]:
 
 def test_a_killed_comparison_resumes_and_redoes_only_what_is_unfinished(tmp_path, capsys):
     a = _args(tmp_path)
-    jobs = compare.plan(a, {"": "vla"})
+    jobs = compare.plan(a, {"": ["vla"]})
     assert [j.name for j in jobs[:4]] == ["scratch_4_s0", "state_bc_4_s0", "scratch_8_s0", "state_bc_8_s0"]
     assert len(jobs) == 8 and {j.seed for j in jobs[4:]} == {1}  # seed-major
     sc = jobs[0]
@@ -250,7 +280,7 @@ def test_a_killed_comparison_resumes_and_redoes_only_what_is_unfinished(tmp_path
                                                                  "scratch_4_s1.test"]
     assert _go(jobs, a, FakeRunner(a.episodes, a.eval_seed), redo=["scratch_4"]) == [
         "scratch_4_s0", "scratch_4_s0.test", "scratch_4_s1", "scratch_4_s1.test"]
-    more = compare.plan(_args(tmp_path, episodes=4), {"": "vla"})  # another grid: every evaluation, no training
+    more = compare.plan(_args(tmp_path, episodes=4), {"": ["vla"]})  # another grid: every evaluation, no training
     assert _go(more, _args(tmp_path, episodes=4), FakeRunner(4, a.eval_seed)) == [j.name + ".test" for j in more]
     assert len(compare.finished_runs(more, 4, a.eval_seed)) == 8
 
@@ -270,23 +300,37 @@ def test_lapa_is_also_paired_against_its_own_layout_from_scratch(tmp_path):
 
 
 def test_variants_and_recipes_from_the_command_line():
-    assert compare.parse_variants(None) == {"": "runs/demo/vla"}
-    assert compare.parse_variants(["x/vla"]) == {"": "x/vla"}
-    assert compare.parse_variants(["robot+human=a", "robot=b"]) == {"robot+human": "a", "robot": "b"}
+    assert compare.parse_variants(None) == {"": ["runs/demo/vla"]}
+    assert compare.parse_variants(["x/vla"]) == {"": ["x/vla"]}
+    assert compare.parse_variants(["robot+human=a", "robot=b"]) == {"robot+human": ["a"], "robot": ["b"]}
+    assert compare.parse_variants(["robot+human=a,a2", "robot=b"]) == {"robot+human": ["a", "a2"], "robot": ["b"]}
     for bad in (["a", "robot=b"], ["r=a", "r=b"], ["bad name=a", "r=b"]):
         with pytest.raises(UserError, match="NAME=DIR"):
             compare.parse_variants(bad)
+    for bad in (["r=a,"], ["r=a,a"], ["x,,y"]):
+        with pytest.raises(UserError, match="one per pretraining run"):
+            compare.parse_variants(bad)
     a = _args(Path("/t"), recipes=["lapa", "vipra", "scratch"], demos=[4], seeds=[0])
-    jobs = compare.plan(a, {"robot+human": "v1", "robot": "v2"})
+    jobs = compare.plan(a, {"robot+human": ["v1"], "robot": ["v2"]})
     assert [j.name for j in jobs] == ["lapa-robot+human_4_s0", "lapa-robot_4_s0", "vipra-robot+human_4_s0",
                                       "vipra-robot_4_s0", "scratch_4_s0"]
     assert "--config.policy.pretrained=v2/lapa" in jobs[1].train
     assert "--config.policy.tokenizers_from=v1/vipra" in jobs[4].train
     # the LAPA layout from a random init: LAPA's fine-tuning preset, no weights, the LAPA run's tokenizers
-    (job,) = compare.plan(_args(Path("/t"), recipes=["lapa_scratch"], demos=[4], seeds=[1]), {"robot": "v2"})
+    (job,) = compare.plan(_args(Path("/t"), recipes=["lapa_scratch"], demos=[4], seeds=[1]), {"robot": ["v2"]})
     assert job.name == "lapa_scratch_4_s1"
     assert {"--config=configs/policy.py:lapa_demo", "--config.policy.tokenizers_from=v2/lapa"} <= set(job.train)
     assert not any(t.startswith("--config.policy.pretrained=") for t in job.train)
+    # two pretraining runs of one variant: every seed from each; the first keeps the single-run name (resumable)
+    jobs = compare.plan(_args(Path("/t"), recipes=["vipra", "scratch"], demos=[4], seeds=[0, 1]),
+                        {"robot": ["v2", "v2b"]})
+    assert [(j.name, j.pretrain) for j in jobs] == [
+        ("vipra-robot_4_s0", 0), ("vipra-robot@p1_4_s0", 1), ("scratch_4_s0", 0),
+        ("vipra-robot_4_s1", 0), ("vipra-robot@p1_4_s1", 1), ("scratch_4_s1", 0)]
+    assert "--config.policy.pretrained=v2b/vipra" in jobs[1].train and "--config.train.seed=1" in jobs[4].train
+    assert "--config.policy.tokenizers_from=v2/vipra" in jobs[2].train
+    assert compare._matches("vipra-robot@p1_4_s1", ["vipra-robot@p1_4"])
+    assert not compare._matches("vipra-robot_4_s1", ["vipra-robot@p1_4"])
 
 
 def test_world_seeds_are_the_datasets_and_an_overlapping_eval_range_is_refused(demo_data, tmp_path):

@@ -117,7 +117,7 @@ def _args(tmp_path: Path, root: str, **kw):
 
 
 def test_fine_tuning_and_evaluation_use_only_the_target_tasks(mw_root, tmp_path):
-    jobs = compare.plan(_args(tmp_path, mw_root), {"": "vla"})
+    jobs = compare.plan(_args(tmp_path, mw_root), {"": ["vla"]})
     assert len(jobs) == 2 * 2 * 3 and [j.seed for j in jobs] == [0] * 6 + [1] * 6  # seed-major
     for j in jobs:
         assert _flag(j.train, "--config.data.datasets") == "('metaworld_robot',)", j.name
