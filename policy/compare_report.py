@@ -283,7 +283,10 @@ def scope_tables(groups: dict, family: str | None, variants: Sequence[str]) -> l
                 abl.append([recipe, f"{variant} − {other}", str(n), str(s["worlds"]), _diff(s, 100, 1), _diff(g),
                             _seeds_ci(g)])
     if abl:
-        out += ["Pretraining ablation (same recipe and N, paired on world seeds; the last column as above):", ""]
+        single = not any(r.pretrain for (_, v, _), runs in groups.items() if v in variants for r in runs)
+        out += ["Pretraining ablation (same recipe and N, paired on world seeds; the last column as above"
+                + ("; one pretraining run per variant, so no interval here samples pretraining's own spread: "
+                   "name several runs per variant, --vla NAME=DIR1,DIR2, for that" if single else "") + "):", ""]
         out += _table(["recipe", "difference", "N", "world seeds", "Δ success (points)", "Δ progress",
                        "Δ progress [worlds + seeds]"], abl)
     return out

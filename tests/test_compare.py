@@ -120,6 +120,10 @@ def test_the_seed_interval_draws_pretraining_runs_before_fine_tuning_seeds(tmp_p
     assert "fine-tuning seeds [0, 1, 2] (from every pretraining run of the variant: vipra (r) 2 runs;" in md
     assert "| vipra | r | 10 | 0,1,2,p1:0,p1:1,p1:2 |" in md
     assert "| vipra | r | 10 | 50 | +0.0 [+0.0, +0.0] | +0.050 [+0.050, +0.050] | [-0.250, +0.350] |" in md
+    two = [dataclasses.replace(r, variant="r2", name=r.name + "2") for r in side_a[:3]]
+    groups = cr.group([*side_a, *two], ["vipra"], ["r", "r2"])
+    abl = "\n".join(cr.scope_tables(groups, None, ["r", "r2"])).split("Pretraining ablation")[1]
+    assert "one pretraining run per variant" not in abl.splitlines()[0] and "| vipra | r − r2 | 10 |" in abl
 
 
 def test_pooled_figures_by_hand():
@@ -176,6 +180,7 @@ def test_pretraining_ablation_has_every_pair_of_variants_in_order():
     variants = ["robot+human", "robot400", "robot"]
     groups = cr.group([*LAPA, *r400, *LAPA_ROBOT], ["lapa"], variants)
     md = "\n".join(cr.scope_tables(groups, None, variants)).split("Pretraining ablation")[1]
+    assert md.startswith(" (same recipe and N, paired on world seeds; the last column as above; one pretraining run")
     pairs = [line.split(" | ")[1] for line in md.splitlines() if line.startswith("| lapa |")]
     assert pairs == ["robot+human − robot400", "robot+human − robot", "robot400 − robot"]
     assert "| lapa | robot400 − robot | 10 | 4 | +0.0 [+0.0, +0.0] | +0.050 [+0.050, +0.050] |" in md
