@@ -224,7 +224,7 @@ def run_jobs(jobs: list[Job], out: str, *, redo: list[str], redo_all: bool, epis
     ok = evaluated(episodes, eval_seed, world)
     for i, j in enumerate(jobs, 1):
         print(f"[{i}/{len(jobs)}] {compare_report.label(j.recipe, j.variant)}, {j.demos} demos, "
-              f"fine-tuning seed {j.seed}", flush=True)
+              f"fine-tuning seed {j.seed}{f' from pretraining run {j.pretrain + 1}' if j.pretrain else ''}", flush=True)
         test = j.name + ".test"
         force = {j.name, test} if redo_all or _matches(j.name, redo) else ({test} if _matches(test, redo) else set())
         ran = run_stage(j.name, j.train, out, j.train_done, force, valid=trained, runner=runner)
