@@ -100,6 +100,19 @@ def test_lam_presets_share_base_fields_and_tables_cannot_add_any(monkeypatch):
         lam.get_config("lapa_demo")
 
 
+def test_cluttered_lam_presets_are_the_demo_presets_with_the_measured_overrides():
+    """lapa_cluttered / vipra_cluttered are exactly what docs/lam.md measured on shaky, cluttered video:
+    `<family>_demo --config.model.stabilize=True --config.model.patch_size=4 --config.model.code_pool=max`."""
+    from configs import lam
+
+    for family in lam.FAMILIES:
+        want = lam.get_config(f"{family}_demo").to_dict()
+        want["model"].update(stabilize=True, patch_size=4, code_pool="max")
+        got = lam.get_config(f"{family}_cluttered").to_dict()
+        assert got.pop("preset") == f"{family}_cluttered" and want.pop("preset") == f"{family}_demo"
+        assert got == want, family
+
+
 @pytest.mark.parametrize(("field", "typo", "allowed"), [
     ("model.encoder.layout", "factorised", "factorized, interleaved"),
     ("model.decoder.kind", "crossattention", "cross_attention, film"),
