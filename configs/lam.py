@@ -6,6 +6,9 @@ issue #24 part 4), plus `lapa_tiny` / `vipra_tiny` for tests.
 Launch (demo, ~9 min on a 2-core CPU; the evaluation reads the config stored with the checkpoint):
     python -m lam.train --config=configs/lam.py:lapa_demo --workdir=runs/lam_demo/lapa --overwrite
     python -m lam.evaluate --workdir=runs/lam_demo/lapa
+Shaky video with distractors (e.g. scripts/make_demo_data.py --camera-jitter 1.0 --distractors 3; ~37 CPU-min):
+    python -m lam.train --config=configs/lam.py:lapa_cluttered --workdir=runs/lam_cluttered/lapa \
+        --config.data.root=runs/cluttered/data
 Meta-World (data from scripts/make_metaworld_data.py; docs/metaworld.md):
     python -m lam.train --config=configs/lam.py:lapa_metaworld --workdir=runs/lam_metaworld/lapa \
         --config.data.root=runs/metaworld/data
