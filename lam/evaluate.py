@@ -227,7 +227,9 @@ def evaluate(workdir: str, step: int | None = None, out_dir: str | None = None,
         if not os.path.isdir(data_root):
             raise FileNotFoundError(f"--data_root {data_root!r}: no such directory (expected a data root holding "
                                     f"{', '.join(cfg.data.datasets)})")
-        pinned = [e for e in cfg.data.datasets if "@" in e]
+        from data.mixture import parse_entry  # the pipeline's own reading of name[:version][@root][:weight]
+
+        pinned = [e for e in cfg.data.datasets if parse_entry(e).root]
         if pinned:  # an entry's own root would win over data.root, so part of the probe would read the old episodes
             raise ValueError(f"--data_root {data_root!r}: dataset entries {pinned} name their own root, which "
                              "--data_root cannot replace; expected entries without '@root'")
