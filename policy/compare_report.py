@@ -124,7 +124,7 @@ def pooled(runs: Sequence[Run], family: str | None = None) -> dict:
     return {"episodes": n, "worlds": len(worlds), "successes": k, "success_rate": k / n,
             "ci95": list(wilson_interval(k, n)), "progress": float(progress.mean()),
             "progress_ci95": list(bootstrap_ci(progress.mean(axis=0))),
-            "seeds": [r.seed for r in runs], "units": [r.unit for r in runs],
+            "units": [r.unit for r in runs],
             "seed_success": success.mean(axis=1).tolist(), "seed_progress": progress.mean(axis=1).tolist()}
 
 
@@ -138,10 +138,9 @@ def paired(a: Sequence[Run], b: Sequence[Run], field: str, family: str | None = 
     worlds, m = _matrix([*a, *b], field, family)  # every run of both sides: same world seeds, tasks and world
     d = m[:len(a)].mean(axis=0) - m[len(a):].mean(axis=0)
     both = len(a) >= 2 and len(b) >= 2 and d.size
-    ci = two_level_ci(m[:len(a)], m[len(a):], pretrain_a=[r.pretrain for r in a],
-                      pretrain_b=[r.pretrain for r in b]) if both else None
     return {"mean": float(d.mean()) if d.size else float("nan"), "ci95": list(bootstrap_ci(d)), "worlds": len(worlds),
-            "ci95_seeds": list(ci) if ci else None}
+            "ci95_seeds": list(two_level_ci(m[:len(a)], m[len(a):], pretrain_a=[r.pretrain for r in a],
+                                            pretrain_b=[r.pretrain for r in b])) if both else None}
 
 
 def two_level_ci(a: np.ndarray, b: np.ndarray, *, pretrain_a: Sequence[int] | None = None,
@@ -164,6 +163,7 @@ def two_level_ci(a: np.ndarray, b: np.ndarray, *, pretrain_a: Sequence[int] | No
         labels = np.zeros(len(m), int) if pretrain is None else np.asarray(pretrain)
         groups = [np.flatnonzero(labels == g) for g in np.unique(labels)]
         k = len(groups)
+        # one pretraining run: no draw, so the single-run interval keeps its random stream (earlier reports reproduce)
         pick = rng.integers(0, k, (resamples, k)) if k > 1 else np.zeros((resamples, 1), int)
         total = np.zeros(resamples)
         for j in range(k):  # slot j of the k drawn pretraining runs: its own fresh draw of seeds
@@ -478,7 +478,8 @@ def _replicates(runs: Sequence[Run]) -> str:
     per: dict[str, int] = {}
     for r in runs:
         if r.pretrain:
-            per[label(r.recipe, r.variant)] = max(per.get(label(r.recipe, r.variant), 0), r.pretrain + 1)
+            name = label(r.recipe, r.variant)
+            per[name] = max(per.get(name, 0), r.pretrain + 1)
     if not per:
         return ""
     return (" (from every pretraining run of the variant: " + ", ".join(f"{k} {n}" for k, n in per.items())
