@@ -31,7 +31,8 @@ KINDS: dict[str, tuple[str, ...]] = {
     "quantizer.source": ("codes", "batch"),  # where a dead code restarts: near a live code, or at a batch vector
     "loss.pixel": ("l1", "mse"),
     "loss.flow": ("l1", "mse"),
-    "loss.flow_target": ("ground_truth", "farneback"),  # demo world's exact flow, or OpenCV Farneback on frames
+    # the demo world's exact flow, or estimated on the host from the frames (lam/flow_targets.py ESTIMATORS)
+    "loss.flow_target": ("ground_truth", "farneback", "block_match"),
     "data.source": ("memory", "pipeline"),  # lam/data.py in-memory table, or the streaming data/loader.py
 }
 
@@ -44,6 +45,8 @@ LEGACY_DEFAULTS: dict[str, Any] = {
     "loss.farneback_winsize": 9, "data.camera": "", "model.stabilize": False, "loss.flow_moving_power": 0.0,
     "loss.farneback_gate": 0.0, "model.action_head": 0, "model.action_from": "codes", "loss.action_weight": 0.0,
     "data.action_episodes": 0, "data.action_share": 0.0, "loss.agent_weight": 0.0, "loss.agent_radius": 4.0,
+    "loss.block_match_radius": 6, "loss.block_match_window": 5, "loss.block_match_penalty": 10.0,
+    "loss.block_match_gate": 8.0,  # read only with loss.flow_target='block_match', which older runs cannot have
     "eval.mlp_probe_hidden": 256,  # evaluation only (no effect on the checkpoint): old runs get the MLP probe too
 }
 # model.decoder.peg was added with a kind-dependent default (cross_attention: off, film: on)

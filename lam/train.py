@@ -144,8 +144,8 @@ def make_data(config: ml_collections.ConfigDict, *, split: str | None = None, se
                                   action_share=float(d.action_share))
     elif d.source == "pipeline":
         if gt_flow:
-            raise ValueError("the streaming pipeline has no ground-truth flow: set loss.flow_target='farneback' "
-                             "(estimated from the frames) or use data.source='memory' (demo world)")
+            raise ValueError("the streaming pipeline has no ground-truth flow: set loss.flow_target='farneback' or "
+                             "'block_match' (estimated from the frames) or use data.source='memory' (demo world)")
         from data.loader import make_iterator
         from data.mixture import PipelineConfig, mixture_from_lists
         from data.windows import lam_window
@@ -158,11 +158,10 @@ def make_data(config: ml_collections.ConfigDict, *, split: str | None = None, se
         it = make_iterator(mixture, cfg)
     else:
         raise ValueError(f"data.source must be 'memory' or 'pipeline', got {d.source!r}")
-    if want_flow and target == "farneback":
-        from lam.flow_targets import FarnebackParams, WithFlow
+    if want_flow and target != "ground_truth":
+        from lam.flow_targets import WithFlow, estimator
 
-        it = WithFlow(it, FarnebackParams(winsize=int(config.loss.farneback_winsize),
-                                          gate=float(config.loss.farneback_gate)), context=n_ctx)
+        it = WithFlow(it, estimator(config.loss), context=n_ctx)
     return it
 
 

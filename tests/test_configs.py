@@ -118,7 +118,7 @@ def test_cluttered_lam_presets_are_the_demo_presets_with_the_measured_overrides(
     ("model.decoder.kind", "crossattention", "cross_attention, film"),
     ("model.code_pool", "means", "grid, max, mean"),
     ("loss.pixel", "l2", "l1, mse"),
-    ("loss.flow_target", "groundtruth", "farneback, ground_truth"),
+    ("loss.flow_target", "groundtruth", "block_match, farneback, ground_truth"),
     ("quantizer.source", "batches", "batch, codes"),
     ("data.source", "stream", "memory, pipeline"),
 ])
