@@ -176,3 +176,24 @@ def test_lam_trains_on_rlds_pipeline_with_estimated_flow(demo_data, tmp_path, ta
     cfg.train.total_steps = 3
     res = lam_train.train(cfg, str(tmp_path / "run"), overwrite=True)
     assert res.step == 3 and math.isfinite(res.metrics["flow"]) and math.isfinite(res.metrics["loss"])
+
+
+def test_flow_check_scores_the_truth_perfectly_and_runs_on_demo_shards(demo_data) -> None:
+    from configs import lam as lam_configs
+    from lam import flow_check
+
+    g = np.random.default_rng(0)
+    truth = np.zeros((4, 16, 16, 2), np.float32)
+    truth[:, 6:10, 6:10] = g.normal(0, 3, (4, 1, 1, 2))  # a 4 px mover per pair, moving the same way throughout
+    effector = np.full((4, 2), 8.0, np.float32)
+    perfect = flow_check.compare(truth, truth, effector)
+    assert perfect["epe_moving"] == perfect["epe_static"] == 0.0 and perfect["iou"] == 1.0
+    assert perfect["effector_dir"] == 1.0 and perfect["effector_speed"] == pytest.approx(1.0)
+    assert flow_check.compare(-truth, truth, effector)["effector_dir"] == 0.0  # the opposite way: no sector agrees
+    cfg = lam_configs.get_config("lapa_demo")
+    cfg.data.root, cfg.data.cache_dir = demo_data, ""
+    res = flow_check.check(cfg, clips=16, seed=0)
+    assert set(res) == set(flow_targets.ESTIMATORS)
+    for m in res.values():
+        assert m["pairs_with_effector"] > 0 and 0.0 <= m["effector_dir"] <= 1.0 and m["ms_per_pair"] > 0
+    assert "| block_match |" in flow_check.table(res)
