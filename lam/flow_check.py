@@ -68,7 +68,8 @@ def compare(est: np.ndarray, truth: np.ndarray, effector: np.ndarray) -> dict[st
 
 
 def check(config: Any, clips: int = 512, seed: int = 0) -> dict[str, dict[str, float]]:
-    """Metrics per estimator name (plus 'truth' statistics) on `clips` training clips of config.data."""
+    """Metrics per estimator name on `clips` training clips of config.data (each dict also carries true_px, the
+    true moving pixels per pair, the same for every estimator)."""
     d = config.data
     table = lam_data.load_table(d.root, d.datasets, d.train_split, with_flow=True,
                                 max_episodes=d.max_episodes or None, cache_dir=d.cache_dir,
