@@ -78,6 +78,13 @@ def sources(root: str, datasets: Sequence[str], split: str, camera: str = "") ->
     return episodes.parse_sources(root, datasets, split, camera)
 
 
+def records_flow(root: str, datasets: Sequence[str], split: str, camera: str = "") -> bool:
+    """Whether every dataset entry records per-step ground-truth flow (GT_FLOW: the demo world only)."""
+    from data import episodes
+
+    return all(GT_FLOW in episodes.open_source(s)[2].features for s in sources(root, datasets, split, camera))
+
+
 def load_episodes(root: str, name: str, split: str, *, with_flow: bool = True, max_episodes: int | None = None,
                   resolution: int = 0, camera: str = "") -> dict[str, Any]:
     """Reads one dataset split (`name[:version][@root]`) into numpy lists (one entry per episode).
@@ -93,7 +100,7 @@ def load_episodes(root: str, name: str, split: str, *, with_flow: bool = True, m
     truth = next((k for k in EFFECTOR_TRUTH if k in opened.features), None)
     if with_flow and GT_FLOW not in opened.features:
         raise DataError(f"dataset {src.name!r} has no {GT_FLOW} (ground-truth flow exists only in the demo world): "
-                        "set loss.flow_target='farneback' or turn the flow loss off")
+                        "set loss.flow_target='block_match' (or 'farneback') or turn the flow loss off")
     flow_size = tuple(opened.features[GT_FLOW].shape[:2]) if with_flow else ()
     if with_flow and resolution > 0 and flow_size != (resolution, resolution):
         # the flow is in the stored frames' pixels; resizing the frames alone would train against the wrong targets

@@ -1,12 +1,24 @@
 """Flow-target check: how well each host flow estimator reproduces a dataset's ground-truth flow, before a LAM trains.
 
     python -m lam.flow_check --config=configs/lam.py:lapa_cluttered --config.data.root=DIR [--clips=512] [--seed=0]
+    python -m lam.flow_check --config=configs/lam.py:lapa_metaworld --config.data.root=DIR --radius=6
 
 Draws `clips` training clips the way the LAM trainer does (the config's datasets, weights, clip length, frame offset,
-resolution; `lam/data.py` ClipSampler with the given seed) from a dataset that records per-step optical flow (the
-demo world), estimates each consecutive pair's flow with every estimator of `lam/flow_targets.py` ESTIMATORS (its
-settings from the config's loss block, loss.farneback_* / loss.block_match_*), and compares it with the recorded flow
-as the flow loss reads it with `model.stabilize` (each pair's median removed, i.e. relative to the camera):
+resolution; `lam/data.py` ClipSampler with the given seed) from a dataset that records the effector's pixel track
+(the demo world, Meta-World), estimates each consecutive pair's flow with every estimator of `lam/flow_targets.py`
+ESTIMATORS (its settings from the config's loss block, loss.farneback_* / loss.block_match_*), and compares it with
+the truth as the flow loss reads it (with `model.stabilize`, each pair's median removed, i.e. relative to the camera).
+
+Against the effector track (every dataset with effector ground truth; Meta-World records no flow):
+
+    track_dir                 share of moving pairs (the true effector displacement >= eval.min_motion px, the
+                              direction probe's floor) whose mean estimate over the disc of `radius` px around the
+                              effector's first-frame position falls in the same 45° sector as that displacement
+    track_speed               median ratio of that mean's length to the true displacement's (static pixels inside
+                              the disc pull it below 1 even for a perfect estimate)
+    track_pairs               moving pairs scored
+
+Against the recorded per-step flow (the demo world only; "—" elsewhere):
 
     epe_moving / epe_static   end-point error (px) on pixels whose true flow is > 0.5 px / the rest
     marked_px                 pixels per pair the estimate calls moving (> 0.5 px; the loss's moving weight lands there)
@@ -41,6 +53,25 @@ def relative(flow: np.ndarray) -> np.ndarray:
     return flow - np.median(flow, axis=(1, 2), keepdims=True)
 
 
+def compare_track(est: np.ndarray, disp: np.ndarray, effector: np.ndarray, min_motion: float = 1.0,
+                  radius: float = EFFECTOR_RADIUS) -> dict[str, float]:
+    """est float[N, R, R, 2] (as the loss reads it), disp float[N, 2] the effector's true displacement (px) over each
+    pair, effector float[N, 2] its pixel position (x, y) at the pair's first frame → track_dir / track_speed /
+    track_pairs of the module docstring."""
+    r = est.shape[1]
+    yy, xx = np.mgrid[:r, :r] + 0.5
+    near = np.hypot(xx[None] - effector[:, 0, None, None], yy[None] - effector[:, 1, None, None]) < radius
+    inside = near.sum((1, 2))
+    moving = (np.linalg.norm(disp, axis=-1) >= min_motion) & (inside > 0)
+    if not moving.any():
+        return {"track_dir": float("nan"), "track_speed": float("nan"), "track_pairs": 0}
+    mean = (est * near[..., None]).sum((1, 2))[moving] / inside[moving][:, None]
+    true = disp[moving]
+    return {"track_dir": float((direction_bins(mean) == direction_bins(true)).mean()),
+            "track_speed": float(np.median(np.linalg.norm(mean, axis=-1) / np.linalg.norm(true, axis=-1))),
+            "track_pairs": int(moving.sum())}
+
+
 def compare(est: np.ndarray, truth: np.ndarray, effector: np.ndarray) -> dict[str, float]:
     """est, truth float[N, R, R, 2] (camera-relative), effector float[N, 2] pixels (x, y) at the first frame → the
     module docstring's metrics (without timing)."""
@@ -67,21 +98,26 @@ def compare(est: np.ndarray, truth: np.ndarray, effector: np.ndarray) -> dict[st
     }
 
 
-def check(config: Any, clips: int = 512, seed: int = 0) -> dict[str, dict[str, float]]:
-    """Metrics per estimator name on `clips` training clips of config.data (each dict also carries true_px, the
-    true moving pixels per pair, the same for every estimator)."""
+def check(config: Any, clips: int = 512, seed: int = 0,
+          radius: float = EFFECTOR_RADIUS) -> dict[str, dict[str, float]]:
+    """Metrics per estimator name on `clips` training clips of config.data: the track metrics always, the flow
+    metrics (and true_px, the true moving pixels per pair) where the datasets record flow."""
     d = config.data
-    table = lam_data.load_table(d.root, d.datasets, d.train_split, with_flow=True,
-                                max_episodes=d.max_episodes or None, cache_dir=d.cache_dir,
-                                resolution=int(config.model.image_size), camera=str(d.camera))
+    load = lambda with_flow: lam_data.load_table(d.root, d.datasets, d.train_split, with_flow=with_flow,
+                                                 max_episodes=d.max_episodes or None, cache_dir=d.cache_dir,
+                                                 resolution=int(config.model.image_size), camera=str(d.camera))
+    with_flow = lam_data.records_flow(d.root, d.datasets, d.train_split, str(d.camera))
+    table = load(with_flow)
     if not table.has_ground_truth:
-        raise ValueError(f"{d.datasets} under {d.root} record no effector ground truth: the check needs the demo "
-                         "world's recorded flow and effector (data/demo)")
+        raise ValueError(f"{d.datasets} under {d.root} record no effector ground truth: the check needs an effector "
+                         "track (the demo world, Meta-World)")
     batch = next(lam_data.ClipSampler(table, batch_size=clips, clip_len=d.clip_len, offset=d.offset, seed=seed,
-                                      weights=d.weights, with_flow=True))
+                                      weights=d.weights, with_flow=with_flow))
     clip, n = batch["clip"], d.clip_len - 1
-    truth = relative(batch["flow"].reshape(-1, *batch["flow"].shape[2:]))
+    as_loss = relative if config.model.stabilize else (lambda f: f)
     effector = batch["effector"][:, :-1].reshape(-1, 2)
+    disp = (batch["effector"][:, 1:] - batch["effector"][:, :-1]).reshape(-1, 2)
+    truth = as_loss(batch["flow"].reshape(-1, *batch["flow"].shape[2:])) if with_flow else None
     out = {}
     for name in ESTIMATORS:
         loss = config.loss.copy_and_resolve_references()
@@ -90,17 +126,25 @@ def check(config: Any, clips: int = 512, seed: int = 0) -> dict[str, dict[str, f
         t0 = time.process_time()
         est = np.stack([fn(clip[i, t], clip[i, t + 1]) for i in range(len(clip)) for t in range(n)])
         ms = (time.process_time() - t0) / len(est) * 1e3
-        out[name] = {**compare(relative(est), truth, effector), "ms_per_pair": ms}
+        est = as_loss(est)
+        flow = compare(est, truth, effector) if with_flow else {}
+        out[name] = {**compare_track(est, disp, effector, float(config.eval.min_motion), radius), **flow,
+                     "ms_per_pair": ms}
     return out
 
 
 def table(results: dict[str, dict[str, float]]) -> str:
-    """Markdown table of `check`'s results."""
-    cols = ("epe_moving", "epe_static", "marked_px", "iou", "recall", "effector_dir", "effector_speed", "ms_per_pair")
-    true_px = next(iter(results.values()))["true_px"]
+    """Markdown table of `check`'s results ("—" for the flow metrics where the data record no flow)."""
+    cols = ("track_dir", "track_speed", "epe_moving", "epe_static", "marked_px", "iou", "recall", "effector_dir",
+            "effector_speed", "ms_per_pair")
+    first = next(iter(results.values()))
+    cell = lambda v, c: f"{v[c]:.2f}" if c in v else "—"
     lines = [f"| estimator | {' | '.join(cols)} |", "|---|" + "---:|" * len(cols)]
-    lines += [f"| {k} | " + " | ".join(f"{v[c]:.2f}" for c in cols) + " |" for k, v in results.items()]
-    return "\n".join(lines) + f"\n\ntrue moving px per pair: {true_px:.0f}"
+    lines += [f"| {k} | " + " | ".join(cell(v, c) for c in cols) + " |" for k, v in results.items()]
+    foot = f"moving pairs scored on the track: {first['track_pairs']}"
+    if "true_px" in first:
+        foot += f"; true moving px per pair: {first['true_px']:.0f}"
+    return "\n".join(lines) + "\n\n" + foot
 
 
 def main(argv: list[str]) -> None:
@@ -108,7 +152,7 @@ def main(argv: list[str]) -> None:
 
     del argv
     f = flags.FLAGS
-    print(table(check(f.config, clips=f.clips, seed=f.seed)))
+    print(table(check(f.config, clips=f.clips, seed=f.seed, radius=f.radius)))
 
 
 if __name__ == "__main__":
@@ -121,4 +165,5 @@ if __name__ == "__main__":
                                     lock_config=False)
     flags.DEFINE_integer("clips", 512, "Training clips to draw.")
     flags.DEFINE_integer("seed", 0, "Sampler seed of the clips.")
+    flags.DEFINE_float("radius", EFFECTOR_RADIUS, "Pixels around the effector centre averaged for the track metrics.")
     cli.run_absl(main)

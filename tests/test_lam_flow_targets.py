@@ -190,10 +190,18 @@ def test_flow_check_scores_the_truth_perfectly_and_runs_on_demo_shards(demo_data
     assert perfect["epe_moving"] == perfect["epe_static"] == 0.0 and perfect["iou"] == 1.0
     assert perfect["effector_dir"] == 1.0 and perfect["effector_speed"] == pytest.approx(1.0)
     assert flow_check.compare(-truth, truth, effector)["effector_dir"] == 0.0  # the opposite way: no sector agrees
+    disp = truth[:, 8, 8]  # the mover's true displacement; a 2 px disc lies inside it, so its mean is that displacement
+    track = flow_check.compare_track(truth, disp, effector, radius=2.0)
+    assert track["track_dir"] == 1.0 and track["track_speed"] == pytest.approx(1.0)
+    assert flow_check.compare_track(-truth, disp, effector, radius=2.0)["track_dir"] == 0.0
+    slow = disp.copy()
+    slow[0] = 0.3  # under the 1 px floor: not scored
+    assert flow_check.compare_track(truth, slow, effector, radius=2.0)["track_pairs"] == 3
     cfg = lam_configs.get_config("lapa_demo")
     cfg.data.root, cfg.data.cache_dir = demo_data, ""
     res = flow_check.check(cfg, clips=16, seed=0)
     assert set(res) == set(flow_targets.ESTIMATORS)
     for m in res.values():
         assert m["pairs_with_effector"] > 0 and 0.0 <= m["effector_dir"] <= 1.0 and m["ms_per_pair"] > 0
+        assert m["track_pairs"] > 0 and 0.0 <= m["track_dir"] <= 1.0
     assert "| block_match |" in flow_check.table(res)

@@ -357,3 +357,20 @@ def test_evaluation_through_the_policy_server():
     keys = ("seed", "family", "success", "progress", "steps", "queries")
     assert [{k: r[k] for k in keys} for r in remote["records"]] == [{k: r[k] for k in keys} for r in local["records"]]
     assert remote["queries"] == local["queries"] == 6
+
+
+def test_flow_check_scores_estimators_on_the_hand_track_without_recorded_flow(mw_data):
+    """Meta-World records the hand's pixel track but no flow: lam.flow_check scores the track metrics only."""
+    from configs import lam as lam_configs
+    from lam import flow_check, flow_targets
+
+    root, _ = mw_data
+    cfg = lam_configs.get_config("lapa_metaworld")
+    cfg.data.root, cfg.data.cache_dir, cfg.model.image_size, cfg.data.offset = root, "", 32, 8
+    cfg.eval.min_motion = 0.25  # 32 px frames, 20-step episodes: the hand moves about 1 px over 8 steps
+    res = flow_check.check(cfg, clips=32, seed=0, radius=3.0)
+    assert set(res) == set(flow_targets.ESTIMATORS)
+    for m in res.values():
+        assert m["track_pairs"] > 0 and 0.0 <= m["track_dir"] <= 1.0 and "epe_moving" not in m
+    assert "| block_match |" in flow_check.table(res) and "—" in flow_check.table(res)
+
