@@ -170,8 +170,9 @@ SMALL_FAMILY: dict[str, dict[str, Any]] = {
 }
 # Meta-World video (64 px, camera corner2): the demo presets on another dataset. No ground-truth flow there, so the
 # flow head learns Farneback targets (not block matching: on the hand's pixel track Farneback's estimate points the
-# right 45° way in 0.68-0.74 of moving training pairs, block matching in 0.51; lam.flow_check, docs/lam.md). The clip offset comes from the training split's hand motion in pixels, chosen
-# before any LAM was trained: the hand moves a median 0.22-0.24 px per step at 64 px (the demo effector 1.8 px), so
+# right 45° way in 0.68-0.74 of moving training pairs, block matching in 0.51; lam.flow_check, docs/lam.md).
+# The clip offset comes from the training split's hand motion in pixels, chosen before any LAM was trained: the hand
+# moves a median 0.22-0.24 px per step at 64 px (the demo effector 1.8 px), so
 # offset 3 would leave 79-86% of transitions under the probes' 1 px floor; at 10 the median is 2.2-2.4 px, 85-97%
 # of transitions move >= 1 px, p90 3.5-4.3 px stays inside Farneback's 9 px window, and vipra's 2 transitions span
 # 20 steps of 62-74-step episodes (docs/metaworld.md, "The LAM on 3-D video").
