@@ -6,8 +6,8 @@ arrays (64-px demo: ~0.3 GB). Ground truth for the evaluation probes is the effe
 the LAM reads (x right, y down, pixel i spanning [i, i + 1)), from whichever leaf of `EFFECTOR_TRUTH` a dataset has:
 the demo world's `effector_pos` (table units, converted here) or Meta-World's `hand_pixel` (already in pixels of the
 stored image); both are rescaled when the LAM reads frames at another resolution. Only the demo world has per-step
-optical flow (flow supervision); datasets without it need `loss.flow_target='farneback'`, and datasets with no
-effector truth at all (real data) get zeros and `Table.ground_truth` False.
+optical flow (flow supervision); datasets without it need an estimated target (`loss.flow_target='block_match'`
+or `'farneback'`), and datasets with no effector truth at all (real data) get zeros and `Table.ground_truth` False.
 
 The .npz cache (`cache_dir`) is keyed by `table_fingerprint` (root, name, version, split, feature spec, registry
 conventions, camera, resolution, ground truth, episode cap, window), so a changed root or version never reuses

@@ -168,7 +168,7 @@ def test_lam_table_on_bridge_needs_no_ground_truth(bridge_root) -> None:
     assert t.num_steps == sum(5 + i % 3 for i in range(6)) and not t.effector.any()
     batch = next(lam_data.ClipSampler(t, batch_size=4, clip_len=2, offset=1, seed=0))
     assert batch["clip"].shape == (4, 2, 16, 16, 3)
-    with pytest.raises(UserError, match=r"no steps/ground_truth/flow .*flow_target='farneback'"):
+    with pytest.raises(UserError, match=r"no steps/ground_truth/flow .*flow_target='block_match' \(or 'farneback'\)"):
         lam_data.load_table(bridge_root, ["bridge_dataset"], "train", with_flow=True, resolution=16)
 
 
@@ -296,7 +296,7 @@ def test_lam_train_evaluate_label_on_bridge(bridge_root, tmp_path) -> None:
     cfg.data.offset, cfg.data.batch_size = 1, 8
     cfg.loss.flow_weight = 1.0
     cfg.loss.flow_target = "ground_truth"
-    with pytest.raises(UserError, match="flow_target='farneback'"):
+    with pytest.raises(UserError, match=r"flow_target='block_match' \(or 'farneback'\)"):
         lam_train.make_data(cfg)  # Bridge has no ground-truth flow: one line naming the fix
     cfg.loss.flow_target = "farneback"
     cfg.train.total_steps = 2
