@@ -1,4 +1,4 @@
-"""Flow-target check: how well each host flow estimator reproduces a dataset's ground-truth flow, before a LAM trains.
+"""Flow-target check: how well each host flow estimator reproduces a dataset's true motion, before a LAM trains.
 
     python -m lam.flow_check --config=configs/lam.py:lapa_cluttered --config.data.root=DIR [--clips=512] [--seed=0]
     python -m lam.flow_check --config=configs/lam.py:lapa_metaworld --config.data.root=DIR --radius=6
@@ -73,8 +73,8 @@ def compare_track(est: np.ndarray, disp: np.ndarray, effector: np.ndarray, min_m
 
 
 def compare(est: np.ndarray, truth: np.ndarray, effector: np.ndarray) -> dict[str, float]:
-    """est, truth float[N, R, R, 2] (camera-relative), effector float[N, 2] pixels (x, y) at the first frame → the
-    module docstring's metrics (without timing)."""
+    """est, truth float[N, R, R, 2] (as the loss reads them), effector float[N, 2] pixels (x, y) at the first frame →
+    the module docstring's metrics (without timing)."""
     r = truth.shape[1]
     err = np.linalg.norm(est - truth, axis=-1)
     true_mov = np.linalg.norm(truth, axis=-1) > MOVING_PX
@@ -103,11 +103,10 @@ def check(config: Any, clips: int = 512, seed: int = 0,
     """Metrics per estimator name on `clips` training clips of config.data: the track metrics always, the flow
     metrics (and true_px, the true moving pixels per pair) where the datasets record flow."""
     d = config.data
-    load = lambda with_flow: lam_data.load_table(d.root, d.datasets, d.train_split, with_flow=with_flow,
-                                                 max_episodes=d.max_episodes or None, cache_dir=d.cache_dir,
-                                                 resolution=int(config.model.image_size), camera=str(d.camera))
     with_flow = lam_data.records_flow(d.root, d.datasets, d.train_split, str(d.camera))
-    table = load(with_flow)
+    table = lam_data.load_table(d.root, d.datasets, d.train_split, with_flow=with_flow,
+                                max_episodes=d.max_episodes or None, cache_dir=d.cache_dir,
+                                resolution=int(config.model.image_size), camera=str(d.camera))
     if not table.has_ground_truth:
         raise ValueError(f"{d.datasets} under {d.root} record no effector ground truth: the check needs an effector "
                          "track (the demo world, Meta-World)")
