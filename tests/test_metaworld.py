@@ -373,4 +373,3 @@ def test_flow_check_scores_estimators_on_the_hand_track_without_recorded_flow(mw
     for m in res.values():
         assert m["track_pairs"] > 0 and 0.0 <= m["track_dir"] <= 1.0 and "epe_moving" not in m
     assert "| block_match |" in flow_check.table(res) and "—" in flow_check.table(res)
-
