@@ -9,7 +9,9 @@ tested on that root's episodes of the run's datasets, e.g. a fresh draw of the s
   probe on the standardized code vectors before quantization as probe/*_acc_z, which says whether a missing
   motion was lost by the encoder or by rounding to codes; and on the ids of per-slot k-means codebooks of K and 8·K
   codes fit to those vectors offline as probe/direction_acc_kmeans{K,8K}, which says whether another quantizer of
-  the same vectors could keep what the model's rounding lost):
+  the same vectors could keep what the model's rounding lost; for clips of several transitions, the same fitted
+  probes scored on each transition's clips alone as probe/direction_acc{,_z}_transition{t}, which says whether a
+  later transition's codes lost what the first one's keep):
   8-way direction of the true effector displacement over the transition (in pixels of the frames the LAM reads;
   transitions moving less than eval.min_motion px are left out) vs 8-way absolute effector position (4×2 quantile
   bins), with normalized mutual information between the joint code and each label; the truth is the demo world's
@@ -143,7 +145,8 @@ def collect(labeler: Labeler, table: lam_data.Table, cfg: ml_collections.ConfigD
     dec = labeler.decode() if recon else None
     prepare = jax.jit(labeler.prepare, static_argnums=1)
     label = labeler.with_vectors()  # ids and the vectors they were rounded from, one encoder pass
-    out: dict[str, list] = {k: [] for k in ("ids", "z", "disp", "pos", "psnr", "psnr_copy", "dataset")}
+    out: dict[str, list] = {k: [] for k in ("ids", "z", "disp", "pos", "psnr", "psnr_copy", "dataset",
+                                            "transition")}
     for _ in range(n_batches):
         b = next(sampler)
         ids, z = map(np.asarray, label(b["clip"][:, n_ctx:]))  # [B, T-1, C], [B, T-1, C·Dq]
@@ -154,6 +157,7 @@ def collect(labeler: Labeler, table: lam_data.Table, cfg: ml_collections.ConfigD
         out["disp"].append((eff[:, 1:] - eff[:, :-1]).reshape(-1, 2))
         out["pos"].append(eff[:, :-1].reshape(-1, 2))
         out["dataset"].append(np.repeat(b["dataset"], n))
+        out["transition"].append(np.tile(np.arange(n), len(ids)))  # row order of the reshapes above: clip-major
         if recon:  # in the frames the LAM reads (registered to frame 0 for a stabilized LAM, copy-last as well)
             full = np.asarray(prepare(jnp.asarray(b["clip"]), n_ctx))
             x, ctx = full[:, n_ctx:], (jnp.asarray(full[:, :n_ctx]) if n_ctx else None)
@@ -198,8 +202,8 @@ def probes(train: dict, test: dict, cfg: ml_collections.ConfigDict) -> dict[str,
     if "z" in train:  # before quantization: standardized with the train clips' statistics, the same linear probe
         mu, sd = train["z"].mean(0), train["z"].std(0) + 1e-6
         ztr, zte = (train["z"] - mu) / sd, (test["z"] - mu) / sd
-        res["probe/direction_acc_z"] = float(np.mean(fit_probe(ztr[moving_tr], ytr[moving_tr], e.direction_bins)(
-            zte[moving_te]) == yte[moving_te]))
+        pz = fit_probe(ztr[moving_tr], ytr[moving_tr], e.direction_bins)
+        res["probe/direction_acc_z"] = float(np.mean(pz(zte[moving_te]) == yte[moving_te]))
         res["probe/position_acc_z"] = float(np.mean(fit_probe(ztr, ptr, 8)(zte) == pte))
         slots = train["ids"].shape[1]
         for kk in (k, 8 * k):  # the model's codebook size, and eight times it, fit per slot to the raw vectors
@@ -207,6 +211,13 @@ def probes(train: dict, test: dict, cfg: ml_collections.ConfigDict) -> dict[str,
             res[f"probe/direction_acc_kmeans{kk}"] = float(np.mean(fit_probe(
                 one_hot_codes(itr, kk)[moving_tr], ytr[moving_tr], e.direction_bins)(one_hot_codes(ite, kk)[moving_te])
                 == yte[moving_te]))
+    if "transition" in test and len(np.unique(test["transition"])) > 1:  # each transition of a multi-frame clip
+        for t in np.unique(test["transition"]):
+            m = moving_te & (test["transition"] == t)
+            if m.any():
+                res[f"probe/direction_acc_transition{int(t)}"] = float(np.mean(pdir(xte[m]) == yte[m]))
+                if "z" in train:
+                    res[f"probe/direction_acc_z_transition{int(t)}"] = float(np.mean(pz(zte[m]) == yte[m]))
     for di in np.unique(test["dataset"]):
         m = moving_te & (test["dataset"] == di)
         if m.any():

@@ -430,6 +430,38 @@ def test_probes_read_the_code_vectors_before_quantization_too() -> None:
     assert "probe/direction_acc_z" not in no_z and "probe/direction_acc_kmeans8" not in no_z
 
 
+def test_probes_score_each_transition_of_a_multi_frame_clip() -> None:
+    """Two transitions per clip, the first's ids hold the direction and the second's are noise: the pooled probe
+    reads in between, the per-transition scores say which transition lost it (and they pool back to the total)."""
+    import ml_collections
+
+    from lam import evaluate
+
+    rng = np.random.default_rng(3)
+
+    def clips(n: int) -> dict[str, np.ndarray]:  # n clips of 2 transitions, rows clip-major as in collect()
+        ang = rng.uniform(0, 2 * np.pi, 2 * n)
+        disp = 4 * np.stack([np.cos(ang), -np.sin(ang)], 1)
+        t = np.tile(np.arange(2), n)
+        y = evaluate.direction_bins(disp)
+        ids = np.where(t[:, None] == 0, y[:, None], rng.integers(0, 8, (2 * n, 4)))
+        return {"ids": ids, "disp": disp, "pos": rng.uniform(0, 64, (2 * n, 2)), "dataset": np.zeros(2 * n, int),
+                "transition": t}
+
+    cfg = ml_collections.ConfigDict({"model": {"codebook_size": 8},
+                                     "eval": {"min_motion": 1.0, "direction_bins": 8, "mlp_probe_hidden": 0}})
+    test = clips(1000)
+    res = evaluate.probes(clips(2000), test, cfg)
+    t0, t1 = res["probe/direction_acc_transition0"], res["probe/direction_acc_transition1"]
+    assert t0 > 0.9 and t1 < 0.3, res
+    assert res["probe/direction_acc"] == pytest.approx((t0 + t1) / 2), res  # every row moves: equal halves
+    one = evaluate.probes({k: v for k, v in clips(500).items() if k != "transition"}, test, cfg)
+    assert "probe/direction_acc_transition0" in one  # keyed by the test clips
+    single = {k: v[::2] for k, v in test.items()}
+    single["transition"] = np.zeros(1000, int)
+    assert not any("transition" in k for k in evaluate.probes(clips(500), single, cfg)), "one transition: no split"
+
+
 def test_kmeans_probe_loses_a_direction_held_in_low_variance_dimensions() -> None:
     """A slot whose vector is (direction × 0.1, nuisance × 100): the standardized linear probe reads the direction,
     codebooks fit to the vectors as they are spend every code on the nuisance, so their ids read near chance."""
