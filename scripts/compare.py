@@ -24,7 +24,8 @@ Resumable: a run whose output exists, is valid and was made by the same command 
 aside) is reused; a killed or partial one is redone, with one line saying why (a redone
 fine-tune also redoes its evaluation); `--redo PATTERN` (e.g. `lapa_20` for all its seeds, `'vipra-robot_*'`) and
 `--redo-all` force reruns. OUT/manifest.json and OUT/commands.sh list every
-command. At the end: OUT/report.md (policy/compare_report.py), OUT/comparison.md, the plots, and OUT/index.html.
+command. After each run that ran, one line estimates the time left (`eta`). At the end: OUT/report.md
+(policy/compare_report.py), OUT/comparison.md, the plots, and OUT/index.html.
 Docs: docs/demo_world.md, section "The comparison".
 
 `--world metaworld` is the same comparison in Meta-World (the transfer experiment, docs/metaworld.md): fine-tunes
@@ -38,12 +39,15 @@ per world is a value of scripts/_worlds.py WORLDS.
 
 import argparse
 import dataclasses
+import datetime
 import fnmatch
 import json
 import os
 import re
 import shlex
 import sys
+from collections.abc import Callable
+from time import monotonic as clock
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -221,14 +225,36 @@ def _matches(name: str, patterns: list[str]) -> bool:
 def run_jobs(jobs: list[Job], out: str, *, redo: list[str], redo_all: bool, episodes: int, eval_seed: int,
              runner: Runner | None = None, world: str = "demo") -> None:
     """Runs what is not already done (see the module docstring); `runner` replaces the subprocess runner in tests."""
-    ok = evaluated(episodes, eval_seed, world)
+    ok, took = evaluated(episodes, eval_seed, world), {}
     for i, j in enumerate(jobs, 1):
         print(f"[{i}/{len(jobs)}] {compare_report.label(j.recipe, j.variant)}, {j.demos} demos, "
               f"fine-tuning seed {j.seed}{f' from pretraining run {j.pretrain + 1}' if j.pretrain else ''}", flush=True)
         test = j.name + ".test"
         force = {j.name, test} if redo_all or _matches(j.name, redo) else ({test} if _matches(test, redo) else set())
+        start = clock()
         ran = run_stage(j.name, j.train, out, j.train_done, force, valid=trained, runner=runner)
-        run_stage(test, j.evaluate, out, j.eval_done, force | ({test} if ran else set()), valid=ok, runner=runner)
+        ran |= run_stage(test, j.evaluate, out, j.eval_done, force | ({test} if ran else set()), valid=ok,
+                         runner=runner)
+        if ran:
+            took.setdefault(j.recipe, []).append(clock() - start)
+            left = eta(jobs[i:], took, lambda k: _matches(k.name, redo) or redo_all or not ok(k.eval_done))
+            if left:
+                print(f"  ~ {left}", flush=True)
+
+
+def eta(rest: list[Job], took: dict[str, list[float]], pending: Callable[[Job], bool]) -> str:
+    """"about H:MM:SS left for N runs" for the jobs of `rest` still to run, each costed at the mean wall time of this
+    invocation's runs of its recipe (or of all its runs, for a recipe not run yet); "" when nothing is left.
+
+    Example: eta(jobs, {"scratch": [600.0]}, lambda j: True) with two scratch jobs left -> "about 0:20:00 left for
+    2 runs (this run's mean per recipe)"."""
+    todo = [j for j in rest if pending(j)]
+    if not todo or not took:
+        return ""
+    every = [t for ts in took.values() for t in ts]
+    secs = sum(sum(took.get(j.recipe, every)) / len(took.get(j.recipe, every)) for j in todo)
+    return (f"about {datetime.timedelta(seconds=round(secs))} left for {len(todo)} run{'s' * (len(todo) > 1)} "
+            "(this run's mean per recipe)")
 
 
 def finished_runs(jobs: list[Job], episodes: int, eval_seed: int, world: str = "demo") -> list:

@@ -290,6 +290,22 @@ def test_a_killed_comparison_resumes_and_redoes_only_what_is_unfinished(tmp_path
     assert len(compare.finished_runs(more, 4, a.eval_seed)) == 8
 
 
+def test_the_comparison_prints_how_long_the_runs_left_will_take(tmp_path, capsys, monkeypatch):
+    a = _args(tmp_path)
+    jobs = compare.plan(a, {"": ["vla"]})  # scratch, state_bc at 4 and 8 demos, seeds 0 and 1
+    ticks = iter(range(0, 10_000, 100))  # every clock() call 100 s after the last: each run takes 100 s
+    monkeypatch.setattr(compare, "clock", lambda: float(next(ticks)))
+    _go(jobs[:2], a, FakeRunner(a.episodes, a.eval_seed))
+    lines = [x for x in capsys.readouterr().out.splitlines() if x.startswith("  ~ ")]
+    assert lines == ["  ~ about 0:01:40 left for 1 run (this run's mean per recipe)"]  # state_bc: scratch's mean
+    # the other six: three scratch runs at their mean 500 s, three state BC at 10 s; jobs not pending are not counted
+    took = {"scratch": [600.0, 400.0], "state_bc": [10.0]}
+    assert compare.eta(jobs[2:], took, lambda j: True) == "about 0:25:30 left for 6 runs (this run's mean per recipe)"
+    assert compare.eta(jobs[2:], took, lambda j: j.recipe == "state_bc") == (
+        "about 0:00:30 left for 3 runs (this run's mean per recipe)")
+    assert compare.eta(jobs[2:], {}, lambda j: True) == "" and compare.eta([], took, lambda j: True) == ""
+
+
 def test_lapa_is_also_paired_against_its_own_layout_from_scratch(tmp_path):
     # lapa_scratch: every episode 0.1 less progress than LAPA (robot+human), one success fewer per seed
     lapa_scratch = [_run("lapa_scratch", "", 0, [0, 0, 1, 0], [0.9, 0.2, 0.9, 0.2]),
