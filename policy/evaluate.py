@@ -416,6 +416,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--episodes", type=int, default=50)
     p.add_argument("--seed", type=int, default=0, help="episode i uses world seed SEED + i")
     p.add_argument("--execute-steps", type=int, default=None, help="actions executed per chunk (default: all H)")
+    p.add_argument("--bin-temperature", type=float, default=0.0,
+                   help="action-bin policies (LAPA layout): 0 = argmax, as LAPA decodes (default); > 0 = sample the "
+                        "bins at this temperature, seeded per query")
     p.add_argument("--max-steps", type=int, default=None, help="episode step limit (default: the world config's)")
     p.add_argument("--data", default=None, help="demo dataset dir whose generation.json sets the world config "
                                                 "(default: the standard demo_robot config, 64 px)")
@@ -452,7 +455,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
     else:
         from policy.policy import Policy  # lazy: JAX/model code only when a checkpoint is evaluated
 
-        policy = Policy.from_checkpoint(args.checkpoint, args.step)  # step None: the latest (as policy.serve)
+        # step None: the latest (as policy.serve)
+        policy = Policy.from_checkpoint(args.checkpoint, args.step, bin_temperature=args.bin_temperature)
     if args.world == "metaworld":
         if args.data:
             raise SystemExit("--data sets the demo world's config; Meta-World takes --tasks")

@@ -25,7 +25,10 @@ What `act` does, exactly as training (latent_pretraining/train.py host_batch_fn 
    action-suffix layout;
 4. continuous slots (`spec.action_slots`): `sampler.flow_sample_cached` from noise N(0, I) drawn from `seed`
    (deterministic, unlike LAPA); discrete tokens (`spec.action_tokens`, LAPA fine-tuning): `sampler.greedy_decode`
-   of H·A action-bin ids, then the bin centres of action_bins.json;
+   of H·A action-bin ids, then the bin centres of action_bins.json. Each id is the argmax, as LAPA decodes
+   (`bin_temperature=0`, the default), or drawn from the bins' softmax at that temperature, seeded by `seed`
+   (`bin_temperature > 0`): argmax favours values the demos hold many times (0, the speed limit) whenever the
+   model is unsure, sampling follows the predicted distribution like the flow head (docs/demo_world.md);
 5. de-normalization with `data.normalization.unnormalize(y, stats, "action", mode)` using the stats of
    metadata()["dataset"] (default: the first dataset of config.data.datasets whose stats have
    num_action_transitions > 0). A checkpoint without norm_stats.json returns the model's (normalized) output and
@@ -143,7 +146,8 @@ class Policy:
                  norm_stats: Mapping[str, Any] | None = None, action_bins: Any = None, step: int | None = None,
                  dataset: str | None = None, steps: int | None = None, integrator: str | None = None,
                  source: str = "", policy_info: Mapping[str, Any] | None = None, gripper: str | None = None,
-                 gripper_range: Sequence[float] | None = None, gripper_dim: int | None = None) -> None:
+                 gripper_range: Sequence[float] | None = None, gripper_dim: int | None = None,
+                 bin_temperature: float = 0.0) -> None:
         self.config = config
         self.policy_info = dict(policy_info or {})  # policy.json of a fine-tuning run (recipe, demos, execute_steps)
         self.model_config = model_config
@@ -158,6 +162,9 @@ class Policy:
         self.flow_cfg = flow.FlowConfig(**config.flow.to_dict()) if "flow" in config else flow.FlowConfig()
         self.steps = int(steps or self.flow_cfg.steps)
         self.integrator = integrator or self.flow_cfg.integrator
+        if not (np.isfinite(bin_temperature) and bin_temperature >= 0):
+            raise UserError(f"bin_temperature must be >= 0 (0 = argmax), got {bin_temperature}")
+        self.bin_temperature = float(bin_temperature)  # step 4: 0 = argmax (LAPA); > 0 = sample the bins
         self.template = (config.layout.get("template", "") or None) if "layout" in config else None
         self.resolution = int(config.data.resolution)
         self.history_offsets = tuple(int(x) for x in config.data.history_offsets)
@@ -236,11 +243,12 @@ class Policy:
     @classmethod
     def from_checkpoint(cls, workdir: str, step: int | None = None, *, dataset: str | None = None,
                         steps: int | None = None, integrator: str | None = None, gripper: str | None = None,
-                        gripper_range: Sequence[float] | None = None) -> Policy:
+                        gripper_range: Sequence[float] | None = None, bin_temperature: float = 0.0) -> Policy:
         """Loads a training workdir (or its checkpoints/ folder) at `step` (default: the latest complete one).
 
         dataset: whose normalization stats de-normalize (default: see the module docstring); steps / integrator:
-        override the run's config.flow for sampling; gripper / gripper_range: see step 6 of the module docstring."""
+        override the run's config.flow for sampling; gripper / gripper_range: see step 6 of the module docstring;
+        bin_temperature: see step 4."""
         directory = checkpoint_dir(workdir)
         step = _verified_step(directory, step)
         assets = read_assets(directory, step)
@@ -262,7 +270,8 @@ class Policy:
                    vqgan_params=vq_params, tokenizer=TextTokenizer.from_bytes(assets["tokenizer.model"]),
                    norm_stats=_json(assets, "norm_stats.json"), action_bins=_json(assets, "action_bins.json"),
                    step=step, dataset=dataset, steps=steps, integrator=integrator, source=directory,
-                   policy_info=_json(assets, "policy.json"), gripper=gripper, gripper_range=gripper_range)
+                   policy_info=_json(assets, "policy.json"), gripper=gripper, gripper_range=gripper_range,
+                   bin_temperature=bin_temperature)
 
     # ------------------------------------------------------------------------------------------------- info
     def metadata_record(self) -> PolicyMetadata:
@@ -282,7 +291,9 @@ class Policy:
             latent_actions=((self.spec.latent_steps, self.spec.codes_per_step) if self.spec.latent_steps else None),
             instruction_template=self.template or PROMPT_TEMPLATE,
             prompt_len=self.spec.prompt_len,
-            sampler=({"kind": "greedy", "tokens": self.action_tokens} if self.action_tokens else
+            sampler=(({"kind": "greedy", "tokens": self.action_tokens} if not self.bin_temperature else
+                      {"kind": "sample", "tokens": self.action_tokens, "temperature": self.bin_temperature})
+                     if self.action_tokens else
                      {"kind": "flow", "steps": self.steps, "integrator": self.integrator,
                       "bidirectional": self.spec.bidirectional_actions} if self.horizon else {"kind": "none"}),
             dataset=self.dataset,
@@ -308,6 +319,7 @@ class Policy:
                 return self._fns[batch]
             spec, model, vq_cfg = self.spec, self.model, self.vqgan_config
             n_tok, fcfg, steps, integrator = self.action_tokens, self.flow_cfg, self.steps, self.integrator
+            temp = self.bin_temperature
             h, a = self.horizon, self.action_dim
             n_bins = max(len(c) for c in self.centers) if self.centers else None  # only ids that have a bin
             head = heads.action_head(spec, model.config)
@@ -326,8 +338,9 @@ class Policy:
                                proprio=proprio if spec.proprio_slots else None, **kw)
                 if head.discrete:  # the head table's action head: token by token, else integrated from noise
                     start = spec.prefix_len + len(spec.action_open)
+                    sample = {"rng": key, "temperature": temp} if temp else {}
                     return sampler.greedy_decode(model, params, seq, spec, start, n_tok, None, head.name,
-                                                 vocab=n_bins)
+                                                 vocab=n_bins, **sample)
                 # row i draws from fold_in(key, i): a row's chunk does not depend on the batch size
                 noise = jax.vmap(lambda i: jax.random.normal(jax.random.fold_in(key, i), (h, a), jnp.float32))(
                     jnp.arange(b))

@@ -128,6 +128,18 @@ def test_policy_decodes_action_bins(tmp_path) -> None:
     a = pol.act(frames, "push the red block to the left", seed=123)  # greedy: the seed does not matter
     mean, std = np.asarray(STATS["action"]["mean"]), np.asarray(STATS["action"]["std"])
     np.testing.assert_allclose(a, np.where(STATS["action_mask"], y * (std + 1e-8) + mean, y), rtol=1e-5, atol=1e-5)
+    # sampled bins (bin_temperature > 0): still bin centres, seeded (same seed, same chunk; other seeds differ)
+    ck = pol.source
+    hot = Policy.from_checkpoint(ck, bin_temperature=5.0)
+    assert hot.metadata()["sampler"] == {"kind": "sample", "tokens": 7 * H, "temperature": 5.0}
+    assert meta["sampler"] == {"kind": "greedy", "tokens": 7 * H}
+    s3 = hot.act_normalized(frames, "push the red block to the left", seed=3)
+    assert np.isin(np.round(s3[:, :6], 5), np.round(centers, 5)).all()
+    np.testing.assert_array_equal(s3, hot.act_normalized(frames, "push the red block to the left", seed=3))
+    others = [hot.act_normalized(frames, "push the red block to the left", seed=k) for k in (4, 5)]
+    assert any(np.abs(o - s3).max() > 0 for o in others) and np.abs(s3 - y).max() > 0
+    with pytest.raises(UserError, match="bin_temperature must be >= 0"):
+        Policy.from_checkpoint(ck, bin_temperature=-1.0)
 
 
 # ---------------------------------------------------------------------------------------------------- gripper
