@@ -1,0 +1,157 @@
+"""Open-loop agreement of a policy with expert demonstrations it did not train on.
+
+    python -m policy.openloop --checkpoint runs/policy/lapa --data /data/demo --dataset demo_robot \
+        --split "train[200:220]" [--bin-temperature 1] [--out openloop.json]
+
+Every step of every episode is one query, exactly as closed-loop evaluation queries (the history frames at the
+policy's offsets, clamped at the episode start; the instruction; the dataset's proprio when the policy takes the
+state), and the first action of the returned chunk is compared with the expert's action at that step. Closed-loop
+success mixes what a policy predicts with where its own mistakes take it; this separates the first: a policy that
+has memorised its demos agrees with the expert on its training episodes and not on new ones.
+
+Figures (`agreement`), over the action dimensions in which the expert moves (varies across the read steps; the
+gripper, index 6 of the standardized 7-D action, is left out):
+- `cosine`: mean cosine between predicted and expert action vectors, over steps where the expert moves (norm above
+  a tenth of its largest); 1 = same direction, 0 = unrelated;
+- `unexplained`: mean squared error / the expert actions' variance (0 = exact, 1 = no better than their mean);
+- `speed_ratio`: mean predicted norm / mean expert norm;
+- per dimension, how often the prediction sits (within 1 % of that magnitude) at the expert's largest magnitude
+  (`at_limit`) or at 0 (`at_zero`),
+  beside the expert's own rates: a discrete head decoded by argmax falls back on such often-repeated values when
+  it is unsure (docs/demo_world.md, "Why the LAPA layout is flat in N").
+
+Episodes are read with `data/episodes.py` (the registry's standardization, the pipeline's conventions). When the
+split overlaps the policy's own training demos (same dataset, `train[a:b]` against its `policy.num_demos`), the
+report says how many of the episodes it trained on.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from core.errors import UserError
+
+GRIPPER_DIM = 6
+MOVING = 0.1  # a step counts for `cosine` when the expert's action norm is above this fraction of its largest
+
+
+def agreement(pred: np.ndarray, expert: np.ndarray, dims: Sequence[int] | None = None) -> dict[str, Any]:
+    """Agreement figures (module docstring) of predicted vs expert actions f32[N, A] (rows paired).
+
+    dims: the dimensions compared (default: those where the expert varies, the gripper excluded)."""
+    p, e = np.asarray(pred, np.float64), np.asarray(expert, np.float64)
+    if p.shape != e.shape or p.ndim != 2 or not len(p):
+        raise UserError(f"pred and expert must be the same non-empty [N, A] shape, got {p.shape} and {e.shape}")
+    if dims is None:
+        dims = [d for d in range(e.shape[1]) if d != GRIPPER_DIM and np.ptp(e[:, d]) > 1e-8]
+    dims = list(dims)
+    if not dims:
+        raise UserError("the expert actions do not vary in any dimension: nothing to compare")
+    p, e = p[:, dims], e[:, dims]
+    pn, en = np.linalg.norm(p, axis=1), np.linalg.norm(e, axis=1)
+    moving = en > MOVING * en.max()
+    cos = np.sum(p * e, axis=1)[moving] / np.maximum(pn[moving] * en[moving], 1e-12)
+    var = float(np.mean(np.var(e, axis=0)))
+    limit = np.abs(e).max(axis=0)
+
+    def at(x: np.ndarray, value: np.ndarray) -> list[float]:
+        return [round(float(v), 4) for v in np.mean(np.abs(np.abs(x) - value) <= 1e-2 * limit, axis=0)]
+
+    return {"steps": len(p), "dims": dims, "moving_steps": int(moving.sum()),
+            "cosine": float(cos.mean()) if len(cos) else float("nan"),
+            "unexplained": float(np.mean((p - e) ** 2) / var) if var > 0 else float("nan"),
+            "speed_ratio": float(pn.mean() / max(en.mean(), 1e-12)),
+            "at_limit": at(p, limit), "expert_at_limit": at(e, limit),
+            "at_zero": at(p, 0 * limit), "expert_at_zero": at(e, 0 * limit)}
+
+
+def training_overlap(split: str, dataset: str, policy_info: dict, config: Any) -> int | None:
+    """How many episodes of `split` (e.g. 'train[200:220]') are among the policy's training demos ('train[:N]' of
+    the same dataset); None when that cannot be told from the names."""
+    datasets = tuple(config.data.datasets) if "data" in config else ()
+    n = int(policy_info.get("num_demos") or 0)
+    m = re.fullmatch(r"train(?:\[(\d*):(\d*)\])?", split.replace(" ", ""))
+    if dataset not in datasets or not n or m is None:
+        return None
+    a, b = int(m.group(1) or 0), m.group(2)
+    b = int(b) if b else None
+    return max(0, min(n, b if b is not None else n) - a)
+
+
+def rollout_pairs(policy: Any, episodes: Sequence[Any], *, batch: int = 16) -> tuple[np.ndarray, np.ndarray]:
+    """(predicted first actions f32[N, A], expert actions f32[N, A]) over every step of `episodes`
+    (data.episodes.Episode: frames uint8[T, R, R, 3], action f32[T, 7], proprio f32[T, 8], language)."""
+    meta = policy.metadata()
+    offsets = [int(o) * int(meta.get("frame_stride", 1) or 1) for o in meta["history_offsets"]]
+    state = bool(meta.get("proprio_dim"))
+    frames, texts, props, expert = [], [], [], []
+    for ep in episodes:
+        t_all = np.arange(len(ep.action))
+        for t in t_all:
+            frames.append(ep.frames[[int(np.clip(t + o, 0, len(t_all) - 1)) for o in offsets]])
+            texts.append(ep.language)
+            props.append(ep.proprio[t])
+            expert.append(ep.action[t])
+    preds = []
+    for i in range(0, len(frames), batch):  # a fixed batch (the last one padded): one compilation
+        idx = [min(j, len(frames) - 1) for j in range(i, i + batch)]
+        kw = {"proprio": np.stack([props[j] for j in idx])} if state else {}
+        out = policy.act(np.stack([frames[j] for j in idx]), [texts[j] for j in idx], seed=i // batch, **kw)
+        preds.append(np.asarray(out)[: len(frames) - i, 0])
+    return np.concatenate(preds).astype(np.float32), np.stack(expert).astype(np.float32)
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--checkpoint", required=True, help="fine-tuning run dir (policy.policy.Policy.from_checkpoint)")
+    p.add_argument("--data", required=True, help="data root holding <dataset>/<version>")
+    p.add_argument("--dataset", default="demo_robot")
+    p.add_argument("--split", default="val", help="TFDS split, e.g. val or 'train[200:220]' (default: val)")
+    p.add_argument("--episodes", type=int, default=20, help="at most this many episodes (default 20)")
+    p.add_argument("--step", type=int, default=None, help="checkpoint step (default: the latest)")
+    p.add_argument("--bin-temperature", type=float, default=0.0, help="action-bin policies: 0 = argmax (default)")
+    p.add_argument("--out", default=None, help="write the figures as JSON here")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> dict:
+    args = _parser().parse_args(argv)
+    from data.episodes import EpisodeSource, iter_episodes
+    from policy.policy import Policy
+
+    policy = Policy.from_checkpoint(args.checkpoint, args.step, bin_temperature=args.bin_temperature)
+    src = EpisodeSource(root=args.data, name=args.dataset, split=args.split)
+    episodes = list(iter_episodes(src, policy.resolution, max_episodes=args.episodes))
+    if not episodes:
+        raise UserError(f"split {args.split!r} of {args.dataset!r} under {args.data} has no episodes")
+    pred, expert = rollout_pairs(policy, episodes)
+    res = {"checkpoint": args.checkpoint, "dataset": args.dataset, "split": args.split, "episodes": len(episodes),
+           "bin_temperature": args.bin_temperature,
+           "trained_on": training_overlap(args.split, args.dataset, policy.policy_info, policy.config),
+           **agreement(pred, expert)}
+    seen = res["trained_on"]
+    print(f"{args.checkpoint}: {len(episodes)} episodes of {args.dataset} {args.split}"
+          + ("" if seen is None else f" ({seen} of them among its training demos)"))
+    print(f"  cosine {res['cosine']:.3f} over {res['moving_steps']} moving steps; unexplained variance "
+          f"{res['unexplained']:.3f}; speed ratio {res['speed_ratio']:.2f}")
+    for k, d in enumerate(res["dims"]):
+        print(f"  dim {d}: at the limit {res['at_limit'][k]:.2f} (expert {res['expert_at_limit'][k]:.2f}), "
+              f"at 0 {res['at_zero'][k]:.2f} (expert {res['expert_at_zero'][k]:.2f})")
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump(res, f, indent=1)
+    return res
+
+
+if __name__ == "__main__":
+    from core import cli
+
+    cli.run(main, sys.argv[1:])
