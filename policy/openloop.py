@@ -42,10 +42,12 @@ GRIPPER_DIM = 6
 MOVING = 0.1  # a step counts for `cosine` when the expert's action norm is above this fraction of its largest
 
 
-def agreement(pred: np.ndarray, expert: np.ndarray, dims: Sequence[int] | None = None) -> dict[str, Any]:
+def agreement(pred: np.ndarray, expert: np.ndarray, dims: Sequence[int] | None = None,
+              episode: np.ndarray | None = None, resamples: int = 2000) -> dict[str, Any]:
     """Agreement figures (module docstring) of predicted vs expert actions f32[N, A] (rows paired).
 
-    dims: the dimensions compared (default: those where the expert varies, the gripper excluded)."""
+    dims: the dimensions compared (default: those where the expert varies, the gripper excluded). episode: int[N],
+    each row's episode: `cosine_ci95` resamples whole episodes (steps of one episode are not independent)."""
     p, e = np.asarray(pred, np.float64), np.asarray(expert, np.float64)
     if p.shape != e.shape or p.ndim != 2 or not len(p):
         raise UserError(f"pred and expert must be the same non-empty [N, A] shape, got {p.shape} and {e.shape}")
@@ -58,6 +60,14 @@ def agreement(pred: np.ndarray, expert: np.ndarray, dims: Sequence[int] | None =
     pn, en = np.linalg.norm(p, axis=1), np.linalg.norm(e, axis=1)
     moving = en > MOVING * en.max()
     cos = np.sum(p * e, axis=1)[moving] / np.maximum(pn[moving] * en[moving], 1e-12)
+    ci = [float("nan")] * 2
+    if episode is not None and len(cos):
+        ep = np.asarray(episode)[moving]
+        ids = np.unique(ep)
+        sums = np.array([cos[ep == i].sum() for i in ids])
+        counts = np.array([(ep == i).sum() for i in ids])
+        pick = np.random.default_rng(0).integers(0, len(ids), (resamples, len(ids)))
+        ci = [float(q) for q in np.quantile(sums[pick].sum(1) / counts[pick].sum(1), [0.025, 0.975])]
     var = float(np.mean(np.var(e, axis=0)))
     limit = np.abs(e).max(axis=0)
 
@@ -65,7 +75,7 @@ def agreement(pred: np.ndarray, expert: np.ndarray, dims: Sequence[int] | None =
         return [round(float(v), 4) for v in np.mean(np.abs(np.abs(x) - value) <= 1e-2 * limit, axis=0)]
 
     return {"steps": len(p), "dims": dims, "moving_steps": int(moving.sum()),
-            "cosine": float(cos.mean()) if len(cos) else float("nan"),
+            "cosine": float(cos.mean()) if len(cos) else float("nan"), "cosine_ci95": ci,
             "unexplained": float(np.mean((p - e) ** 2) / var) if var > 0 else float("nan"),
             "speed_ratio": float(pn.mean() / max(en.mean(), 1e-12)),
             "at_limit": at(p, limit), "expert_at_limit": at(e, limit),
@@ -85,27 +95,29 @@ def training_overlap(split: str, dataset: str, policy_info: dict, config: Any) -
     return max(0, min(n, b if b is not None else n) - a)
 
 
-def rollout_pairs(policy: Any, episodes: Sequence[Any], *, batch: int = 16) -> tuple[np.ndarray, np.ndarray]:
-    """(predicted first actions f32[N, A], expert actions f32[N, A]) over every step of `episodes`
-    (data.episodes.Episode: frames uint8[T, R, R, 3], action f32[T, 7], proprio f32[T, 8], language)."""
+def rollout_pairs(policy: Any, episodes: Sequence[Any], *, batch: int = 16
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(predicted first actions f32[N, A], expert actions f32[N, A], episode index int[N]) over every step of
+    `episodes` (data.episodes.Episode: frames uint8[T, R, R, 3], action f32[T, 7], proprio f32[T, 8], language)."""
     meta = policy.metadata()
     offsets = [int(o) * int(meta.get("frame_stride", 1) or 1) for o in meta["history_offsets"]]
     state = bool(meta.get("proprio_dim"))
-    frames, texts, props, expert = [], [], [], []
-    for ep in episodes:
+    frames, texts, props, expert, which = [], [], [], [], []
+    for k, ep in enumerate(episodes):
         t_all = np.arange(len(ep.action))
         for t in t_all:
             frames.append(ep.frames[[int(np.clip(t + o, 0, len(t_all) - 1)) for o in offsets]])
             texts.append(ep.language)
             props.append(ep.proprio[t])
             expert.append(ep.action[t])
+            which.append(k)
     preds = []
     for i in range(0, len(frames), batch):  # a fixed batch (the last one padded): one compilation
         idx = [min(j, len(frames) - 1) for j in range(i, i + batch)]
         kw = {"proprio": np.stack([props[j] for j in idx])} if state else {}
         out = policy.act(np.stack([frames[j] for j in idx]), [texts[j] for j in idx], seed=i // batch, **kw)
         preds.append(np.asarray(out)[: len(frames) - i, 0])
-    return np.concatenate(preds).astype(np.float32), np.stack(expert).astype(np.float32)
+    return np.concatenate(preds).astype(np.float32), np.stack(expert).astype(np.float32), np.asarray(which)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -115,7 +127,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, help="data root holding <dataset>/<version>")
     p.add_argument("--dataset", default="demo_robot")
     p.add_argument("--split", default="val", help="TFDS split, e.g. val or 'train[200:220]' (default: val)")
-    p.add_argument("--episodes", type=int, default=20, help="at most this many episodes (default 20)")
+    p.add_argument("--episodes", type=int, default=100, help="at most this many episodes (default 100)")
     p.add_argument("--step", type=int, default=None, help="checkpoint step (default: the latest)")
     p.add_argument("--bin-temperature", type=float, default=0.0, help="action-bin policies: 0 = argmax (default)")
     p.add_argument("--out", default=None, help="write the figures as JSON here")
@@ -132,15 +144,17 @@ def main(argv: Sequence[str] | None = None) -> dict:
     episodes = list(iter_episodes(src, policy.resolution, max_episodes=args.episodes))
     if not episodes:
         raise UserError(f"split {args.split!r} of {args.dataset!r} under {args.data} has no episodes")
-    pred, expert = rollout_pairs(policy, episodes)
+    pred, expert, which = rollout_pairs(policy, episodes)
     res = {"checkpoint": args.checkpoint, "dataset": args.dataset, "split": args.split, "episodes": len(episodes),
            "bin_temperature": args.bin_temperature,
            "trained_on": training_overlap(args.split, args.dataset, policy.policy_info, policy.config),
-           **agreement(pred, expert)}
+           **agreement(pred, expert, episode=which)}
     seen = res["trained_on"]
     print(f"{args.checkpoint}: {len(episodes)} episodes of {args.dataset} {args.split}"
           + ("" if seen is None else f" ({seen} of them among its training demos)"))
-    print(f"  cosine {res['cosine']:.3f} over {res['moving_steps']} moving steps; unexplained variance "
+    lo, hi = res["cosine_ci95"]
+    print(f"  cosine {res['cosine']:.3f} [{lo:.3f}, {hi:.3f}] over {res['moving_steps']} moving steps (95 % interval "
+          f"resampling episodes); unexplained variance "
           f"{res['unexplained']:.3f}; speed ratio {res['speed_ratio']:.2f}")
     for k, d in enumerate(res["dims"]):
         print(f"  dim {d}: at the limit {res['at_limit'][k]:.2f} (expert {res['expert_at_limit'][k]:.2f}), "

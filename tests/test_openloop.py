@@ -37,7 +37,12 @@ def test_agreement_by_hand() -> None:
     r = openloop.agreement(right, e)
     assert r["at_limit"] == [1.0, 0.0] and r["at_zero"] == [0.0, 1.0]
     cos = [0.03 * x / (0.03 * np.hypot(x, y)) for x, y in e[:, :2] if np.hypot(x, y) > 0.1 * 0.03]
-    assert r["cosine"] == pytest.approx(np.mean(cos))
+    assert r["cosine"] == pytest.approx(np.mean(cos)) and np.isnan(r["cosine_ci95"]).all()  # no episodes given
+    # the interval resamples whole episodes: one episode of agreement and one of disagreement spans both
+    two = openloop.agreement(np.concatenate([e, -e]), np.concatenate([e, e]), episode=np.repeat([0, 1], 6))
+    assert two["cosine"] == pytest.approx(0.0) and two["cosine_ci95"] == pytest.approx([-1.0, 1.0])
+    one = openloop.agreement(e, e, episode=np.zeros(6, int))
+    assert one["cosine_ci95"] == pytest.approx([1.0, 1.0])
     with pytest.raises(UserError, match="same non-empty"):
         openloop.agreement(e[:, :2], e)
     with pytest.raises(UserError, match="do not vary"):
@@ -80,9 +85,9 @@ def test_queries_from_real_episodes_and_the_cli(demo_data, monkeypatch, tmp_path
 
     eps = list(iter_episodes(EpisodeSource(root=demo_data, name="demo_robot", split="train"), 64))
     rec = _Recorder()
-    pred, expert = openloop.rollout_pairs(rec, eps, batch=4)
+    pred, expert, which = openloop.rollout_pairs(rec, eps, batch=4)
     n = sum(len(e.action) for e in eps)
-    assert pred.shape == expert.shape == (n, 7)
+    assert pred.shape == expert.shape == (n, 7) and which.tolist() == [k for k, e in enumerate(eps) for _ in e.action]
     np.testing.assert_array_equal(expert, np.concatenate([e.action for e in eps]))
     assert np.all(pred[:, 0] == 0.03)
     images, texts, proprio, seed = rec.calls[0]
