@@ -440,6 +440,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
     if args.jpeg_quality is not None and not 1 <= args.jpeg_quality <= 100:
         raise SystemExit(f"--jpeg-quality must be in [1, 100], got {args.jpeg_quality}")
     adapter = get_world(args.world)
+    if args.bin_temperature and not args.checkpoint:
+        raise SystemExit("--bin-temperature applies to an action-bin checkpoint (--checkpoint), not to a baseline "
+                         "or a served policy")  # a flow checkpoint refuses it in Policy
     if args.policy == "expert":
         policy: Any = adapter.expert()
     elif args.policy == "random":
@@ -451,6 +454,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
     elif os.path.isfile(os.path.join(args.checkpoint, "reference.json")):  # a policy.reference run (no steps)
         from policy.reference import ReferencePolicy
 
+        if args.bin_temperature:
+            raise SystemExit("--bin-temperature applies to an action-bin checkpoint, not to a policy.reference run")
         policy = ReferencePolicy.load(args.checkpoint)
     else:
         from policy.policy import Policy  # lazy: JAX/model code only when a checkpoint is evaluated

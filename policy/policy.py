@@ -172,6 +172,9 @@ class Policy:
             raise ValueError(f"config.data.history_offsets {self.history_offsets} vs {spec.num_frames} frames")
         self.action_tokens = int(getattr(spec, "action_tokens", 0) or 0)
         self.proprio_dim = int(model_config.proprio_dim) if spec.proprio_slots else 0  # 0: no state input
+        if self.bin_temperature and not self.action_tokens:
+            raise UserError(f"bin_temperature {self.bin_temperature} applies to action-bin policies (the LAPA layout); "
+                            "this checkpoint's layout has no action-bin tokens")
         if self.action_tokens:
             if action_bins is None:
                 raise ValueError("this layout decodes discrete action tokens but the checkpoint has no "

@@ -221,6 +221,8 @@ def test_cli_baseline(tmp_path, capsys):
     res = json.loads(out.read_text())
     assert res["episodes"] == 2 and res["name"] == "random"
     assert "| random |" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="--bin-temperature applies to an action-bin checkpoint"):
+        ev.main(["--policy", "random", "--episodes", "1", "--bin-temperature", "1"])
 
 
 def test_world_config_from_dataset(tmp_path):

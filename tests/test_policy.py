@@ -103,6 +103,8 @@ def test_policy_acts_deterministically_and_denormalizes(workdir: str) -> None:
     assert big.shape == (H, 7) and np.all(np.isfinite(big))
     codes = pol.latent_actions(frames, instr)
     assert codes.shape == (2, 4) and codes.min() >= 0 and codes.max() < 8
+    with pytest.raises(UserError, match="applies to action-bin policies"):
+        Policy.from_checkpoint(workdir, bin_temperature=1.0)  # a flow chunk has no bins to sample
     for bad in (frames[:1], frames.astype(np.float32), frames[..., :2]):
         with pytest.raises(ValueError):
             pol.act(bad, instr)
