@@ -37,6 +37,7 @@ from typing import Any
 import numpy as np
 
 from core.errors import UserError
+from policy.evaluate import history_indices
 
 GRIPPER_DIM = 6
 MOVING = 0.1  # a step counts for `cosine` when the expert's action norm is above this fraction of its largest
@@ -100,24 +101,19 @@ def rollout_pairs(policy: Any, episodes: Sequence[Any], *, batch: int = 16
     """(predicted first actions f32[N, A], expert actions f32[N, A], episode index int[N]) over every step of
     `episodes` (data.episodes.Episode: frames uint8[T, R, R, 3], action f32[T, 7], proprio f32[T, 8], language)."""
     meta = policy.metadata()
-    offsets = [int(o) * int(meta.get("frame_stride", 1) or 1) for o in meta["history_offsets"]]
+    offsets, stride = meta["history_offsets"], int(meta.get("frame_stride") or 1)
     state = bool(meta.get("proprio_dim"))
-    frames, texts, props, expert, which = [], [], [], [], []
-    for k, ep in enumerate(episodes):
-        t_all = np.arange(len(ep.action))
-        for t in t_all:
-            frames.append(ep.frames[[int(np.clip(t + o, 0, len(t_all) - 1)) for o in offsets]])
-            texts.append(ep.language)
-            props.append(ep.proprio[t])
-            expert.append(ep.action[t])
-            which.append(k)
+    steps = [(k, t) for k, ep in enumerate(episodes) for t in range(len(ep.action))]
     preds = []
-    for i in range(0, len(frames), batch):  # a fixed batch (the last one padded): one compilation
-        idx = [min(j, len(frames) - 1) for j in range(i, i + batch)]
-        kw = {"proprio": np.stack([props[j] for j in idx])} if state else {}
-        out = policy.act(np.stack([frames[j] for j in idx]), [texts[j] for j in idx], seed=i // batch, **kw)
-        preds.append(np.asarray(out)[: len(frames) - i, 0])
-    return np.concatenate(preds).astype(np.float32), np.stack(expert).astype(np.float32), np.asarray(which)
+    for i in range(0, len(steps), batch):  # a fixed batch (the last one padded): one compilation
+        rows = [steps[min(j, len(steps) - 1)] for j in range(i, i + batch)]
+        frames = np.stack([episodes[k].frames[history_indices(t, offsets, stride)] for k, t in rows])
+        kw = {"proprio": np.stack([episodes[k].proprio[t] for k, t in rows])} if state else {}
+        out = policy.act(frames, [episodes[k].language for k, _ in rows], seed=i // batch, **kw)
+        preds.append(np.asarray(out)[: len(steps) - i, 0])
+    expert = np.stack([episodes[k].action[t] for k, t in steps])
+    which = np.asarray([k for k, _ in steps])
+    return np.concatenate(preds).astype(np.float32), expert.astype(np.float32), which
 
 
 def _parser() -> argparse.ArgumentParser:
