@@ -73,7 +73,7 @@ def run_absl(main: Callable[[list[str]], Any], *, trainer: bool = False) -> NoRe
 # creates its backend (the first computation), so setting them in `run` is in time; flags of another backend are
 # parsed and ignored. --xla_gpu_enable_triton_gemm=false: GEMMs through cuBLAS instead of XLA's Triton fusions; on an
 # H200 (jax 0.11.2) the `1b` bf16 train step ran 5 % faster, scanned (0.472 -> 0.449 s) and unrolled (0.434 ->
-# 0.413 s) alike (docs/training.md, "On a GPU"); MaxText's GPU recipes turn it off too.
+# 0.413 s) alike (docs/training.md, "Measured on a GPU"); MaxText's GPU recipes turn it off too.
 DEFAULT_XLA_FLAGS = ("--xla_gpu_enable_triton_gemm=false",)
 
 
