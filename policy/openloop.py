@@ -18,7 +18,7 @@ gripper, index 6 of the standardized 7-D action, is left out):
 - per dimension, how often the prediction sits (within 1 % of that magnitude) at the expert's largest magnitude
   (`at_limit`) or at 0 (`at_zero`),
   beside the expert's own rates: a discrete head decoded by argmax falls back on such often-repeated values when
-  it is unsure (docs/demo_world.md, "Why the LAPA layout is flat in N").
+  it is unsure (docs/comparison_log.md, "Why the LAPA layout is flat in N").
 
 Episodes are read with `data/episodes.py` (the registry's standardization, the pipeline's conventions). When the
 split overlaps the policy's own training demos (same dataset, `train[a:b]` against its `policy.num_demos`), the

@@ -28,7 +28,8 @@ What `act` does, exactly as training (latent_pretraining/train.py host_batch_fn 
    of H·A action-bin ids, then the bin centres of action_bins.json. Each id is the argmax, as LAPA decodes
    (`bin_temperature=0`, the default), or drawn from the bins' softmax at that temperature, seeded by `seed`
    (`bin_temperature > 0`): argmax favours values the demos hold many times (0, the speed limit) whenever the
-   model is unsure, sampling follows the predicted distribution like the flow head (docs/demo_world.md);
+   model is unsure, sampling follows the predicted distribution like the flow head (docs/comparison_log.md,
+   "Why the LAPA layout is flat in N");
 5. de-normalization with `data.normalization.unnormalize(y, stats, "action", mode)` using the stats of
    metadata()["dataset"] (default: the first dataset of config.data.datasets whose stats have
    num_action_transitions > 0). A checkpoint without norm_stats.json returns the model's (normalized) output and

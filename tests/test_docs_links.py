@@ -90,5 +90,6 @@ def test_checker_finds_broken_references(tmp_path):
 def test_repository_references_resolve():
     files = subprocess.run(["git", "ls-files", "*.md", "*.py"], cwd=ROOT, capture_output=True, text=True,
                            check=True).stdout.split()
+    files = [f for f in files if f != "tests/test_docs_links.py"]  # its examples are broken on purpose
     assert len(files) > 100
     assert broken_references(ROOT, files) == []
