@@ -20,16 +20,16 @@ gripper, index 6 of the standardized 7-D action, is left out):
   beside the expert's own rates: a discrete head decoded by argmax falls back on such often-repeated values when
   it is unsure (docs/comparison_log.md, "Why the LAPA layout is flat in N").
 
-Episodes are read with `data/episodes.py` (the registry's standardization, the pipeline's conventions). When the
-split overlaps the policy's own training demos (same dataset, `train[a:b]` against its `policy.num_demos`), the
-report says how many of the episodes it trained on.
+Episodes are read with `data/episodes.py` (the registry's standardization, the pipeline's conventions). The report
+says how many of them the policy trained on, matched by episode id against its own training split (so another root
+with other episodes, e.g. a fresh generation seed, counts 0 however its split is named).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import re
+import os
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -83,17 +83,32 @@ def agreement(pred: np.ndarray, expert: np.ndarray, dims: Sequence[int] | None =
             "at_zero": at(p, 0 * limit), "expert_at_zero": at(e, 0 * limit)}
 
 
-def training_overlap(split: str, dataset: str, policy_info: dict, config: Any) -> int | None:
-    """How many episodes of `split` (e.g. 'train[200:220]') are among the policy's training demos ('train[:N]' of
-    the same dataset); None when that cannot be told from the names."""
-    datasets = tuple(config.data.datasets) if "data" in config else ()
-    n = int(policy_info.get("num_demos") or 0)
-    m = re.fullmatch(r"train(?:\[(\d*):(\d*)\])?", split.replace(" ", ""))
-    if dataset not in datasets or not n or m is None:
+def training_overlap(episodes: Sequence[Any], data_root: str, dataset: str, config: Any) -> int | None:
+    """How many of `episodes` (read from `dataset` under `data_root`) are among the policy's own training episodes:
+    its `config.data` split (`train_split`, e.g. 'train[:100]') of the same dataset, read again (not decoded) from
+    the root it trained on. Episodes match by the dataset's own episode id (the demo world's is the episode's world
+    seed, so two generation seeds never match by accident), or by TFDS id when the dataset has none and both roots
+    are the same directory. 0 when the policy did not train on `dataset`; None when its training data cannot be read
+    or carries no id to match by."""
+    from data.episodes import iter_episodes, parse_sources
+
+    data = config.get("data") if hasattr(config, "get") else None
+    if data is None:
         return None
-    a, b = int(m.group(1) or 0), m.group(2)
-    b = int(b) if b else None
-    return max(0, min(n, b if b is not None else n) - a)
+    try:
+        sources = [s for s in parse_sources(data.root, tuple(data.datasets), data.train_split) if s.name == dataset]
+        if not sources:
+            return 0
+        train = [e for s in sources for e in iter_episodes(s, 0, decode=False)]
+    except (UserError, OSError):
+        return None
+    if all(e.source_id for e in episodes) and all(e.source_id for e in train):
+        seen = {e.source_id for e in train}
+        return sum(e.source_id in seen for e in episodes)
+    if all(os.path.realpath(s.root) == os.path.realpath(data_root) for s in sources):
+        seen = {e.tfds_id for e in train}
+        return sum(e.tfds_id in seen for e in episodes)
+    return None
 
 
 def rollout_pairs(policy: Any, episodes: Sequence[Any], *, batch: int = 16
@@ -143,7 +158,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     pred, expert, which = rollout_pairs(policy, episodes)
     res = {"checkpoint": args.checkpoint, "dataset": args.dataset, "split": args.split, "episodes": len(episodes),
            "bin_temperature": args.bin_temperature,
-           "trained_on": training_overlap(args.split, args.dataset, policy.policy_info, policy.config),
+           "trained_on": training_overlap(episodes, args.data, args.dataset, policy.config),
            **agreement(pred, expert, episode=which)}
     seen = res["trained_on"]
     print(f"{args.checkpoint}: {len(episodes)} episodes of {args.dataset} {args.split}"

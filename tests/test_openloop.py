@@ -49,25 +49,45 @@ def test_agreement_by_hand() -> None:
         openloop.agreement(np.ones((3, 7)), np.ones((3, 7)))
 
 
-def test_training_overlap() -> None:
-    cfg = ml_collections.ConfigDict({"data": {"datasets": ("demo_robot",)}})
-    info = {"num_demos": 100}
-    assert openloop.training_overlap("train[200:220]", "demo_robot", info, cfg) == 0
-    assert openloop.training_overlap("train[:20]", "demo_robot", info, cfg) == 20
-    assert openloop.training_overlap("train[90:120]", "demo_robot", info, cfg) == 10
-    assert openloop.training_overlap("train", "demo_robot", info, cfg) == 100
-    assert openloop.training_overlap("val", "demo_robot", info, cfg) is None  # not a train slice: no claim
-    assert openloop.training_overlap("train[:20]", "demo_human", info, cfg) is None
+def _policy_config(root: str, split: str, datasets=("demo_robot",)) -> ml_collections.ConfigDict:
+    return ml_collections.ConfigDict({"data": {"root": root, "datasets": datasets, "train_split": split}})
+
+
+def test_training_overlap_matches_episode_ids(demo_data, tmp_path) -> None:
+    import shutil
+
+    from data.demo import writer
+    from data.episodes import EpisodeSource, iter_episodes
+
+    def read(root, split):
+        return list(iter_episodes(EpisodeSource(root=root, name="demo_robot", split=split), 0, decode=False))
+
+    cfg = _policy_config(demo_data, "train[:2]")
+    overlap = openloop.training_overlap
+    assert overlap(read(demo_data, "train[1:3]"), demo_data, "demo_robot", cfg) == 1
+    assert overlap(read(demo_data, "train"), demo_data, "demo_robot", cfg) == 2
+    assert overlap(read(demo_data, "val"), demo_data, "demo_robot", cfg) == 0
+    # the same episodes in a copied root match by the dataset's episode ids (the world seeds) ...
+    copy = str(tmp_path / "copy")
+    shutil.copytree(demo_data, copy)
+    assert overlap(read(copy, "train[:2]"), copy, "demo_robot", cfg) == 2
+    # ... and another generation seed's episodes never do, however its split is named (the old rule counted 2)
+    other = str(tmp_path / "other")
+    writer.write_datasets(other, writer.GenerationConfig(episodes=2, val_episodes=0, embodiments=("robot",),
+                                                         num_shards=1, max_steps=20, seed=8), progress=False)
+    assert overlap(read(other, "train[:2]"), other, "demo_robot", cfg) == 0
+    assert overlap(read(demo_data, "train[:2]"), demo_data, "demo_human", cfg) == 0  # not in its training data
+    gone = _policy_config(str(tmp_path / "moved"), "train[:2]")
+    assert overlap(read(demo_data, "train[:2]"), demo_data, "demo_robot", gone) is None  # cannot be told
 
 
 class _Recorder:
     """A stand-in policy (two history frames 2 apart, takes the state) that records its queries and always moves
     right at the speed limit."""
 
-    def __init__(self) -> None:
+    def __init__(self, root: str) -> None:
         self.calls: list[tuple] = []
-        self.policy_info = {"num_demos": 2}
-        self.config = ml_collections.ConfigDict({"data": {"datasets": ("demo_robot",)}})
+        self.config = _policy_config(root, "train[:2]")
         self.resolution = 64
 
     def metadata(self) -> dict:
@@ -84,7 +104,7 @@ def test_queries_from_real_episodes_and_the_cli(demo_data, monkeypatch, tmp_path
     from data.episodes import EpisodeSource, iter_episodes
 
     eps = list(iter_episodes(EpisodeSource(root=demo_data, name="demo_robot", split="train"), 64))
-    rec = _Recorder()
+    rec = _Recorder(demo_data)
     pred, expert, which = openloop.rollout_pairs(rec, eps, batch=4)
     n = sum(len(e.action) for e in eps)
     assert pred.shape == expert.shape == (n, 7) and which.tolist() == [k for k, e in enumerate(eps) for _ in e.action]
