@@ -5,6 +5,7 @@ of docs/demo_world.md), and a reference that no longer resolves sends a reader n
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import subprocess
@@ -22,8 +23,9 @@ def slug(heading: str) -> str:
     return kept.replace(" ", "-")
 
 
-def headings(path: str) -> list[str]:
-    """The text of every markdown heading of `path`, outside fenced code blocks."""
+@functools.cache
+def headings(path: str) -> tuple[str, ...]:
+    """The text of every markdown heading of `path`, outside fenced code blocks (read once per file)."""
     out, fenced = [], False
     with open(path, encoding="utf-8") as f:
         for line in f:
@@ -32,7 +34,13 @@ def headings(path: str) -> list[str]:
             m = re.match(r"^#{1,6}\s+(.*?)\s*#*\s*$", line)
             if m and not fenced:
                 out.append(m.group(1))
-    return out
+    return tuple(out)
+
+
+@functools.cache
+def anchors(path: str) -> frozenset[str]:
+    """GitHub anchors of every heading of `path`."""
+    return frozenset(slug(h) for h in headings(path))
 
 
 def _norm(s: str) -> str:
@@ -55,7 +63,7 @@ def broken_references(root: str, files: list[str]) -> list[str]:
                     os.path.join(root, rel)
                 if not os.path.exists(full):
                     bad.append(f"{rel}: link to a missing file: {target}")
-                elif anchor and full.endswith(".md") and anchor not in {slug(h) for h in headings(full)}:
+                elif anchor and full.endswith(".md") and anchor not in anchors(full):
                     bad.append(f"{rel}: no heading for the anchor: {target}")
         for m in QUOTED.finditer(text.replace("\n", " ")):
             path, title = m.groups()
