@@ -92,7 +92,7 @@ def training_overlap(episodes: Sequence[Any], data_root: str, dataset: str, conf
     or carries no id to match by."""
     from data.episodes import iter_episodes, parse_sources
 
-    data = config.get("data") if hasattr(config, "get") else None
+    data = config.get("data")
     if data is None:
         return None
     try:
