@@ -17,7 +17,7 @@ fine-tuning seed then runs from each of them, and ``Run.pretrain`` says which (0
   (``PairingError``, one line) runs that did not play exactly the same world seeds (and tasks) in the same world
   config: an unpaired difference is not computed.
 - ``write_report(out, runs, ...)``: OUT/report.md (tables overall and per task family, paired differences vs the
-  scratch baseline, the human-video ablation, pretrained runs, versions, commands), OUT/comparison.md (the overall
+  scratch baseline, the human-video ablation, pretrained runs, cost, versions, commands), OUT/comparison.md (the overall
   table, which scripts/report.py shows) and the plots.
 """
 
@@ -35,6 +35,7 @@ import numpy as np
 from core import machine
 from core.errors import UserError
 from data.demo import tasks as tasks_lib
+from policy import compare_cost
 from policy.eval_report import bootstrap_ci, plot_vs_demos, wilson_interval
 
 BASELINE = "scratch"  # paired differences are against this recipe (same N, same world seeds)
@@ -460,6 +461,8 @@ def write_report(out: str, runs: Sequence[Run], *, recipes: Sequence[str], varia
         md += [f"## Family: {f}", "", *scope_tables(groups, f, variants)]
     md += _rollouts(out, groups, top)
     md += _pretrained(pretrained or {})
+    md += compare_cost.cost_section(out, [(label(r, v), n, [run.name for run in rs if run.name])
+                                          for (r, v, n), rs in groups.items()])
     info = version_info or versions()
     md += ["## Versions", "", ", ".join(f"{k} {v}" for k, v in info.items()), ""]
     md += ["## Commands", "", "The comparison: `" + setup.get("command", "?") + "`; every run (also in "

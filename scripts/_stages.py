@@ -8,7 +8,8 @@ What a stage shows on the console (its full output goes to OUT/logs/<name>.log o
       vqgan done in 121 s: PSNR 24.10 dB (baseline 20.31 dB), 87% of codes used
 
 and `summary_table()` lists every stage at the end (status, time, headline figure, outputs). Each finished stage
-also leaves OUT/logs/<name>.stage.json (seconds, headline, outputs), which a later reuse and the run report read.
+also leaves OUT/logs/<name>.stage.json (wall seconds, CPU seconds, headline, outputs), which a later reuse, the run
+report and the comparison's cost table read.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import importlib.util
 import json
 import os
 import re
+import resource
 import subprocess
 import sys
 import time
@@ -44,6 +46,9 @@ class StageRecord:
     seconds: float
     headline: str
     outputs: str
+    # user + system CPU seconds of the stage's process tree (its waited-for children included); None: not measured
+    # (records written before it was kept, or a stage run in this process)
+    cpu_seconds: float | None = None
 
 
 Runner = Callable[..., None]  # run_command's signature: (name, cmd, out, done, *, total) -> None
@@ -63,7 +68,9 @@ def run_stage(name: str, cmd: list[str], out: str, done: str, redo: set[str], *,
         logs, outputs = os.path.join(out, "logs"), os.path.dirname(done) or "."
         prev = _read_record(logs, name)
         headline = figures(done) or (prev or {}).get("headline", "")
-        record(StageRecord(name, "reused", float((prev or {}).get("seconds", 0.0)), headline, outputs), logs)
+        cpu = (prev or {}).get("cpu_seconds")  # a reused stage keeps the times it took when it ran
+        record(StageRecord(name, "reused", float((prev or {}).get("seconds", 0.0)), headline, outputs,
+                           None if cpu is None else float(cpu)), logs)
         print(f"  = {name}: reusing {outputs}" + (f": {headline}" if headline else ""), flush=True)
         return False
     stamp = os.path.join(out, "logs", f"{name}.cmd.json")
@@ -133,7 +140,7 @@ def run_command(name: str, cmd: list[str], out: str, done: str, *, total: int | 
     os.makedirs(logs, exist_ok=True)
     log_path = os.path.join(logs, f"{name}.log")
     print(f"  > {name}: {display_command(cmd)}  (log: {log_path})", flush=True)
-    t0 = time.time()
+    t0, cpu0 = time.time(), _children_cpu()
     total = total if total is not None else total_steps(cmd)
     bar = _bar(name, total)
     with open(log_path, "w") as log:
@@ -148,16 +155,23 @@ def run_command(name: str, cmd: list[str], out: str, done: str, *, total: int | 
         code = p.wait()
     if bar is not None:
         bar.close()
-    seconds = time.time() - t0
+    seconds, cpu = time.time() - t0, _children_cpu() - cpu0
     if code:
-        record(StageRecord(name, "failed", seconds, f"exit {code}", log_path), logs)  # the report shows it too
+        record(StageRecord(name, "failed", seconds, f"exit {code}", log_path, cpu), logs)  # the report shows it too
         print(f"  ! {name} failed after {seconds:.0f} s; last lines of {log_path}:", flush=True)
         for line in log_tail(log_path):
             print("      " + line, flush=True)
         raise SystemExit(f"stage {name} failed (exit {code}); see {log_path}")
     headline = figures(done)
-    record(StageRecord(name, "ran", seconds, headline, outputs), logs)
+    record(StageRecord(name, "ran", seconds, headline, outputs, cpu), logs)
     print(f"  {name} done in {seconds:.0f} s" + (f": {headline}" if headline else ""), flush=True)
+
+
+def _children_cpu() -> float:
+    """User + system CPU seconds of this process's finished, waited-for children (and theirs): the difference
+    around one `Popen.wait` is that stage's CPU time, since stages run one at a time."""
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
 
 
 def record(rec: StageRecord, logs: str | None) -> None:

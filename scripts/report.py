@@ -84,8 +84,9 @@ def _stages_section(root: str, compare_dir: str) -> Section:
     for logs in dict.fromkeys([os.path.join(root, "logs"), os.path.join(compare_dir, "logs")]):
         for path in sorted(glob.glob(os.path.join(logs, "*.stage.json")), key=os.path.getmtime):
             try:
-                d = _load(path)
-                records.append(StageRecord(**{f.name: d[f.name] for f in dataclasses.fields(StageRecord)}))
+                d = _load(path)  # older records lack the fields added since (they have defaults)
+                fields = [f.name for f in dataclasses.fields(StageRecord) if f.name in d]
+                records.append(StageRecord(**{k: d[k] for k in fields}))
             except (OSError, ValueError, KeyError, TypeError):
                 continue  # a half-written or foreign file: the stage is simply not listed
     order = {n: i for i, n in enumerate(STAGE_ORDER)}

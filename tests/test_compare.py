@@ -451,3 +451,27 @@ def test_the_report_records_what_each_pretrained_run_was(tmp_path):
     md = (tmp_path / "report.md").read_text()
     row = f"| robot | lapa | {vla} | lapa:demo | demo_robot+demo_human@runs/human400 | 600 | lapa_demo | demo_robot |"
     assert row in md
+
+
+def test_the_report_states_what_its_runs_cost(tmp_path):
+    """The Cost section sums each run's stage records (training and evaluation; wall, and CPU where recorded) and
+    skips a group with no record (LAPA here); figures worked out by hand."""
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    recs = {"scratch_10_s0": (450.0, 800.0), "scratch_10_s0.test": (100.0, 190.0),
+            "scratch_10_s1": (490.0, None), "scratch_10_s1.test": (100.0, 180.0)}  # s1's training: an old record
+    for name, (wall, cpu) in recs.items():
+        d = {"name": name, "status": "ran", "seconds": wall, "headline": "", "outputs": ""}
+        if cpu is not None:
+            d["cpu_seconds"] = cpu
+        (logs / f"{name}.stage.json").write_text(json.dumps(d))
+    setup = {"demos": [10], "seeds": [0, 1], "episodes": 4, "eval_seed": 1000}
+    cr.write_report(str(tmp_path), [*SCRATCH, *LAPA], recipes=["scratch", "lapa"], variants=["robot+human"],
+                    setup=setup, version_info={"git": "abc"})
+    cost = (tmp_path / "report.md").read_text().split("## Cost")[1].split("## Versions")[0]
+    # training 450 / 490 s -> mean 7:50; evaluation 100 s each; 1140 s in all; CPU 800 + 190 + 180 over 3 of 4 stages
+    assert "| scratch | 10 | 2 | 7:50 (7:30–8:10) | 1:40 | 19:00 | 19:30 (3 of 4) |" in cost
+    rows = [ln.split("|")[1].strip() for ln in cost.splitlines() if ln.startswith("| ")]
+    assert rows == ["policy", "scratch"]  # LAPA's runs have no record: no row
+    assert ("All runs above: 19:00 of wall time (training 15:40, evaluation 3:20); 19:30 of CPU time over the 3 of "
+            "4 stages that recorded it; 4 stage(s) without a record.") in cost

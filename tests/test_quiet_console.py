@@ -36,7 +36,10 @@ def _fake_stage(tmp_path: Path, code: int = 0) -> list[str]:
     """A child that prints every kind of noise, a JSON dump and progress lines, and writes closed_loop.json."""
     script = tmp_path / "child.py"
     script.write_text(textwrap.dedent(f"""
-        import json, os, sys
+        import json, os, sys, time
+        t0 = time.process_time()
+        while time.process_time() - t0 < 0.3:  # CPU time the stage record must count
+            pass
         for line in {NOISE_LINES!r}:
             print(line, file=sys.stderr if line[0] in "WI" else sys.stdout, flush=True)
         for step in (5, 10):
@@ -76,11 +79,13 @@ def test_stage_console_is_compact_and_log_is_complete(tmp_path, capsys, monkeypa
     assert "TF_CPP_MIN_LOG_LEVEL=3" in log  # the child got the quiet environment
     rec = json.loads((tmp_path / "run" / "logs" / "policy_4.stage.json").read_text())
     assert rec["status"] == "ran" and rec["headline"].startswith("success 50.0%")
+    assert rec["cpu_seconds"] >= 0.3  # the child's CPU time (its busy loop and start-up), not the parent's
 
     # the same command again is reused: one line, with the figures, and the table lists both runs
     assert _stages.run_stage("policy_4", cmd, out, done, set()) is False
     again = capsys.readouterr().out.splitlines()
     assert len(again) == 1 and again[0].startswith("  = policy_4: reusing") and "success 50.0%" in again[0]
+    assert [s.cpu_seconds for s in _stages.STAGES] == [rec["cpu_seconds"]] * 2  # a reuse keeps the times it took
     table = _stages.summary_table().splitlines()
     assert table[0].split() == ["stage", "status", "time", "headline", "outputs"]
     assert [row.split()[:2] for row in table[1:]] == [["policy_4", "ran"], ["policy_4", "reused"]]
