@@ -53,8 +53,9 @@ def _mean_range(values: Sequence[float]) -> str:
         f"{mean} ({clock(min(values))}–{clock(max(values))})"
 
 
-def cost_section(out: str, groups: Sequence[tuple[str, int, Sequence[str]]]) -> list[str]:
-    """The report's "## Cost" lines: one row per (policy label, demos, run names), then the grid's totals.
+def cost_section(out: str, groups: Sequence[tuple[str, int, Sequence[str]]], left: str = "") -> list[str]:
+    """The report's "## Cost" lines: one row per (policy label, demos, run names), then the grid's totals and `left`
+    (what is still to run, e.g. "about 2:10:00 left for 12 runs (...)"), when given.
 
     Wall times are each stage's own; CPU totals cover only the stages whose records have CPU time (the row says how
     many). Returns [] when no run has a record (a report built from runs made elsewhere)."""
@@ -87,4 +88,6 @@ def cost_section(out: str, groups: Sequence[tuple[str, int, Sequence[str]]]) -> 
                  f"{clock(walls['test'])})" + (f"; {clock(cpus)} of CPU time over the {n_cpu} of {n_stages} stages "
                                                "that recorded it" if n_cpu else "; no stage recorded its CPU time")
                  + (f"; {missing} stage(s) without a record" if missing else "") + ".")
+    if left:
+        lines += ["", f"Still to run in this grid: {left}."]
     return [*lines, ""]

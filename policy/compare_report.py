@@ -425,8 +425,9 @@ def write_report(out: str, runs: Sequence[Run], *, recipes: Sequence[str], varia
 
     setup: what the header states ("demos", "seeds", "episodes", "eval_seed", "data_root", "data_seeds": the
     number of data-generation world seeds checked to be disjoint, "command": the comparison's own command line;
-    optional "title" (the heading; default the demo world's) and "eval_world_seeds" [first, last] (the world seeds
-    played, when the world maps --eval-seed to others: Meta-World's 2^31 + seed + i)).
+    optional "title" (the heading; default the demo world's), "eval_world_seeds" [first, last] (the world seeds
+    played, when the world maps --eval-seed to others: Meta-World's 2^31 + seed + i)) and "left" (what the grid has
+    still to run, for the Cost section)).
     pretrained: variant -> {recipe -> pretrained_info()}. Runs' ``gifs`` are absolute paths (linked relative)."""
     if not runs:
         raise UserError(f"no finished evaluation to report on in {out!r}: run the comparison first")
@@ -462,7 +463,7 @@ def write_report(out: str, runs: Sequence[Run], *, recipes: Sequence[str], varia
     md += _rollouts(out, groups, top)
     md += _pretrained(pretrained or {})
     md += compare_cost.cost_section(out, [(label(r, v), n, [run.name for run in rs if run.name])
-                                          for (r, v, n), rs in groups.items()])
+                                          for (r, v, n), rs in groups.items()], left=setup.get("left", ""))
     info = version_info or versions()
     md += ["## Versions", "", ", ".join(f"{k} {v}" for k, v in info.items()), ""]
     md += ["## Commands", "", "The comparison: `" + setup.get("command", "?") + "`; every run (also in "

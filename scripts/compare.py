@@ -55,7 +55,7 @@ import _worlds
 from _stages import Runner, display_command, run_stage
 
 from core.errors import UserError
-from policy import compare_report
+from policy import compare_cost, compare_report
 from policy.compare_report import read_json_object
 
 
@@ -242,9 +242,11 @@ def run_jobs(jobs: list[Job], out: str, *, redo: list[str], redo_all: bool, epis
                 print(f"  ~ {left}", flush=True)
 
 
-def eta(rest: list[Job], took: dict[str, list[float]], pending: Callable[[Job], bool]) -> str:
-    """"about H:MM:SS left for N runs" for the jobs of `rest` still to run, each costed at the mean wall time of this
-    invocation's runs of its recipe (or of all its runs, for a recipe not run yet); "" when nothing is left.
+def eta(rest: list[Job], took: dict[str, list[float]], pending: Callable[[Job], bool],
+        basis: str = "this run's mean per recipe") -> str:
+    """"about H:MM:SS left for N runs" for the jobs of `rest` still to run, each costed at the mean of `took`'s wall
+    times for its recipe (this invocation's runs, or `recorded_times`; all recipes' mean for a recipe with none);
+    "" when nothing is left.
 
     Example: eta(jobs, {"scratch": [600.0]}, lambda j: True) with two scratch jobs left -> "about 0:20:00 left for
     2 runs (this run's mean per recipe)"."""
@@ -254,7 +256,18 @@ def eta(rest: list[Job], took: dict[str, list[float]], pending: Callable[[Job], 
     every = [t for ts in took.values() for t in ts]
     secs = sum(sum(took.get(j.recipe, every)) / len(took.get(j.recipe, every)) for j in todo)
     return (f"about {datetime.timedelta(seconds=round(secs))} left for {len(todo)} run{'s' * (len(todo) > 1)} "
-            "(this run's mean per recipe)")
+            f"({basis})")
+
+
+def recorded_times(jobs: list[Job], out: str) -> dict[str, list[float]]:
+    """Per recipe, the wall seconds (training + evaluation) each finished job took when it ran, from the stage
+    records in OUT/logs (compare_cost.stage_time); jobs without both records are left out."""
+    logs, took = os.path.join(out, "logs"), {}
+    for j in jobs:
+        t = [compare_cost.stage_time(logs, n) for n in (j.name, j.name + ".test")]
+        if all(x is not None for x in t):
+            took.setdefault(j.recipe, []).append(sum(x.wall for x in t))
+    return took
 
 
 def finished_runs(jobs: list[Job], episodes: int, eval_seed: int, world: str = "demo") -> list:
@@ -362,6 +375,9 @@ def main(argv: list[str] | None = None) -> int:
         run_jobs(jobs, a.out, redo=a.redo, redo_all=a.redo_all, episodes=a.episodes, eval_seed=a.eval_seed,
                  world=a.world)
     runs = finished_runs(jobs, a.episodes, a.eval_seed, a.world)
+    ok = evaluated(a.episodes, a.eval_seed, a.world)
+    setup["left"] = eta(jobs, recorded_times(jobs, a.out), lambda j: not ok(j.eval_done),
+                        "at the recorded mean per recipe")
     paths = compare_report.write_report(a.out, runs, recipes=a.recipes, variants=list(variants), setup=setup,
                                         pretrained=pre, commands=commands)
     with open(paths[1]) as f:
@@ -370,7 +386,8 @@ def main(argv: list[str] | None = None) -> int:
 
     html, _ = report.write_report(a.out)
     print(f"comparison: {len(runs)} of {len(jobs)} policies evaluated; report {paths[0]} (plots "
-          f"{', '.join(os.path.basename(x) for x in paths[2:])}), page {html}")
+          f"{', '.join(os.path.basename(x) for x in paths[2:])}), page {html}"
+          + (f"; {setup['left']}" if setup["left"] else ""))
     return 0
 
 

@@ -305,6 +305,16 @@ def test_the_comparison_prints_how_long_the_runs_left_will_take(tmp_path, capsys
         "about 0:00:30 left for 3 runs (this run's mean per recipe)")
     assert compare.eta(jobs[2:], {}, lambda j: True) == "" and compare.eta([], took, lambda j: True) == ""
 
+    # --report-only: the same estimate from the stage records of the runs that finished (a grid filled over sessions)
+    logs = Path(a.out) / "logs"
+    for name, secs in (("scratch_4_s0", 400), ("scratch_4_s0.test", 100), ("state_bc_4_s0", 10),
+                       ("state_bc_4_s0.test", 5), ("scratch_8_s0", 450)):  # scratch_8_s0 has no evaluation record
+        (logs / f"{name}.stage.json").write_text(json.dumps({"name": name, "seconds": secs}))
+    took = compare.recorded_times(jobs, a.out)
+    assert took == {"scratch": [500.0], "state_bc": [15.0]}
+    assert compare.eta(jobs[2:], took, lambda j: True, "at the recorded mean per recipe") == (
+        "about 0:25:45 left for 6 runs (at the recorded mean per recipe)")  # 3 × 500 + 3 × 15 s
+
 
 def test_lapa_is_also_paired_against_its_own_layout_from_scratch(tmp_path):
     # lapa_scratch: every episode 0.1 less progress than LAPA (robot+human), one success fewer per seed
@@ -465,7 +475,7 @@ def test_the_report_states_what_its_runs_cost(tmp_path):
         if cpu is not None:
             d["cpu_seconds"] = cpu
         (logs / f"{name}.stage.json").write_text(json.dumps(d))
-    setup = {"demos": [10], "seeds": [0, 1], "episodes": 4, "eval_seed": 1000}
+    setup = {"demos": [10], "seeds": [0, 1], "episodes": 4, "eval_seed": 1000, "left": "about 0:30:00 left for 2 runs"}
     cr.write_report(str(tmp_path), [*SCRATCH, *LAPA], recipes=["scratch", "lapa"], variants=["robot+human"],
                     setup=setup, version_info={"git": "abc"})
     cost = (tmp_path / "report.md").read_text().split("## Cost")[1].split("## Versions")[0]
@@ -475,3 +485,4 @@ def test_the_report_states_what_its_runs_cost(tmp_path):
     assert rows == ["policy", "scratch"]  # LAPA's runs have no record: no row
     assert ("All runs above: 19:00 of wall time (training 15:40, evaluation 3:20); 19:30 of CPU time over the 3 of "
             "4 stages that recorded it; 4 stage(s) without a record.") in cost
+    assert "Still to run in this grid: about 0:30:00 left for 2 runs." in cost
