@@ -226,6 +226,7 @@ def run_jobs(jobs: list[Job], out: str, *, redo: list[str], redo_all: bool, epis
              runner: Runner | None = None, world: str = "demo") -> None:
     """Runs what is not already done (see the module docstring); `runner` replaces the subprocess runner in tests."""
     ok, took = evaluated(episodes, eval_seed, world), {}
+    before = recorded_times(jobs, out)  # earlier sessions' runs of this grid cost a recipe this run has not run yet
     for i, j in enumerate(jobs, 1):
         print(f"[{i}/{len(jobs)}] {compare_report.label(j.recipe, j.variant)}, {j.demos} demos, "
               f"fine-tuning seed {j.seed}{f' from pretraining run {j.pretrain + 1}' if j.pretrain else ''}", flush=True)
@@ -237,19 +238,20 @@ def run_jobs(jobs: list[Job], out: str, *, redo: list[str], redo_all: bool, epis
                          runner=runner)
         if ran:
             took.setdefault(j.recipe, []).append(clock() - start)
-            left = eta(jobs[i:], took, lambda k: _matches(k.name, redo) or redo_all or not ok(k.eval_done))
+            left = eta(jobs[i:], {**before, **took},
+                       lambda k: _matches(k.name, redo) or redo_all or not ok(k.eval_done))
             if left:
                 print(f"  ~ {left}", flush=True)
 
 
 def eta(rest: list[Job], took: dict[str, list[float]], pending: Callable[[Job], bool],
-        basis: str = "this run's mean per recipe") -> str:
+        basis: str = "mean per recipe: this run's, else recorded") -> str:
     """"about H:MM:SS left for N runs" for the jobs of `rest` still to run, each costed at the mean of `took`'s wall
-    times for its recipe (this invocation's runs, or `recorded_times`; all recipes' mean for a recipe with none);
-    "" when nothing is left.
+    times for its recipe (this invocation's runs, else the recorded ones of `recorded_times`; all recipes' mean for a
+    recipe with none); "" when nothing is left.
 
     Example: eta(jobs, {"scratch": [600.0]}, lambda j: True) with two scratch jobs left -> "about 0:20:00 left for
-    2 runs (this run's mean per recipe)"."""
+    2 runs (mean per recipe: this run's, else recorded)"."""
     todo = [j for j in rest if pending(j)]
     if not todo or not took:
         return ""

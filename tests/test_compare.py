@@ -297,12 +297,12 @@ def test_the_comparison_prints_how_long_the_runs_left_will_take(tmp_path, capsys
     monkeypatch.setattr(compare, "clock", lambda: float(next(ticks)))
     _go(jobs[:2], a, FakeRunner(a.episodes, a.eval_seed))
     lines = [x for x in capsys.readouterr().out.splitlines() if x.startswith("  ~ ")]
-    assert lines == ["  ~ about 0:01:40 left for 1 run (this run's mean per recipe)"]  # state_bc: scratch's mean
+    basis = "(mean per recipe: this run's, else recorded)"
+    assert lines == [f"  ~ about 0:01:40 left for 1 run {basis}"]  # state_bc: scratch's mean
     # the other six: three scratch runs at their mean 500 s, three state BC at 10 s; jobs not pending are not counted
     took = {"scratch": [600.0, 400.0], "state_bc": [10.0]}
-    assert compare.eta(jobs[2:], took, lambda j: True) == "about 0:25:30 left for 6 runs (this run's mean per recipe)"
-    assert compare.eta(jobs[2:], took, lambda j: j.recipe == "state_bc") == (
-        "about 0:00:30 left for 3 runs (this run's mean per recipe)")
+    assert compare.eta(jobs[2:], took, lambda j: True) == f"about 0:25:30 left for 6 runs {basis}"
+    assert compare.eta(jobs[2:], took, lambda j: j.recipe == "state_bc") == f"about 0:00:30 left for 3 runs {basis}"
     assert compare.eta(jobs[2:], {}, lambda j: True) == "" and compare.eta([], took, lambda j: True) == ""
 
     # --report-only: the same estimate from the stage records of the runs that finished (a grid filled over sessions)
@@ -314,6 +314,11 @@ def test_the_comparison_prints_how_long_the_runs_left_will_take(tmp_path, capsys
     assert took == {"scratch": [500.0], "state_bc": [15.0]}
     assert compare.eta(jobs[2:], took, lambda j: True, "at the recorded mean per recipe") == (
         "about 0:25:45 left for 6 runs (at the recorded mean per recipe)")  # 3 × 500 + 3 × 15 s
+    # and while a grid runs, a recipe it has not run yet is costed at its recorded runs (state BC 15 s, not 100 s)
+    capsys.readouterr()
+    _go(jobs, a, FakeRunner(a.episodes, a.eval_seed))
+    lines = [x for x in capsys.readouterr().out.splitlines() if x.startswith("  ~ ")]
+    assert lines[0] == f"  ~ about 0:04:05 left for 5 runs {basis}"  # 2 × 100 + 3 × 15 s
 
 
 def test_lapa_is_also_paired_against_its_own_layout_from_scratch(tmp_path):
