@@ -26,6 +26,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from core.errors import UserError  # noqa: E402
+from policy.compare_cost import clock  # noqa: E402
 
 BLOCKS = ("tests", "demo")
 NOTE = "<!-- written by scripts/readme_results.py from the run records; edit there, not here -->"
@@ -40,11 +41,6 @@ def _load(path: str, what: str) -> dict:
     if not isinstance(d, dict):
         raise UserError(f"{what} {path} holds {type(d).__name__}, expected a JSON object")
     return d
-
-
-def _clock(seconds: float) -> str:
-    m, s = divmod(round(seconds), 60)
-    return f"{m // 60}:{m % 60:02d}:{s:02d}" if m >= 60 else f"{m}:{s:02d}"
 
 
 def _where(start: dict, end: dict, revision: str) -> str:
@@ -70,7 +66,7 @@ def tests_block(summary: dict) -> list[str]:
     cache = "" if cache is None else (f", warm compilation cache ({cache} entries)" if cache else
                                       ", cold compilation cache")
     return ["| what | figure | measured |", "|---|---|---|",
-            f"| tests ({tier}, {workers or 'no'} xdist workers) | {outcome}; {_clock(seconds)} of pytest "
+            f"| tests ({tier}, {workers or 'no'} xdist workers) | {outcome}; {clock(seconds)} of pytest "
             f"(exit status {summary.get('exit_status', '?')}{cache}) "
             f"| {_where(start, end, summary.get('revision', ''))} |"]
 
@@ -84,10 +80,10 @@ def demo_block(run_dir: str) -> list[str]:
         if not isinstance(st, dict) or "name" not in st:
             raise UserError(f"{os.path.join(logs, 'run.json')}: stages must be records with a name, got {st!r}; "
                             "rerun `make demo` with this version")
-    total = _clock(float(run["seconds"]))
+    total = clock(float(run["seconds"]))
     reused = sum(st.get("status") == "reused" for st in stages)
     if reused:  # this invocation's own time would read as the pipeline's: give the stages' sum and say why
-        total = (f"{_clock(sum(float(st.get('seconds', 0)) for st in stages))} (sum of the stage times; {reused} of "
+        total = (f"{clock(sum(float(st.get('seconds', 0)) for st in stages))} (sum of the stage times; {reused} of "
                  f"{len(stages)} stages reused from earlier runs, this invocation took {total})")
     rows = ["| stage | time | headline figure |", "|---|---:|---|",
             f"| **whole run** (`scripts/demo.py {' '.join(run.get('argv', []))}`) | {total} "
@@ -96,7 +92,7 @@ def demo_block(run_dir: str) -> list[str]:
         name = st["name"]
         status = "" if st.get("status") == "ran" else f" ({st.get('status')})"
         headline = str(st.get("headline") or "–").replace("|", "\\|")
-        rows.append(f"| {name}{status} | {_clock(float(st.get('seconds', 0)))} | {headline} |")
+        rows.append(f"| {name}{status} | {clock(float(st.get('seconds', 0)))} | {headline} |")
     return rows
 
 
