@@ -377,8 +377,8 @@ def main(argv: list[str] | None = None) -> int:
         run_jobs(jobs, a.out, redo=a.redo, redo_all=a.redo_all, episodes=a.episodes, eval_seed=a.eval_seed,
                  world=a.world)
     runs = finished_runs(jobs, a.episodes, a.eval_seed, a.world)
-    ok = evaluated(a.episodes, a.eval_seed, a.world)
-    setup["left"] = eta(jobs, recorded_times(jobs, a.out), lambda j: not ok(j.eval_done),
+    finished = {r.name for r in runs}
+    setup["left"] = eta(jobs, recorded_times(jobs, a.out), lambda j: j.name not in finished,
                         "at the recorded mean per recipe")
     paths = compare_report.write_report(a.out, runs, recipes=a.recipes, variants=list(variants), setup=setup,
                                         pretrained=pre, commands=commands)

@@ -5,6 +5,7 @@ reduced call of `make demo`'s stage 5."""
 import argparse
 import dataclasses
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -419,7 +420,7 @@ def test_bootstrap_of_world_means_is_not_the_episode_bootstrap():
     assert np.isclose(cr.pooled(three)["progress"], 0.5)
 
 
-def test_a_real_tiny_state_bc_comparison_runs_reports_and_is_reused(demo_data, tmp_path):
+def test_a_real_tiny_state_bc_comparison_runs_reports_and_is_reused(demo_data, tmp_path, capsys):
     """The real subprocesses (policy.reference, then policy.evaluate on a reference run), the report and the page;
     the same command again reuses both runs."""
     out = tmp_path / "cmp"
@@ -436,6 +437,11 @@ def test_a_real_tiny_state_bc_comparison_runs_reports_and_is_reused(demo_data, t
     assert manifest["jobs"][0]["train"][1:3] == ["-m", "policy.reference"]
     assert compare.main(argv) == 0
     assert [s.status for s in _stages.STAGES] == ["ran", "ran", "reused", "reused"]
+    # a larger grid, reported only: the unfinished run is costed at the finished one's recorded stage times
+    capsys.readouterr()
+    assert compare.main([*argv, "--demos", "2,3", "--report-only"]) == 0
+    assert re.search(r"1 of 2 policies evaluated; .*; about 0:\d\d:\d\d left for 1 run \(at the recorded mean per "
+                     r"recipe\)$", capsys.readouterr().out.strip())
 
 
 def test_the_report_records_what_each_pretrained_run_was(tmp_path):
