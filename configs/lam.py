@@ -87,8 +87,10 @@ def base() -> ml_collections.ConfigDict:
         "farneback_gate": 0.0,  # > 0: Farneback flow kept only where registered frames differ > k noise sigmas
                                 # (lam/flow_targets.py noise_gate); 0 = the raw flow
         # flow_target='block_match' (lam/flow_targets.py BlockMatchParams): search radius px, box side, penalty per
-        # px² of displacement, noise gate in sigmas (0 = off)
+        # px² of displacement, noise gate in sigmas (0 = off), match on camera-registered frames, forward-backward
+        # check tolerance in px (0 = off)
         "block_match_radius": 6, "block_match_window": 5, "block_match_penalty": 10.0, "block_match_gate": 8.0,
+        "block_match_register": True, "block_match_consistency": 1.0,
         # > 0: squared error of model.action_head's prediction against the transition's mean action (in stds), on
         # clips of labelled episodes: a semi-supervised LAM (a few action labels against distractors; docs/lam.md)
         "action_weight": 0.0,

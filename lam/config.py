@@ -47,6 +47,7 @@ LEGACY_DEFAULTS: dict[str, Any] = {
     "data.action_episodes": 0, "data.action_share": 0.0, "loss.agent_weight": 0.0, "loss.agent_radius": 4.0,
     "loss.block_match_radius": 6, "loss.block_match_window": 5, "loss.block_match_penalty": 10.0,
     "loss.block_match_gate": 8.0,  # read only with loss.flow_target='block_match', which older runs cannot have
+    "loss.block_match_register": False, "loss.block_match_consistency": 0.0,  # block_match runs before stop 51
     "eval.mlp_probe_hidden": 256,  # evaluation only (no effect on the checkpoint): old runs get the MLP probe too
 }
 # model.decoder.peg was added with a kind-dependent default (cross_attention: off, film: on)

@@ -7,6 +7,7 @@ import math
 
 import numpy as np
 import pytest
+from scipy import ndimage
 
 from data.demo import render as render_lib
 from data.demo import world as world_lib
@@ -106,26 +107,61 @@ def test_block_match_follows_the_effector_where_farneback_loses_it() -> None:
 
 
 def test_block_match_recovers_integer_and_subpixel_shifts_and_checks_input() -> None:
-    # a textured square moved by (3, -2) px on a flat background: found on the square's inside (within 0.1 px: the
-    # displacement penalty pulls the sub-pixel step a little towards 0), zero on the flat background far from it,
-    # and a half-pixel shift of a smooth texture found to 0.2 px
+    # the raw matcher (no registration, no forward-backward check, no gate): a textured square moved by (3, -2) px on
+    # a flat background: found on the square's inside (within 0.1 px: the displacement penalty pulls the sub-pixel
+    # step a little towards 0), zero on the flat background far from it, and a half-pixel shift of a smooth texture
+    # found to 0.2 px
+    raw = dict(gate=0.0, register=False, consistency=0.0)
     g = np.random.default_rng(1)
     a = np.full((48, 48, 3), 120, np.uint8)
     tex = g.integers(0, 255, (10, 10, 3), dtype=np.uint8)
     b = a.copy()
     a[15:25, 15:25], b[13:23, 18:28] = tex, tex
-    f = flow_targets.block_match(a, b, flow_targets.BlockMatchParams(gate=0.0))
+    f = flow_targets.block_match(a, b, flow_targets.BlockMatchParams(**raw))
     np.testing.assert_allclose(f[17:23, 17:23], np.broadcast_to([3.0, -2.0], (6, 6, 2)), atol=0.1)
     assert np.abs(f[35:, 35:]).max() == 0.0 and np.abs(f[:5, :5]).max() == 0.0
     yy, xx = np.mgrid[:48, :48].astype(np.float64)
     smooth = lambda dx: np.stack([127 + 100 * np.sin((xx - dx) / 3.0 + k) * np.cos(yy / 4.0) for k in range(3)], -1)
     half = flow_targets.block_match(smooth(0).astype(np.uint8), smooth(0.5).astype(np.uint8),
-                                    flow_targets.BlockMatchParams(gate=0.0, penalty=0.0))
+                                    flow_targets.BlockMatchParams(**raw, penalty=0.0))
     assert abs(float(np.median(half[10:-10, 10:-10, 0])) - 0.5) < 0.2
     with pytest.raises(ValueError, match="odd window"):
         flow_targets.block_match(a, b, flow_targets.BlockMatchParams(window=4))
     with pytest.raises(ValueError, match="two RGB frames"):
         flow_targets.block_match(a, b[:, :40])
+
+
+def test_block_match_registers_the_camera_and_drops_matches_that_do_not_return() -> None:
+    # a textured background shifted by the camera (1, -1) px and a textured square that moves (3, 2) px more: with
+    # registration and the forward-backward check (the defaults, gate off to see the raw flow) the square's inside
+    # reads (4, 1), the background (1, -1), and so does the background the square covers in b, which has no true
+    # match (the raw matcher puts whatever fits best there); the check is what fixes that band
+    g = np.random.default_rng(3)
+    big = g.integers(0, 255, (60, 60, 3), dtype=np.uint8)
+    big = np.asarray(ndimage.uniform_filter(big.astype(np.float32), size=(3, 3, 1)), np.uint8)  # matchable texture
+    tex = big[40:50, 2:12][::-1].copy()
+    a, b = big[6:54, 6:54].copy(), big[7:55, 5:53].copy()  # b(p) = scene(p + (-1, 1)): the camera moved (1, -1)
+    a[15:25, 15:25], b[16:26, 19:29] = tex, tex  # the square: (15, 15) → (19, 16), i.e. (4, 1) in the image
+    truth = np.broadcast_to(np.float32([1, -1]), (48, 48, 2)).copy()
+    truth[15:25, 15:25] = (4, 1)
+    covered = np.zeros((48, 48), bool)
+    covered[16:26, 19:29] = True
+    covered[15:25, 15:25] = False  # background of a under the square in b
+    est = {k: flow_targets.block_match(a, b, flow_targets.BlockMatchParams(gate=0.0, consistency=c))
+           for k, c in (("checked", 1.0), ("unchecked", 0.0))}
+    err = {k: np.linalg.norm(f - truth, axis=-1) for k, f in est.items()}
+    inside = est["checked"][17:23, 17:23].reshape(-1, 2)  # (the sub-pixel registration blurs: 0.25 px at worst)
+    np.testing.assert_allclose(np.median(inside, 0), [4.0, 1.0], atol=0.1)
+    np.testing.assert_allclose(inside, np.broadcast_to([4.0, 1.0], inside.shape), atol=0.25)
+    assert np.median(err["checked"][35:, 35:]) < 0.15  # the background far from the square
+    assert np.median(err["checked"][covered]) < 0.25 < np.median(err["unchecked"][covered]), (
+        np.median(err["checked"][covered]), np.median(err["unchecked"][covered]))
+    # a raw-noise square outweighs the smooth background and phase correlation finds a shift far outside the search
+    # range (32, 12 px here): then the frames are matched unregistered rather than misaligned
+    a[15:25, 15:25], b[16:26, 19:29] = (g.integers(0, 255, (10, 10, 3), dtype=np.uint8),) * 2
+    assert np.abs(flow_targets.camera_shift(flow_targets._gray(a), flow_targets._gray(b))).max() > 6
+    same = lambda reg: flow_targets.block_match(a, b, flow_targets.BlockMatchParams(gate=0.0, register=reg))
+    np.testing.assert_array_equal(same(True), same(False))
 
 
 def test_estimator_reads_its_settings_from_the_loss_block() -> None:
