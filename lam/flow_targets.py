@@ -14,9 +14,9 @@ without needing pretrained weights offline. Two estimators (`ESTIMATORS`, picked
   the camera), and a forward-backward check zeroes the relative motion of pixels whose match from b back to a does
   not return within `consistency` px (the background an object covers or uncovers, which has no true match).
   A small box follows a small object wherever it goes within the search range: 90 % of the same clips in the right
-  sector (77 % without registration and the check; ~20 ms per pair, ~10 ms without the check). Not on every video:
-  on Meta-World's hand (a large, smoothly shaded body moving ~2 px) the order reverses, 51 % against Farneback's
-  74 % (the checker's effector-track score, plain matching), so check a new dataset before choosing.
+  sector (77 % without registration and the check; ~20 ms per pair, ~10 ms without the check). Not a winner on
+  every video: on Meta-World's hand (a large, smoothly shaded body moving ~2 px) it ties Farneback on direction
+  (74 % each; plain matching 51 %) but reads a fifth of the hand's speed, so check a new dataset before choosing.
 
 `WithFlow` wraps any LAM batch iterator (the streaming pipeline or the in-memory sampler) and adds
 
