@@ -177,6 +177,25 @@ def test_estimator_reads_its_settings_from_the_loss_block() -> None:
         flow_targets.estimator(loss)
 
 
+def test_a_block_match_run_saved_before_registration_keeps_the_plain_matcher() -> None:
+    # a run's config.json from before block_match_register / block_match_consistency existed: loaded for resume or
+    # evaluation, its estimator is the plain matcher it trained with, not today's default
+    import json
+
+    from configs import lam as lam_configs
+    from lam import config as lam_config
+
+    saved = json.loads(lam_configs.get_config("lapa_cluttered").to_json_best_effort())
+    saved["loss"]["flow_target"] = "block_match"
+    del saved["loss"]["block_match_register"], saved["loss"]["block_match_consistency"]
+    loss = lam_config.from_saved(saved).loss
+    assert loss.block_match_register is False and loss.block_match_consistency == 0.0
+    a, b, _ = _moves((0.03, 0.0), 3)
+    plain = flow_targets.BlockMatchParams(register=False, consistency=0.0)
+    np.testing.assert_array_equal(flow_targets.estimator(loss)(a, b), flow_targets.block_match(a, b, plain))
+    assert lam_configs.get_config("lapa_cluttered").loss.block_match_register is True  # today's default
+
+
 def test_clip_flow_masks_invalid_frames_and_checks_input() -> None:
     a, b, _ = _moves((0.03, 0.0), 1)
     clip = np.stack([np.stack([a, b, b])] * 2)  # [2, 3, 64, 64, 3]
