@@ -104,7 +104,10 @@ def block_match(a: np.ndarray, b: np.ndarray, params: BlockMatchParams = BlockMa
     if params.consistency > 0:
         flow = np.where(inconsistent(flow, _match(b_reg, a, params), params.consistency)[..., None], 0, flow)
     flow = (flow + shift).astype(np.float32)
-    return noise_gate(flow, ga, gb, params.gate) if params.gate > 0 else flow
+    if params.gate <= 0:
+        return flow
+    # registered: the gate registers by the same shift (found once; after a fallback, none), else it finds its own
+    return noise_gate(flow, ga, gb, params.gate, shift if params.register else None)
 
 
 def camera_shift(ga: np.ndarray, gb: np.ndarray) -> np.ndarray:
@@ -161,9 +164,11 @@ def _match(a: np.ndarray, b: np.ndarray, params: BlockMatchParams) -> np.ndarray
     return flow.astype(np.float32)
 
 
-def noise_gate(flow: np.ndarray, ga: np.ndarray, gb: np.ndarray, k: float) -> np.ndarray:
+def noise_gate(flow: np.ndarray, ga: np.ndarray, gb: np.ndarray, k: float,
+               shift: np.ndarray | None = None) -> np.ndarray:
     """flow float32[H, W, 2] of gray frames ga → gb (uint8[H, W]) → (flow − camera shift) where the registered frames
-    differ by more than k noise sigmas (grown by GATE_DILATE px), 0 elsewhere.
+    differ by more than k noise sigmas (grown by GATE_DILATE px), 0 elsewhere. `shift` float32[2]: the camera shift
+    the caller already found (block matching's registration); None = find it here.
 
     Why: Farneback's error on static pixels (0.6–0.85 px on the demo's JPEG frames) is above the flow loss's 0.5 px
     "moving" threshold, so without a gate the moving weight lands mostly on noise (docs/lam.md, part 5). The camera
@@ -171,7 +176,7 @@ def noise_gate(flow: np.ndarray, ga: np.ndarray, gb: np.ndarray, k: float) -> np
     difference |b' − a| has a per-pair noise sigma, 1.4826 × its median absolute deviation about its median (robust:
     few pixels move); a pixel counts as possibly moving when it exceeds median + k·sigma. Its flow, less the camera
     shift, is kept; every other pixel's target is zero motion."""
-    shift = camera_shift(ga, gb)
+    shift = camera_shift(ga, gb) if shift is None else shift
     diff = np.abs(shift_back(gb.astype(np.float32), shift) - ga.astype(np.float32))
     med = float(np.median(diff))
     sigma = 1.4826 * float(np.median(np.abs(diff - med))) + 1e-3

@@ -162,6 +162,10 @@ def test_block_match_registers_the_camera_and_drops_matches_that_do_not_return()
     assert np.abs(flow_targets.camera_shift(flow_targets._gray(a), flow_targets._gray(b))).max() > 6
     same = lambda reg: flow_targets.block_match(a, b, flow_targets.BlockMatchParams(gate=0.0, register=reg))
     np.testing.assert_array_equal(same(True), same(False))
+    # ... and the noise gate registers by that same (zero) shift rather than finding the far one again
+    ga, gb = flow_targets._gray(a), flow_targets._gray(b)
+    gated = flow_targets.block_match(a, b, flow_targets.BlockMatchParams(gate=8.0))
+    np.testing.assert_array_equal(gated, flow_targets.noise_gate(same(False), ga, gb, 8.0, np.zeros(2, np.float32)))
 
 
 def test_estimator_reads_its_settings_from_the_loss_block() -> None:
