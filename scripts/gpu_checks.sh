@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The checks that need a GPU, in one command, each bounded in time and logged (docs/training.md, "On a GPU"):
+# The checks that need a GPU, in one command, each bounded in time and logged (docs/training.md, "Measured on a GPU"):
 #
 #   bash scripts/gpu_checks.sh OUT_DIR            # on a machine with a CUDA GPU and JAX with CUDA
 #   GPU_CHECKS_SMALL=1 bash scripts/gpu_checks.sh /tmp/g   # tiny shapes, any machine: checks this script itself

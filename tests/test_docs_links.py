@@ -1,7 +1,8 @@
 """Cross-references in the docs resolve: every relative markdown link in a tracked `.md` file names a file that exists
-and, with `#anchor`, a heading of that file; every `docs/X.md, "Section"` reference in a tracked `.md` or `.py` file
-names the start of a heading there. The docs are moved and split as experiments grow (docs/comparison_log.md came out
-of docs/demo_world.md), and a reference that no longer resolves sends a reader nowhere without anyone noticing."""
+and, with `#anchor`, a heading of that file; every `docs/X.md, "Section"` reference in a tracked `.md`, `.py` or
+`.sh` file names the start of a heading there. The docs are moved and split as experiments grow
+(docs/comparison_log.md came out of docs/demo_world.md), and a reference that no longer resolves sends a reader
+nowhere without anyone noticing."""
 
 from __future__ import annotations
 
@@ -96,7 +97,7 @@ def test_checker_finds_broken_references(tmp_path):
 
 
 def test_repository_references_resolve():
-    files = subprocess.run(["git", "ls-files", "*.md", "*.py"], cwd=ROOT, capture_output=True, text=True,
+    files = subprocess.run(["git", "ls-files", "*.md", "*.py", "*.sh"], cwd=ROOT, capture_output=True, text=True,
                            check=True).stdout.split()
     files = [f for f in files if f != "tests/test_docs_links.py"]  # its examples are broken on purpose
     assert len(files) > 100
