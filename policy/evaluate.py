@@ -372,7 +372,7 @@ def evaluate(policy: PolicyLike, *, episodes: int = 50, seed: int = 0, world_con
             prog = [r["progress"] for r in rs]
             per_family[fam] = {"rate": kf / len(rs), "ci95": list(wilson_interval(kf, len(rs))), "n": len(rs),
                                "successes": kf, "progress": float(np.mean(prog)),
-                               "progress_ci95": list(bootstrap_ci(prog, seed=seed))}
+                               "progress_ci95": list(bootstrap_ci(prog))}
     lengths = [r["steps"] for r in records]
     ok_lengths = [r["steps"] for r in records if r["success"]]
     return {
@@ -384,7 +384,9 @@ def evaluate(policy: PolicyLike, *, episodes: int = 50, seed: int = 0, world_con
         "success_rate": k / episodes,
         "ci95": list(wilson_interval(k, episodes)),
         "progress": float(np.mean([r["progress"] for r in records])),
-        "progress_ci95": list(bootstrap_ci([r["progress"] for r in records], seed=seed)),
+        # the bootstrap's own stream, not the world seeds': the comparison report resamples the same episodes
+        # (policy/compare_report.py `pooled`) and must print the same interval for one run
+        "progress_ci95": list(bootstrap_ci([r["progress"] for r in records])),
         "per_family": per_family,
         "mean_episode_length": float(np.mean(lengths)),
         "mean_success_length": float(np.mean(ok_lengths)) if ok_lengths else None,

@@ -139,6 +139,20 @@ def test_expert_and_random_baselines():
     assert rnd["mean_episode_length"] <= 60 and rnd["settings"]["execute_steps"] == 4
 
 
+def test_progress_interval_is_the_comparison_reports():
+    """One evaluation's progress interval is the one the comparison report prints for that run: before, evaluate
+    seeded the bootstrap with the first world seed and the report with 0, so `make demo` printed [0.013, 0.182] on
+    a stage line and [0.012, 0.182] in the report for the same 30 episodes."""
+    from policy import compare_report as cr
+
+    res = ev.evaluate(ev.ExpertPolicy(), episodes=8, seed=40, max_steps=12, progress=False)  # partial progress
+    assert len({r["progress"] for r in res["records"]}) > 2  # a spread, so two bootstrap streams would differ
+    run = cr.Run.from_result(res, recipe="expert", variant="", demos=1, seed=0)
+    assert cr.pooled([run])["progress_ci95"] == res["progress_ci95"]
+    fam, per = next(iter(res["per_family"].items()))
+    assert cr.pooled([run], fam)["progress_ci95"] == per["progress_ci95"]
+
+
 def test_deterministic_per_seed():
     a = ev.evaluate(ev.ExpertPolicy(), episodes=3, seed=11, progress=False)
     b = ev.evaluate(ev.ExpertPolicy(), episodes=3, seed=11, progress=False)
