@@ -21,6 +21,7 @@ import json
 import os
 import sys
 from collections.abc import Callable
+from typing import Any
 
 from core.errors import UserError, unknown
 
@@ -38,6 +39,9 @@ class Budget:
     vla_steps: int
     compare_preset: str  # scripts/compare.py GRIDS entry: demo counts, fine-tuning seeds, episodes, recipes
     finetune_steps: int = 0
+    # the demo world: stage 5's labelled demos as their own dataset, written by stage 1 to OUT/data_finetune with
+    # these writer.GenerationConfig values over stage 1's (its `seed` is added to --seed); {} = stage 1's datasets
+    finetune_data: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -140,8 +144,13 @@ WORLDS: dict[str, PipelineWorld] = {
         robot="demo_robot", pretrain=("demo_robot", "demo_human"), vqgan_args=(), lam_size="demo", lam_args=(),
         vla_args=(), finetune_args=(),
         recipes=("scratch", "lapa", "vipra", "lapa_scratch", "state_bc", "image_bc"),
+        # stage 5 fine-tunes and evaluates on the two short families only, as every comparison slice since stop 35
+        # (docs/demo_world.md, "Where the comparison stands"): on all five a first run read 0-7 % success for every
+        # policy (the long families' progress is 0.05-0.32 at 50 demos even with privileged state)
         budgets={"demo": Budget(episodes=0, val_episodes=0, vqgan_steps=800, lam_steps=0, vla_steps=0,
-                                compare_preset="demo")},
+                                compare_preset="demo",
+                                finetune_data={"tasks": ("touch_block", "push_direction"), "embodiments": ("robot",),
+                                               "seed": 7, "num_shards": 2})},
         eval_args=_demo_eval_args, eval_world_seed=lambda seed, i: seed + i, data_seeds=_demo_seeds),
     "metaworld": PipelineWorld(
         name="metaworld",

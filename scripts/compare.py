@@ -73,13 +73,18 @@ RECIPES = {"scratch": Recipe("finetune", "scratch_demo", False), "lapa": Recipe(
            "vipra": Recipe("finetune", "vipra_demo", True),
            "lapa_scratch": Recipe("finetune", "lapa_demo", False, tokenizers="lapa"),
            "state_bc": Recipe("reference", "state", False), "image_bc": Recipe("reference", "image", False)}
-# grid presets (--preset); an explicit --demos / --seeds / --episodes / --recipes wins. "demo" is make demo's stage 5:
-# about the cost of its former single-seed comparison (one demo count, 30 episodes, plus the seconds-cheap state BC)
+# grid presets (--preset); an explicit --demos / --seeds / --episodes / --recipes / --steps wins, and an explicit
+# --finetune-arg / --ref-arg comes after the preset's (the later value of a flag wins). "demo" is make demo's stage 5:
+# one demo count, one seed, 30 episodes, of the references the seconds-cheap state BC, and the fine-tuning
+# configuration of every comparison slice since stop 35 (docs/demo_world.md, "Where the comparison stands"): the
+# effector state, augmentation (DrQ's 4-pixel shift for the image BC) and 1000 steps
 # "transfer" / "transfer_gpu": the Meta-World transfer experiment's grids (its cpu / gpu budgets in _worlds.py):
 # demo counts are multiples of the 6 target tasks (metaworld_robot episode i plays task i mod 6), so N demos are N/6
 # per task; evaluation episodes likewise cycle through the tasks (docs/metaworld.md, "The transfer experiment")
 GRIDS = {"full": {"demos": "10,25,50,100", "seeds": "0,1,2", "episodes": 300, "recipes": ",".join(RECIPES)},
-         "demo": {"demos": "50", "seeds": "0", "episodes": 30, "recipes": "scratch,lapa,vipra,state_bc"},
+         "demo": {"demos": "50", "seeds": "0", "episodes": 30, "recipes": "scratch,lapa,vipra,state_bc", "steps": 1000,
+                  "finetune_arg": ["--config.model.proprio_dim=2", "--config.data.augment.enabled=True"],
+                  "ref_arg": ["--shift=4"]},
          "transfer": {"demos": "30,60", "seeds": "0,1", "episodes": 60, "recipes": "scratch,lapa,vipra"},
          "transfer_gpu": {"demos": "30,60,150", "seeds": "0,1,2", "episodes": 120, "recipes": "scratch,lapa,vipra"}}
 VARIANT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_+.]*")
@@ -300,7 +305,8 @@ def write_manifest(out: str, jobs: list[Job], setup: dict, variants: dict[str, l
     return lines
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line with the --preset grid's defaults filled in; demos, seeds and recipes as lists."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="runs/demo/compare")
     p.add_argument("--world", default="demo", choices=tuple(_worlds.WORLDS),
@@ -318,7 +324,8 @@ def main(argv: list[str] | None = None) -> int:
                                                  "(full: 0,1,2)")
     p.add_argument("--episodes", type=int, default=None, help="closed-loop episodes per policy (full: 300)")
     p.add_argument("--eval-seed", type=int, default=1000, help="episode i plays world seed EVAL_SEED + i")
-    p.add_argument("--steps", type=int, default=0, help="fine-tuning steps (default: the preset's)")
+    p.add_argument("--steps", type=int, default=None, help="fine-tuning steps (default: the grid's, else the "
+                                                             "configs/policy.py preset's)")
     p.add_argument("--ref-steps", type=int, default=0, help="reference-policy steps (default: policy.reference's)")
     p.add_argument("--finetune-arg", action="append", default=[], metavar="--config.X=V",
                    help="extra policy.finetune flag for every VLA fine-tune (repeatable; use the = form)")
@@ -330,9 +337,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--report-only", action="store_true", help="run nothing: report on the finished runs")
     a = p.parse_args(argv)
     for k, v in GRIDS[a.preset].items():
-        setattr(a, k, v if getattr(a, k) is None else getattr(a, k))
+        given = getattr(a, k)
+        setattr(a, k, [*v, *given] if isinstance(v, list) else v if given is None else given)
+    a.steps = a.steps or 0
     a.demos, a.seeds = _ints(a.demos, "--demos"), _ints(a.seeds, "--seeds")
     a.recipes = [r for r in a.recipes.split(",") if r]
+    return a
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = parse_args(argv)
     world = _worlds.get_world(a.world)
     for r in a.recipes:
         if r not in RECIPES:

@@ -1,13 +1,15 @@
 """The main job on the built-in demo world (what `make demo` runs), each stage a normal training command:
 
   1. demo RLDS datasets (robot demonstrations + action-free human video)      OUT/data
+     and stage 5's labelled demos (the two short task families)                OUT/data_finetune
   2. VQGAN image tokenizer (configs/vqgan.py:demo, shortened)                  OUT/vqgan
   3. latent action models, LAPA and ViPRA presets (configs/lam.py:*_demo)      OUT/lam/{lapa,vipra}
   4. VideoLLaMA latent pretraining (LAPA) and dynamics pretraining +
      flow-matching co-training (ViPRA) (configs/{lapa,vipra}.py:demo)          OUT/vla/{lapa,vipra}
   5. policies fine-tuned on the same labelled demos (scratch, LAPA, ViPRA,
      the state-BC reference) and evaluated closed loop on the same world
-     seeds: a reduced scripts/compare.py (one demo count, one seed)             OUT/compare/report.md
+     seeds: a reduced scripts/compare.py (one demo count, one seed) in the
+     configuration of docs/demo_world.md "Where the comparison stands"      OUT/compare/report.md
 The console shows per stage its command, a progress bar (on a terminal) and one line of key figures, then a table
 of all stages; third-party noise is kept off (core/quiet.py). Full logs: OUT/logs/<stage>.log. The run report is
 OUT/index.html (open it in a browser; the same as OUT/report.md; rebuild with `python scripts/report.py OUT`).
@@ -55,7 +57,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--episodes", type=int, default=None, help="train episodes per dataset (default: the budget's)")
     p.add_argument("--seed", type=int, default=0, help="data-generation seed")
     p.add_argument("--vqgan-steps", type=int, default=None)
-    # stage 5 is scripts/compare.py --preset demo (50 demos, seed 0, 30 episodes, scratch/lapa/vipra/state_bc)
+    # stage 5 is scripts/compare.py --preset demo (50 demos, seed 0, 30 episodes, scratch/lapa/vipra/state_bc;
+    # fine-tunes with the effector state, augmentation and 1000 steps)
     p.add_argument("--compare-demos", default=None, help="labelled demos for stage 5 (comma-separated)")
     p.add_argument("--compare-episodes", type=int, default=None, help="closed-loop episodes per policy in stage 5")
     p.add_argument("--compare-recipes", default=None,
@@ -90,9 +93,13 @@ def run_all(a: argparse.Namespace) -> int:
              if a.smoke else [])
     if a.smoke:
         a.vqgan_steps, a.compare_demos, a.compare_episodes = a.smoke, "4", 2
-    data_dir = os.path.join(out, "data")
+    data_dir = labelled = os.path.join(out, "data")
     if world.data_command is None:  # the demo world, in-process: its figures table goes to logs/data.log
-        generate_data(data_dir, writer.GenerationConfig(episodes=a.episodes, seed=a.seed), out)
+        sets = [(data_dir, writer.GenerationConfig(episodes=a.episodes, seed=a.seed))]
+        if budget.finetune_data:  # stage 5's labelled demos as a dataset of their own
+            labelled = os.path.join(out, "data_finetune")
+            sets.append((labelled, finetune_generation(sets[0][1], budget.finetune_data)))
+        generate_data(sets, out)
     elif generate_world_data(world, data_dir, a, out, redo):
         redo |= {"vqgan", "lam_lapa", "lam_vipra", "vla_lapa", "vla_vipra"}
     if a.data_only:
@@ -136,7 +143,7 @@ def run_all(a: argparse.Namespace) -> int:
              ("--seeds", "0" if a.smoke else None))  # a smoke run: one fine-tuning seed whatever the grid has
     steps = a.smoke or budget.finetune_steps
     compare.main(["--world", world.name, "--preset", budget.compare_preset, "--out", os.path.join(out, "compare"),
-                  "--vla", os.path.join(out, "vla"), "--data-root", data_dir,
+                  "--vla", os.path.join(out, "vla"), "--data-root", labelled,
                   *(x for flag, v in given if v is not None for x in (flag, str(v)))]
                  + (["--steps", str(steps)] if steps else []) + (["--ref-steps", str(a.smoke)] if a.smoke else [])
                  + (["--redo-all"] if upstream else []))
@@ -160,28 +167,39 @@ def generate_world_data(world: _worlds.PipelineWorld, data_dir: str, a: argparse
                      redo)
 
 
-def generate_data(data_dir: str, cfg: writer.GenerationConfig, out: str) -> None:
-    """Stage 1 (in this process): the demo datasets, reused when generated with the same config. The console gets
-    one line of figures; the per-dataset table goes to OUT/logs/data.log."""
-    reused = writer.existing_summaries(data_dir, cfg)
+def finetune_generation(cfg: writer.GenerationConfig, values: dict) -> writer.GenerationConfig:
+    """Stage 5's labelled demos: the budget's `finetune_data` over stage 1's config, its seed an offset of --seed
+    (so a different --seed redraws both and the two never share a generation seed by default)."""
+    return dataclasses.replace(cfg, **{**values, "seed": cfg.seed + int(values.get("seed", 0))})
+
+
+def generate_data(sets: list[tuple[str, writer.GenerationConfig]], out: str) -> None:
+    """Stage 1 (in this process): the demo datasets, each (directory, config) reused when generated with the same
+    config; the first is the pretraining data, a second one stage 5's labelled demos. The console gets one line of
+    figures; the per-dataset table goes to OUT/logs/data.log."""
     logs = os.path.join(out, "logs")
     t0 = time.time()
-    if reused is None:
-        print(f"[1/5] demo datasets: generating {cfg.episodes} episodes per embodiment in {data_dir}", flush=True)
+    reused = [writer.existing_summaries(d, cfg) for d, cfg in sets]
+    data_dir, cfg = sets[0]
+    if any(r is None for r in reused):
+        print(f"[1/5] demo datasets: generating {cfg.episodes} episodes per embodiment in {data_dir}"
+              + "".join(f" and {d} ({', '.join(c.tasks)})" for d, c in sets[1:]), flush=True)
         from data import tf_setup  # noqa: F401  (TensorFlow / TFDS loaded quietly: no TFDS bars, no notices)
 
-        summaries = writer.write_datasets(data_dir, cfg, overwrite=True, progress=sys.stderr.isatty())
+        reused = [r if r is not None else writer.write_datasets(d, c, overwrite=True, progress=sys.stderr.isatty())
+                  for r, (d, c) in zip(reused, sets, strict=True)]
+        ran = True
     else:
-        print(f"[1/5] demo datasets: reusing {data_dir} (same generation config)", flush=True)
-        summaries = reused
+        print(f"[1/5] demo datasets: reusing {', '.join(d for d, _ in sets)} (same generation config)", flush=True)
+        ran = False
     os.makedirs(logs, exist_ok=True)
     with open(os.path.join(logs, "data.log"), "w") as f:
-        f.write(data_report.format_summaries(summaries) + "\n")
-    line = data_figures(summaries)
-    seconds = time.time() - t0 if reused is None else float((_stages._read_record(logs, "data") or {}).get(
-        "seconds", 0.0))
-    record(StageRecord("data", "ran" if reused is None else "reused", seconds, line, data_dir), logs)
-    print(f"  data {f'done in {seconds:.0f} s' if reused is None else 'reused'}: {line}", flush=True)
+        f.write(data_report.format_summaries([s for r in reused for s in r]) + "\n")
+    line = data_figures(reused[0]) + "".join(f"; stage 5's demos ({', '.join(c.tasks)}) "
+                                             + data_figures(r) for r, (_, c) in zip(reused[1:], sets[1:], strict=True))
+    seconds = time.time() - t0 if ran else float((_stages._read_record(logs, "data") or {}).get("seconds", 0.0))
+    record(StageRecord("data", "ran" if ran else "reused", seconds, line, data_dir), logs)
+    print(f"  data {f'done in {seconds:.0f} s' if ran else 'reused'}: {line}", flush=True)
 
 
 def data_figures(summaries: list[dict]) -> str:

@@ -396,19 +396,46 @@ def test_world_seeds_are_the_datasets_and_an_overlapping_eval_range_is_refused(d
 def test_demo_stage_5_runs_a_reduced_comparison(tmp_path, monkeypatch):
     import demo  # scripts/demo.py
 
-    calls = []
-    monkeypatch.setattr(demo, "generate_data", lambda *a, **k: None)
+    calls, data = [], []
+    monkeypatch.setattr(demo, "generate_data", lambda sets, out: data.append(sets))
     monkeypatch.setattr(demo, "run_stage", lambda *a, **k: False)  # stages 2-4 "reused"
     monkeypatch.setattr(compare, "main", lambda argv: calls.append(argv) or 0)
     assert demo.main(["--out", str(tmp_path)]) == 0
-    assert demo.main(["--out", str(tmp_path), "--smoke", "3"]) == 0
+    assert demo.main(["--out", str(tmp_path), "--smoke", "3", "--seed", "2"]) == 0
     full, smoke = (dict(zip(c[::2], c[1::2], strict=True)) for c in calls)
     assert full["--preset"] == "demo" and not {"--demos", "--seeds", "--episodes", "--steps"} & set(full)
     assert (smoke["--demos"], smoke["--episodes"], smoke["--steps"], smoke["--ref-steps"]) == ("4", "2", "3", "3")
+    # stage 1 writes stage 5's labelled demos beside the pretraining data: the two short families, robot only, the
+    # measured slices' generation (seed 7, 2 shards); a different --seed moves both datasets' seeds
+    (pre, ft), (pre2, ft2) = data
+    assert full["--data-root"] == ft[0] == str(tmp_path / "data_finetune") and pre[0] == str(tmp_path / "data")
+    assert ft[1] == dataclasses.replace(pre[1], tasks=("touch_block", "push_direction"), embodiments=("robot",),
+                                        seed=7, num_shards=2)
+    assert (pre2[1].seed, ft2[1].seed) == (2, 9) and ft2[1].episodes == ft[1].episodes == pre[1].episodes
     # the preset: one demo count, one seed, make demo's former 30 episodes, of the references only the cheap one
     g = compare.GRIDS["demo"]
     assert "," not in g["demos"] and g["seeds"] == "0" and g["episodes"] == 30
     assert set(g["recipes"].split(",")) == {"scratch", "lapa", "vipra", "state_bc"}
+
+
+def test_the_demo_grid_fine_tunes_in_the_measured_configuration():
+    """`--preset demo` = every slice since stop 35: effector state, augmentation, 1000 steps (warm-up 30, the preset's
+    own), DrQ shift for the references; an explicit flag comes after the preset's (so it wins) or replaces it."""
+    a = compare.parse_args(["--preset", "demo", "--recipes", "scratch,lapa,state_bc"])
+    jobs = {j.recipe: j.train for j in compare.plan(a, {"": ["vla"]})}
+    for recipe in ("scratch", "lapa"):
+        flags = jobs[recipe][jobs[recipe].index("--config.policy.num_demos=50"):]
+        assert {"--config.model.proprio_dim=2", "--config.data.augment.enabled=True",
+                "--config.train.total_steps=1000", "--config.train.optimizer.warmup_steps=30"} <= set(flags)
+    assert jobs["state_bc"][-1] == "--shift=4"
+    a = compare.parse_args(["--preset", "demo", "--steps", "40", "--finetune-arg=--config.model.proprio_dim=0",
+                            "--ref-arg=--shift=0"])
+    assert a.steps == 40 and a.finetune_arg[-1] == "--config.model.proprio_dim=0" and a.ref_arg[-1] == "--shift=0"
+    full = compare.parse_args([])
+    assert (full.steps, full.finetune_arg, full.ref_arg) == (0, [], [])  # the full grid: the presets' own
+    assert "finetune_arg" not in compare.GRIDS["full"]  # and the merge never mutates the table
+    assert compare.GRIDS["demo"]["finetune_arg"] == ["--config.model.proprio_dim=2",
+                                                     "--config.data.augment.enabled=True"]
 
 
 def test_bootstrap_of_world_means_is_not_the_episode_bootstrap():
