@@ -75,14 +75,15 @@ RECIPES = {"scratch": Recipe("finetune", "scratch_demo", False), "lapa": Recipe(
            "state_bc": Recipe("reference", "state", False), "image_bc": Recipe("reference", "image", False)}
 # grid presets (--preset); an explicit --demos / --seeds / --episodes / --recipes / --steps wins, and an explicit
 # --finetune-arg / --ref-arg comes after the preset's (the later value of a flag wins). "demo" is make demo's stage 5:
-# one demo count, one seed, 30 episodes, of the references the seconds-cheap state BC, and the fine-tuning
-# configuration of every comparison slice since stop 35 (docs/demo_world.md, "Where the comparison stands"): the
-# effector state, augmentation (DrQ's 4-pixel shift for the image BC) and 1000 steps
+# one demo count, one seed, 100 episodes (an evaluation is a few % of a 1000-step fine-tune's time; 30 episodes left
+# a 5-95 % spread of 0.09-0.30 in one policy's progress, 100 of 0.15-0.25), of the references the seconds-cheap state
+# BC, and the fine-tuning configuration of every comparison slice since stop 35 (docs/demo_world.md, "Where the
+# comparison stands"): the effector state, augmentation (DrQ's 4-pixel shift for the image BC) and 1000 steps
 # "transfer" / "transfer_gpu": the Meta-World transfer experiment's grids (its cpu / gpu budgets in _worlds.py):
 # demo counts are multiples of the 6 target tasks (metaworld_robot episode i plays task i mod 6), so N demos are N/6
 # per task; evaluation episodes likewise cycle through the tasks (docs/metaworld.md, "The transfer experiment")
 GRIDS = {"full": {"demos": "10,25,50,100", "seeds": "0,1,2", "episodes": 300, "recipes": ",".join(RECIPES)},
-         "demo": {"demos": "50", "seeds": "0", "episodes": 30, "recipes": "scratch,lapa,vipra,state_bc", "steps": 1000,
+         "demo": {"demos": "50", "seeds": "0", "episodes": 100, "recipes": "scratch,lapa,vipra,state_bc", "steps": 1000,
                   "finetune_arg": ["--config.model.proprio_dim=2", "--config.data.augment.enabled=True"],
                   "ref_arg": ["--shift=4"]},
          "transfer": {"demos": "30,60", "seeds": "0,1", "episodes": 60, "recipes": "scratch,lapa,vipra"},

@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--episodes", type=int, default=None, help="train episodes per dataset (default: the budget's)")
     p.add_argument("--seed", type=int, default=0, help="data-generation seed")
     p.add_argument("--vqgan-steps", type=int, default=None)
-    # stage 5 is scripts/compare.py --preset demo (50 demos, seed 0, 30 episodes, scratch/lapa/vipra/state_bc;
+    # stage 5 is scripts/compare.py --preset demo (50 demos, seed 0, 100 episodes, scratch/lapa/vipra/state_bc;
     # fine-tunes with the effector state, augmentation and 1000 steps)
     p.add_argument("--compare-demos", default=None, help="labelled demos for stage 5 (comma-separated)")
     p.add_argument("--compare-episodes", type=int, default=None, help="closed-loop episodes per policy in stage 5")

@@ -412,9 +412,9 @@ def test_demo_stage_5_runs_a_reduced_comparison(tmp_path, monkeypatch):
     assert ft[1] == dataclasses.replace(pre[1], tasks=("touch_block", "push_direction"), embodiments=("robot",),
                                         seed=7, num_shards=2)
     assert (pre2[1].seed, ft2[1].seed) == (2, 9) and ft2[1].episodes == ft[1].episodes == pre[1].episodes
-    # the preset: one demo count, one seed, make demo's former 30 episodes, of the references only the cheap one
+    # the preset: one demo count, one seed, 100 episodes, of the references only the cheap one
     g = compare.GRIDS["demo"]
-    assert "," not in g["demos"] and g["seeds"] == "0" and g["episodes"] == 30
+    assert "," not in g["demos"] and g["seeds"] == "0" and g["episodes"] == 100
     assert set(g["recipes"].split(",")) == {"scratch", "lapa", "vipra", "state_bc"}
 
 
