@@ -77,8 +77,8 @@ RECIPES = {"scratch": Recipe("finetune", "scratch_demo", False), "lapa": Recipe(
 # --finetune-arg / --ref-arg comes after the preset's (the later value of a flag wins). "demo" is make demo's stage 5:
 # one demo count, one seed, 100 episodes (an evaluation is a few % of a 1000-step fine-tune's time; 30 episodes left
 # a 5-95 % spread of 0.09-0.30 in one policy's progress, 100 of 0.15-0.25), of the references the seconds-cheap state
-# BC, and the fine-tuning configuration of every comparison slice since stop 35 (docs/demo_world.md, "Where the
-# comparison stands"): the effector state, augmentation (DrQ's 4-pixel shift for the image BC) and 1000 steps
+# BC, and the fine-tuning configuration of every comparison slice since stop 35: the effector state, augmentation
+# (DrQ's 4-pixel shift for the image BC) and 1000 steps (docs/demo_world.md, "Where the comparison stands")
 # "transfer" / "transfer_gpu": the Meta-World transfer experiment's grids (its cpu / gpu budgets in _worlds.py):
 # demo counts are multiples of the 6 target tasks (metaworld_robot episode i plays task i mod 6), so N demos are N/6
 # per task; evaluation episodes likewise cycle through the tasks (docs/metaworld.md, "The transfer experiment")
