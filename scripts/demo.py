@@ -1,6 +1,6 @@
 """The main job on the built-in demo world (what `make demo` runs), each stage a normal training command:
 
-  1. demo RLDS datasets (robot demonstrations + action-free human video)      OUT/data
+  1. demo RLDS datasets (robot demonstrations + action-free human video)       OUT/data
      and stage 5's labelled demos (the two short task families)                OUT/data_finetune
   2. VQGAN image tokenizer (configs/vqgan.py:demo, shortened)                  OUT/vqgan
   3. latent action models, LAPA and ViPRA presets (configs/lam.py:*_demo)      OUT/lam/{lapa,vipra}
@@ -9,7 +9,7 @@
   5. policies fine-tuned on the same labelled demos (scratch, LAPA, ViPRA,
      the state-BC reference) and evaluated closed loop on the same world
      seeds: a reduced scripts/compare.py (one demo count, one seed) in the
-     configuration of docs/demo_world.md "Where the comparison stands"      OUT/compare/report.md
+     configuration of docs/demo_world.md "Where the comparison stands"         OUT/compare/report.md
 The console shows per stage its command, a progress bar (on a terminal) and one line of key figures, then a table
 of all stages; third-party noise is kept off (core/quiet.py). Full logs: OUT/logs/<stage>.log. The run report is
 OUT/index.html (open it in a browser; the same as OUT/report.md; rebuild with `python scripts/report.py OUT`).
@@ -180,10 +180,12 @@ def generate_data(sets: list[tuple[str, writer.GenerationConfig]], out: str) -> 
     logs = os.path.join(out, "logs")
     t0 = time.time()
     reused = [writer.existing_summaries(d, cfg) for d, cfg in sets]
-    data_dir, cfg = sets[0]
-    if any(r is None for r in reused):
-        print(f"[1/5] demo datasets: generating {cfg.episodes} episodes per embodiment in {data_dir}"
-              + "".join(f" and {d} ({', '.join(c.tasks)})" for d, c in sets[1:]), flush=True)
+    data_dir = sets[0][0]
+    if any(r is None for r in reused):  # name only what is written: a reused dataset stays as it is
+        todo = [d + ("" if i == 0 else " (" + ", ".join(c.tasks) + ")")
+                for i, ((d, c), r) in enumerate(zip(sets, reused, strict=True)) if r is None]
+        print(f"[1/5] demo datasets: generating {sets[0][1].episodes} episodes per embodiment in {' and '.join(todo)}",
+              flush=True)
         from data import tf_setup  # noqa: F401  (TensorFlow / TFDS loaded quietly: no TFDS bars, no notices)
 
         reused = [r if r is not None else writer.write_datasets(d, c, overwrite=True, progress=sys.stderr.isatty())

@@ -418,6 +418,23 @@ def test_demo_stage_5_runs_a_reduced_comparison(tmp_path, monkeypatch):
     assert set(g["recipes"].split(",")) == {"scratch", "lapa", "vipra", "state_bc"}
 
 
+def test_stage_1_writes_only_the_dataset_it_lacks(tmp_path, monkeypatch, capsys):
+    """The pretraining data already made, stage 5's demos not: only the latter is written, and the console says so."""
+    import demo  # scripts/demo.py
+
+    pre = (str(tmp_path / "data"), writer.GenerationConfig(episodes=3))
+    ft = (str(tmp_path / "data_finetune"), demo.finetune_generation(pre[1], {"tasks": ("touch_block",), "seed": 7}))
+    summary = {"dataset": "demo_robot/1.0.0", "episodes": 23, "steps": 99, "success_rate": 1.0, "seconds": 0.0,
+               "bytes": 1, "path": "p"}
+    written = []
+    monkeypatch.setattr(writer, "existing_summaries", lambda d, cfg: [summary] if d == pre[0] else None)
+    monkeypatch.setattr(writer, "write_datasets", lambda d, cfg, **k: written.append((d, cfg)) or [summary])
+    demo.generate_data([pre, ft], str(tmp_path))
+    assert written == [ft] and ft[1].seed == 7 and ft[1].tasks == ("touch_block",)
+    first = capsys.readouterr().out.splitlines()[0]
+    assert first == f"[1/5] demo datasets: generating 3 episodes per embodiment in {ft[0]} (touch_block)"
+
+
 def test_the_demo_grid_fine_tunes_in_the_measured_configuration():
     """`--preset demo` = every slice since stop 35: effector state, augmentation, 1000 steps (warm-up 30, the preset's
     own), DrQ shift for the references; an explicit flag comes after the preset's (so it wins) or replaces it."""
