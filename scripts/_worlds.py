@@ -69,6 +69,13 @@ class PipelineWorld:
     def robot_dir(self, data_root: str) -> str:
         return os.path.join(data_root, self.robot, VERSION)
 
+    def labelled_root(self, out: str, budget: str | None = None) -> str:
+        """Where `scripts/demo.py --out OUT --budget B` leaves the labelled demos stage 5 (and scripts/compare.py's
+        default --data-root) reads: OUT/data_finetune when the budget has labelled demos of its own (`finetune_data`),
+        else the pretraining data's OUT/data. The default budget is the world's first."""
+        b = self.budgets[budget or next(iter(self.budgets))]
+        return os.path.join(out, "data_finetune" if b.finetune_data else "data")
+
 
 def _datasets(names: tuple[str, ...]) -> tuple[str, ...]:
     """`--config.data.datasets=(...)` and equal `--config.data.weights=(...)` of a trainer command."""

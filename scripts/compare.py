@@ -74,18 +74,20 @@ RECIPES = {"scratch": Recipe("finetune", "scratch_demo", False), "lapa": Recipe(
            "lapa_scratch": Recipe("finetune", "lapa_demo", False, tokenizers="lapa"),
            "state_bc": Recipe("reference", "state", False), "image_bc": Recipe("reference", "image", False)}
 # grid presets (--preset); an explicit --demos / --seeds / --episodes / --recipes / --steps wins, and an explicit
-# --finetune-arg / --ref-arg comes after the preset's (the later value of a flag wins). "demo" is make demo's stage 5:
-# one demo count, one seed, 100 episodes (an evaluation is a few % of a 1000-step fine-tune's time; 30 episodes left
-# a 5-95 % spread of 0.09-0.30 in one policy's progress, 100 of 0.15-0.25), of the references the seconds-cheap state
-# BC, and the fine-tuning configuration of every comparison slice since stop 35: the effector state, augmentation
-# (DrQ's 4-pixel shift for the image BC) and 1000 steps (docs/demo_world.md, "Where the comparison stands")
+# --finetune-arg / --ref-arg comes after the preset's (the later value of a flag wins). MEASURED is the fine-tuning
+# configuration of every comparison slice since stop 35 (docs/demo_world.md, "Where the comparison stands"): 1000
+# steps, the effector state, augmentation, and DrQ's 4-pixel shift for the references (the state BC ignores it).
+# "full" is the grid those slices measured; "demo" is make demo's stage 5: one demo count, one seed, 100 episodes (an
+# evaluation is a few % of a 1000-step fine-tune's time; 30 episodes left a 5-95 % spread of 0.09-0.30 in one
+# policy's progress, 100 of 0.15-0.25), of the references the seconds-cheap state BC.
 # "transfer" / "transfer_gpu": the Meta-World transfer experiment's grids (its cpu / gpu budgets in _worlds.py):
 # demo counts are multiples of the 6 target tasks (metaworld_robot episode i plays task i mod 6), so N demos are N/6
 # per task; evaluation episodes likewise cycle through the tasks (docs/metaworld.md, "The transfer experiment")
-GRIDS = {"full": {"demos": "10,25,50,100", "seeds": "0,1,2", "episodes": 300, "recipes": ",".join(RECIPES)},
-         "demo": {"demos": "50", "seeds": "0", "episodes": 100, "recipes": "scratch,lapa,vipra,state_bc", "steps": 1000,
-                  "finetune_arg": ["--config.model.proprio_dim=2", "--config.data.augment.enabled=True"],
-                  "ref_arg": ["--shift=4"]},
+MEASURED = {"steps": 1000, "finetune_arg": ["--config.model.proprio_dim=2", "--config.data.augment.enabled=True"],
+            "ref_arg": ["--shift=4"]}
+GRIDS = {"full": {"demos": "10,25,50,100", "seeds": "0,1,2", "episodes": 300, "recipes": ",".join(RECIPES),
+                  **MEASURED},
+         "demo": {"demos": "50", "seeds": "0", "episodes": 100, "recipes": "scratch,lapa,vipra,state_bc", **MEASURED},
          "transfer": {"demos": "30,60", "seeds": "0,1", "episodes": 60, "recipes": "scratch,lapa,vipra"},
          "transfer_gpu": {"demos": "30,60,150", "seeds": "0,1,2", "episodes": 120, "recipes": "scratch,lapa,vipra"}}
 VARIANT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_+.]*")
@@ -315,7 +317,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--vla", action="append", default=None, metavar="[NAME=]DIR",
                    help="pretrained runs DIR/lapa and DIR/vipra; repeat as NAME=DIR per pretraining variant; "
                         "DIR1,DIR2 for several pretraining runs of one variant (default runs/demo/vla)")
-    p.add_argument("--data-root", default="runs/demo/data", help="make_demo_data --out of the labelled demos")
+    p.add_argument("--data-root", default=None, help="the labelled demos' data root (default: where make demo "
+                   "leaves them, runs/demo/data_finetune; runs/metaworld/data)")
     p.add_argument("--preset", default="full", choices=tuple(GRIDS),
                    help="grid defaults (GRIDS): full, demo; transfer, transfer_gpu (Meta-World)")
     p.add_argument("--recipes", default=None, help=f"comma-separated, of {', '.join(RECIPES)} (default: all)")
@@ -341,6 +344,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         given = getattr(a, k)
         setattr(a, k, [*v, *given] if isinstance(v, list) else v if given is None else given)
     a.steps = a.steps or 0
+    a.data_root = a.data_root or _worlds.get_world(a.world).labelled_root(os.path.join("runs", a.world))
     a.demos, a.seeds = _ints(a.demos, "--demos"), _ints(a.seeds, "--seeds")
     a.recipes = [r for r in a.recipes.split(",") if r]
     return a

@@ -93,11 +93,10 @@ def run_all(a: argparse.Namespace) -> int:
              if a.smoke else [])
     if a.smoke:
         a.vqgan_steps, a.compare_demos, a.compare_episodes = a.smoke, "4", 2
-    data_dir = labelled = os.path.join(out, "data")
+    data_dir, labelled = os.path.join(out, "data"), world.labelled_root(out, a.budget)
     if world.data_command is None:  # the demo world, in-process: its figures table goes to logs/data.log
         sets = [(data_dir, writer.GenerationConfig(episodes=a.episodes, seed=a.seed))]
         if budget.finetune_data:  # stage 5's labelled demos as a dataset of their own
-            labelled = os.path.join(out, "data_finetune")
             sets.append((labelled, finetune_generation(sets[0][1], budget.finetune_data)))
         generate_data(sets, out)
     elif generate_world_data(world, data_dir, a, out, redo):

@@ -5,6 +5,7 @@ reduced call of `make demo`'s stage 5."""
 import argparse
 import dataclasses
 import json
+import os
 import re
 import sys
 from pathlib import Path
@@ -448,11 +449,38 @@ def test_the_demo_grid_fine_tunes_in_the_measured_configuration():
     a = compare.parse_args(["--preset", "demo", "--steps", "40", "--finetune-arg=--config.model.proprio_dim=0",
                             "--ref-arg=--shift=0"])
     assert a.steps == 40 and a.finetune_arg[-1] == "--config.model.proprio_dim=0" and a.ref_arg[-1] == "--shift=0"
-    full = compare.parse_args([])
-    assert (full.steps, full.finetune_arg, full.ref_arg) == (0, [], [])  # the full grid: the presets' own
-    assert "finetune_arg" not in compare.GRIDS["full"]  # and the merge never mutates the table
-    assert compare.GRIDS["demo"]["finetune_arg"] == ["--config.model.proprio_dim=2",
-                                                     "--config.data.augment.enabled=True"]
+    assert compare.GRIDS["demo"]["finetune_arg"] == ["--config.model.proprio_dim=2",  # the merge never mutates
+                                                     "--config.data.augment.enabled=True"]  # the table
+    assert compare.parse_args(["--preset", "transfer"]).finetune_arg == []  # Meta-World: its presets' own
+
+
+def test_the_full_grid_is_the_measured_one_by_default():
+    """`compare.py` with no grid flags plans exactly the grid the slices measured (the docs' explicit command: the
+    two short families make demo writes to runs/demo/data_finetune, effector state, augmentation, 1000 steps, DrQ
+    shift), and its 50-demo seed-0 runs are make demo's stage 5 runs (which reproduce the slices' to every digit)."""
+    vla = {"robot+human": ["runs/demo/vla"], "robot": ["runs/demo/vla_robot"]}
+    default = compare.parse_args([])
+    assert default.data_root == os.path.join("runs", "demo", "data_finetune")
+    assert compare.parse_args(["--world", "metaworld"]).data_root == os.path.join("runs", "metaworld", "data")
+    explicit = compare.parse_args([
+        "--data-root", "runs/demo/data_finetune", "--demos", "10,25,50,100", "--seeds", "0,1,2", "--episodes", "300",
+        "--finetune-arg=--config.model.proprio_dim=2", "--finetune-arg=--config.train.total_steps=1000",
+        "--finetune-arg=--config.data.augment.enabled=True", "--ref-arg=--shift=4"])
+    jobs, documented = compare.plan(default, vla), compare.plan(explicit, vla)
+    assert len(jobs) == 96 and [j.name for j in jobs] == [j.name for j in documented]
+
+    def config(cmd: list[str]) -> dict[str, str]:  # the last value of each flag: what the trainer gets
+        return dict(c.split("=", 1) if "=" in c else (c, "") for c in cmd)
+
+    for j, d in zip(jobs, documented, strict=True):
+        assert config(j.train) == config(d.train) and j.evaluate == d.evaluate, j.name
+    stage5 = compare.plan(compare.parse_args(["--preset", "demo", "--out", default.out]), {"": ["runs/demo/vla"]})
+    by_name = {j.name.replace("-robot+human", ""): j for j in jobs}
+    for j in stage5:  # the same commands but for the run directory's name (make demo's variant is unnamed)
+        full = by_name[j.name]
+        train, evaluate = ([x.replace(j.workdir, full.workdir) for x in c] for c in (j.train, j.evaluate))
+        evaluate = [x if x != "100" else "300" for x in evaluate]  # its 100 episodes on the same world seeds
+        assert (train, evaluate) == (full.train, full.evaluate), j.name
 
 
 def test_bootstrap_of_world_means_is_not_the_episode_bootstrap():
