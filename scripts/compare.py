@@ -1,9 +1,9 @@
 """The demo-world comparison (issue #20 part 3): scratch vs LAPA vs ViPRA vs the reference policies, on the same
 first-N labelled demos, paired closed-loop evaluation on the same world seeds, intervals on every figure.
 
-    python scripts/compare.py --out runs/compare --data-root runs/demo/data \
-        --vla robot+human=runs/demo/vla --vla robot=runs/demo/vla_robot \
-        --demos 10,25,50,100 --seeds 0,1,2 --episodes 300 --eval-seed 1000      # = --preset full's grid
+    python scripts/compare.py --out runs/compare --vla robot+human=runs/demo/vla --vla robot=runs/demo/vla_robot
+        # --preset full, the default: the measured grid (demos 10,25,50,100, seeds 0,1,2, 300 episodes, 1000 steps,
+        # effector state, augmentation, DrQ shift) on runs/demo/data_finetune, the labelled demos make demo writes
     python scripts/compare.py --preset demo --out runs/demo/compare --vla runs/demo/vla   # make demo's stage 5
 
 Per (recipe, pretraining variant, N demos, fine-tuning seed) one run directory OUT/<recipe>[-<variant>]_<N>_s<seed>
