@@ -44,10 +44,12 @@ def _load(path: str, what: str) -> dict:
 
 
 def _where(start: dict, end: dict, revision: str) -> str:
-    """'2026-12-03, AMD EPYC × 2 cores, load 0.44 → 2.46, rev a9648aa' (1-minute load averages)."""
+    """'2026-12-03, AMD EPYC × 2 cores, load 0.44 → 2.46, rev a9648aa' (1-minute load averages); records that have
+    the CPU's vector extensions name the widest of avx512f / avx2 / avx after the model ('AMD EPYC (AVX2)')."""
     day = datetime.datetime.fromtimestamp(float(start.get("time", 0)), datetime.UTC).strftime("%Y-%m-%d")
     load = lambda snap: f"{snap['load'][0]:.2f}" if snap.get("load") else "?"
-    cpu = f"{start.get('cpu') or 'unknown CPU'} × {start.get('cores', '?')} cores"
+    widest = next((x.upper() for x in ("avx512f", "avx2", "avx") if x in start.get("isa", ())), "")
+    cpu = f"{start.get('cpu') or 'unknown CPU'}{f' ({widest})' if widest else ''} × {start.get('cores', '?')} cores"
     return f"{day}, {cpu}, load {load(start)} → {load(end)}" + (f", rev {revision}" if revision else "")
 
 

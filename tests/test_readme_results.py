@@ -15,6 +15,7 @@ sys.path.insert(0, os.path.join(ROOT, "scripts"))
 
 import readme_results  # noqa: E402
 
+from core import machine  # noqa: E402
 from core.errors import UserError  # noqa: E402
 
 README = """# title
@@ -132,13 +133,14 @@ def test_the_pytest_session_writes_its_summary(tmp_path):
     rec = json.loads(out.read_text())
     # the record and the nested session's output in every message: this test failed twice without a trace (stop 30)
     seen = f"record {rec}\nstdout tail {r.stdout[-1500:]}"
-    assert rec["counts"]["passed"] == 1 and rec["counts"]["failed"] == 0 and rec["counts"]["deselected"] == 4, seen
+    assert rec["counts"]["passed"] == 1 and rec["counts"]["failed"] == 0 and rec["counts"]["deselected"] == 5, seen
     assert rec["exit_status"] == 0 and rec["workers"] == 0, seen
     # a one-test session can take well under 0.1 s (stop 32's CI: 0.06 s, which the old 0.1-s rounding made 0.0 and
     # failed `0 < seconds`); the duration must agree with the snapshots' clock times (each rounded to 0.1 s)
     assert 0 <= rec["seconds"] < 300 and rec["end"]["time"] >= rec["start"]["time"], seen
     assert abs(rec["seconds"] - (rec["end"]["time"] - rec["start"]["time"])) <= 0.2, seen
     assert rec["start"]["cores"] == os.cpu_count() and len(rec["end"]["load"]) == 3, seen
+    assert rec["start"]["isa"] == machine.cpu_isa(), seen
     assert "| tests (every tier, no xdist workers) | 1 passed, 0 failed;" in "\n".join(readme_results.tests_block(rec))
     assert rec["compile_cache_entries_at_start"] >= 0
     text = "\n".join(readme_results.tests_block({**rec, "compile_cache_entries_at_start": 0}))
@@ -161,3 +163,20 @@ def test_demo_finish_writes_the_run_record(tmp_path, monkeypatch):
     rows = readme_results.demo_block(str(out))
     assert rows[3] == "| vqgan | 1:01 | PSNR 29.00 dB |"
     assert (out / "index.html").exists()
+
+
+def test_the_machine_record_names_the_cpus_vector_extensions(tmp_path):
+    """XLA compiles for the CPU it runs on (a seeded image BC trains other parameters under AVX than under AVX2), so
+    the record names the vector extensions, and the README line the widest x86 one."""
+    x86, arm = tmp_path / "x86", tmp_path / "arm"
+    x86.write_text("processor\t: 0\nmodel name\t: AMD EPYC\nflags\t\t: fpu sse4_2 avx2 avx fma avx512f\n\n"
+                   "processor\t: 1\nflags\t\t: fpu\n")
+    arm.write_text("processor\t: 0\nFeatures\t: fp asimd sve\n")
+    assert machine.cpu_isa(str(x86)) == ["sse4_2", "avx", "avx2", "fma", "avx512f"]  # ISA_FLAGS' order
+    assert machine.cpu_isa(str(arm)) == ["asimd", "sve"] and machine.cpu_isa(str(tmp_path / "none")) == []
+    assert machine.snapshot()["isa"] == machine.cpu_isa()
+    snap = {**SNAP, "isa": ["sse4_2", "avx", "avx2", "fma"]}
+    want = "2026-12-03, AMD EPYC (AVX2) × 2 cores, load 0.44 → 0.44, rev abc"
+    assert readme_results._where(snap, snap, "abc") == want
+    assert "AMD EPYC (AVX512F) × 2" in readme_results._where({**SNAP, "isa": ["avx2", "avx512f"]}, SNAP, "")
+    assert "AMD EPYC × 2" in readme_results._where(SNAP, SNAP, "")  # an older record: no extensions, no bracket
