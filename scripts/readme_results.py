@@ -67,6 +67,9 @@ def tests_block(summary: dict) -> list[str]:
     cache = summary.get("compile_cache_entries_at_start")
     cache = "" if cache is None else (f", warm compilation cache ({cache} entries)" if cache else
                                       ", cold compilation cache")
+    # tests/conftest.py compiles with XLA's optimizations mostly off unless told otherwise (records from stop 63 on)
+    opt = summary.get("xla_most_optimizations_disabled")
+    cache += "" if opt is None else (", XLA optimizations mostly off" if opt else ", XLA optimizations on")
     return ["| what | figure | measured |", "|---|---|---|",
             f"| tests ({tier}, {workers or 'no'} xdist workers) | {outcome}; {clock(seconds)} of pytest "
             f"(exit status {summary.get('exit_status', '?')}{cache}) "

@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 
+import jax
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -143,8 +144,15 @@ def test_the_pytest_session_writes_its_summary(tmp_path):
     assert rec["start"]["isa"] == machine.cpu_isa(), seen
     assert "| tests (every tier, no xdist workers) | 1 passed, 0 failed;" in "\n".join(readme_results.tests_block(rec))
     assert rec["compile_cache_entries_at_start"] >= 0
-    text = "\n".join(readme_results.tests_block({**rec, "compile_cache_entries_at_start": 0}))
-    assert "(exit status 0, cold compilation cache)" in text
+    # the nested session compiles as this one does: conftest.py's default, or what the caller set
+    assert rec["xla_most_optimizations_disabled"] is bool(jax.config.read("jax_disable_most_optimizations")), seen
+    text = "\n".join(readme_results.tests_block({**rec, "compile_cache_entries_at_start": 0,
+                                                  "xla_most_optimizations_disabled": True}))
+    assert "(exit status 0, cold compilation cache, XLA optimizations mostly off)" in text
+    off = {**rec, "xla_most_optimizations_disabled": False}
+    assert "XLA optimizations on)" in "\n".join(readme_results.tests_block(off))
+    old = {k: v for k, v in rec.items() if k != "xla_most_optimizations_disabled"}  # a record from before stop 63
+    assert "XLA optimizations" not in "\n".join(readme_results.tests_block(old))
 
 
 def test_demo_finish_writes_the_run_record(tmp_path, monkeypatch):
