@@ -63,27 +63,55 @@ if JAX_CACHE_DIR:  # the environment is what subprocesses inherit; this process 
 CACHE_PRUNE_BYTES = 1 << 30
 
 
-def prune_compilation_cache(path: str, limit: int = CACHE_PRUNE_BYTES) -> int:
-    """Deletes the oldest files (by modification time) of the compilation cache at `path` until it holds at most
-    `limit` // 2 bytes, when it holds more than `limit`; returns how many were deleted. A deleted entry that is still
-    used is compiled again (and rewritten), so pruning costs time, never correctness."""
-    files = []
+def _cache_entries(path: str) -> dict[str, dict[str, os.DirEntry]]:
+    """The files of JAX's compilation cache at `path`, {key: {suffix: file}}: `<key>-cache` (the executable) and,
+    written only while JAX's eviction is on, `<key>-atime` (its last use). Other files (JAX's `.lockfile`) are left
+    out."""
+    entries: dict[str, dict[str, os.DirEntry]] = {}
     for entry in os.scandir(path) if os.path.isdir(path) else ():
-        if entry.is_file():
-            st = entry.stat()
-            files.append((st.st_mtime, st.st_size, entry.path))
-    total = sum(size for _, size, _ in files)
+        key, sep, suffix = entry.name.rpartition("-")
+        if sep and suffix in ("cache", "atime") and entry.is_file():
+            entries.setdefault(key, {})[suffix] = entry
+    return entries
+
+
+def prune_compilation_cache(path: str, limit: int = CACHE_PRUNE_BYTES) -> int:
+    """Deletes the oldest entries (by the modification time of `<key>-cache`; an `-atime` file without its executable
+    counts as oldest) of the compilation cache at `path` until it holds at most `limit` // 2 bytes, when it holds more
+    than `limit`; returns how many entries were deleted. An entry's files go together: JAX's eviction, if a caller
+    turns it on, reads the `-atime` file of every `-cache` file. A deleted entry that is still used is compiled again
+    (and rewritten), so pruning costs time, never correctness."""
+    sized = []
+    for key, files in _cache_entries(path).items():
+        age = files["cache"].stat().st_mtime if "cache" in files else float("-inf")
+        sized.append((age, key, sum(f.stat().st_size for f in files.values()), files))
+    total = sum(size for _, _, size, _ in sized)
     if total <= limit:
         return 0
     deleted = 0
-    for _, size, name in sorted(files):
+    for _, _, size, files in sorted(sized, key=lambda e: e[:2]):
         if total <= limit // 2:
             break
-        with contextlib.suppress(FileNotFoundError):  # another session pruned it first
-            os.remove(name)
+        for f in files.values():
+            with contextlib.suppress(FileNotFoundError):  # another session pruned it first
+                os.remove(f.path)
         total -= size
         deleted += 1
     return deleted
+
+
+def add_missing_atimes(path: str) -> int:
+    """Writes `<key>-atime` (JAX's format: the time in ns, 8 bytes little-endian; here the executable's mtime) for
+    every cache entry that lacks one; returns how many were written. Entries written while eviction was off have
+    none, and JAX's eviction, once a caller turns it on, fails on them on every write (the entry is then not cached,
+    and a warning is printed each time)."""
+    written = 0
+    for key, files in _cache_entries(path).items():
+        if "cache" in files and "atime" not in files:
+            with open(os.path.join(path, f"{key}-atime"), "wb") as out:
+                out.write(files["cache"].stat().st_mtime_ns.to_bytes(8, "little"))
+            written += 1
+    return written
 
 
 @pytest.fixture(scope="session")
@@ -133,8 +161,11 @@ SUMMARY_PATH = os.environ.get("LATENT_VLA_TEST_SUMMARY", os.path.join(ROOT, "run
 def pytest_configure(config) -> None:
     if not hasattr(config, "workerinput"):
         config._latent_vla_start = machine.snapshot()
+        # before the workers start (the controller compiles nothing)
         if JAX_CACHE_DIR and os.environ["JAX_COMPILATION_CACHE_MAX_SIZE"] == "-1":
-            prune_compilation_cache(JAX_CACHE_DIR)  # before the workers start (the controller compiles nothing)
+            prune_compilation_cache(JAX_CACHE_DIR)
+        elif JAX_CACHE_DIR:  # the caller's limit: JAX evicts, and needs every entry's access time
+            add_missing_atimes(JAX_CACHE_DIR)
         # warm or cold: a first run on a new machine compiles everything, later runs mostly read the cache
         config._latent_vla_cache = len(os.listdir(JAX_CACHE_DIR)) if JAX_CACHE_DIR and os.path.isdir(
             JAX_CACHE_DIR) else 0
