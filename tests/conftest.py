@@ -41,7 +41,10 @@ if JAX_CACHE_DIR:
     # every entry's access-time file under a lock shared by the workers (0.42 s per write at 5,800 entries, stop 63),
     # which made a cold run on a well-used cache minutes slower. Stale entries are pruned once per session instead
     # (`prune_compilation_cache`, oldest first past CACHE_PRUNE_BYTES; the suite writes ~0.06 GiB per cold run).
-    CACHE_SIZE_FROM_CALLER = "JAX_COMPILATION_CACHE_MAX_SIZE" in os.environ
+    # decided once, by the first process: pytest-xdist workers (and test subprocesses) inherit the value set below,
+    # so they read the caller's choice from the marker, not from the variable itself
+    CACHE_SIZE_FROM_CALLER = os.environ.setdefault(
+        "LATENT_VLA_TEST_CACHE_SIZE_FROM_CALLER", str(int("JAX_COMPILATION_CACHE_MAX_SIZE" in os.environ))) == "1"
     os.environ.setdefault("JAX_COMPILATION_CACHE_MAX_SIZE", "-1")
 
 import jax  # noqa: E402  (the environment above must be set first)
@@ -167,8 +170,7 @@ def pytest_configure(config) -> None:
         elif JAX_CACHE_DIR:  # the caller's limit: JAX evicts, and needs every entry's access time
             add_missing_atimes(JAX_CACHE_DIR)
         # warm or cold: a first run on a new machine compiles everything, later runs mostly read the cache
-        config._latent_vla_cache = len(os.listdir(JAX_CACHE_DIR)) if JAX_CACHE_DIR and os.path.isdir(
-            JAX_CACHE_DIR) else 0
+        config._latent_vla_cache = len(_cache_entries(JAX_CACHE_DIR)) if JAX_CACHE_DIR else 0
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
