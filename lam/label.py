@@ -51,7 +51,8 @@ def fold_shift(variables: PyTree) -> PyTree:
 
 
 def load_lam(workdir: str, step: int | None = None) -> tuple[ml_collections.ConfigDict, PyTree]:
-    """(config, variables) of a LAM training run's checkpoint (default latest), shift folded into the codebook."""
+    """(config, variables) of a LAM training run's checkpoint `step` (default: the newest intact one; a newer
+    corrupt one is skipped with a warning), the shift folded into the codebook."""
     import orbax.checkpoint as ocp
 
     from latent_pretraining.training import checkpoint
@@ -59,13 +60,15 @@ def load_lam(workdir: str, step: int | None = None) -> tuple[ml_collections.Conf
     ckdir = os.path.join(os.path.abspath(workdir), "checkpoints")
     if not os.path.isdir(ckdir):
         raise FileNotFoundError(f"no checkpoints/ in {workdir!r}: train a LAM there first (python -m lam.train ...)")
+    step = checkpoint.verified_step(ckdir, step)  # config and weights from this one intact checkpoint
     assets = checkpoint.read_assets(ckdir, step)
     if "config.json" not in assets:
-        raise KeyError(f"checkpoint in {ckdir} has no config.json asset")
+        from core.errors import UserError
+
+        raise UserError(f"checkpoint {ckdir}/{step} has no config.json asset: is {workdir!r} a lam.train run?")
     config = lam_config.from_saved(json.loads(assets["config.json"]))  # older runs: legacy defaults filled in
     with ocp.CheckpointManager(ckdir, item_names=checkpoint.ITEMS,
                                options=ocp.CheckpointManagerOptions(read_only=True)) as m:
-        step = m.latest_step() if step is None else step
         ts = m.restore(step, args=ocp.args.Composite(train_state=ocp.args.StandardRestore()))["train_state"]
         params = m.restore(step, args=ocp.args.Composite(params=ocp.args.StandardRestore()))["params"]
     variables = {"params": params, **ts["model_state"]}

@@ -216,10 +216,10 @@ def load_checkpoint_tokenizer(workdir: str, step: int | None = None) -> tuple[vq
     from latent_pretraining.training import checkpoint as ckpt_lib
 
     directory = os.path.join(os.path.abspath(workdir), "checkpoints")
+    step = ckpt_lib.verified_step(directory, step)  # config and weights from this one intact checkpoint
     mcfg = vqgan.VQGANConfig.from_dict(json.loads(ckpt_lib.read_assets(directory, step)["vqgan_config.json"]))
     with ocp.CheckpointManager(directory, item_names=ckpt_lib.ITEMS,
                                options=ocp.CheckpointManagerOptions(read_only=True)) as m:
-        step = m.latest_step() if step is None else step
         out = m.restore(step, args=ocp.args.Composite(params=ocp.args.StandardRestore(),
                                                       train_state=ocp.args.StandardRestore()))
     return mcfg, jax.device_get(vqgan.export_params(out["params"], out["train_state"]["model_state"]["vq"]))

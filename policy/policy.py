@@ -66,7 +66,7 @@ from latent_pretraining.model import heads, vqgan
 from latent_pretraining.model.text_tokenizer import PROMPT_TEMPLATE, TextTokenizer, format_prompt
 from latent_pretraining.model.video_llama import VideoLlama, VideoLlamaConfig
 from latent_pretraining.sequence import LayoutSpec, assemble
-from latent_pretraining.training.checkpoint import read_assets, select_step
+from latent_pretraining.training.checkpoint import read_assets, verified_step
 from policy import sampler
 from policy.action_tokenizer import bin_centers, decode_bins
 from policy.metadata import GRIPPER_MODES, PolicyMetadata
@@ -83,15 +83,6 @@ def checkpoint_dir(workdir: str) -> str:
     """`<workdir>/checkpoints` when it exists (a training workdir), else `workdir` itself."""
     sub = os.path.join(workdir, "checkpoints")
     return os.path.abspath(sub if os.path.isdir(sub) else workdir)
-
-
-def _verified_step(directory: str, step: int | None) -> int:
-    """The step to load: `step` if intact, else the newest intact one (corrupt ones are skipped with a warning;
-    `training/checkpoint.py` verifies each checkpoint's integrity.json)."""
-    chosen, _ = select_step(directory, None if step is None else int(step))
-    if chosen is None:
-        raise FileNotFoundError(f"no complete checkpoint in {directory}")
-    return int(chosen)
 
 
 def _restore_single_device(item_dir: str, select: Any = None) -> PyTree:
@@ -254,7 +245,7 @@ class Policy:
         override the run's config.flow for sampling; gripper / gripper_range: see step 6 of the module docstring;
         bin_temperature: see step 4."""
         directory = checkpoint_dir(workdir)
-        step = _verified_step(directory, step)
+        step = verified_step(directory, step)
         assets = read_assets(directory, step)
         missing = [n for n in ("config.json", "video_llama.json", "layout.json", "tokenizer.model", "frozen.json")
                    if n not in assets]

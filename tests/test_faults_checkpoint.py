@@ -17,7 +17,7 @@ import shutil
 
 import numpy as np
 import pytest
-from training_utils import Data, config, init_fn, loss_fn
+from training_utils import Data, config, flip, init_fn, loss_fn, params_data_file
 
 from core.errors import UserError
 from latent_pretraining.training import checkpoint, loop, metrics, state
@@ -43,19 +43,6 @@ def run_copy(clean, tmp_path: pathlib.Path) -> pathlib.Path:
     return dst
 
 
-def _params_data_file(step_dir: pathlib.Path) -> pathlib.Path:
-    """The largest array-data file of the params item (OCDBT data files live under .../d/)."""
-    return max((p for p in (step_dir / "params").rglob("*") if p.is_file() and p.parent.name == "d"),
-               key=lambda p: p.stat().st_size)
-
-
-def _flip(path: pathlib.Path, n: int = 64) -> None:
-    raw = bytearray(path.read_bytes())
-    mid = len(raw) // 2
-    raw[mid:mid + n] = bytes(b ^ 0xFF for b in raw[mid:mid + n])
-    path.write_bytes(bytes(raw))
-
-
 def test_manifest_is_sealed_with_the_checkpoint(clean) -> None:
     ck = clean[0] / "checkpoints"
     for step in (2, 4):
@@ -68,12 +55,12 @@ def test_manifest_is_sealed_with_the_checkpoint(clean) -> None:
 
 
 def _truncate(step_dir: pathlib.Path) -> None:
-    f = _params_data_file(step_dir)
+    f = params_data_file(step_dir)
     f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])
 
 
 def _zero(step_dir: pathlib.Path) -> None:
-    f = _params_data_file(step_dir)
+    f = params_data_file(step_dir)
     f.write_bytes(b"\x00" * f.stat().st_size)
 
 
@@ -85,7 +72,7 @@ def _drop_entry(step_dir: pathlib.Path) -> None:
 
 
 CORRUPTIONS = {
-    "flipped": (lambda d: _flip(_params_data_file(d)), "does not match its sha256"),
+    "flipped": (lambda d: flip(params_data_file(d)), "does not match its sha256"),
     "truncated": (_truncate, "bytes, .* were written"),
     "zeroed": (_zero, "does not match its sha256"),
     "orbax_manifest_missing": (lambda d: (d / "params" / "manifest.ocdbt").unlink(),
@@ -117,7 +104,7 @@ def test_each_corruption_falls_back_or_refuses(run_copy: pathlib.Path, kind: str
 def test_flipped_params_resume_from_the_previous_checkpoint(clean, run_copy: pathlib.Path,
                                                             caplog: pytest.LogCaptureFixture) -> None:
     ck = run_copy / "checkpoints"
-    _flip(_params_data_file(ck / "4"))
+    flip(params_data_file(ck / "4"))
     with pytest.raises(checkpoint.CheckpointCorruptError,
                        match=r"checkpoint .*/4 is corrupt: file params/.* does not match its sha256"):
         checkpoint.load_params(str(ck), 4)  # asked for that step explicitly: refused, not silently wrong

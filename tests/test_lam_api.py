@@ -6,27 +6,33 @@ test_real_layouts::test_lam_train_evaluate_label_on_bridge."""
 
 from __future__ import annotations
 
+import pathlib
+
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from shared_assets import random_labeler
+from training_utils import flip, params_data_file
 
 from configs import lam as lam_configs
 from configs import lapa as lapa_configs
 from lam.label import Labeler, load_lam
 from lam.train import QUANTIZER
 from latent_pretraining import train as vla_train
-from latent_pretraining.training.checkpoint import Checkpointer
+from latent_pretraining.training.checkpoint import CheckpointCorruptError, Checkpointer
 from latent_pretraining.training.loop import _config_json
 from latent_pretraining.training.state import TrainState
 
 
-def _write_lam_run(workdir: str, step: int) -> Labeler:
-    """A lapa_tiny LAM run with one checkpoint at `step`; returns the labeler of the weights it holds."""
+def _write_lam_run(workdir: str, step: int, scale: float = 1.0) -> Labeler:
+    """A lapa_tiny LAM run with one checkpoint at `step` (float params times `scale`; a second call adds a second
+    checkpoint to the run); returns the labeler of the random weights before scaling."""
     cfg = lam_configs.get_config("lapa_tiny")
     cfg.data.cache_dir = ""
     lab, (_, folded, _) = random_labeler("lapa_tiny")
-    params = jax.tree.map(np.asarray, dict(folded["params"]))
+    params = jax.tree.map(lambda x: np.asarray(x) * scale if np.issubdtype(x.dtype, np.floating) else np.asarray(x),
+                          dict(folded["params"]))
     quantizer = dict(params["quantizer"])
     nsvq = jax.tree.map(np.asarray, dict(folded["nsvq"][QUANTIZER]))
     shift = np.random.default_rng(1).normal(size=nsvq["shift"].shape).astype(nsvq["shift"].dtype)
@@ -58,3 +64,21 @@ def test_the_trainer_loads_a_lam_checkpoint_through_lam_api(tmp_path) -> None:
     assert ids.shape == (2, 1, 4)
     np.testing.assert_array_equal(ids, Labeler(lam_config, lam_vars)(clip))
     np.testing.assert_array_equal(ids, lab(clip))  # the shift was folded back: the labels of the weights written
+
+
+def test_a_corrupt_newest_checkpoint_is_skipped_for_config_and_weights_alike(tmp_path) -> None:
+    """load_lam (lam.evaluate, label_latent_actions, the VideoLLaMA trainer's frozen LAM) read the config of the
+    newest intact checkpoint but restored the weights of the newest one, intact or not."""
+    workdir = str(tmp_path / "lam")
+    _write_lam_run(workdir, step=3)
+    _write_lam_run(workdir, step=5, scale=-1.0)
+    config, newest = load_lam(workdir)
+    assert config.checkpoint_step == 5
+    _, older = load_lam(workdir, 3)
+    assert not np.array_equal(newest["params"]["quantizer"]["codebook"], older["params"]["quantizer"]["codebook"])
+    flip(params_data_file(pathlib.Path(workdir) / "checkpoints" / "5"), n=1)  # one byte of the newest params
+    config, variables = load_lam(workdir)
+    assert config.checkpoint_step == 3
+    jax.tree.map(np.testing.assert_array_equal, variables, older)
+    with pytest.raises(CheckpointCorruptError, match="/5 is corrupt"):
+        load_lam(workdir, 5)  # asked for by number: refused, not restored silently wrong

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pathlib
 from typing import Any
 
 import flax.linen as nn
@@ -27,6 +28,20 @@ class TinyMLP(nn.Module):
 
 
 MODEL = TinyMLP()
+
+
+def params_data_file(step_dir: pathlib.Path) -> pathlib.Path:
+    """The largest array-data file of a checkpoint step's params item (OCDBT data files live under .../d/)."""
+    return max((p for p in (step_dir / "params").rglob("*") if p.is_file() and p.parent.name == "d"),
+               key=lambda p: p.stat().st_size)
+
+
+def flip(path: pathlib.Path, n: int = 64) -> None:
+    """Flips `n` bytes in the middle of a file (silent corruption: same size, same name)."""
+    raw = bytearray(path.read_bytes())
+    mid = len(raw) // 2
+    raw[mid:mid + n] = bytes(b ^ 0xFF for b in raw[mid:mid + n])
+    path.write_bytes(bytes(raw))
 
 
 def init_fn(rng: jax.Array) -> Any:

@@ -243,6 +243,16 @@ def select_step(directory: str, step: int | None = None) -> tuple[int | None, li
     return None, []
 
 
+def verified_step(directory: str, step: int | None = None) -> int:
+    """The step to load: `step` if intact (else `CheckpointCorruptError`), by default the newest intact one (newer
+    corrupt ones are skipped with a warning). Read the config assets and restore the arrays of this one step, so
+    the two always come from the same checkpoint."""
+    chosen, _ = select_step(directory, None if step is None else int(step))
+    if chosen is None:
+        raise FileNotFoundError(f"no complete checkpoint in {directory}")
+    return int(chosen)
+
+
 def read_asset(directory: str, step: int, name: str) -> bytes | None:
     """One asset file of a committed step, read directly (None if absent)."""
     path = os.path.join(os.path.abspath(os.fspath(directory)), str(step), "assets", name)
@@ -391,9 +401,7 @@ class Checkpointer:
 
 def read_assets(directory: str, step: int | None = None) -> dict[str, bytes]:
     """The asset files of a checkpoint (default: latest) as name -> bytes."""
-    step, _ = select_step(directory, step)
-    if step is None:
-        raise FileNotFoundError(f"no complete checkpoint in {directory}")
+    step = verified_step(directory, step)
     with ocp.CheckpointManager(os.path.abspath(os.fspath(directory)), item_names=ITEMS,
                                options=ocp.CheckpointManagerOptions(read_only=True)) as m:
         return m.restore(step, args=ocp.args.Composite(assets=AssetsRestore()))["assets"]
@@ -404,9 +412,7 @@ def load_params(directory: str, step: int | None = None, *, target: PyTree | Non
 
     `target` (a tree of arrays / ShapeDtypeStructs with shardings) places them; None restores as saved.
     """
-    step, _ = select_step(directory, step)  # verified; the newest intact one when step is None
-    if step is None:
-        raise FileNotFoundError(f"no complete checkpoint in {directory}")
+    step = verified_step(directory, step)
     with ocp.CheckpointManager(os.path.abspath(os.fspath(directory)), item_names=ITEMS,
                                options=ocp.CheckpointManagerOptions(read_only=True)) as m:
         if not ema:
