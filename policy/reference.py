@@ -12,7 +12,8 @@ Both regress an H-step chunk of native actions (dx, dy) / MAX_STEP with MSE and 
 VLA flow policies do the same). Training data: the first ``num_demos`` episodes of the dataset's train split,
 the same TFDS slice ``policy.finetune`` uses (``train[:N]``).
 
-    python -m policy.reference --kind state --data-root runs/demo/data --num-demos 50 --workdir runs/ref/state50
+    python -m policy.reference --kind state --data-root runs/demo/data --num-demos 50 --workdir runs/ref/state50 \
+        [--overwrite]                                 # a non-empty --workdir is refused without it
     python -m policy.reference --kind image --data-root runs/demo/data --num-demos 50 --workdir runs/ref/image50 \
         --eval-episodes 100 --eval-seed 1000
 
@@ -340,10 +341,13 @@ class ReferencePolicy:
 
 # ------------------------------------------------------------------------------------------------------- CLI
 def run(cfg: RefConfig, *, data_root: str, num_demos: int, workdir: str, eval_episodes: int = 0,
-        eval_seed: int = 1000, progress: bool = True) -> dict:
+        eval_seed: int = 1000, progress: bool = True, overwrite: bool = False) -> dict:
     """Train on the first ``num_demos`` demos, save to ``workdir`` and (optionally) evaluate closed loop on world
-    seeds ``eval_seed + i`` (refused if one of them is a training episode's seed)."""
+    seeds ``eval_seed + i`` (refused if one of them is a training episode's seed). A non-empty ``workdir`` is
+    refused unless ``overwrite``; then the old run is moved aside and deleted once the new one is saved (restored
+    if training fails first), as for the trainers' --overwrite (latent_pretraining/training/rundir.py)."""
     from core.errors import UserError
+    from latent_pretraining.training import rundir
     from policy.evaluate import evaluate, world_config_from_dataset
 
     t0 = time.time()
@@ -352,11 +356,17 @@ def run(cfg: RefConfig, *, data_root: str, num_demos: int, workdir: str, eval_ep
     if clash:
         raise UserError(f"evaluation seeds {sorted(clash)[:5]} are training episodes' seeds: "
                         "choose another --eval-seed")
-    params, curve = train(cfg, demos, progress=progress)
-    policy = ReferencePolicy(cfg, params, num_demos=num_demos, image_size=demos.images.shape[1])
-    summary = {"data_root": os.path.abspath(data_root), "train_steps": len(demos.targets), "curve": curve,
-               "train_seconds": time.time() - t0}
-    policy.save(workdir, summary)
+    run_dir = rundir.prepare(workdir, resume=False, overwrite=overwrite)
+    try:
+        params, curve = train(cfg, demos, progress=progress)
+        policy = ReferencePolicy(cfg, params, num_demos=num_demos, image_size=demos.images.shape[1])
+        summary = {"data_root": os.path.abspath(data_root), "train_steps": len(demos.targets), "curve": curve,
+                   "train_seconds": time.time() - t0}
+        policy.save(workdir, summary)
+    except BaseException:
+        run_dir.abort()
+        raise
+    run_dir.commit()
     if eval_episodes > 0:
         wcfg: WorldConfig = world_config_from_dataset(os.path.join(data_root, "demo_robot", "1.0.0"))
         res = evaluate(policy, episodes=eval_episodes, seed=eval_seed, world_config=wcfg, progress=progress)
@@ -382,11 +392,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--eval-episodes", type=int, default=0)
     p.add_argument("--eval-seed", type=int, default=1000)
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace a run already in --workdir (kept until the new one is saved)")
     a = p.parse_args(argv)
     cfg = RefConfig(kind=a.kind, chunk=a.chunk, steps=a.steps, batch_size=a.batch_size, lr=a.lr, seed=a.seed,
                     shift=a.shift)
     s = run(cfg, data_root=a.data_root, num_demos=a.num_demos, workdir=a.workdir, eval_episodes=a.eval_episodes,
-            eval_seed=a.eval_seed, progress=not a.no_progress)
+            eval_seed=a.eval_seed, progress=not a.no_progress, overwrite=a.overwrite)
     line = f"bc-{a.kind} on {a.num_demos} demos: final loss {s['curve'][-1][1]:.4f}"
     if "closed_loop" in s:
         r = s["closed_loop"]

@@ -176,7 +176,8 @@ def plan(a: argparse.Namespace, variants: dict[str, list[str]]) -> list[Job]:
                     wd = os.path.join(a.out, name)
                     if r.kind == "reference":
                         train = [py, "-m", "policy.reference", "--kind", r.preset, "--data-root", a.data_root,
-                                 "--num-demos", str(n), "--workdir", wd, "--seed", str(seed), "--no-progress",
+                                 "--num-demos", str(n), "--workdir", wd, "--overwrite", "--seed", str(seed),
+                                 "--no-progress",
                                  *(["--steps", str(a.ref_steps)] if a.ref_steps else []), *a.ref_arg]
                         done = os.path.join(wd, "reference.json")
                     else:

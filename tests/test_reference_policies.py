@@ -95,6 +95,32 @@ def test_eval_seeds_must_not_be_training_seeds(data_root, tmp_path):
         ref.RefConfig(kind="imag")
 
 
+def test_a_run_in_the_workdir_is_refused_without_overwrite_and_kept_until_the_new_one_is_saved(
+        data_root, tmp_path, monkeypatch):
+    """It was replaced in place, flag or no flag (a fine-tuning run's closed_loop.json included)."""
+    from latent_pretraining.training.rundir import WorkdirExistsError
+
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "closed_loop.json").write_text('{"old": 1}')
+    kw = dict(data_root=data_root, num_demos=1, workdir=str(out), progress=False)
+    with pytest.raises(WorkdirExistsError, match="--overwrite"):
+        ref.run(ref.RefConfig(steps=1), **kw)
+
+    def fail(*args, **kwargs):
+        raise RuntimeError("training failed")
+
+    monkeypatch.setattr(ref, "train", fail)
+    with pytest.raises(RuntimeError, match="training failed"):
+        ref.run(ref.RefConfig(steps=1), overwrite=True, **kw)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]  # the old run is back, nothing left aside
+    assert [p.name for p in out.iterdir()] == ["closed_loop.json"]
+    monkeypatch.undo()
+    ref.run(ref.RefConfig(steps=1), overwrite=True, **kw)
+    assert sorted(p.name for p in out.iterdir()) == ["params.msgpack", "reference.json"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
+
+
 def test_random_shift_moves_each_sample_within_the_pad():
     import jax
 
