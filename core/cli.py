@@ -39,6 +39,7 @@ MALLOC_ENV = "LATENT_VLA_MALLOC"  # "default": trainers keep glibc's default mal
 EXIT_USER_ERROR = 2  # argparse's status for bad arguments, so every kind of bad input exits the same way
 USER_ERRORS: tuple[type[BaseException], ...] = (
     UserError, FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError, PermissionError)
+_DEBUG = [False]  # --debug was on this process's command line (set by run / run_absl, read by `debugging`)
 _MLC_WRAPPER = "Error whilst parsing config file"  # ml_collections re-raises config-file errors with a traceback
 
 
@@ -54,6 +55,7 @@ def run(main: Callable[[list[str]], Any], argv: list[str] | None = None, *, trai
     if trainer:
         tune_malloc()
     args, debug = pop_debug(list(sys.argv[1:] if argv is None else argv))
+    _DEBUG[0] = debug
     sys.exit(call(lambda: main(args), debug=debug))
 
 
@@ -66,6 +68,7 @@ def run_absl(main: Callable[[list[str]], Any], *, trainer: bool = False) -> NoRe
     if trainer:
         tune_malloc()
     sys.argv[1:], debug = pop_debug(sys.argv[1:])  # in place: ml_collections reads overrides from sys.argv
+    _DEBUG[0] = debug
     sys.exit(call(lambda: app.run(main, flags_parser=parse_flags), debug=debug))
 
 
@@ -108,15 +111,26 @@ def tune_malloc(environ: dict[str, str] | None = None) -> None:
 
 def call(fn: Callable[[], Any], *, debug: bool = False) -> int:
     """fn()'s exit status (an int result, else 0); a user error -> its one line on stderr and EXIT_USER_ERROR."""
-    debug = debug or os.environ.get(DEBUG_ENV, "").strip().lower() not in ("", "0", "false", "no")
     try:
         result = fn()
     except USER_ERRORS as e:
-        if debug:
-            traceback.print_exception(e, file=sys.stderr)
-        print(f"{prog()}: error: {one_line(e)}", file=sys.stderr)
-        return EXIT_USER_ERROR
+        return report(e, debug=debug)
     return result if isinstance(result, int) else 0  # e.g. policy.evaluate's main returns its metrics dict
+
+
+def debugging(debug: bool = False) -> bool:
+    """Whether the user asked for tracebacks: `debug`, `--debug` on this process's command line, or DEBUG_ENV."""
+    env = os.environ.get(DEBUG_ENV, "").strip().lower() not in ("", "0", "false", "no")
+    return debug or _DEBUG[0] or env
+
+
+def report(e: BaseException, name: str | None = None, *, debug: bool = False) -> int:
+    """Prints a user error as `<name>: error: <one line>` (name: `prog()`), after its traceback when `debugging`;
+    returns EXIT_USER_ERROR. For a main that catches its own refusals (the converters name their subcommand)."""
+    if debugging(debug):
+        traceback.print_exception(e, file=sys.stderr)
+    print(f"{name or prog()}: error: {one_line(e)}", file=sys.stderr)
+    return EXIT_USER_ERROR
 
 
 def pop_debug(args: list[str]) -> tuple[list[str], bool]:

@@ -60,9 +60,10 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return run(args)
-    except UserError as e:  # a refusal: one line, no traceback, nothing written
-        print(f"convert_checkpoint {args.command}: error: {' '.join(str(e).split())}", file=sys.stderr)
-        return 2
+    except UserError as e:  # a refusal: one line (the traceback too with --debug), nothing written
+        from core import cli
+
+        return cli.report(e, f"convert_checkpoint {args.command}")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -43,6 +43,35 @@ def test_synthetic_pickle_converts_exactly(np_params, tmp_path, protocol) -> Non
         jax.tree.map(np.testing.assert_array_equal, restored, np_params)
 
 
+def test_existing_outputs_are_refused_before_reading_unless_overwrite(np_params, tmp_path, capsys,
+                                                                      monkeypatch) -> None:
+    """--output was replaced without asking, and an existing --orbax directory failed (orbax traceback) after it."""
+    from core import cli
+    from scripts import convert_vqgan
+
+    src, out, orbax_dir = tmp_path / "vqgan", tmp_path / "v.safetensors", tmp_path / "orbax"
+    src.write_bytes(pickle.dumps(np_params))
+    out.write_bytes(b"earlier")
+    orbax_dir.mkdir()
+    monkeypatch.delenv(cli.DEBUG_ENV, raising=False)
+    for argv, what in ((["--output", str(out)], "output file"), (["--orbax", str(orbax_dir)], "orbax directory"),
+                       (["--output", str(tmp_path / "new.safetensors"), "--orbax", str(orbax_dir)], "orbax")):
+        assert convert_vqgan.main(["--input", str(src), *argv]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"convert_vqgan: error: the {what}") and "--overwrite" in err and err.count("\n") == 1
+    assert out.read_bytes() == b"earlier" and not (tmp_path / "new.safetensors").exists()
+    monkeypatch.setenv(cli.DEBUG_ENV, "1")  # README: the full traceback on request, same one line and status
+    assert convert_vqgan.main(["--input", str(src), "--output", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("Traceback") and err.splitlines()[-1].startswith("convert_vqgan: error: the output file")
+    vqgan_pickle.convert(str(src), str(out), orbax_dir=str(orbax_dir), config=TINY, overwrite=True)
+    jax.tree.map(np.testing.assert_array_equal, vqgan.load_tokenizer(str(out))[1], np_params)
+    import orbax.checkpoint as ocp
+
+    with ocp.StandardCheckpointer() as ck:
+        jax.tree.map(np.testing.assert_array_equal, ck.restore(str(orbax_dir)), np_params)
+
+
 def test_wrapped_scalars_and_fortran_arrays(np_params) -> None:
     tree = {"params": np_params, "meta": {"lr": np.float32(0.5), "steps": [1, 2], "f": np.asfortranarray(
         np.arange(6.0).reshape(2, 3)), "be": np.arange(3, dtype=">i4")}}

@@ -303,13 +303,18 @@ def _to_plain(tree: Any) -> Any:
 
 
 def convert(source: str | bytes | BinaryIO, output: str | None = None, *, orbax_dir: str | None = None,
-            config: Any = None) -> tuple[Any, PyTree]:
+            config: Any = None, overwrite: bool = False) -> tuple[Any, PyTree]:
     """Pickle → validated (config, params); writes a tokenizer safetensors file and/or an orbax checkpoint.
 
-    `config` defaults to the LWM architecture (`VQGANConfig()`). Nothing is written unless validation passes.
+    `config` defaults to the LWM architecture (`VQGANConfig()`). Nothing is written unless validation passes; an
+    existing `output` / `orbax_dir` is refused before the pickle is read unless `overwrite` (the file is replaced
+    atomically; the directory by orbax's forced save).
     """
     from latent_pretraining.model import vqgan
 
+    for path, what in ((output, "output file"), (orbax_dir, "orbax directory")):
+        if path and os.path.lexists(path) and not overwrite:
+            raise ConversionError(f"the {what} {path} already exists: pass --overwrite to replace it")
     config = config or vqgan.VQGANConfig()
     params = load_pickled_params(source)
     name = source if isinstance(source, str) else "pickle"
@@ -329,5 +334,5 @@ def convert(source: str | bytes | BinaryIO, output: str | None = None, *, orbax_
         import orbax.checkpoint as ocp
 
         with ocp.StandardCheckpointer() as ckptr:
-            ckptr.save(os.path.abspath(orbax_dir), params)
+            ckptr.save(os.path.abspath(orbax_dir), params, force=overwrite)
     return config, params
