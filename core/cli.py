@@ -13,7 +13,8 @@ Every `python -m ...` / `python scripts/...` entry point ends with one of
         cli.run_absl(main)
 
 What counts as the user's mistake (`USER_ERRORS`): `core.errors.UserError` and its subclasses (e.g.
-`data.rlds.DataError`), config errors met while absl parses `--config` and its `--config.a.b=v` overrides (a
+`data.rlds.DataError`, `core.errors.InvalidInput` for a value the rest of the config or the inputs rule out), config
+errors met while absl parses `--config` and its `--config.a.b=v` overrides (a
 missing or unloadable file, an unknown preset, an unknown field — with the closest field suggested — or a value of
 the wrong type), other absl flag errors, and files that are missing / already there (FileNotFoundError,
 FileExistsError, ...). Anything else is a bug and keeps Python's traceback. `--debug` (anywhere before a `--`) or

@@ -20,6 +20,11 @@ class UserError(Exception):
     """A mistake in the user's input; the message names what was wrong and what was expected."""
 
 
+class InvalidInput(UserError, ValueError):
+    """A value the user gave (a flag, a config field, a cache file) that the run cannot use with the rest of its
+    input: e.g. a layout that does not fit the model, or a token cache from another VQGAN."""
+
+
 def closest(name: str, known: Iterable[str], *, cutoff: float = 0.6) -> str | None:
     """The known name closest to `name` (difflib ratio >= cutoff), or None."""
     hits = difflib.get_close_matches(str(name), [str(k) for k in known], n=1, cutoff=cutoff)

@@ -31,6 +31,7 @@ import ml_collections
 import numpy as np
 import optax
 
+from core.errors import InvalidInput
 from lam import data as lam_data
 from lam.config import context_frames
 from lam.label import Labeler, load_lam
@@ -242,8 +243,8 @@ def evaluate(workdir: str, step: int | None = None, out_dir: str | None = None,
 
         pinned = [e for e in cfg.data.datasets if parse_entry(e).root]
         if pinned:  # an entry's own root would win over data.root, so part of the probe would read the old episodes
-            raise ValueError(f"--data_root {data_root!r}: dataset entries {pinned} name their own root, which "
-                             "--data_root cannot replace; expected entries without '@root'")
+            raise InvalidInput(f"--data_root {data_root!r}: dataset entries {pinned} name their own root, which "
+                               "--data_root cannot replace; expected entries without '@root'")
         cfg.data.root = data_root
     name = "eval_on_" + os.path.basename(os.path.normpath(data_root)) if data_root else "eval"
     out_dir = out_dir or os.path.join(workdir, name)

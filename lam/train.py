@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from core.errors import InvalidInput
 from lam import config as lam_config
 from lam import data as lam_data
 from lam import losses, stabilize
@@ -144,8 +145,8 @@ def make_data(config: ml_collections.ConfigDict, *, split: str | None = None, se
                                   action_share=float(d.action_share))
     elif d.source == "pipeline":
         if gt_flow:
-            raise ValueError("the streaming pipeline has no ground-truth flow: set loss.flow_target='farneback' or "
-                             "'block_match' (estimated from the frames) or use data.source='memory' (demo world)")
+            raise InvalidInput("the streaming pipeline has no ground-truth flow: set loss.flow_target='farneback' or "
+                               "'block_match' (estimated from the frames) or use data.source='memory' (demo world)")
         from data.loader import make_iterator
         from data.mixture import PipelineConfig, mixture_from_lists
         from data.windows import lam_window
@@ -157,7 +158,7 @@ def make_data(config: ml_collections.ConfigDict, *, split: str | None = None, se
                              stats_dir=d.stats_dir or None)
         it = make_iterator(mixture, cfg)
     else:
-        raise ValueError(f"data.source must be 'memory' or 'pipeline', got {d.source!r}")
+        raise InvalidInput(f"data.source must be 'memory' or 'pipeline', got {d.source!r}")
     if want_flow and target != "ground_truth":
         from lam.flow_targets import WithFlow, estimator
 

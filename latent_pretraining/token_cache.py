@@ -34,6 +34,8 @@ from typing import Any
 
 import numpy as np
 
+from core.errors import InvalidInput
+
 IMAGE_FIELDS = ("history", "history_valid", "future", "future_valid")
 CLIP_FIELDS = ("clip", "clip_valid")
 LATENT_FORMAT = "lam-ids-v1"
@@ -82,7 +84,7 @@ class TokenCacheJoin:
         self.stride = np.array([int(strides[d]) for d in self.datasets], np.int64)
         self.offsets = np.asarray(window.history_offsets, np.int64)
         if len(self.offsets) != spec.num_frames:
-            raise ValueError(f"window has {len(self.offsets)} history offsets, layout {spec.num_frames} frames")
+            raise InvalidInput(f"window has {len(self.offsets)} history offsets, layout {spec.num_frames} frames")
         self._image: tuple[np.ndarray, dict] | None = self._load_image(image) if image else None
         self._latent: tuple[np.ndarray, dict] | None = None
         if latent and spec.latent_steps:
@@ -104,21 +106,21 @@ class TokenCacheJoin:
         with np.load(path, allow_pickle=False) as z:
             arrays = {k: z[k] for k in z.files}
         if "tfds_id" not in arrays:
-            raise ValueError(f"image token cache {path!r} has no tfds_id array (written before the join existed): "
-                             "rebuild it with scripts/cache_image_tokens.py")
+            raise InvalidInput(f"image token cache {path!r} has no tfds_id array (written before the join existed): "
+                               "rebuild it with scripts/cache_image_tokens.py")
         ids = arrays["ids"]
         grid = int(np.prod(ids.shape[1:]))
         if grid != self.spec.tokens_per_frame:
-            raise ValueError(f"image token cache {path!r} has a {'x'.join(map(str, ids.shape[1:]))} grid "
-                             f"({grid} tokens per frame) but the layout needs {self.spec.tokens_per_frame} (another "
-                             "VQGAN or resolution?)")
+            raise InvalidInput(f"image token cache {path!r} has a {'x'.join(map(str, ids.shape[1:]))} grid "
+                               f"({grid} tokens per frame) but the layout needs {self.spec.tokens_per_frame} (another "
+                               "VQGAN or resolution?)")
         if len(ids) and int(ids.max()) >= self.spec.vision_codebook:
-            raise ValueError(f"image token cache {path!r} has ids up to {int(ids.max())} but the VQGAN codebook has "
-                             f"{self.spec.vision_codebook} entries (cache from another VQGAN?)")
+            raise InvalidInput(f"image token cache {path!r} has ids up to {int(ids.max())} but the VQGAN codebook has "
+                               f"{self.spec.vision_codebook} entries (cache from another VQGAN?)")
         names = [_base_name(str(n)) for n in arrays["dataset_name"]]
         missing = [d for d in self.datasets if d not in names]
         if missing:
-            raise KeyError(f"image token cache {path!r} lacks datasets {missing} (has {names})")
+            raise InvalidInput(f"image token cache {path!r} lacks datasets {missing} (has {names})")
         ep, ds, step = arrays["episode"].astype(np.int64), arrays["dataset"], arrays["step"].astype(np.int64)
         hashes = episode_hash([str(t) for t in arrays["tfds_id"]])
         order = np.arange(len(ep))
@@ -129,7 +131,7 @@ class TokenCacheJoin:
             starts[ep[first]] = order[first]
             np.add.at(lens, ep, 1)
             if not np.array_equal(step, order - starts[ep]):
-                raise ValueError(f"image token cache {path!r}: rows are not contiguous per episode with steps 0..n-1")
+                raise InvalidInput(f"image token cache {path!r}: rows are not contiguous per episode with steps 0..n-1")
         ep_ds = np.full(len(hashes), -1, np.int64)
         ep_ds[ep] = ds
         index: dict[tuple[int, int], tuple[int, int]] = {}
@@ -149,19 +151,19 @@ class TokenCacheJoin:
             z = read_latent_cache(path)
             meta = z["meta"]
             if meta.get("format", LATENT_FORMAT) != LATENT_FORMAT:
-                raise ValueError(f"{path}: format {meta.get('format')!r}, expected {LATENT_FORMAT!r}")
+                raise InvalidInput(f"{path}: format {meta.get('format')!r}, expected {LATENT_FORMAT!r}")
             ids = z["ids"].reshape(len(z["ids"]), -1)
             if ids.shape[1] != spec.codes_per_step:
-                raise ValueError(f"latent-action cache {path!r} has {ids.shape[1]} codes per transition but the layout "
-                                 f"needs {spec.codes_per_step} (cache from another LAM?)")
+                raise InvalidInput(f"latent-action cache {path!r} has {ids.shape[1]} codes per transition but the "
+                                   f"layout needs {spec.codes_per_step} (cache from another LAM?)")
             if "codebook_size" in meta and int(meta["codebook_size"]) != spec.latent_codebook:
-                raise ValueError(f"latent-action cache {path!r} comes from a LAM with codebook "
-                                 f"{meta['codebook_size']}, the layout's is {spec.latent_codebook} (another LAM?)")
+                raise InvalidInput(f"latent-action cache {path!r} comes from a LAM with codebook "
+                                   f"{meta['codebook_size']}, the layout's is {spec.latent_codebook} (another LAM?)")
             step_c = int(self.window.clip_stride) * int(self.stride[d])
             if "offset" in meta and int(meta["offset"]) != step_c:
-                raise ValueError(f"latent-action cache {path!r} labels transitions t -> t+{meta['offset']} but the "
-                                 f"window of {name!r} needs t -> t+{step_c} (clip_stride {self.window.clip_stride} x "
-                                 f"frame stride {int(self.stride[d])})")
+                raise InvalidInput(f"latent-action cache {path!r} labels transitions t -> t+{meta['offset']} but the "
+                                   f"window of {name!r} needs t -> t+{step_c} (clip_stride {self.window.clip_stride} x "
+                                   f"frame stride {int(self.stride[d])})")
             for e, s, n in zip(self._episode_ids(z), z["episode_start"].tolist(), z["episode_len"].tolist(),
                                strict=True):
                 index[(d, int(e))] = (base + int(s), int(n))

@@ -28,6 +28,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from core.errors import InvalidInput
 from core.lookup import lookup
 from lam import api as lam_api
 from latent_pretraining import flow, objective
@@ -68,7 +69,7 @@ class Setup:
 def load_text_tokenizer(config: ml_collections.ConfigDict) -> TextTokenizer:
     path = config.text.tokenizer
     if not path:
-        raise ValueError("config.text.tokenizer is empty: give a SentencePiece tokenizer.model (LLaMA's for LWM)")
+        raise InvalidInput("config.text.tokenizer is empty: give a SentencePiece tokenizer.model (LLaMA's for LWM)")
     if not os.path.exists(path):
         if not config.text.train_demo_if_missing:
             raise FileNotFoundError(f"text tokenizer {path!r} does not exist")
@@ -94,13 +95,13 @@ def build(config: ml_collections.ConfigDict, latent: LatentLabeler | None, *, to
 
     tok = tokenizer if tokenizer is not None else load_text_tokenizer(config)
     if vision is None and not config.vision.tokenizer:
-        raise ValueError("config.vision.tokenizer is empty: give a VQGAN .safetensors (python -m "
-                         "latent_pretraining.vqgan_train ... or scripts/convert_vqgan.py)")
+        raise InvalidInput("config.vision.tokenizer is empty: give a VQGAN .safetensors (python -m "
+                           "latent_pretraining.vqgan_train ... or scripts/convert_vqgan.py)")
     vq_cfg, vq_params = vision if vision is not None else vqgan.load_tokenizer(config.vision.tokenizer)
     gh, gw = vq_cfg.token_grid(config.data.resolution)
     lay = config.layout
     if lay.latent_steps and latent is None:
-        raise ValueError("this recipe predicts latent actions: set config.latent.lam_workdir to a trained LAM run")
+        raise InvalidInput("this recipe predicts latent actions: set config.latent.lam_workdir to a trained LAM run")
     if latent is not None:  # the step carries (shards, gathers) only what labelling reads: not the LAM decoder
         latent = lam_api.encoder_only(latent, frame_size=config.data.resolution)
     lam_info = latent[2] if latent is not None else {"codebook_size": 0, "codes_per_step": 0, "clip_len": 2,
@@ -108,7 +109,8 @@ def build(config: ml_collections.ConfigDict, latent: LatentLabeler | None, *, to
     enc = lambda s: tuple(tok.encode(s)) if s else ()
     proprio_dim = int(config.model.get("proprio_dim", 0))  # effector state as input (one slot after the frames)
     if not 0 <= proprio_dim <= PROPRIO_DIM:
-        raise ValueError(f"model.proprio_dim {proprio_dim} must be in [0, {PROPRIO_DIM}] (the batch's padded proprio)")
+        raise InvalidInput(f"model.proprio_dim {proprio_dim} must be in [0, {PROPRIO_DIM}] (the batch's padded "
+                           "proprio)")
     spec = LayoutSpec(
         prompt_len=lay.prompt_len, num_frames=len(config.data.history_offsets), tokens_per_frame=gh * gw,
         vision_codebook=vq_cfg.num_embeddings, future_frame=lay.future_frame, latent_steps=lay.latent_steps,
@@ -119,7 +121,7 @@ def build(config: ml_collections.ConfigDict, latent: LatentLabeler | None, *, to
         bidirectional_actions=lay.bidirectional_actions, action_tokens=lay.get("action_tokens", 0),
         proprio_slots=int(proprio_dim > 0))
     if lay.action_slots and lay.action_slots != config.data.horizon:
-        raise ValueError(f"layout.action_slots {lay.action_slots} must equal data.horizon {config.data.horizon}")
+        raise InvalidInput(f"layout.action_slots {lay.action_slots} must equal data.horizon {config.data.horizon}")
     m = config.model
     mcfg = VideoLlamaConfig(
         llama=_llama_config(config, tok.vocab_size),
@@ -129,9 +131,9 @@ def build(config: ml_collections.ConfigDict, latent: LatentLabeler | None, *, to
         action_vocab_size=m.action_vocab_size, action_dim=m.action_dim if lay.action_slots or m.action_dim else 0,
         proprio_dim=proprio_dim)
     if mcfg.vision_vocab_size < vq_cfg.num_embeddings + 2:
-        raise ValueError(f"model.vision_vocab_size {mcfg.vision_vocab_size} < VQGAN codebook + 2 specials")
+        raise InvalidInput(f"model.vision_vocab_size {mcfg.vision_vocab_size} < VQGAN codebook + 2 specials")
     if spec.length > mcfg.llama.max_seq_len:
-        raise ValueError(f"sequence length {spec.length} exceeds model.llama.max_seq_len {mcfg.llama.max_seq_len}")
+        raise InvalidInput(f"sequence length {spec.length} exceeds model.llama.max_seq_len {mcfg.llama.max_seq_len}")
     stride = config.data.clip_stride or lam_info["offset"]
     clip_len = lay.latent_steps + 1 if lay.latent_steps else 2
     window = WindowSpec(kind="vla", history_offsets=tuple(config.data.history_offsets), horizon=config.data.horizon,
@@ -156,8 +158,8 @@ def augment_config(config: ml_collections.ConfigDict) -> Any:
     if not a.enabled:
         return None
     if config.cache.image:
-        raise ValueError("data.augment.enabled needs frames tokenized in the step, but cache.image is set "
-                         f"({config.cache.image!r}); set --config.cache.image='' or disable the augmentation")
+        raise InvalidInput("data.augment.enabled needs frames tokenized in the step, but cache.image is set "
+                           f"({config.cache.image!r}); set --config.cache.image='' or disable the augmentation")
     from data.augment import AugmentConfig
 
     return AugmentConfig(crop_scale=tuple(a.crop_scale), crop_ratio=tuple(a.crop_ratio), brightness=a.brightness,

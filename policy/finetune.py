@@ -22,6 +22,7 @@ from typing import Any
 import ml_collections
 import numpy as np
 
+from core.errors import InvalidInput
 from latent_pretraining import train as vla_train
 from latent_pretraining.training.checkpoint import read_assets
 from policy.action_tokenizer import ActionTokenizer
@@ -54,7 +55,7 @@ def use_pretrained(config: ml_collections.ConfigDict, src: str, weights: bool = 
     ours = vla_train._llama_config(config, pre["vocab_size"]).to_dict()
     bad = {k: (ours[k], pre[k]) for k in MODEL_FIELDS if ours[k] != pre[k]}
     if bad:
-        raise ValueError(f"config.model does not match the pretrained run {src} (field: (config, pretrained)): {bad}")
+        raise InvalidInput(f"config.model does not match the pretrained run {src} (field: (config, pretrained)): {bad}")
 
 
 def require_actions(datasets: tuple[str, ...] | list[str]) -> None:
@@ -111,11 +112,11 @@ def finetune(config: ml_collections.ConfigDict, workdir: str, *, resume: bool = 
     setup = vla_train.build(config, latent=None)
     if setup.spec.action_tokens:
         if setup.spec.action_tokens != config.data.horizon * 7:
-            raise ValueError(f"layout.action_tokens {setup.spec.action_tokens} must be data.horizon x 7 actions")
+            raise InvalidInput(f"layout.action_tokens {setup.spec.action_tokens} must be data.horizon x 7 actions")
         tok = fit_action_bins(setup, p.num_bins, p.bin_fit_batches)
         if tok.num_bins > setup.model_config.action_vocab_size:
-            raise ValueError(f"policy.num_bins {tok.num_bins} > model.action_vocab_size "
-                             f"{setup.model_config.action_vocab_size}")
+            raise InvalidInput(f"policy.num_bins {tok.num_bins} > model.action_vocab_size "
+                               f"{setup.model_config.action_vocab_size}")
         setup.assets["action_bins.json"] = tok.to_json()
         setup.batch_transform = bins_transform(tok)
     setup.assets["policy.json"] = {"recipe": config.recipe, "pretrained": p.pretrained, "num_demos": p.num_demos,

@@ -34,6 +34,7 @@ from typing import Any
 
 import numpy as np
 
+from core.errors import InvalidInput
 from data.demo import tasks as tasks_lib
 from data.demo.world import MAX_STEP, DemoWorld, WorldConfig
 
@@ -62,8 +63,8 @@ class RefConfig:
 
             raise UserError(unknown("reference policy kind", self.kind, KINDS))
         if self.chunk < 1 or self.steps < 1 or self.batch_size < 1 or self.shift < 0:
-            raise ValueError(f"chunk, steps and batch_size must be >= 1 and shift >= 0, got {self.chunk}, "
-                             f"{self.steps}, {self.batch_size}, {self.shift}")
+            raise InvalidInput(f"chunk, steps and batch_size must be >= 1 and shift >= 0, got {self.chunk}, "
+                               f"{self.steps}, {self.batch_size}, {self.shift}")
 
 
 # ------------------------------------------------------------------------------------------------- features

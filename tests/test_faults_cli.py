@@ -81,6 +81,21 @@ def test_missing_inputs_in_data_tools(tmp_path) -> None:
     assert str(blocker) in line and not (tmp_path / "a_file" / "data").exists()
 
 
+def test_inconsistent_config_and_a_wrong_tokenizer_file_are_one_line(tmp_path) -> None:
+    """Checks against the rest of the config or the inputs (core.errors.InvalidInput) and a tokenizer path that names
+    another kind of file used to end in a traceback (plain ValueError, safetensors' SafetensorError)."""
+    base = ["-m", "latent_pretraining.train", "--config=configs/lapa.py:debug", f"--workdir={tmp_path / 'run'}",
+            "--config.latent.lam_workdir="]
+    line = _one_line(_run([*base, "--config.text.tokenizer="]))
+    assert line.startswith("latent_pretraining.train: error: config.text.tokenizer is empty")
+    not_vqgan = tmp_path / "vqgan.pkl"  # e.g. LWM's pickle given where the converted file belongs
+    not_vqgan.write_bytes(b"\x80\x04" + bytes(64))
+    p = _run([*base, f"--config.text.tokenizer={tmp_path / 'tok.model'}", f"--config.vision.tokenizer={not_vqgan}"])
+    assert p.returncode == 2 and "Traceback" not in p.stderr, p.stderr[-3000:]  # (a log line: the demo tokenizer)
+    assert f"error: {not_vqgan} is not a safetensors file" in p.stderr.splitlines()[-1]
+    assert "expected a VQGAN tokenizer" in p.stderr.splitlines()[-1] and not (tmp_path / "run").exists()
+
+
 # ---------------------------------------------------------------------------------------------- in-process pieces
 def _config() -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict({

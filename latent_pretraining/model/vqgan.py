@@ -314,10 +314,19 @@ def load_tokenizer(path: str) -> tuple[VQGANConfig, PyTree]:
     if not os.path.isfile(path):
         raise FileNotFoundError(f"VQGAN tokenizer file {path!r} does not exist (train one with "
                                 "latent_pretraining.vqgan_train or convert LWM's with scripts/convert_vqgan.py)")
-    with safe_open(path, framework="numpy") as f:
+    from safetensors import SafetensorError
+
+    from core.errors import InvalidInput
+
+    hint = "expected a VQGAN tokenizer .safetensors (latent_pretraining.vqgan_train's, or scripts/convert_vqgan.py's)"
+    try:
+        f = safe_open(path, framework="numpy")
+    except SafetensorError as e:  # e.g. LWM's pickle given as the tokenizer
+        raise InvalidInput(f"{path} is not a safetensors file ({e}): {hint}") from e
+    with f:
         meta = f.metadata() or {}
         if "vqgan_config" not in meta:
-            raise ValueError(f"{path}: no 'vqgan_config' metadata; not a VQGAN tokenizer file")
+            raise InvalidInput(f"{path}: no 'vqgan_config' metadata, so not a VQGAN tokenizer file: {hint}")
         config = VQGANConfig.from_dict(json.loads(meta["vqgan_config"]))
         params: dict[str, Any] = {}
         for key in f.keys():  # noqa: SIM118 (safe_open is not a Mapping)
