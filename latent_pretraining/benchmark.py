@@ -32,6 +32,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from core.errors import UserError
 from latent_pretraining.model.llama import LlamaForCausalLM, init_params, lm_loss
 from latent_pretraining.model.llama_config import ATTENTION_IMPLS, LlamaConfig, preset
 from latent_pretraining.training import mesh as mesh_lib
@@ -292,7 +293,7 @@ def train_step_main(argv: list[str], get_config: Callable[[str, str], ml_collect
     if args.compare_lean:
         return compare_lean(llama_config(args), args)
     if args.model != "llama" and get_config is None:
-        raise SystemExit(f"--model {args.model} needs configs/ presets: run it as scripts/benchmark.py train-step")
+        raise UserError(f"--model {args.model} needs configs/ presets: run it as scripts/benchmark.py train-step")
     if args.model == "llama":
         variants, head = llama_variants(args)
     elif args.model == "vla":
@@ -331,7 +332,7 @@ def parse_lean(text: str) -> tuple[int, int]:
     """``"LOSS_CHUNK,KV_BLOCK"`` -> two ints >= 0 (one clear line otherwise)."""
     parts = text.split(",")
     if len(parts) != 2 or not all(p.strip().isdigit() for p in parts):
-        raise SystemExit(f"--compare-lean expects LOSS_CHUNK,KV_BLOCK (two integers >= 0, e.g. 128,128), got {text!r}")
+        raise UserError(f"--compare-lean expects LOSS_CHUNK,KV_BLOCK (two integers >= 0, e.g. 128,128), got {text!r}")
     return int(parts[0]), int(parts[1])
 
 

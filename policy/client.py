@@ -42,6 +42,22 @@ class PolicyServerError(RuntimeError):
         super().__init__(f"policy server error {status}{where}: {message}{hint}")
 
 
+def connect(url: str, **kwargs: Any) -> PolicyClient:
+    """A `PolicyClient(url, **kwargs)` whose server has answered ``/health`` (after the client's retries); a URL
+    where no server answers is one `UserError` line, as a bad command-line argument (policy.evaluate --server,
+    scripts/serve_load_test.py --url)."""
+    from core.errors import UserError
+
+    client = PolicyClient(url, **kwargs)
+    try:
+        client.health()
+    except httpx.TransportError as e:
+        client.close()
+        raise UserError(f"no policy server answers at {url} ({type(e).__name__}: {e}); expected one started with "
+                        "python -m policy.serve --checkpoint RUN_DIR") from e
+    return client
+
+
 class PolicyClient:
     def __init__(
         self,

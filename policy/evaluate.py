@@ -46,6 +46,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from core.errors import UserError
 from core.jsonable import jsonable
 from data.demo import tasks as tasks_lib
 from data.demo.expert import ScriptedExpert
@@ -438,42 +439,42 @@ def main(argv: Sequence[str] | None = None) -> dict:
     for flag in ("episodes", "execute_steps", "max_steps", "gif_episodes"):
         v = getattr(args, flag)
         if v is not None and v < (0 if flag == "gif_episodes" else 1):
-            raise SystemExit(f"--{flag.replace('_', '-')} must be positive, got {v}")
+            raise UserError(f"--{flag.replace('_', '-')} must be positive, got {v}")
     if args.jpeg_quality is not None and not 1 <= args.jpeg_quality <= 100:
-        raise SystemExit(f"--jpeg-quality must be in [1, 100], got {args.jpeg_quality}")
+        raise UserError(f"--jpeg-quality must be in [1, 100], got {args.jpeg_quality}")
     adapter = get_world(args.world)
     if args.bin_temperature and not args.checkpoint:
-        raise SystemExit("--bin-temperature applies to an action-bin checkpoint (--checkpoint), not to a baseline "
-                         "or a served policy")  # a flow checkpoint refuses it in Policy
+        raise UserError("--bin-temperature applies to an action-bin checkpoint (--checkpoint), not to a baseline "
+                        "or a served policy")  # a flow checkpoint refuses it in Policy
+    if args.world == "metaworld":  # checked before a checkpoint is loaded
+        if args.data:
+            raise UserError("--data sets the demo world's config; Meta-World takes --tasks")
+        from policy.metaworld_eval import MetaWorldEvalConfig
+
+        cfg = MetaWorldEvalConfig(**({"tasks": tuple(t for t in args.tasks.split(",") if t)} if args.tasks else {}))
+    elif args.tasks:
+        raise UserError("--tasks applies to --world metaworld (the demo world samples its task families)")
+    else:
+        cfg = world_config_from_dataset(args.data) if args.data else None
     if args.policy == "expert":
         policy: Any = adapter.expert()
     elif args.policy == "random":
         policy = adapter.random()
     elif args.server:
-        from policy.client import PolicyClient
+        from policy.client import connect
 
-        policy = PolicyClient(args.server)
+        policy = connect(args.server)
     elif os.path.isfile(os.path.join(args.checkpoint, "reference.json")):  # a policy.reference run (no steps)
         from policy.reference import ReferencePolicy
 
         if args.bin_temperature:
-            raise SystemExit("--bin-temperature applies to an action-bin checkpoint, not to a policy.reference run")
+            raise UserError("--bin-temperature applies to an action-bin checkpoint, not to a policy.reference run")
         policy = ReferencePolicy.load(args.checkpoint)
     else:
         from policy.policy import Policy  # lazy: JAX/model code only when a checkpoint is evaluated
 
         # step None: the latest (as policy.serve)
         policy = Policy.from_checkpoint(args.checkpoint, args.step, bin_temperature=args.bin_temperature)
-    if args.world == "metaworld":
-        if args.data:
-            raise SystemExit("--data sets the demo world's config; Meta-World takes --tasks")
-        from policy.metaworld_eval import MetaWorldEvalConfig
-
-        cfg = MetaWorldEvalConfig(**({"tasks": tuple(t for t in args.tasks.split(",") if t)} if args.tasks else {}))
-    elif args.tasks:
-        raise SystemExit("--tasks applies to --world metaworld (the demo world samples its task families)")
-    else:
-        cfg = world_config_from_dataset(args.data) if args.data else None
     res = evaluate(policy, episodes=args.episodes, seed=args.seed, world_config=cfg, execute_steps=args.execute_steps,
                    max_steps=args.max_steps, gif_dir=args.gif_dir, gif_episodes=args.gif_episodes,
                    jpeg_quality=args.jpeg_quality, name=args.name, progress=not args.no_progress, world=args.world)

@@ -22,6 +22,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from core.errors import InvalidInput
 from data.metaworld import tasks as tasks_lib
 from data.metaworld.env import DEFAULT_CAMERA, EXPERT_NOISE, ScriptedExpert
 from data.metaworld.worker import RemoteEnv, Worker
@@ -42,11 +43,11 @@ class MetaWorldEvalConfig:
 
     def __post_init__(self) -> None:
         if not self.tasks:
-            raise ValueError(f"no Meta-World tasks to evaluate: expected some of {tuple(tasks_lib.TASKS)}")
+            raise InvalidInput(f"no Meta-World tasks to evaluate: expected some of {tuple(tasks_lib.TASKS)}")
         for t in self.tasks:
             tasks_lib.get_task(t)
         if self.max_steps < 0:
-            raise ValueError(f"max_steps must be >= 0, got {self.max_steps}")
+            raise InvalidInput(f"max_steps must be >= 0, got {self.max_steps}")
 
 
 def native_to_padded(action: np.ndarray) -> np.ndarray:

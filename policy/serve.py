@@ -421,12 +421,26 @@ def build_parser() -> argparse.ArgumentParser:
                    help="gripper post-processing (default: the checkpoint's choice, else clip to the dataset range)")
     p.add_argument("--gripper-range", type=float, nargs=2, default=None, metavar=("LO", "HI"),
                    help="gripper range (default: min/max of the normalization statistics)")
-    p.add_argument("--log-level", default="info")
+    p.add_argument("--log-level", default="info", type=str.lower,
+                   choices=("debug", "info", "warning", "error", "critical"))
     return p
+
+
+def check_limit_flags(args: argparse.Namespace) -> None:
+    """The limit flags as the user wrote them (`ServerLimits` checks the same in bytes and field names)."""
+    from core.errors import UserError
+
+    for flag in ("max_body_mb", "max_buffered_mb", "max_concurrent", "body_timeout", "header_timeout", "keep_alive"):
+        if getattr(args, flag) <= 0:
+            raise UserError(f"--{flag.replace('_', '-')} must be > 0, got {getattr(args, flag)}")
+    if args.max_buffered_mb < args.max_body_mb:
+        raise UserError(f"--max-buffered-mb {args.max_buffered_mb:g} must be >= --max-body-mb {args.max_body_mb:g} "
+                        "(all bodies held at once must fit one of the largest): raise --max-buffered-mb too")
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    check_limit_flags(args)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
     import uvicorn
 

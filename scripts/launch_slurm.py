@@ -21,6 +21,8 @@ import shlex
 import subprocess
 import sys
 
+from core.errors import UserError
+
 
 def expand_nodelist(nodelist: str) -> list[str]:
     """'gpu[01-02,05],login1' -> ['gpu01', 'gpu02', 'gpu05', 'login1'] (zero padding kept)."""
@@ -42,13 +44,13 @@ def gpus_per_node(env: dict[str, str]) -> int:
             return len(value.split(","))
         if value and re.search(r"(\d+)\s*$", value):  # '8' or 'h100:8'
             return int(re.search(r"(\d+)\s*$", value).group(1))
-    raise SystemExit("cannot tell the GPUs per node: set --gpus-per-node or allocate with --gpus-per-node")
+    raise UserError("cannot tell the GPUs per node: set --gpus-per-node or allocate with --gpus-per-node")
 
 
 def plan(env: dict[str, str], per: str, gpus: int, port: int | None) -> tuple[list[str], list[tuple[str, dict]]]:
     """(srun args, [(host, environment of process i)]) for the allocation described by `env`."""
     if "SLURM_JOB_NODELIST" not in env or "SLURM_JOB_ID" not in env:
-        raise SystemExit("not inside a SLURM allocation (SLURM_JOB_NODELIST / SLURM_JOB_ID unset): use sbatch/salloc")
+        raise UserError("not inside a SLURM allocation (SLURM_JOB_NODELIST / SLURM_JOB_ID unset): use sbatch/salloc")
     hosts = expand_nodelist(env["SLURM_JOB_NODELIST"])
     port = port or 61440 + int(env["SLURM_JOB_ID"]) % 4096
     per_node = gpus if per == "gpu" else 1
@@ -68,7 +70,7 @@ def plan(env: dict[str, str], per: str, gpus: int, port: int | None) -> tuple[li
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if "--" not in argv:
-        raise SystemExit("usage: launch_slurm.py [opts] -- python -m <module> [args...]")
+        raise UserError("usage: launch_slurm.py [opts] -- python -m <module> [args...]")
     i = argv.index("--")
     p = argparse.ArgumentParser(prog="launch_slurm.py", description=__doc__.split("\n\n")[0])
     p.add_argument("--per", choices=("gpu", "node"), default="gpu", help="one process per GPU or per node")

@@ -32,7 +32,7 @@ def topology(accelerator: str) -> tuple[int, int]:
     """'v4-32' -> (4 workers, 4 devices per worker)."""
     gen, _, size = accelerator.partition("-")
     if gen not in GENERATIONS or not size.isdigit():
-        raise SystemExit(f"unknown accelerator type {accelerator!r}; expected e.g. v4-32 ({', '.join(GENERATIONS)})")
+        raise UserError(f"unknown accelerator type {accelerator!r}; expected e.g. v4-32 ({', '.join(GENERATIONS)})")
     unit, per_host, devices = GENERATIONS[gen]
     n = int(size)
     if unit == "chips" and n <= 8:  # single-host v5e / v6e slices hold up to 8 chips
@@ -72,7 +72,7 @@ def gcloud_command(a: argparse.Namespace, remote: str) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if "--" not in argv:
-        raise SystemExit("usage: launch_tpu.py --tpu NAME --zone ZONE [opts] -- python -m <module> [args...]")
+        raise UserError("usage: launch_tpu.py --tpu NAME --zone ZONE [opts] -- python -m <module> [args...]")
     i = argv.index("--")
     p = argparse.ArgumentParser(prog="launch_tpu.py", description=__doc__.split("\n\n")[0])
     p.add_argument("--tpu", required=True, help="TPU VM name")

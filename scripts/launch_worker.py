@@ -16,15 +16,17 @@ import os
 import runpy
 import sys
 
+from core.errors import UserError
+
 
 def split_command(argv: list[str]) -> tuple[list[str], str, list[str]]:
     """argv = [opts..., '--', 'python', '-m', module, args...] -> (opts, module, args)."""
     if "--" not in argv:
-        raise SystemExit("usage: launch_worker.py [opts] -- python -m <module> [args...]")
+        raise UserError("usage: launch_worker.py [opts] -- python -m <module> [args...]")
     i = argv.index("--")
     cmd = argv[i + 1:]
     if len(cmd) < 3 or cmd[1] != "-m" or "python" not in os.path.basename(cmd[0]):
-        raise SystemExit(f"expected `python -m <module> [args...]` after --, got {' '.join(cmd)!r}")
+        raise UserError(f"expected `python -m <module> [args...]` after --, got {' '.join(cmd)!r}")
     return argv[:i], cmd[2], cmd[3:]
 
 

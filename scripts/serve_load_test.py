@@ -40,7 +40,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # this checkout's packages first
 
-from policy.client import ENCODINGS, PolicyClient, format_load_report, run_load_test
+from policy.client import ENCODINGS, connect, format_load_report, run_load_test
 
 _NO_CAPS = ["--max-buffered-mb", "1000000", "--max-concurrent", "1000000"]
 
@@ -312,7 +312,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.compare:
         return _compare(args)
 
-    with PolicyClient(args.url, timeout=args.timeout) as client:
+    with connect(args.url, timeout=args.timeout) as client:
         health = client.health()
         print(f"server {args.url}: {health}")
     if args.warmup:

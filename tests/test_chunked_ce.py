@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from core.errors import UserError
 from latent_pretraining import objective
 from latent_pretraining.model import chunked_ce
 from latent_pretraining.model.llama import LlamaForCausalLM, lm_loss, random_params
@@ -144,7 +145,7 @@ def test_benchmark_compare_lean_runs_interleaved(capsys) -> None:
     from latent_pretraining import benchmark
 
     assert benchmark.parse_lean("128, 0") == (128, 0)
-    with pytest.raises(SystemExit, match="LOSS_CHUNK,KV_BLOCK"):
+    with pytest.raises(UserError, match="LOSS_CHUNK,KV_BLOCK"):
         benchmark.parse_lean("128")
     argv = ["--hidden", "16", "--layers", "1", "--heads", "2", "--ffn", "32", "--vocab", "64", "--seq", "12",
             "--batch", "1", "--steps", "1", "--rounds", "2", "--attention-chunk", "0", "--compare-lean", "5,4"]

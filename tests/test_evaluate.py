@@ -7,6 +7,7 @@ import os
 import numpy as np
 import pytest
 
+from core.errors import UserError
 from data.demo.world import DemoWorld, WorldConfig
 from policy import eval_report as er
 from policy import evaluate as ev
@@ -235,8 +236,22 @@ def test_cli_baseline(tmp_path, capsys):
     res = json.loads(out.read_text())
     assert res["episodes"] == 2 and res["name"] == "random"
     assert "| random |" in capsys.readouterr().out
-    with pytest.raises(SystemExit, match="--bin-temperature applies to an action-bin checkpoint"):
+    with pytest.raises(UserError, match="--bin-temperature applies to an action-bin checkpoint"):
         ev.main(["--policy", "random", "--episodes", "1", "--bin-temperature", "1"])
+
+
+def test_cli_refuses_bad_tasks_and_an_absent_server_before_any_work(tmp_path):
+    """An unknown Meta-World task was found only after the checkpoint had loaded, and as a ValueError traceback; a
+    --server where nothing listens was an httpx traceback."""
+    import socket
+
+    with pytest.raises(UserError, match="unknown Meta-World task 'reach-v9'; did you mean 'reach-v3'"):
+        ev.main(["--checkpoint", str(tmp_path / "not_loaded"), "--world", "metaworld", "--tasks", "reach-v9"])
+    with socket.socket() as sock:  # a port nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    with pytest.raises(UserError, match=f"no policy server answers at http://127.0.0.1:{port} .*policy.serve"):
+        ev.main(["--server", f"http://127.0.0.1:{port}", "--episodes", "1"])
 
 
 def test_world_config_from_dataset(tmp_path):

@@ -12,6 +12,8 @@ import subprocess
 
 import pytest
 
+from core.errors import UserError
+
 SCRIPTS = pathlib.Path(__file__).resolve().parents[1] / "scripts"
 TRAIN = ["python", "-m", "latent_pretraining.train", "--config=configs/vipra.py:7b", "--workdir=/shared/runs/v7b"]
 
@@ -72,7 +74,7 @@ def test_slurm_nodelist_and_errors(monkeypatch) -> None:
     assert launch.expand_nodelist("gpu[01-03,10],login7") == ["gpu01", "gpu02", "gpu03", "gpu10", "login7"]
     assert launch.gpus_per_node({"SLURM_GPUS_PER_NODE": "h100:8"}) == 8
     monkeypatch.delenv("SLURM_JOB_NODELIST", raising=False)
-    with pytest.raises(SystemExit, match="not inside a SLURM allocation"):
+    with pytest.raises(UserError, match="not inside a SLURM allocation"):
         launch.main(["--gpus-per-node", "8", "--dry-run", "--", *TRAIN])
 
 
@@ -97,7 +99,7 @@ def test_worker_shim_env_and_command() -> None:
     assert (opts, module, args) == (["--auto"], "latent_pretraining.train", TRAIN[3:])
     env = {"JAX_COORDINATOR_ADDRESS": "gpu07:5000", "SLURM_PROCID": "11", "SLURM_LOCALID": "3"}
     assert worker.worker_env(env, bind_local_gpu=True) == {"JAX_PROCESS_ID": "11", "CUDA_VISIBLE_DEVICES": "3"}
-    with pytest.raises(SystemExit, match="python -m"):
+    with pytest.raises(UserError, match="python -m"):
         worker.split_command(["--", "bash", "run.sh"])
 
 
@@ -153,8 +155,6 @@ def test_tpu_repo_dir_home_relative_still_expands(tmp_path) -> None:
 
 
 def test_tpu_bad_env_entry_is_one_line_error() -> None:
-    from core.errors import UserError
-
     launch = _load("launch_tpu")
     for entry in ["NOVALUE", "BAD KEY=1", "X;rm -rf x=1"]:
         with pytest.raises(UserError, match="expected KEY=VALUE"):

@@ -21,8 +21,10 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
+from core.errors import UserError
 from policy.client import PolicyClient, PolicyServerError, format_load_report, run_load_test
 from policy.serve import build_parser, create_app, serve_in_thread
+from policy.serve import main as serve_main
 
 W, R, H, A = 2, 64, 4, 7
 INSTRUCTION = "push the red block to the top left corner"
@@ -507,6 +509,13 @@ def test_cli_defaults_and_server_imports_no_jax():
     assert args.gripper is None and args.gripper_range is None
     args = build_parser().parse_args(["--checkpoint", "x", "--gripper", "binarize", "--gripper-range", "0", "1"])
     assert args.gripper == "binarize" and args.gripper_range == [0.0, 1.0]
+    for flags, match in ((["--max-body-mb", "100"], "--max-buffered-mb 64 must be >= --max-body-mb 100"),
+                         (["--keep-alive", "0"], "--keep-alive must be > 0, got 0")):
+        with pytest.raises(UserError, match=match):  # before the checkpoint is read; was a ValueError traceback
+            serve_main(["--checkpoint", "/nonexistent/run", *flags])
+    with pytest.raises(SystemExit):  # argparse's usage line (exit 2), not logging's "Unknown level" traceback
+        build_parser().parse_args(["--checkpoint", "x", "--log-level", "verbose"])
+    assert build_parser().parse_args(["--checkpoint", "x", "--log-level", "DEBUG"]).log_level == "debug"
     code = ("import sys, policy.serve, policy.client, policy.payload, policy.limits, policy.metadata; "
             "assert 'jax' not in sys.modules, 'jax imported'")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from core.errors import unknown
+from core.errors import InvalidInput, unknown
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,7 +53,7 @@ VIDEO_TASKS = ("drawer-close-v3", "button-press-v3", "window-close-v3", "faucet-
 
 
 def get_task(name: str) -> MetaWorldTask:
-    """Table lookup; an unknown name is one ValueError line with a "did you mean"."""
+    """Table lookup; an unknown name is one `InvalidInput` (a ValueError) line with a "did you mean"."""
     if name not in TASKS:
-        raise ValueError(unknown("Meta-World task", name, TASKS))
+        raise InvalidInput(unknown("Meta-World task", name, TASKS))
     return TASKS[name]
