@@ -392,6 +392,11 @@ def main(argv: list[str] | None = None) -> int:
             raise UserError(f"pretrained run {missing[0]} has no checkpoint: train it first (docs/demo_world.md, "
                             "'The comparison'), or leave its recipe out of --recipes")
     jobs = plan(a, variants)
+    names = [n for j in jobs for n in (j.name, j.name + ".test")]
+    for pattern in a.redo:  # a pattern that names no run would rerun nothing, silently
+        if not any(_matches(n, [pattern]) for n in names):
+            raise UserError(f"--redo {pattern!r} matches no run of this grid (runs: "
+                            f"{', '.join(j.name for j in jobs[:12])}{', ...' if len(jobs) > 12 else ''})")
     commands = write_manifest(a.out, jobs, setup, variants)
     if not a.report_only:
         run_jobs(jobs, a.out, redo=a.redo, redo_all=a.redo_all, episodes=a.episodes, eval_seed=a.eval_seed,

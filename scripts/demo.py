@@ -13,7 +13,8 @@
 The console shows per stage its command, a progress bar (on a terminal) and one line of key figures, then a table
 of all stages; third-party noise is kept off (core/quiet.py). Full logs: OUT/logs/<stage>.log. The run report is
 OUT/index.html (open it in a browser; the same as OUT/report.md; rebuild with `python scripts/report.py OUT`).
-A stage whose outputs exist (same command) is reused; --redo NAME reruns one.
+A stage whose outputs exist (same command) is reused; --redo NAME reruns one (a stage of 1-4, or the stage-5 runs
+matching a scripts/compare.py --redo pattern; a name that matches nothing is refused).
 
     python scripts/demo.py --out runs/demo
 
@@ -66,8 +67,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data-only", action="store_true", help="stop after generating the datasets")
     p.add_argument("--smoke", type=int, default=0, metavar="STEPS",
                    help="wiring check: every training stage runs only STEPS steps (numbers are meaningless)")
-    p.add_argument("--redo", action="append", default=[], help="rerun a stage: vqgan, lam_lapa, lam_vipra, "
-                   "vla_lapa, vla_vipra (metaworld: also data)")
+    p.add_argument("--redo", action="append", default=[], help="rerun a stage: data, vqgan, lam_lapa, lam_vipra, "
+                   "lam_lapa_eval, lam_vipra_eval, vla_lapa, vla_vipra, or stage 5's runs "
+                   "matching a scripts/compare.py --redo pattern (e.g. vipra_50, 'scratch_*')")
     a = p.parse_args(argv)
     world = _worlds.get_world(a.world)
     a.budget = a.budget or next(iter(world.budgets))
@@ -86,8 +88,11 @@ def main(argv: list[str] | None = None) -> int:
 
 def run_all(a: argparse.Namespace) -> int:
     """Stages 1-5 (each reused when its outputs exist and were made by the same command)."""
-    out, py, redo = a.out, sys.executable, set(a.redo)
+    out, py = a.out, sys.executable
     world = _worlds.get_world(a.world)
+    stages = {"data", *STAGES}
+    redo = {name for name in a.redo if name in stages}
+    compare_redo = [x for name in a.redo if name not in stages for x in ("--redo", name)]  # checked by compare.py
     budget = world.budgets[a.budget]
     short = ([f"--config.train.total_steps={a.smoke}", f"--config.train.optimizer.warmup_steps={a.smoke // 10}"]
              if a.smoke else [])
@@ -98,7 +103,7 @@ def run_all(a: argparse.Namespace) -> int:
         sets = [(data_dir, writer.GenerationConfig(episodes=a.episodes, seed=a.seed))]
         if budget.finetune_data:  # stage 5's labelled demos as a dataset of their own
             sets.append((labelled, finetune_generation(sets[0][1], budget.finetune_data)))
-        generate_data(sets, out)
+        generate_data(sets, out, force="data" in redo)
     elif generate_world_data(world, data_dir, a, out, redo):
         redo |= {"vqgan", "lam_lapa", "lam_vipra", "vla_lapa", "vla_vipra"}
     if a.data_only:
@@ -145,8 +150,11 @@ def run_all(a: argparse.Namespace) -> int:
                   "--vla", os.path.join(out, "vla"), "--data-root", labelled,
                   *(x for flag, v in given if v is not None for x in (flag, str(v)))]
                  + (["--steps", str(steps)] if steps else []) + (["--ref-steps", str(a.smoke)] if a.smoke else [])
-                 + (["--redo-all"] if upstream else []))
+                 + (["--redo-all"] if upstream else compare_redo))
     return 0
+
+
+STAGES = ("vqgan", "lam_lapa", "lam_vipra", "lam_lapa_eval", "lam_vipra_eval", "vla_lapa", "vla_vipra")  # 2-4
 
 
 def _steps(n: int) -> list[str]:
@@ -172,13 +180,13 @@ def finetune_generation(cfg: writer.GenerationConfig, values: dict) -> writer.Ge
     return dataclasses.replace(cfg, **{**values, "seed": cfg.seed + int(values.get("seed", 0))})
 
 
-def generate_data(sets: list[tuple[str, writer.GenerationConfig]], out: str) -> None:
+def generate_data(sets: list[tuple[str, writer.GenerationConfig]], out: str, force: bool = False) -> None:
     """Stage 1 (in this process): the demo datasets, each (directory, config) reused when generated with the same
-    config; the first is the pretraining data, a second one stage 5's labelled demos. The console gets one line of
-    figures; the per-dataset table goes to OUT/logs/data.log."""
+    config unless `force` (--redo data); the first is the pretraining data, a second one stage 5's labelled demos.
+    The console gets one line of figures; the per-dataset table goes to OUT/logs/data.log."""
     logs = os.path.join(out, "logs")
     t0 = time.time()
-    reused = [writer.existing_summaries(d, cfg) for d, cfg in sets]
+    reused = [None if force else writer.existing_summaries(d, cfg) for d, cfg in sets]
     data_dir = sets[0][0]
     if any(r is None for r in reused):  # name only what is written: a reused dataset stays as it is
         todo = [d + ("" if i == 0 else " (" + ", ".join(c.tasks) + ")")

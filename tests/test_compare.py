@@ -398,7 +398,7 @@ def test_demo_stage_5_runs_a_reduced_comparison(tmp_path, monkeypatch):
     import demo  # scripts/demo.py
 
     calls, data = [], []
-    monkeypatch.setattr(demo, "generate_data", lambda sets, out: data.append(sets))
+    monkeypatch.setattr(demo, "generate_data", lambda sets, out, force=False: data.append(sets))
     monkeypatch.setattr(demo, "run_stage", lambda *a, **k: False)  # stages 2-4 "reused"
     monkeypatch.setattr(compare, "main", lambda argv: calls.append(argv) or 0)
     assert demo.main(["--out", str(tmp_path)]) == 0
@@ -417,6 +417,24 @@ def test_demo_stage_5_runs_a_reduced_comparison(tmp_path, monkeypatch):
     g = compare.GRIDS["demo"]
     assert "," not in g["demos"] and g["seeds"] == "0" and g["episodes"] == 100
     assert set(g["recipes"].split(",")) == {"scratch", "lapa", "vipra", "state_bc"}
+
+
+def test_demo_redo_names_a_stage_or_stage_5_runs_and_nothing_else(tmp_path, monkeypatch, demo_data):
+    """--redo NAME reached stages 1-4 only: stage-5 run names and typos were accepted and did nothing."""
+    import demo  # scripts/demo.py
+
+    forced, redone, calls = [], [], []
+    monkeypatch.setattr(demo, "generate_data", lambda sets, out, force=False: forced.append(force))
+    monkeypatch.setattr(demo, "run_stage", lambda name, cmd, out, done, redo, **k: redone.append(name in redo) or False)
+    monkeypatch.setattr(compare, "main", lambda argv: calls.append(argv) or 0)
+    assert demo.main(["--out", str(tmp_path), "--redo", "vla_lapa", "--redo", "data", "--redo", "vipra_50"]) == 0
+    assert forced == [True] and sum(redone) == 1  # vla_lapa's run_stage only
+    assert calls[0][calls[0].index("--redo"):] == ["--redo", "vipra_50"]  # the rest goes to compare.py
+    monkeypatch.undo()
+    with pytest.raises(UserError, match=r"--redo 'vipra_51' matches no run of this grid \(runs: state_bc_2_s0"):
+        compare.main(["--out", str(tmp_path / "o"), "--data-root", demo_data, "--recipes", "state_bc", "--demos",
+                      "2", "--seeds", "0", "--redo", "vipra_51"])
+    assert not (tmp_path / "o" / "manifest.json").exists()
 
 
 def test_stage_1_writes_only_the_dataset_it_lacks(tmp_path, monkeypatch, capsys):
