@@ -32,11 +32,12 @@ import traceback
 from collections.abc import Callable, Iterator
 from typing import Any, NoReturn
 
+from core import quiet
 from core.errors import UserError, unknown
 
 DEBUG_FLAG = "--debug"
 DEBUG_ENV = "LATENT_VLA_DEBUG"
-MALLOC_ENV = "LATENT_VLA_MALLOC"  # "default": trainers keep glibc's default malloc (see tune_malloc)
+MALLOC_ENV = quiet.MALLOC_ENV  # "default": trainers keep glibc's default malloc (see tune_malloc)
 EXIT_USER_ERROR = 2  # argparse's status for bad arguments, so every kind of bad input exits the same way
 USER_ERRORS: tuple[type[BaseException], ...] = (
     UserError, FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError, PermissionError)

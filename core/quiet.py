@@ -44,6 +44,7 @@ def apply_env(env: Mapping[str, str] = ENV) -> None:
 
 
 MALLOC_TUNABLES = "glibc.malloc.hugetlb=1"
+MALLOC_ENV = "LATENT_VLA_MALLOC"  # "default": no MALLOC_TUNABLES, for stages (child_env) and trainers (core.cli)
 
 
 def child_env(base: Mapping[str, str] | None = None) -> dict[str, str]:
@@ -54,8 +55,10 @@ def child_env(base: Mapping[str, str] | None = None) -> dict[str, str]:
     out.setdefault("PYTHONUNBUFFERED", "1")  # a stage's lines reach its log (and the progress bar) as they happen
     # glibc's malloc asks for transparent huge pages (read at process start, so only a child can get it): on the
     # D512 AdamW step it cut minor page faults 3.2M -> 0.18M per process and CPU per step ~9 % (docs/training.md);
-    # an unknown tunable is ignored by older glibc and by other C libraries
-    out.setdefault("GLIBC_TUNABLES", MALLOC_TUNABLES)
+    # an unknown tunable is ignored by older glibc and by other C libraries. MALLOC_ENV=default keeps glibc's
+    # default malloc here too (the same switch as for a trainer started by hand, core.cli.tune_malloc)
+    if out.get(MALLOC_ENV, "").strip().lower() != "default":
+        out.setdefault("GLIBC_TUNABLES", MALLOC_TUNABLES)
     return out
 
 

@@ -107,6 +107,7 @@ def test_child_env_adds_quiet_defaults_but_keeps_the_users_choice():
     assert env["TF_CPP_MIN_LOG_LEVEL"] == "3" and env["PATH"] == "/bin" and env["PYTHONUNBUFFERED"] == "1"
     assert quiet.child_env({"TF_CPP_MIN_LOG_LEVEL": "0"})["TF_CPP_MIN_LOG_LEVEL"] == "0"
     assert env["GLIBC_TUNABLES"] == "glibc.malloc.hugetlb=1"  # stages get huge-page malloc (docs/training.md)
+    assert "GLIBC_TUNABLES" not in quiet.child_env({"LATENT_VLA_MALLOC": "default"})  # the switch reaches stages
     assert quiet.child_env({"GLIBC_TUNABLES": "glibc.malloc.arena_max=2"})["GLIBC_TUNABLES"] == \
         "glibc.malloc.arena_max=2"
 
