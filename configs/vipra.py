@@ -49,7 +49,7 @@ def get_config(preset: str = "demo") -> ml_collections.ConfigDict:
         c.cotrain_fraction = 0.0
         c.train.optimizer.lr = 4e-5
         # 2 micro-batches of 160: the step compiles to 57 GiB per device on 8 devices (fsdp=8) instead of 103 GiB
-        # (python scripts/benchmark.py compile --config configs/vipra.py:7b --mesh fsdp=8; README "Scaling")
+        # (python scripts/benchmark.py compile --config configs/vipra.py:7b --mesh fsdp=8; docs/scaling.md)
         c.train.optimizer.grad_accum_steps = 2
         c.train.total_steps = 50_000
         c.train.mesh.update({"dp": 1, "fsdp": -1, "tp": 1, "sp": 1})

@@ -85,8 +85,8 @@ def base() -> ml_collections.ConfigDict:
 
 def lwm_7b(c: ml_collections.ConfigDict) -> None:
     """The published backbone: LLaMA-2-7B as in LWM (θ = 5e7), bf16 compute, full remat, LWM's VQGAN vocabulary
-    (8192 codes + 256 specials) at 256 px. "auto" attention = XLA (portable); on GPUs pass
-    --config.model.llama.attention_impl=cudnn (flash attention)."""
+    (8192 codes + 256 specials) at 256 px. "auto" attention: cuDNN flash attention on a GPU (bf16), Pallas splash
+    attention on a TPU, XLA elsewhere (latent_pretraining/model/attention.py)."""
     c.model.size = "7b"
     c.model.llama.rope_theta = 5e7
     c.model.llama.dtype = "bfloat16"
