@@ -188,6 +188,8 @@ def write_cache(labeler: Labeler, root: str, dataset: str, split: str, out_dir: 
     np.savez(path + ".tmp.npz", ids=np.concatenate(ids_all), episode_id=np.concatenate(ep_ids),
              step=np.concatenate(steps), episode_start=np.concatenate([[0], np.cumsum(lens_a)[:-1]]).astype(np.int64),
              episode_len=lens_a, tfds_id=np.array(tfds_ids), valid=np.concatenate(valid))
+    if os.path.exists(path + ".json"):  # an interruption between the two renames leaves ids with no metadata,
+        os.remove(path + ".json")      # which readers refuse, never new ids described by the old metadata
     os.replace(path + ".tmp.npz", path + ".npz")
     meta = {"format": CACHE_FORMAT, "dataset": src.name, "version_dir": os.path.join(src.root, src.name, src.version),
             "version": src.version, "camera": src.camera, "split": split, "checkpoint": checkpoint,
@@ -195,8 +197,9 @@ def write_cache(labeler: Labeler, root: str, dataset: str, split: str, out_dir: 
             "checkpoint_step": int(c.get("checkpoint_step", -1)), "offset": offset, "clip_len": clip_len,
             "codebook_size": int(c.model.codebook_size), "codes_per_transition": labeler.codes,
             "num_steps": int(lens_a.sum()), "num_episodes": len(lens)}
-    with open(path + ".json", "w") as f:
+    with open(path + ".tmp.json", "w") as f:
         json.dump(meta, f, indent=2)
+    os.replace(path + ".tmp.json", path + ".json")
     return path + ".npz"
 
 

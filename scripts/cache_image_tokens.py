@@ -19,6 +19,7 @@ devices (see latent_pretraining/vqgan_data.py).
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 
@@ -32,7 +33,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--resolution", type=int, default=0, help="frame size (default: the tokenizer's resolution)")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--output", required=True)
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --output")
     args = p.parse_args(argv)
+    if os.path.exists(args.output) and not args.overwrite:  # before the tokenizer loads and anything is encoded
+        from core.errors import UserError
+
+        raise UserError(f"--output {args.output} already exists: pass --overwrite to replace it")
 
     import jax
     from jax.sharding import NamedSharding

@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 
@@ -21,12 +22,20 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--splits", default="train", help="comma-separated splits")
     ap.add_argument("--out", required=True, help="output directory of the id cache")
     ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--overwrite", action="store_true", help="replace ids already in --out for these datasets")
     args = ap.parse_args(argv)
 
     from data.mixture import parse_mixture
     from lam.label import Labeler, load_lam, write_cache
 
-    parse_mixture(args.datasets, name="--datasets")  # every entry checked (one line per mistake) before the LAM loads
+    mixture = parse_mixture(args.datasets, name="--datasets")  # every entry checked (one line per mistake) first
+    there = [p for e in mixture.entries for s in args.splits.split(",")
+             for p in (os.path.join(args.out, e.name, f"{s}.npz"),) if os.path.exists(p)]
+    if there and not args.overwrite:
+        from core.errors import UserError
+
+        raise UserError(f"--out {args.out} already holds {there[0]}"
+                        f"{f' and {len(there) - 1} more' if len(there) > 1 else ''}: pass --overwrite to replace them")
     config, variables = load_lam(args.lam, args.step)
     labeler = Labeler(config, variables)
     for name in args.datasets.split(","):

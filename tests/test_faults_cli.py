@@ -173,3 +173,26 @@ def test_entry_points_create_no_jax_backend_at_import() -> None:
     p = _run(["-c", code], timeout=240)
     assert p.returncode == 0, p.stderr[-2000:]
     assert p.stdout.strip().splitlines()[-1] == "[]", p.stdout[-500:]
+
+
+def test_caches_already_written_are_refused_before_any_work_unless_overwrite(tmp_path) -> None:
+    """label_latent_actions --out and cache_image_tokens --output replaced earlier caches without asking."""
+    from scripts import cache_image_tokens, label_latent_actions
+
+    labels = tmp_path / "labels" / "demo_robot"
+    labels.mkdir(parents=True)
+    (labels / "val.npz").write_bytes(b"earlier")
+    args = ["--lam", str(tmp_path / "no_lam"), "--data-root", str(tmp_path), "--datasets", "demo_robot,demo_human",
+            "--splits", "train,val", "--out", str(tmp_path / "labels")]
+    with pytest.raises(UserError, match=r"already holds .*demo_robot/val\.npz: pass --overwrite"):
+        label_latent_actions.main(args)
+    with pytest.raises(FileNotFoundError, match="no checkpoints/ in"):  # past the check: the LAM is read next
+        label_latent_actions.main([*args, "--overwrite"])
+    tokens = tmp_path / "tokens.npz"
+    tokens.write_bytes(b"earlier")
+    args = ["--tokenizer", str(tmp_path / "no_tokenizer.safetensors"), "--output", str(tokens)]
+    with pytest.raises(UserError, match=r"tokens\.npz already exists: pass --overwrite"):
+        cache_image_tokens.main(args)
+    with pytest.raises(FileNotFoundError, match="VQGAN tokenizer file"):
+        cache_image_tokens.main([*args, "--overwrite"])
+    assert (labels / "val.npz").read_bytes() == tokens.read_bytes() == b"earlier"
