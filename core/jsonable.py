@@ -1,20 +1,22 @@
 """One JSON helper for results, metadata and server answers: any nested structure -> strict-JSON values.
 
 Used by the policy server (``/metadata``), the closed-loop evaluator (its result files) and the policy metadata
-record. Imports nothing of ours (``core`` sits at the bottom of the module graph).
+record; ``write_json`` writes the report files of the command-line tools. Imports nothing of ours (``core`` sits at
+the bottom of the module graph).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import enum
+import json
 import math
 import os
 from typing import Any
 
 import numpy as np
 
-__all__ = ["jsonable"]
+__all__ = ["jsonable", "write_json"]
 
 
 def jsonable(x: Any) -> Any:
@@ -41,3 +43,14 @@ def jsonable(x: Any) -> Any:
     if isinstance(x, os.PathLike):
         return os.fspath(x)
     return str(x)
+
+
+def write_json(path: str, obj: Any, *, indent: int = 2) -> None:
+    """Writes ``obj`` as JSON to ``path``: the parent directories are created (a report is written after minutes of
+    work, which a missing folder must not throw away) and the file is replaced atomically (a reader never sees half)."""
+    path = os.path.abspath(os.fspath(path))
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=indent)
+    os.replace(tmp, path)

@@ -47,7 +47,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from core.errors import UserError
-from core.jsonable import jsonable
+from core.jsonable import jsonable, write_json
 from data.demo import tasks as tasks_lib
 from data.demo.expert import ScriptedExpert
 from data.demo.world import MAX_STEP, DemoWorld, WorldConfig
@@ -481,9 +481,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     if args.checkpoint:
         res["checkpoint"] = {"run_dir": os.path.abspath(args.checkpoint), "step": args.step}
     if args.out:
-        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-        with open(args.out, "w") as f:
-            json.dump(res, f, indent=1)
+        write_json(args.out, res, indent=1)
     print(format_table([res]))
     qps = res["queries_per_second"]
     print(f"mean episode length {res['mean_episode_length']:.1f} steps, {res['seconds_per_episode']:.2f} s/episode, "

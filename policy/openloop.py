@@ -28,7 +28,6 @@ with other episodes, e.g. a fresh generation seed, counts 0 however its split is
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from collections.abc import Sequence
@@ -37,6 +36,7 @@ from typing import Any
 import numpy as np
 
 from core.errors import UserError
+from core.jsonable import write_json
 from policy.evaluate import history_indices
 
 GRIPPER_DIM = 6
@@ -171,8 +171,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         print(f"  dim {d}: at the limit {res['at_limit'][k]:.2f} (expert {res['expert_at_limit'][k]:.2f}), "
               f"at 0 {res['at_zero'][k]:.2f} (expert {res['expert_at_zero'][k]:.2f})")
     if args.out:
-        with open(args.out, "w") as f:
-            json.dump(res, f, indent=1)
+        write_json(args.out, res, indent=1)
     return res
 
 

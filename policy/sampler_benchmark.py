@@ -16,7 +16,6 @@ and the max |cached - naive| over the chunk.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import time
 from typing import Any
@@ -25,6 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from core.jsonable import write_json
 from latent_pretraining import flow
 from latent_pretraining.model.llama_config import preset
 from latent_pretraining.model.video_llama import VideoLlama, VideoLlamaConfig, init_params
@@ -129,6 +129,5 @@ def main(argv: list[str] | None = None) -> int:
               f"{row['batch']}: naive {row['naive_s'] * 1e3:.1f} ms, cached {row['cached_s'] * 1e3:.1f} ms -> "
               f"speed-up {row['speedup']:.2f}x, max |cached - naive| = {row['max_abs_diff']:.2e}", flush=True)
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(rows, f, indent=2)
+        write_json(args.json, rows)
     return 0

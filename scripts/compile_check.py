@@ -26,11 +26,12 @@ from __future__ import annotations
 
 import argparse
 import ast
-import json
 import math
 import os
 import sys
 from typing import Any
+
+from core.jsonable import write_json
 
 if __name__ == "__main__":  # `python scripts/compile_check.py`: the repository root, not scripts/, holds the packages
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -127,8 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     budget = a.budget_gib * 2**30
     print(report.format(budget), flush=True)
     if a.json:
-        with open(a.json, "w") as f:
-            json.dump(report.to_json(budget), f, indent=2)
+        write_json(a.json, report.to_json(budget))
     if not report.fits(budget):
         print("error: " + report.failure_message(budget), file=sys.stderr)
         return 1

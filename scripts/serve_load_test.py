@@ -40,6 +40,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # this checkout's packages first
 
+from core.jsonable import jsonable, write_json
 from policy.client import ENCODINGS, connect, format_load_report, run_load_test
 
 _NO_CAPS = ["--max-buffered-mb", "1000000", "--max-concurrent", "1000000"]
@@ -262,8 +263,7 @@ def _compare(args: argparse.Namespace) -> int:
                 print(_row(rep), flush=True)
     print("\n" + _table(rows, flood))
     if args.json_out:
-        with open(args.json_out, "w") as f:
-            json.dump(rows, f, indent=2, default=str)
+        write_json(args.json_out, jsonable(rows))
     return 1 if any(r["errors"] for r in rows) else 0
 
 
@@ -322,8 +322,7 @@ def main(argv: list[str] | None = None) -> int:
                            instruction=args.instruction, timeout=args.timeout)
     print(format_load_report(report))
     if args.json_out:
-        with open(args.json_out, "w") as f:
-            json.dump(report, f, indent=2)
+        write_json(args.json_out, report)
     return 1 if report["errors"] else 0
 
 

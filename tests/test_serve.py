@@ -610,3 +610,14 @@ def test_one_json_helper():
     from policy import evaluate, serve
 
     assert not hasattr(evaluate, "_jsonable") and not hasattr(serve, "_jsonable")  # one helper, not two
+
+
+def test_report_files_are_written_into_folders_that_do_not_exist_yet(tmp_path):
+    """openloop --out, compile_check --json, ...: a report written after minutes of work into a folder not yet made
+    failed with FileNotFoundError and the figures were lost."""
+    from core.jsonable import write_json
+
+    path = tmp_path / "new" / "folder" / "report.json"
+    write_json(str(path), {"a": [1, 2]})
+    write_json(str(path), {"a": [3]})  # replaced whole
+    assert json.loads(path.read_text()) == {"a": [3]} and [p.name for p in path.parent.iterdir()] == ["report.json"]
