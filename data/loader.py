@@ -40,10 +40,13 @@ STATE_FORMAT = "latent_vla.data.v1"
 
 
 def fingerprint(mixture: Mixture, cfg: PipelineConfig, process_index: int, process_count: int) -> str:
-    """Hash of everything that shapes the stream (paths, stats location, prefetch and RAM budget excluded)."""
+    """Hash of everything that shapes the stream (paths, stats location, prefetch and RAM budget excluded; the
+    statistics' split only when it is not the read split)."""
     c = dataclasses.asdict(cfg)
     for k in ("data_root", "stats_dir", "prefetch", "ram_budget_gb"):
         c.pop(k)
+    if c["stats_split"] in ("", c["split"]):  # the read split's own statistics: the stream of every earlier run
+        c.pop("stats_split")
     blob = json.dumps({"mixture": dataclasses.asdict(mixture), "cfg": c, "proc": [process_index, process_count]},
                       sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]

@@ -180,6 +180,9 @@ class PipelineConfig:
     resolution: int = 64
     wrist_resolution: int = 64
     split: str = "train"
+    # the split whose statistics normalize actions and proprio ('' = `split`): an evaluation pipeline names the
+    # training split, so held-out batches are normalized exactly as the model was trained (octo / OpenVLA likewise)
+    stats_split: str = ""
     seed: int = 0
     deterministic: bool = True
     shuffle_buffer: int = 10_000
@@ -238,10 +241,11 @@ def open_mixture(mixture: Mixture, cfg: PipelineConfig) -> list[DatasetHandle]:
         opened = rlds.open_dataset(entry.root or cfg.data_root, entry.name, entry.version or spec.default_version)
         spec.select_layout(opened)  # raises on mismatched features
         split = rlds.resolve_split(opened, entry.split or cfg.split)
+        stats_split = split if entry.split or not cfg.stats_split else rlds.resolve_split(opened, cfg.stats_split)
         handle = DatasetHandle(entry, spec, opened, split, {})
         handle.stats = normalization.load_or_compute(
-            opened, spec, split, lambda h=handle, s=split: standardized(h, s, seed=None, shuffle_files=False),
-            cfg.stats_dir)
+            opened, spec, stats_split,
+            lambda h=handle, s=stats_split: standardized(h, s, seed=None, shuffle_files=False), cfg.stats_dir)
         handles.append(handle)
     return handles
 

@@ -167,7 +167,8 @@ def augment_config(config: ml_collections.ConfigDict) -> Any:
 
 
 def make_data(setup: Setup, split: str, seed: int, *, train: bool = False) -> Iterator:
-    """The batch iterator of `split`; train=True applies config.data.augment (evaluation batches never are)."""
+    """The batch iterator of `split`, normalized with data.train_split's statistics (those the model trains on and
+    norm_stats.json records); train=True applies config.data.augment (evaluation batches never are)."""
     from data.loader import make_iterator
     from data.mixture import PipelineConfig, mixture_from_lists
 
@@ -175,8 +176,8 @@ def make_data(setup: Setup, split: str, seed: int, *, train: bool = False) -> It
     # entries are `name[:version][@root]` (data/mixture.py ENTRY_SYNTAX): datasets from several roots mix
     mixture = mixture_from_lists(setup.config.recipe or "vla", d.datasets, d.weights)
     cfg = PipelineConfig(data_root=d.root, window=setup.window, global_batch_size=d.batch_size,
-                         resolution=d.resolution, split=split, seed=seed, shuffle_buffer=d.shuffle_buffer,
-                         camera=d.camera, stats_dir=d.stats_dir or None,
+                         resolution=d.resolution, split=split, stats_split=d.train_split, seed=seed,
+                         shuffle_buffer=d.shuffle_buffer, camera=d.camera, stats_dir=d.stats_dir or None,
                          augment=augment_config(setup.config) if train else None)
     return make_iterator(mixture, cfg)
 

@@ -144,6 +144,20 @@ def test_global_arrays_and_other_kinds(cfg) -> None:
     assert pol.wrist.shape == (16, 8, 8, 3) and not pol.wrist_valid.any() and not pol.wrist.any()
 
 
+def test_an_evaluation_split_is_normalized_with_the_training_statistics(cfg) -> None:
+    """Held-out batches were normalized with their own split's statistics while the model had trained on (and
+    norm_stats.json recorded) the training split's: the held-out losses and the LAPA bin targets were shifted."""
+    robot = mx.Mixture("robot", (mx.MixtureEntry("demo_robot"),))
+    train, val, val_as_trained = (mx.open_mixture(robot, dataclasses.replace(cfg, split=s, stats_split=t))[0]
+                                  for s, t in (("train", ""), ("val", ""), ("val", "train")))
+    assert val_as_trained.split == "val" and val_as_trained.stats == train.stats
+    assert val.stats["action"]["mean"] != train.stats["action"]["mean"]  # the statistics differ between splits
+    base = loader.fingerprint(robot, cfg, 0, 1)  # a training stream's fingerprint is what it was before the field
+    assert loader.fingerprint(robot, dataclasses.replace(cfg, stats_split="train"), 0, 1) == base
+    assert loader.fingerprint(robot, dataclasses.replace(cfg, split="val", stats_split="train"), 0, 1) != \
+        loader.fingerprint(robot, dataclasses.replace(cfg, split="val"), 0, 1)
+
+
 def test_configs_mixtures_registry() -> None:
     assert [e.name for e in mixtures.get_mixture("demo").entries] == ["demo_robot", "demo_human"]
     for m in mixtures.MIXTURES.values():
