@@ -58,6 +58,30 @@ def use_pretrained(config: ml_collections.ConfigDict, src: str, weights: bool = 
         raise InvalidInput(f"config.model does not match the pretrained run {src} (field: (config, pretrained)): {bad}")
 
 
+def closed_loop_world(config: ml_collections.ConfigDict) -> tuple[str, Any]:
+    """(world, world config) of the closed-loop test after fine-tuning (policy.eval_episodes > 0): the world the
+    fine-tuning demos were made in, from the first dataset's generation.json: the demo world's generator config
+    (tasks, size, distractors, ...) or the Meta-World tasks. It was the default demo world whatever the demos were."""
+    from core.errors import UserError
+    from data import oxe
+    from data.mixture import parse_mixture
+
+    for e in parse_mixture(list(config.data.datasets), name="data.datasets").entries:
+        path = os.path.join(e.root or config.data.root, e.name, e.version or oxe.get_spec(e.name).default_version)
+        if e.name == "demo_robot":
+            from policy.evaluate import world_config_from_dataset
+
+            return "demo", world_config_from_dataset(path)
+        if e.name == "metaworld_robot":
+            from policy.metaworld_eval import MetaWorldEvalConfig
+
+            with open(os.path.join(path, "generation.json")) as f:
+                return "metaworld", MetaWorldEvalConfig(tasks=tuple(json.load(f)["robot_tasks"]))
+    raise UserError(f"policy.eval_episodes={config.policy.eval_episodes} needs a simulated world, but data.datasets "
+                    f"{list(config.data.datasets)} has no demo_robot or metaworld_robot dataset: set "
+                    "--config.policy.eval_episodes=0 (and evaluate with python -m policy.evaluate)")
+
+
 def require_actions(datasets: tuple[str, ...] | list[str]) -> None:
     """Refuses video-only datasets up front: a policy learns actions, and their rows carry none (action_valid all
     false), so fine-tuning on them would train on padding. Entries are `name[:version][@root][:weight]`."""
@@ -122,13 +146,14 @@ def finetune(config: ml_collections.ConfigDict, workdir: str, *, resume: bool = 
     setup.assets["policy.json"] = {"recipe": config.recipe, "pretrained": p.pretrained, "num_demos": p.num_demos,
                                    "execute_steps": p.execute_steps,
                                    "proprio_dim": setup.model_config.proprio_dim}
+    world = closed_loop_world(config) if p.eval_episodes > 0 else None  # known before training, not after
     summary = vla_train.train(config, workdir, resume=resume, overwrite=overwrite, setup=setup)
-    if p.eval_episodes > 0:
+    if world is not None:
         from policy.evaluate import evaluate
         from policy.policy import Policy
 
         policy = Policy.from_checkpoint(workdir)
-        res = evaluate(policy, episodes=p.eval_episodes, seed=p.eval_seed,
+        res = evaluate(policy, episodes=p.eval_episodes, seed=p.eval_seed, world=world[0], world_config=world[1],
                        execute_steps=p.execute_steps or None, progress=False,
                        gif_dir=os.path.join(workdir, "rollouts"))  # the first episodes' GIFs, for the run report
         summary["closed_loop"] = res

@@ -27,3 +27,28 @@ def test_a_missing_recorded_vqgan_is_one_clear_error(monkeypatch, tmp_path) -> N
                                         r"not exist from .*run from the directory it was trained in"):
         finetune.use_pretrained(config, str(tmp_path / "pre" / "vipra"), weights=False)
     assert config.vision.tokenizer == config.text.tokenizer == ""  # refused before anything was applied
+
+
+def test_the_closed_loop_test_plays_the_world_the_demos_came_from(tmp_path) -> None:
+    """policy.eval_episodes ran in the default demo world (5 task families, 64 px) whatever the demos were: a fine-tune
+    on two families, or on Meta-World demos, was scored on tasks it never saw."""
+    from configs import policy as policy_configs
+    from policy.evaluate import default_world_config
+
+    demo = tmp_path / "demo" / "demo_robot" / "1.0.0"
+    demo.mkdir(parents=True)
+    (demo / "generation.json").write_text(json.dumps({"tasks": ["touch_block", "push_direction"], "resolution": 128}))
+    config = policy_configs.get_config("vipra_demo")
+    config.data.root = str(tmp_path / "demo")
+    world, cfg = finetune.closed_loop_world(config)
+    assert world == "demo" and cfg.tasks == ("touch_block", "push_direction") and cfg.resolution == 128
+    assert cfg != default_world_config()
+    meta = tmp_path / "mw" / "metaworld_robot" / "1.0.0"
+    meta.mkdir(parents=True)
+    (meta / "generation.json").write_text(json.dumps({"robot_tasks": ["reach-v3", "push-v3"]}))
+    config.data.root, config.data.datasets = str(tmp_path / "mw"), ("metaworld_robot",)
+    world, cfg = finetune.closed_loop_world(config)
+    assert world == "metaworld" and cfg.tasks == ("reach-v3", "push-v3")
+    config.data.datasets = ("bridge_dataset",)
+    with pytest.raises(UserError, match=r"needs a simulated world.*policy\.eval_episodes=0"):
+        finetune.closed_loop_world(config)
