@@ -413,7 +413,8 @@ def _parser() -> argparse.ArgumentParser:
                      "policy.reference run dir (reference.json)")
     src.add_argument("--policy", choices=("expert", "random"), help="a baseline instead of a checkpoint")
     src.add_argument("--server", default=None, help="evaluate the policy served at this URL (policy/serve.py)")
-    p.add_argument("--world", default="demo", choices=tuple(WORLDS), help="demo (default) or metaworld")
+    p.add_argument("--world", default=None, choices=tuple(WORLDS),
+                   help="demo or metaworld (default: a fine-tuning checkpoint's own, else demo)")
     p.add_argument("--tasks", default=None, help="metaworld: comma-separated tasks (default: the robot tasks)")
     p.add_argument("--step", type=int, default=None, help="checkpoint step (default: the latest)")
     p.add_argument("--episodes", type=int, default=50)
@@ -424,7 +425,8 @@ def _parser() -> argparse.ArgumentParser:
                         "bins at this temperature, seeded per query")
     p.add_argument("--max-steps", type=int, default=None, help="episode step limit (default: the world config's)")
     p.add_argument("--data", default=None, help="demo dataset dir whose generation.json sets the world config "
-                                                "(default: the standard demo_robot config, 64 px)")
+                                                "(default: a fine-tuning checkpoint's own demos', else the standard "
+                                                "demo_robot config, 64 px)")
     p.add_argument("--jpeg-quality", type=int, default=None, help="JPEG round-trip frames at this quality")
     p.add_argument("--gif-dir", default=None)
     p.add_argument("--gif-episodes", type=int, default=4)
@@ -432,6 +434,22 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="write the results JSON here")
     p.add_argument("--no-progress", action="store_true")
     return p
+
+
+def trained_world(config: Any) -> tuple[str, Any]:
+    """(world, world config) a fine-tuning checkpoint's demos came from (`policy.finetune.closed_loop_world` on its
+    recorded config), for a `--checkpoint` evaluated without --world / --data; the default demo world, with a note,
+    when its datasets are gone or from no simulated world."""
+    from policy.finetune import closed_loop_world
+
+    try:
+        world, cfg = closed_loop_world(config)
+    except (UserError, OSError) as e:
+        print(f"evaluating in the default demo world: the checkpoint's training world is unknown ({e})", flush=True)
+        return "demo", None
+    print(f"evaluating in the world of the checkpoint's fine-tuning demos ({config.data.root}; --data or --world "
+          "choose another)", flush=True)
+    return world, cfg
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
@@ -442,7 +460,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
             raise UserError(f"--{flag.replace('_', '-')} must be positive, got {v}")
     if args.jpeg_quality is not None and not 1 <= args.jpeg_quality <= 100:
         raise UserError(f"--jpeg-quality must be in [1, 100], got {args.jpeg_quality}")
-    adapter = get_world(args.world)
+    adapter = get_world(args.world or "demo")
     if args.bin_temperature and not args.checkpoint:
         raise UserError("--bin-temperature applies to an action-bin checkpoint (--checkpoint), not to a baseline "
                         "or a served policy")  # a flow checkpoint refuses it in Policy
@@ -475,9 +493,12 @@ def main(argv: Sequence[str] | None = None) -> dict:
 
         # step None: the latest (as policy.serve)
         policy = Policy.from_checkpoint(args.checkpoint, args.step, bin_temperature=args.bin_temperature)
+        if args.world is None and args.data is None:
+            args.world, cfg = trained_world(policy.config)
     res = evaluate(policy, episodes=args.episodes, seed=args.seed, world_config=cfg, execute_steps=args.execute_steps,
                    max_steps=args.max_steps, gif_dir=args.gif_dir, gif_episodes=args.gif_episodes,
-                   jpeg_quality=args.jpeg_quality, name=args.name, progress=not args.no_progress, world=args.world)
+                   jpeg_quality=args.jpeg_quality, name=args.name, progress=not args.no_progress,
+                   world=args.world or "demo")
     if args.checkpoint:
         res["checkpoint"] = {"run_dir": os.path.abspath(args.checkpoint), "step": args.step}
     if args.out:

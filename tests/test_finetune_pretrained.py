@@ -29,10 +29,11 @@ def test_a_missing_recorded_vqgan_is_one_clear_error(monkeypatch, tmp_path) -> N
     assert config.vision.tokenizer == config.text.tokenizer == ""  # refused before anything was applied
 
 
-def test_the_closed_loop_test_plays_the_world_the_demos_came_from(tmp_path) -> None:
+def test_the_closed_loop_test_plays_the_world_the_demos_came_from(tmp_path, capsys) -> None:
     """policy.eval_episodes ran in the default demo world (5 task families, 64 px) whatever the demos were: a fine-tune
     on two families, or on Meta-World demos, was scored on tasks it never saw."""
     from configs import policy as policy_configs
+    from policy import evaluate
     from policy.evaluate import default_world_config
 
     demo = tmp_path / "demo" / "demo_robot" / "1.0.0"
@@ -43,6 +44,11 @@ def test_the_closed_loop_test_plays_the_world_the_demos_came_from(tmp_path) -> N
     world, cfg = finetune.closed_loop_world(config)
     assert world == "demo" and cfg.tasks == ("touch_block", "push_direction") and cfg.resolution == 128
     assert cfg != default_world_config()
+    assert evaluate.trained_world(config) == (world, cfg)  # policy.evaluate --checkpoint without --world / --data
+    gone = config.copy_and_resolve_references()
+    gone.data.root = str(tmp_path / "moved")
+    assert evaluate.trained_world(gone) == ("demo", None)  # its data moved: the default world, with a note
+    assert "the checkpoint's training world is unknown" in capsys.readouterr().out
     meta = tmp_path / "mw" / "metaworld_robot" / "1.0.0"
     meta.mkdir(parents=True)
     (meta / "generation.json").write_text(json.dumps({"robot_tasks": ["reach-v3", "push-v3"]}))
