@@ -120,10 +120,18 @@ def _check_shards(name: str, path: str, builder: Any) -> None:
                 raise DataError(f"dataset {name!r}: split {split_name!r} shard {fpath} is empty")
 
 
+# A dataset with only a train split holds its last 5 % of episodes out as 'val' and trains on the rest (octo's rule):
+# 'val' -> VAL_PART and a plain 'train' -> TRAIN_PART, so held-out figures never read training episodes.
+TRAIN_PART, VAL_PART = "train[:95%]", "train[95%:]"
+
+
 def resolve_split(opened: OpenedDataset, split: str) -> str:
-    """Maps 'train'/'val' onto what the dataset has ('val' -> 'test' or the last 5% of train)."""
+    """Maps 'train'/'val' onto what the dataset has ('val' -> 'test', 'validation', or the last 5 % of train, which a
+    plain 'train' then leaves out: TRAIN_PART / VAL_PART). A sliced train split ('train[:50]') is read as given."""
     available = opened.splits
     base = split.split("[")[0]
+    if split == "train" and "train" in available and not {"val", "test", "validation"} & set(available):
+        return TRAIN_PART
     if base in available:
         return split
     if base == "val" and "test" in available:
@@ -131,7 +139,7 @@ def resolve_split(opened: OpenedDataset, split: str) -> str:
     if base == "val" and "validation" in available:
         return split.replace("val", "validation", 1)
     if base == "val" and "train" in available:
-        return "train[95%:]"
+        return VAL_PART
     raise DataError(f"dataset {opened.name!r}: split {split!r} not found; available splits: {sorted(available)}")
 
 
@@ -145,7 +153,7 @@ def host_split(opened: OpenedDataset, split: str, process_index: int, process_co
     if process_count <= 1:
         return split, True
     n = opened.splits.get(split.split("[")[0], 0)
-    if n >= process_count and "[" not in split:
+    if n >= process_count and ("[" not in split or split == TRAIN_PART):
         return tfds.split_for_jax_process(split, process_index=process_index, process_count=process_count), True
     return split, False
 

@@ -115,6 +115,28 @@ def test_per_host_splits_disjoint_and_covering() -> None:
     assert rlds.resolve_split(opened, "val") == "val"
 
 
+def test_a_train_only_dataset_holds_out_its_val_episodes_from_training(tmp_path) -> None:
+    """'val' of a dataset with only a train split was its last 5 % while 'train' stayed all of it: held-out figures
+    (VideoLLaMA summary, LAM probes) were computed on training episodes. Per-host parts still split the rest."""
+    root = str(tmp_path)
+    fx.write_dataset(root, "bridge_dataset", episodes=40, lengths=(2, 3))
+    spec = oxe.get_spec("bridge_dataset")
+    opened = rlds.open_dataset(root, "bridge_dataset", spec.default_version)
+    assert set(opened.splits) == {"train"}
+
+    def ids(split: str) -> set[bytes]:
+        ds = rlds.read_episodes(opened, split, seed=None, shuffle_files=False)
+        return {e["tfds_id"] for e in ds.map(lambda e: {"tfds_id": e["tfds_id"]}).as_numpy_iterator()}
+
+    train, val = (rlds.resolve_split(opened, s) for s in ("train", "val"))
+    assert (train, val) == (rlds.TRAIN_PART, rlds.VAL_PART)
+    assert not ids(train) & ids(val) and len(ids(val)) == 2 and ids(train) | ids(val) == ids("train[:100%]")
+    assert rlds.resolve_split(opened, "train[:10]") == "train[:10]"  # a slice the user asked for is kept
+    parts = [rlds.host_split(opened, "train", p, 2) for p in range(2)]
+    assert all(disjoint for _, disjoint in parts)
+    assert not ids(parts[0][0]) & ids(parts[1][0]) and ids(parts[0][0]) | ids(parts[1][0]) == ids(train)
+
+
 def test_two_hosts_see_disjoint_episodes(cfg) -> None:
     mix = mx.Mixture("robot", (mx.MixtureEntry("demo_robot"),))
     seen = []
