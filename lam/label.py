@@ -189,7 +189,7 @@ def write_cache(labeler: Labeler, root: str, dataset: str, split: str, out_dir: 
              step=np.concatenate(steps), episode_start=np.concatenate([[0], np.cumsum(lens_a)[:-1]]).astype(np.int64),
              episode_len=lens_a, tfds_id=np.array(tfds_ids), valid=np.concatenate(valid))
     if os.path.exists(path + ".json"):  # an interruption between the two renames leaves ids with no metadata,
-        os.remove(path + ".json")      # which readers refuse, never new ids described by the old metadata
+        os.remove(path + ".json")      # which the join refuses (token_cache.py), never new ids under old metadata
     os.replace(path + ".tmp.npz", path + ".npz")
     meta = {"format": CACHE_FORMAT, "dataset": src.name, "version_dir": os.path.join(src.root, src.name, src.version),
             "version": src.version, "camera": src.camera, "split": split, "checkpoint": checkpoint,

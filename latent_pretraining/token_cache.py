@@ -150,7 +150,10 @@ class TokenCacheJoin:
                                         f"{self.split!r} with scripts/label_latent_actions.py --out {root}")
             z = read_latent_cache(path)
             meta = z["meta"]
-            if meta.get("format", LATENT_FORMAT) != LATENT_FORMAT:
+            if not meta:  # write_cache drops the old .json before the new ids land: an interrupted write
+                raise InvalidInput(f"latent-action cache {path!r} has no .json metadata beside it (an interrupted "
+                                   "write?): label again with scripts/label_latent_actions.py --overwrite")
+            if meta.get("format") != LATENT_FORMAT:
                 raise InvalidInput(f"{path}: format {meta.get('format')!r}, expected {LATENT_FORMAT!r}")
             ids = z["ids"].reshape(len(z["ids"]), -1)
             if ids.shape[1] != spec.codes_per_step:

@@ -5,6 +5,7 @@ data, compared with objective.tokenize on the same pipeline batches (LAPA and Vi
 from __future__ import annotations
 
 import dataclasses
+import shutil
 
 import jax
 import jax.numpy as jnp
@@ -104,7 +105,7 @@ def test_vipra_cached_ids_equal_in_step_ids(assets) -> None:
     assert _compare(setup, "train", batches=2) > 0  # episode ends (clamped frames, invalid transitions) were covered
 
 
-def test_errors_name_the_episode_and_the_mismatch(assets) -> None:
+def test_errors_name_the_episode_and_the_mismatch(assets, tmp_path) -> None:
     setup = _setup(lapa_configs, assets, batch_size=8)
     raw = next(vla_train.make_data(setup, "train", seed=0)).to_dict()
     # a cache of another split: the train episodes are not in it
@@ -130,6 +131,11 @@ def test_errors_name_the_episode_and_the_mismatch(assets) -> None:
     with pytest.raises(ValueError, match="labels transitions t -> t\\+3 but the window"):
         token_cache.TokenCacheJoin(latent=assets["labels"], datasets=DATASETS,
                                    window=dataclasses.replace(setup.window, clip_stride=1), spec=setup.spec)
+    shutil.copytree(assets["labels"], tmp_path / "labels")  # ids whose metadata an interrupted relabelling removed
+    (tmp_path / "labels" / DATASETS[0] / "train.json").unlink()
+    with pytest.raises(ValueError, match=r"has no \.json metadata beside it"):
+        token_cache.TokenCacheJoin(latent=str(tmp_path / "labels"), datasets=DATASETS, window=setup.window,
+                                   spec=setup.spec)
 
 
 def test_augmentation_changes_training_frames_only_and_refuses_a_token_cache(assets) -> None:
