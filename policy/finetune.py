@@ -73,10 +73,10 @@ def closed_loop_world(config: ml_collections.ConfigDict) -> tuple[str, Any]:
 
             return "demo", world_config_from_dataset(path)
         if e.name == "metaworld_robot":
+            from data.metaworld.tasks import generated_tasks
             from policy.metaworld_eval import MetaWorldEvalConfig
 
-            with open(os.path.join(path, "generation.json")) as f:
-                return "metaworld", MetaWorldEvalConfig(tasks=tuple(json.load(f)["robot_tasks"]))
+            return "metaworld", MetaWorldEvalConfig(tasks=tuple(generated_tasks(e.root or config.data.root)))
     raise UserError(f"policy.eval_episodes={config.policy.eval_episodes} needs a simulated world, but data.datasets "
                     f"{list(config.data.datasets)} has no demo_robot or metaworld_robot dataset: set "
                     "--config.policy.eval_episodes=0 (and evaluate with python -m policy.evaluate)")

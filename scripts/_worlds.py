@@ -106,13 +106,10 @@ def generation(data_root: str, dataset: str) -> dict:
 
 
 def target_tasks(data_root: str) -> list[str]:
-    """The tasks `metaworld_robot` under `data_root` was generated for: what the policies are fine-tuned on and the
-    only tasks they are evaluated on."""
-    tasks = generation(data_root, "metaworld_robot").get("robot_tasks")
-    if not tasks:
-        raise UserError(f"--data-root {data_root!r}: no metaworld_robot dataset (expected "
-                        "scripts/make_metaworld_data.py --out)")
-    return list(tasks)
+    """The tasks `metaworld_robot` under `data_root` was generated for (`data.metaworld.tasks.generated_tasks`)."""
+    from data.metaworld.tasks import generated_tasks
+
+    return generated_tasks(data_root)
 
 
 def _metaworld_eval_args(data_root: str) -> list[str]:

@@ -57,3 +57,20 @@ def get_task(name: str) -> MetaWorldTask:
     if name not in TASKS:
         raise InvalidInput(unknown("Meta-World task", name, TASKS))
     return TASKS[name]
+
+
+def generated_tasks(data_root: str) -> list[str]:
+    """The tasks `metaworld_robot` under `data_root` was generated for (its generation.json `robot_tasks`): what the
+    policies are fine-tuned on and the only tasks they are evaluated on (scripts/compare.py, policy.finetune)."""
+    import json
+    import os
+
+    try:
+        with open(os.path.join(data_root, "metaworld_robot", "1.0.0", "generation.json")) as f:
+            tasks = json.load(f).get("robot_tasks")
+    except (OSError, ValueError, AttributeError):
+        tasks = None
+    if not tasks:
+        raise InvalidInput(f"{data_root!r}: no metaworld_robot dataset with its generation.json (expected "
+                           "scripts/make_metaworld_data.py --out)")
+    return list(tasks)
