@@ -513,8 +513,9 @@ def test_cli_defaults_and_server_imports_no_jax():
                          (["--keep-alive", "0"], "--keep-alive must be > 0, got 0")):
         with pytest.raises(UserError, match=match):  # before the checkpoint is read; was a ValueError traceback
             serve_main(["--checkpoint", "/nonexistent/run", *flags])
-    with pytest.raises(SystemExit):  # argparse's usage line (exit 2), not logging's "Unknown level" traceback
+    with pytest.raises(SystemExit) as exit_:  # argparse's usage line, not logging's "Unknown level" traceback
         build_parser().parse_args(["--checkpoint", "x", "--log-level", "verbose"])
+    assert exit_.value.code == 2
     assert build_parser().parse_args(["--checkpoint", "x", "--log-level", "DEBUG"]).log_level == "debug"
     code = ("import sys, policy.serve, policy.client, policy.payload, policy.limits, policy.metadata; "
             "assert 'jax' not in sys.modules, 'jax imported'")
